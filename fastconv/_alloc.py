@@ -1,0 +1,28 @@
+"""Output allocation shared by the backends.
+
+Every kernel entry function allocates its outputs through ``empty`` so that the
+test suite can poison them (``POISON = True`` fills new outputs with NaN, or
+the most negative integer for index arrays): an element a kernel forgets to
+write then fails the comparison with the reference instead of passing by luck.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+POISON = False
+
+
+def poison_value(dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+    return np.nan if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty``, or a NaN/sentinel-filled array while ``POISON`` is set."""
+    a = np.empty(shape, dtype=dtype)
+    if POISON:
+        a.fill(poison_value(dtype))
+    return a

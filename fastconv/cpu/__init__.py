@@ -1,0 +1,69 @@
+"""CPU backend: Numba ``njit(parallel=True, cache=True)`` kernels.
+
+This package's namespace is the backend interface that ``fastconv/__init__.py``
+calls through ``_dispatch.backend``; ``fastconv.cuda`` exposes the same names.
+Arguments arriving here are validated, of the compute dtype and C-contiguous;
+``p`` is the op's parameter object from ``fastconv._params``.  Kernel entry
+functions allocate outputs with ``fastconv._alloc.empty`` (poisoned in tests).
+Kernel modules are imported on first use so ``import fastconv`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._params import Conv2dParams, Pool2dParams, as_host_array
+
+
+def asarray(a: Any, name: str) -> np.ndarray:
+    """The argument as a host array with a real dtype (no copy if already one)."""
+    return as_host_array(a, name)
+
+
+def ascompute(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous array of ``dtype``; copies only when layout or dtype differ."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)
+
+
+def index_range(indices: np.ndarray) -> tuple[int, int]:
+    return int(indices.min()), int(indices.max())
+
+
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dParams,
+                   algorithm: str) -> np.ndarray:
+    if algorithm == "direct":
+        from .conv_direct import conv2d_forward_direct
+
+        return conv2d_forward_direct(x, weight, bias, p)
+    from .conv_im2col import conv2d_forward_im2col
+
+    return conv2d_forward_im2col(x, weight, bias, p)
+
+
+def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
+                    algorithm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if algorithm == "direct":
+        from .conv_direct import conv2d_backward_direct
+
+        return conv2d_backward_direct(gy, x, weight, p)
+    from .conv_im2col import conv2d_backward_im2col
+
+    return conv2d_backward_im2col(gy, x, weight, p)
+
+
+def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool):
+    from .pool import max_pool2d_forward as fwd
+
+    return fwd(x, p, return_indices)
+
+
+def max_pool2d_backward(gy: np.ndarray, indices: np.ndarray, p: Pool2dParams) -> np.ndarray:
+    from .pool import max_pool2d_backward as bwd
+
+    return bwd(gy, indices, p)

@@ -1,0 +1,52 @@
+"""Shared test helpers: poisoned outputs, fresh random inputs, tolerances."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+
+import fastconv._alloc
+
+# ||y - ref|| / ||ref|| bounds against the float64 reference (DEVELOPERS.md).
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def rel_err(y, ref) -> float:
+    y = np.asarray(y, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert y.shape == ref.shape, f"shape {y.shape} != reference shape {ref.shape}"
+    denom = np.linalg.norm(ref)
+    num = np.linalg.norm(y - ref)  # NaN (a poisoned, unwritten element) makes this NaN -> fails
+    return float(num / denom) if denom > 0 else float(num)
+
+
+def assert_close(y, ref, dtype, what: str = "output") -> None:
+    err = rel_err(y, ref)
+    tol = TOL[np.dtype(dtype)]
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype)})"
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every output a kernel entry allocates starts as NaN (or INT64_MIN)."""
+    old = fastconv._alloc.POISON
+    fastconv._alloc.POISON = True
+    yield
+    fastconv._alloc.POISON = old
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test; the seed is printed so a failure can be replayed."""
+    seed = secrets.randbits(32)
+    print(f"rng seed: {seed}")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+    torch.set_num_threads(2)
+    return torch
