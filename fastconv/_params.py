@@ -292,6 +292,24 @@ def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int
     return out
 
 
+def _pool_empty_window(size: int, k: int, s: int, p: int, d: int, out: int) -> int:
+    """First output position whose window has no tap inside the input, or -1.
+
+    Only windows starting in the left padding can be empty: every other window
+    starts inside the input (torch's size rules guarantee start < size).  With a
+    large dilation all taps of such a window can skip the whole input (e.g.
+    kernel 2, padding 1, dilation size + 1).
+    """
+    o = 0
+    while o < out and o * s - p < 0:
+        t = o * s - p
+        a = (-t + d - 1) // d  # first tap at or after row/column 0
+        if a >= k or t + a * d >= size:
+            return o
+        o += 1
+    return -1
+
+
 def pool2d_params(
     x_shape: tuple[int, ...],
     kernel_size: Any,
@@ -315,7 +333,8 @@ def pool2d_params(
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(
             f"padding should be at most half of kernel size, but got padding=({ph}, {pw}) "
-            f"and kernel_size=({kh}, {kw})"
+            f"and kernel_size=({kh}, {kw}) (PyTorch's rule: padding <= kernel_size // 2 in each "
+            f"dimension, whatever the dilation)"
         )
     n, c, h, w = x_shape
     if min(c, h, w) < 1:
@@ -327,6 +346,14 @@ def pool2d_params(
             f"max_pool2d output size would be ({oh}, {ow}), which is too small: x of shape {x_shape} "
             f"with kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw}), dilation=({dh}, {dw})"
         )
+    for axis, size, k, s, pad, d, out in (("H", h, kh, sh, ph, dh, oh), ("W", w, kw, sw, pw, dw, ow)):
+        o = _pool_empty_window(size, k, s, pad, d, out)
+        if o >= 0:
+            raise ValueError(
+                f"max_pool2d window {o} along {axis} lies entirely in the padding: with kernel_size={k}, "
+                f"padding={pad}, dilation={d} every tap misses the input of size {size} (PyTorch returns -inf "
+                f"and out-of-range indices there); use a smaller dilation or padding"
+            )
     return Pool2dParams(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, bool(ceil_mode))
 
 
