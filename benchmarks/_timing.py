@@ -1,0 +1,82 @@
+"""Interleaved, rotated timing for the report.
+
+Every implementation of one group (one op on one shape) is warmed up first
+(its first call, JIT included, is timed separately), then sampled round-robin:
+repeat r times impl A, impl B, ... so that a load spike on this shared machine
+hits all of them alike.  A sample is ``loops`` consecutive calls, each on the
+next input set (sets are cycled so caches do not flatter small shapes), long
+enough (``min_sample_s``) for the clock; the figure is the median per-call time
+over samples.  Garbage collection is off while sampling.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of one implementation in one group."""
+
+    first_call_s: float
+    warm_call_s: float
+    loops: int = 1
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples)
+
+
+def warm_up(call: Callable[[int], Any], nbuf: int) -> tuple[Any, float, float]:
+    """(result of the first call on set 0, first-call seconds, warm-call seconds)."""
+    t0 = time.perf_counter()
+    out = call(0)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    call(1 % nbuf)
+    warm = time.perf_counter() - t0
+    return out, first, warm
+
+
+def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing], nbuf: int, repeats: int,
+               min_sample_s: float = 0.02, max_seconds: float = 20.0, min_repeats: int = 3) -> None:
+    """Fill ``timings[name].samples`` for every call, round-robin.
+
+    Slow implementations get fewer repeats (at least ``min_repeats`` or
+    ``repeats`` if smaller) so that one implementation spends at most about
+    ``max_seconds`` in sampling.
+    """
+    plan: dict[str, int] = {}
+    for name, t in timings.items():
+        t.loops = max(1, min(1000, math.ceil(min_sample_s / max(t.warm_call_s, 1e-9))))
+        per_sample = t.loops * t.warm_call_s
+        plan[name] = max(min(min_repeats, repeats), min(repeats, int(max_seconds / max(per_sample, 1e-9))))
+    pos = {name: 0 for name in calls}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(max(plan.values(), default=0)):
+            for name, call in calls.items():
+                if r >= plan[name]:
+                    continue
+                t = timings[name]
+                i = pos[name]
+                t0 = time.perf_counter()
+                for _ in range(t.loops):
+                    call(i)
+                    i = (i + 1) % nbuf
+                t.samples.append((time.perf_counter() - t0) / t.loops)
+                pos[name] = i
+    finally:
+        if gc_was:
+            gc.enable()
