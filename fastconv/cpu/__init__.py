@@ -32,7 +32,10 @@ def zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 
 def index_range(indices: np.ndarray) -> tuple[int, int]:
-    return int(indices.min()), int(indices.max())
+    """(min, max) of non-empty max_pool2d indices, one parallel pass (fastconv.cpu.pool)."""
+    from .pool import index_range as rng
+
+    return rng(indices)
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dParams,

@@ -1,0 +1,406 @@
+"""Max pooling on the CPU: ``numba.njit(parallel=True, cache=True)`` kernels.
+
+Layout: NCHW, C-contiguous, viewed as P = N*C independent H x W planes.  The
+forward kernels are parallel over the P*OH output rows (flattened, so a batch
+of 1 with few channels still spreads its rows over both cores); the backward
+is parallel over planes.  Every inner loop runs over output columns with
+unit-stride (or stride-2) accesses so LLVM vectorises it; those loops index
+slices that start at the loop's first element with a counter from 0, because a
+possibly negative index makes Numba emit a wrap-around select that stops
+LLVM's vectoriser ("cannot identify array bounds").
+
+Window order and ties: PyTorch's CPU rule, the running maximum is replaced when
+``v > m or v != v``, scanning the window row-major.  So the first maximum wins
+a tie and a NaN always wins (the last NaN for indices).  Padding is -inf.
+
+Forward, values only (``_pool_fwd``): max is separable for values, so each
+output row is two passes through a per-thread scratch row ``t`` (-inf in the
+padding columns, so no bounds test is left in the loops): (1) ``t`` = the
+element-wise max of the window's in-bounds input rows (contiguous, vectorised);
+(2) each output element = max over the KW taps of ``t`` (strides 1 and 2 and
+KW 2 and 3 get their own loops so LLVM sees constant strides and keeps the taps
+in registers).  Rows are split into one contiguous chunk per thread so each
+thread allocates its scratch row once.
+
+Forward with indices (``_pool_fwd_idx``): separability would break the tie rule
+(a column-first scan finds a different first maximum), so windows are scanned
+row-major.  Fast path for the common CNN cases (2x2 or 3x3, horizontal stride
+2, no dilation) on rows whose window rows are all inside the input: an unrolled
+register loop over the interior output columns (all taps in bounds, no tests),
+the at most few border columns through the scalar ``_window_idx``.  Every other
+row uses the generic path: taps outer, output columns inner, one vectorised
+pass per in-bounds tap updating the output row (running max) and index row
+(argmax); each tap's valid column range is computed once per row, hoisting the
+bounds tests out of the inner loop.  The running max starts at -inf with the
+index of the window's first in-bounds element, PyTorch's initialisation, so an
+all -inf window points at that element.
+
+Backward (``_pool_bwd``): race-free by ownership.  It is parallel over the P
+planes only, and one iteration owns one whole grad_x plane: it zeroes the plane
+and then scatter-adds that plane's grad_output serially, so the updates of
+overlapping windows (stride < kernel) only ever meet inside one thread; no
+update is lost, no atomics are needed and the summation order is deterministic.
+
+``index_range`` (the backend's pre-kernel range check of the backward's
+indices) is one parallel min/max pass: two serial NumPy reductions took as long
+as the backward kernel itself.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .. import _alloc
+from .._params import Pool2dParams
+
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "index_range"]
+
+_NEG_INF = -np.inf
+
+
+@njit(cache=True, inline="always")
+def _tap_cols(b, dw, pw, sw, w, ow):
+    """Input column offset ``cb`` of column tap b and the output columns [lo, hi)
+    for which that tap, at column ``oj*sw + cb``, lies inside the input."""
+    cb = b * dw - pw
+    lo = 0 if cb >= 0 else (-cb + sw - 1) // sw
+    hi = min(ow, (w - 1 - cb) // sw + 1)
+    return cb, lo, max(lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _window_idx(xp, top, left, kh, kw, dh, dw):
+    """Max and argmax of one window with bounds tests (border windows only)."""
+    h, w = xp.shape
+    m = xp[0, 0]
+    i = -1
+    for a in range(kh):
+        ih = top + a * dh
+        if ih < 0 or ih >= h:
+            continue
+        for b in range(kw):
+            iw = left + b * dw
+            if iw < 0 or iw >= w:
+                continue
+            v = xp[ih, iw]
+            if i < 0:  # PyTorch: max -inf, argmax at the first in-bounds element
+                m = _NEG_INF
+                i = ih * w + iw
+            if (v > m) | (v != v):
+                m = v
+                i = ih * w + iw
+    return m, i
+
+
+@njit(parallel=True, cache=True)
+def _pool_fwd(x, y, kh, kw, sh, sw, ph, pw, dh, dw, nchunk):
+    """y[p, i, j] = max of window (i, j), values only.  x (P, H, W), y (P, OH, OW).
+
+    The P*OH rows are cut into ``nchunk`` contiguous chunks, one scratch row each."""
+    np_, h, w = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    # scratch row: pw columns of left padding, the W input columns, then right padding
+    # up to the last tap of the last window (ceil_mode windows may pass the padded input)
+    tw = max(pw + w, (ow - 1) * sw + (kw - 1) * dw + 1)
+    rows = np_ * oh
+    nchunk = max(1, min(rows, nchunk))
+    for ch in prange(nchunk):
+        t = np.empty(tw, dtype=x.dtype)
+        for j in range(tw):
+            t[j] = _NEG_INF
+        tc = t[pw:pw + w]
+        for r in range(ch * rows // nchunk, (ch + 1) * rows // nchunk):
+            p = r // oh
+            oi = r - p * oh
+            top = oi * sh - ph
+            a0 = 0 if top >= 0 else (-top + dh - 1) // dh
+            # (1) vertical: tc = max over the in-bounds window rows (at least one exists:
+            # pool2d_params rejects windows lying entirely in the padding)
+            xr = x[p, top + a0 * dh]
+            for j in range(w):
+                tc[j] = xr[j]
+            for a in range(a0 + 1, kh):
+                ih = top + a * dh
+                if ih >= h:
+                    break
+                xr = x[p, ih]
+                for j in range(w):
+                    v = xr[j]
+                    m = tc[j]
+                    tc[j] = v if (v > m) | (v != v) else m
+            # (2) horizontal: y[oj] = max over taps t[oj*sw + b*dw]
+            yr = y[p, oi]
+            if sw == 2 and dw == 1 and kw == 2:
+                for k in range(ow):
+                    m = t[2 * k]
+                    v = t[2 * k + 1]
+                    yr[k] = v if (v > m) | (v != v) else m
+            elif sw == 2 and dw == 1 and kw == 3:
+                for k in range(ow):
+                    m = t[2 * k]
+                    v = t[2 * k + 1]
+                    m = v if (v > m) | (v != v) else m
+                    v = t[2 * k + 2]
+                    yr[k] = v if (v > m) | (v != v) else m
+            elif sw == 1 and dw == 1 and kw == 3:
+                for k in range(ow):
+                    m = t[k]
+                    v = t[k + 1]
+                    m = v if (v > m) | (v != v) else m
+                    v = t[k + 2]
+                    yr[k] = v if (v > m) | (v != v) else m
+            else:
+                for k in range(ow):
+                    yr[k] = t[k * sw]
+                for b in range(1, kw):
+                    ts = t[b * dw:]
+                    if sw == 1:
+                        for k in range(ow):
+                            v = ts[k]
+                            m = yr[k]
+                            yr[k] = v if (v > m) | (v != v) else m
+                    elif sw == 2:
+                        for k in range(ow):
+                            v = ts[2 * k]
+                            m = yr[k]
+                            yr[k] = v if (v > m) | (v != v) else m
+                    else:
+                        for k in range(ow):
+                            v = ts[k * sw]
+                            m = yr[k]
+                            yr[k] = v if (v > m) | (v != v) else m
+
+
+@njit(cache=True, inline="always")
+def _row_k2s2(xp, yr, ir, top, pw, lo, hi):
+    """Interior columns [lo, hi) of one output row, 2x2 window, column stride 2."""
+    w = xp.shape[1]
+    c0 = 2 * lo - pw
+    x0 = xp[top, c0:]
+    x1 = xp[top + 1, c0:]
+    ys = yr[lo:hi]
+    iz = ir[lo:hi]
+    b0 = top * w + c0
+    b1 = b0 + w
+    for k in range(hi - lo):
+        c = 2 * k
+        m = x0[c]
+        i = b0 + c
+        v = x0[c + 1]
+        if (v > m) | (v != v):
+            m = v
+            i = b0 + c + 1
+        v = x1[c]
+        if (v > m) | (v != v):
+            m = v
+            i = b1 + c
+        v = x1[c + 1]
+        if (v > m) | (v != v):
+            m = v
+            i = b1 + c + 1
+        ys[k] = m
+        iz[k] = i
+
+
+@njit(cache=True, inline="always")
+def _row_k3s2(xp, yr, ir, top, pw, lo, hi):
+    """Interior columns [lo, hi) of one output row, 3x3 window, column stride 2."""
+    w = xp.shape[1]
+    c0 = 2 * lo - pw
+    x0 = xp[top, c0:]
+    x1 = xp[top + 1, c0:]
+    x2 = xp[top + 2, c0:]
+    ys = yr[lo:hi]
+    iz = ir[lo:hi]
+    b0 = top * w + c0
+    b1 = b0 + w
+    b2 = b1 + w
+    for k in range(hi - lo):
+        c = 2 * k
+        m = x0[c]
+        i = b0 + c
+        v = x0[c + 1]
+        if (v > m) | (v != v):
+            m = v
+            i = b0 + c + 1
+        v = x0[c + 2]
+        if (v > m) | (v != v):
+            m = v
+            i = b0 + c + 2
+        v = x1[c]
+        if (v > m) | (v != v):
+            m = v
+            i = b1 + c
+        v = x1[c + 1]
+        if (v > m) | (v != v):
+            m = v
+            i = b1 + c + 1
+        v = x1[c + 2]
+        if (v > m) | (v != v):
+            m = v
+            i = b1 + c + 2
+        v = x2[c]
+        if (v > m) | (v != v):
+            m = v
+            i = b2 + c
+        v = x2[c + 1]
+        if (v > m) | (v != v):
+            m = v
+            i = b2 + c + 1
+        v = x2[c + 2]
+        if (v > m) | (v != v):
+            m = v
+            i = b2 + c + 2
+        ys[k] = m
+        iz[k] = i
+
+
+@njit(parallel=True, cache=True)
+def _pool_fwd_idx(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Values and int64 argmax (flat offset into the H*W plane), row-major window
+    scan.  x (P, H, W); y, idx (P, OH, OW)."""
+    np_, h, w = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    # first in-bounds column of each output column's window (PyTorch's initial argmax)
+    col0 = np.empty(ow, dtype=np.int64)
+    for oj in range(ow):
+        c = oj * sw - pw
+        while c < 0:
+            c += dw
+        col0[oj] = c
+    fast = kh == kw and (kh == 2 or kh == 3) and sw == 2 and dh == 1 and dw == 1
+    # interior output columns of the fast path: every tap inside the input
+    lo = (pw + 1) // 2
+    hi = max(lo, min(ow, (w - kw + pw) // 2 + 1))
+    for r in prange(np_ * oh):
+        p = r // oh
+        oi = r - p * oh
+        top = oi * sh - ph
+        xp = x[p]
+        yr = y[p, oi]
+        ir = idx[p, oi]
+        if fast and top >= 0 and top + kh <= h:
+            if kh == 2:
+                _row_k2s2(xp, yr, ir, top, pw, lo, hi)
+            else:
+                _row_k3s2(xp, yr, ir, top, pw, lo, hi)
+            for oj in range(lo):
+                yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
+            for oj in range(hi, ow):
+                yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
+            continue
+        a0 = 0 if top >= 0 else (-top + dh - 1) // dh
+        base0 = (top + a0 * dh) * w
+        for oj in range(ow):
+            yr[oj] = _NEG_INF
+            ir[oj] = base0 + col0[oj]
+        for a in range(a0, kh):
+            ih = top + a * dh
+            if ih >= h:
+                break
+            for b in range(kw):
+                cb, tlo, thi = _tap_cols(b, dw, pw, sw, w, ow)
+                if thi == tlo:
+                    continue
+                c0 = tlo * sw + cb
+                xs = xp[ih, c0:]
+                ys = yr[tlo:thi]
+                iz = ir[tlo:thi]
+                i0 = ih * w + c0
+                if sw == 1:
+                    for k in range(thi - tlo):
+                        v = xs[k]
+                        m = ys[k]
+                        upd = (v > m) | (v != v)
+                        ys[k] = v if upd else m
+                        iz[k] = i0 + k if upd else iz[k]
+                elif sw == 2:
+                    for k in range(thi - tlo):
+                        v = xs[2 * k]
+                        m = ys[k]
+                        upd = (v > m) | (v != v)
+                        ys[k] = v if upd else m
+                        iz[k] = i0 + 2 * k if upd else iz[k]
+                else:
+                    for k in range(thi - tlo):
+                        v = xs[k * sw]
+                        m = ys[k]
+                        upd = (v > m) | (v != v)
+                        ys[k] = v if upd else m
+                        iz[k] = i0 + k * sw if upd else iz[k]
+
+
+@njit(parallel=True, cache=True)
+def _pool_bwd(gy, idx, gx):
+    """gx[p, idx[p, m]] += gy[p, m].  gy, idx (P, M); gx (P, H*W).
+
+    Race-free: one prange iteration owns one whole gx plane (module comment)."""
+    np_, m = gy.shape
+    hw = gx.shape[1]
+    for p in prange(np_):
+        g = gx[p]
+        for j in range(hw):
+            g[j] = 0
+        gp = gy[p]
+        ip = idx[p]
+        for j in range(m):
+            g[ip[j]] += gp[j]
+
+
+@njit(parallel=True, cache=True)
+def _index_range(a, nchunk):
+    """(min, max) of a non-empty 1-D int64 array in one parallel pass."""
+    n = a.size
+    nchunk = max(1, min(n, nchunk))
+    lo = np.empty(nchunk, dtype=np.int64)
+    hi = np.empty(nchunk, dtype=np.int64)
+    for ch in prange(nchunk):
+        s = a[ch * n // nchunk:(ch + 1) * n // nchunk]
+        mn = s[0]
+        mx = s[0]
+        for j in range(s.size):
+            v = s[j]
+            mn = min(mn, v)
+            mx = max(mx, v)
+        lo[ch] = mn
+        hi[ch] = mx
+    return lo.min(), hi.max()
+
+
+def index_range(indices: np.ndarray) -> tuple[int, int]:
+    """(min, max) of max_pool2d indices for the backward's range check: one
+    parallel pass instead of NumPy's two serial ones (it costs as much as the
+    backward kernel otherwise)."""
+    if indices.size == 0:
+        raise ValueError("index_range of an empty array")
+    if indices.dtype != np.int64 or not indices.flags.c_contiguous:
+        return int(indices.min()), int(indices.max())
+    lo, hi = _index_range(indices.reshape(-1), numba.get_num_threads())
+    return int(lo), int(hi)
+
+
+def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool):
+    """x (N, C, H, W) C-contiguous float32/float64 -> y (N, C, OH, OW), and int64
+    indices (flat offsets into each H*W plane) when ``return_indices``."""
+    x3 = x.reshape(p.n * p.c, p.h, p.w)
+    y = _alloc.empty(p.y_shape, x.dtype)
+    y3 = y.reshape(p.n * p.c, p.oh, p.ow)
+    geom = (p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
+    if not return_indices:
+        # read here: numba.get_num_threads() inside the kernel defeats cache=True
+        _pool_fwd(x3, y3, *geom, numba.get_num_threads())
+        return y
+    idx = _alloc.empty(p.y_shape, np.int64)
+    _pool_fwd_idx(x3, y3, idx.reshape(y3.shape), *geom)
+    return y, idx
+
+
+def max_pool2d_backward(gy: np.ndarray, indices: np.ndarray, p: Pool2dParams) -> np.ndarray:
+    """gy, indices (N, C, OH, OW) -> grad_x (N, C, H, W): gy scattered to the
+    argmax positions, summed where windows overlap."""
+    gx = _alloc.empty((p.n, p.c, p.h, p.w), gy.dtype)
+    planes = p.n * p.c
+    _pool_bwd(gy.reshape(planes, -1), indices.reshape(planes, -1), gx.reshape(planes, p.h * p.w))
+    return gx
