@@ -413,9 +413,9 @@ def format_table(rows: Sequence[dict[str, Any]], ceilings: dict[str, Any]) -> st
         ceil_name = "% SGEMM" if metric == "GFLOP/s" else "% copy BW"
         mnist = op.startswith("mnist")
         out.append(f"### {OP_TITLES[op]}\n")
-        head = ["shape", "impl", "median", metric, ceil_name, "time / torch"]
+        head = ["shape", "impl", "median", "min", metric, ceil_name, "time / torch"]
         if mnist:
-            head[3:3] = ["images/s", "60k-image epoch"]
+            head[4:4] = ["images/s", "60k-image epoch"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
         for r in op_rows:
@@ -425,7 +425,7 @@ def format_table(rows: Sequence[dict[str, Any]], ceilings: dict[str, Any]) -> st
             if r["status"] != "ok":
                 cells = [r["shape"], r["impl"], f"**{r['status'].upper()}**: {r['reason']}"] + [""] * (len(head) - 3)
             else:
-                cells = [r["shape"], r["impl"], fmt_time(r["median_s"])]
+                cells = [r["shape"], r["impl"], fmt_time(r["median_s"]), fmt_time(r["min_s"])]
                 if mnist:
                     cells += [_fmt(r.get("images_per_s"), ".0f"), fmt_time(r.get("epoch_s"))]
                 cells += [_fmt(r["throughput"], ".3g"), _fmt(r["pct_ceiling"], ".0f", " %"),
@@ -500,7 +500,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     ]
     for note in cfg.get("notes") or []:
         lines.append(f"- Note: {note}")
-    lines += ["", "Columns: median per-call time; GFLOP/s (conv: 2·N·K·OH·OW·C/g·R·S per forward, backward "
+    lines += ["", "Columns: median and minimum per-call time over the samples; GFLOP/s (of the median) (conv: 2·N·K·OH·OW·C/g·R·S per forward, backward "
               "counted 2x; MNIST: 3x the conv+dense forward flops per step) or GB/s (pool: minimal bytes read "
               "+ written); % of the measured ceiling; time / torch = this row's time over torch's in the same "
               "group (> 1 is slower than torch).", ""]
@@ -665,7 +665,8 @@ def run(args: argparse.Namespace, log: Any = None) -> dict[str, Any]:
         stem += "-" + "-".join(args.only) + ("-subset" if wanted else "")
     if args.quick:
         stem += "-quick"
-    config = {"command": "python -m benchmarks.report " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+    config = {"command": "python -m benchmarks.report " + " ".join(
+        sys.argv[1:] if getattr(args, "argv", None) is None else args.argv),
               "threads": args.threads, "quick": args.quick, "only": args.only, "impls": sorted(wanted) or "all",
               "repeats": args.repeats, "seed": args.seed, "stem": stem, "notes": args.note,
               "rotate_bytes": I.ROTATE_BYTES, "check_tol": I.CHECK_TOL}

@@ -193,7 +193,8 @@ def _rows():
     base = dict(family="conv", op="conv2d_fwd", case="c1", shape="(1,1,8,8)->2 3x3 p0 d1", metric="GFLOP/s",
                 work=2_000_000)
     rows = [
-        report._row(**base, impl="fastconv-cpu-im2col", device="cpu", status="ok", median_s=3e-3),
+        report._row(**base, impl="fastconv-cpu-im2col", device="cpu", status="ok", median_s=3e-3,
+                    min_s=2.5e-3),
         report._row(**base, impl="torch-cpu", device="cpu", status="ok", median_s=2e-3),
         report._row(**base, impl="cupy", device="gpu", status="skipped", reason="cupy not installed"),
         report._row(**base, impl="fastconv-cpu-direct", device="cpu", status="wrong", reason="relative error 1"),
@@ -218,9 +219,9 @@ def test_format_table_and_helpers():
     text = report.format_table(_rows(), {})
     lines = text.splitlines()
     assert "### conv2d forward" in lines
-    assert "| shape | impl | median | GFLOP/s | % SGEMM | time / torch |" in lines
+    assert "| shape | impl | median | min | GFLOP/s | % SGEMM | time / torch |" in lines
     row = next(line for line in lines if "fastconv-cpu-im2col" in line)
-    assert "3 ms" in row and "1.50x" in row and "0.667" in row and "7 %" in row
+    assert "| 3 ms | 2.5 ms |" in row and "1.50x" in row and "0.667" in row and "7 %" in row
     assert any("**WRONG**" in line and "fastconv-cpu-direct" in line for line in lines)
     assert "- cupy: cupy not installed" in lines
     assert report.slower_than_torch(_rows()) == [
