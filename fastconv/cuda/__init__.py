@@ -1,0 +1,127 @@
+"""CUDA backend: hand-written ``numba.cuda`` kernels (package numba-cuda).
+
+This package's namespace is the backend interface that ``fastconv/__init__.py``
+calls through ``_dispatch.backend`` (the same names as ``fastconv.cpu``).  It is
+imported only when a CUDA array reaches a public function, and importing it
+does not import ``numba.cuda`` either: ``is_available``/``require_available``
+probe lazily, and the kernel modules (which import ``numba.cuda``) are loaded
+on first use.  Arguments arriving here are validated, of the compute dtype and
+C-contiguous device arrays; results are numba device arrays.
+
+Kernel modules: ``_arrays`` (interop, casts, allocation, launch sizes),
+``conv_direct`` (output-stationary direct convolution), ``conv_im2col``
+(implicit-GEMM convolution and the split-K weight gradient), ``pool``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+__all__ = [
+    "is_available",
+    "require_available",
+    "asarray",
+    "ascompute",
+    "zeros",
+    "index_range",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+]
+
+
+def _unavailable_reason() -> str | None:
+    """None if kernels can run (a GPU, or numba-cuda's simulator), else why not."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return ("numba-cuda is not installed (pip install 'numba-cuda[cu12]' or "
+                "'numba-cuda[cu13]' to match your driver)")
+    try:
+        from numba import cuda
+    except Exception as exc:  # e.g. cuda-bindings missing
+        return f"numba.cuda cannot be imported: {type(exc).__name__}: {exc}"
+    try:
+        if cuda.is_available():
+            return None
+    except Exception as exc:  # pragma: no cover - driver errors
+        return f"numba.cuda.is_available() failed: {type(exc).__name__}: {exc}"
+    sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "0")
+    return ("numba.cuda.is_available() is False: no usable NVIDIA GPU/driver was found"
+            + ("" if sim not in ("", "0") else
+               " (for testing without a GPU set NUMBA_ENABLE_CUDASIM=1 before numba is imported)"))
+
+
+def is_available() -> bool:
+    """True if CUDA kernels can run here: numba-cuda importable and a GPU (or the simulator) present."""
+    return _unavailable_reason() is None
+
+
+def require_available() -> None:
+    """Raise ``RuntimeError`` saying why no GPU can be used, if none can."""
+    reason = _unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"fastconv got CUDA arrays but cannot run CUDA kernels: {reason}")
+
+
+# --------------------------------------------------------------------------- backend interface
+
+
+def asarray(a: Any, name: str):
+    """A numba device array viewing ``a`` (zero-copy), real dtype checked."""
+    from ._arrays import asarray as _asarray
+
+    return _asarray(a, name)
+
+
+def ascompute(a: Any, dtype: Any):
+    """C-contiguous device array of ``dtype`` (device-side cast/copy only if needed)."""
+    from ._arrays import ascompute as _ascompute
+
+    return _ascompute(a, dtype)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any):
+    from ._arrays import zeros as _zeros
+
+    return _zeros(shape, dtype)
+
+
+def index_range(indices: Any) -> tuple[int, int]:
+    """(min, max) of an int64 device array (device reduction; two ints come back)."""
+    from ._arrays import index_range as _index_range
+
+    return _index_range(indices)
+
+
+def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str):
+    if algorithm == "direct":
+        from .conv_direct import conv2d_forward_direct
+
+        return conv2d_forward_direct(x, weight, bias, p)
+    from .conv_im2col import conv2d_forward_im2col
+
+    return conv2d_forward_im2col(x, weight, bias, p)
+
+
+def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str):
+    if algorithm == "direct":
+        from .conv_direct import conv2d_backward_direct
+
+        return conv2d_backward_direct(gy, x, weight, p)
+    from .conv_im2col import conv2d_backward_im2col
+
+    return conv2d_backward_im2col(gy, x, weight, p)
+
+
+def max_pool2d_forward(x: Any, p: Any, return_indices: bool):
+    from .pool import max_pool2d_forward as fwd
+
+    return fwd(x, p, return_indices)
+
+
+def max_pool2d_backward(gy: Any, indices: Any, p: Any):
+    from .pool import max_pool2d_backward as bwd
+
+    return bwd(gy, indices, p)

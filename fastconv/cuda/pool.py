@@ -1,0 +1,155 @@
+"""Max pooling on the GPU (numba.cuda), PyTorch semantics.
+
+Forward: one thread per output element, grid-stride loop over the flat
+(N*C*OH*OW) output with int64 indices; consecutive threads take consecutive
+output columns, so loads of a window row and the stores are coalesced and
+overlapping windows are served from L1/L2.  Scan order is row-major within the
+window; a value replaces the running maximum if it is strictly greater or NaN
+(the first maximum wins a tie, the last NaN wins), exactly as the reference.
+Pooling is memory-bound: the kernel reads x about once and writes y (and the
+int64 indices when asked), nothing else.
+
+Backward scatters grad_output to the argmax indices.  The window geometry is
+not known there (indices may come from anywhere), so the kernel cannot gather;
+instead it is deterministic per plane without atomics: a group of LANES threads
+owns one (n, c) plane, zeroes it, then walks the plane's outputs in rounds of
+LANES consecutive outputs.  In a round each lane posts its (index, gradient) in
+shared memory; the lowest lane of every distinct index adds the round's
+gradients for that index in output order.  The sum for every input element is
+therefore taken in exactly the sequential order (bit-identical run to run, and
+to a sequential loop).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from .._params import Pool2dParams
+from . import _arrays
+from ._arrays import SIM, cdiv, elemwise_grid, flat
+
+# Backward: LANES threads per plane, PLANES planes per block.
+LANES = 4 if SIM else 32
+PLANES = 2 if SIM else 8
+BWD_THREADS = LANES * PLANES
+BWD_MAX_BLOCKS = 2 if SIM else 132 * 8
+
+
+@cuda.jit(cache=True)
+def max_pool2d_forward_kernel(x, y, idx, with_idx, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
+    """y, idx (flat N*C*OH*OW) = max and argmax (flat offset in the H*W plane) of x's windows."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    plane_in = h * w
+    plane_out = oh * ow
+    while i < y.size:
+        pl = i // plane_out
+        r = i - pl * plane_out
+        oi = r // ow
+        oj = r - oi * ow
+        base = pl * plane_in
+        h0 = oi * sh - ph
+        w0 = oj * sw - pw
+        best = x[base]  # typed placeholder; replaced by the first in-bounds element
+        where = 0
+        found = False
+        for a in range(kh):
+            hh = h0 + a * dh
+            if hh >= 0 and hh < h:
+                for b in range(kw):
+                    ww = w0 + b * dw
+                    if ww >= 0 and ww < w:
+                        v = x[base + hh * w + ww]
+                        if (not found) or v > best or v != v:
+                            best = v
+                            where = hh * w + ww
+                            found = True
+        if found:
+            y[i] = best
+        else:  # a window entirely in the padding (possible with dilation)
+            y[i] = -math.inf
+        if with_idx:
+            idx[i] = where
+        i += step
+
+
+@cuda.jit(cache=True)
+def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
+    """gx (flat N*C*H*W) = sum of gy (flat N*C*OH*OW) at idx, per plane, in output order."""
+    tgt = cuda.shared.array(BWD_THREADS, dtype=np.int64)
+    val = cuda.shared.array(BWD_THREADS, dtype=gy.dtype)
+    t = cuda.threadIdx.x
+    lane = t % LANES
+    first = t - lane  # slot of lane 0 of this plane group
+    ngroups = (nplanes + PLANES - 1) // PLANES
+    nrounds = (plane_out + LANES - 1) // LANES
+    group = cuda.blockIdx.x
+    while group < ngroups:  # uniform across the block: every thread reaches the barriers
+        plane = group * PLANES + t // LANES
+        live = plane < nplanes
+        gbase = plane * plane_in
+        obase = plane * plane_out
+        if live:
+            e = lane
+            while e < plane_in:
+                gx[gbase + e] = 0
+                e += LANES
+        cuda.syncthreads()
+        for rnd in range(nrounds):
+            o = rnd * LANES + lane
+            active = live and o < plane_out
+            if active:
+                tgt[t] = idx[obase + o]
+                val[t] = gy[obase + o]
+            else:
+                tgt[t] = -1 - lane  # distinct from real targets and from each other
+            cuda.syncthreads()
+            if active:
+                mine = tgt[t]
+                leader = True
+                for j in range(first, t):
+                    if tgt[j] == mine:
+                        leader = False
+                if leader:
+                    acc = gx[gbase + mine]
+                    for j in range(t, first + LANES):
+                        if tgt[j] == mine:
+                            acc += val[j]
+                    gx[gbase + mine] = acc
+            cuda.syncthreads()
+        group += cuda.gridDim.x
+
+
+_dummy_idx = None
+
+
+def _no_indices():
+    """A 1-element int64 device array passed when indices are not wanted."""
+    global _dummy_idx
+    if _dummy_idx is None:
+        _dummy_idx = _arrays.device_array((1,), np.int64)
+    return _dummy_idx
+
+
+def max_pool2d_forward(x, p: Pool2dParams, return_indices: bool):
+    """x (N, C, H, W) device array -> y (N, C, OH, OW), and int64 indices if asked."""
+    y = _arrays.empty(p.y_shape, x.dtype)
+    idx = _arrays.empty(p.y_shape, np.int64) if return_indices else _no_indices()
+    blocks, tpb = elemwise_grid(y.size)
+    max_pool2d_forward_kernel[blocks, tpb](
+        flat(x), flat(y), flat(idx), bool(return_indices), p.h, p.w, p.oh, p.ow,
+        p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(gy, indices, p: Pool2dParams):
+    """gy (N, C, OH, OW), int64 indices -> gx (N, C, H, W), deterministic (no atomics)."""
+    gx = _arrays.empty(p.x_shape, gy.dtype)
+    nplanes = p.n * p.c
+    blocks = max(1, min(BWD_MAX_BLOCKS, cdiv(nplanes, PLANES)))
+    max_pool2d_backward_kernel[blocks, BWD_THREADS](
+        flat(gy), flat(indices), flat(gx), nplanes, p.h * p.w, p.oh * p.ow)
+    return gx
