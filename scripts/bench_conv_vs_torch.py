@@ -1,0 +1,96 @@
+"""fastconv / torch time ratios for the conv2d shapes of issue 2 (CPU, float32).
+
+Run it under the benchmark lock, from the repository root:
+
+    flock /tmp/fastconv-bench.lock /work/venv/bin/python scripts/bench_conv_vs_torch.py
+
+For each shape (N, C, H, W, K, R, S, padding, dilation), stride 1, groups 1:
+forward = conv2d with bias; backward = grad_input + grad_weight + grad_bias
+(torch: ``torch.ops.aten.convolution_backward``).  torch runs with 2 threads
+(``--threads``), numba with its default (all cores).  Every callable is
+warmed up (JIT compilation, caches), then the callables are timed
+interleaved, round-robin, ``--repeats`` times in the same process; the table
+shows medians (ms) and the ratio fastconv/torch (< 1: fastconv is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import fastconv  # noqa: E402
+from fastconv import _dispatch  # noqa: E402
+from fastconv._params import conv2d_params  # noqa: E402
+
+SHAPES = [
+    (64, 1, 28, 28, 32, 3, 3, 0, 1),
+    (64, 32, 13, 13, 64, 3, 3, 0, 1),
+    (32, 64, 56, 56, 64, 3, 3, 1, 1),
+    (32, 256, 14, 14, 256, 3, 3, 1, 1),
+    (8, 64, 56, 56, 64, 3, 3, 2, 2),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--algorithms", default="direct,im2col")
+    ap.add_argument("--shapes", default="", help="comma-separated indices into the shape list (default: all)")
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    algs = [a for a in args.algorithms.split(",") if a]
+    idx = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(SHAPES))
+    dtype = np.dtype(args.dtype)
+    rng = np.random.default_rng(0)
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba threads "
+          f"{__import__('numba').get_num_threads()}, {dtype}, medians of {args.repeats} interleaved rounds")
+    head = f"{'shape (N,C,H,W,K,R,S,pad,dil)':34s} {'torch fwd':>9s} {'torch bwd':>9s}"
+    for a in algs:
+        head += f" | {a + ' fwd':>11s} {'ratio':>5s} {a + ' bwd':>11s} {'ratio':>5s}"
+    print(head + " | auto")
+    for i in idx:
+        n, c, h, w, k, r, s, pad, dil = SHAPES[i]
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = (rng.standard_normal((k, c, r, s)) / np.sqrt(c * r * s)).astype(dtype)
+        b = rng.standard_normal(k).astype(dtype)
+        p = conv2d_params(x.shape, wt.shape, b.shape, 1, pad, dil, 1)
+        gy = rng.standard_normal(p.y_shape).astype(dtype)
+        tx, tw, tb, tgy = (torch.from_numpy(a) for a in (x, wt, b, gy))
+        fns = {
+            "torch fwd": lambda: torch.nn.functional.conv2d(tx, tw, tb, 1, pad, dil),
+            "torch bwd": lambda: torch.ops.aten.convolution_backward(
+                tgy, tx, tw, [k], [1, 1], [pad, pad], [dil, dil], False, [0, 0], 1, [True, True, True]),
+        }
+        for a in algs:
+            fns[f"{a} fwd"] = (lambda a=a: fastconv.conv2d(x, wt, b, 1, pad, dil, algorithm=a))
+            fns[f"{a} bwd"] = (lambda a=a: fastconv.conv2d_backward(gy, x, wt, 1, pad, dil, algorithm=a))
+        for f in fns.values():  # warm-up: compile, load caches, first-touch memory
+            f()
+            f()
+        times = {name: [] for name in fns}
+        for _ in range(args.repeats):
+            for name, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+        line = f"{str(SHAPES[i]):34s} {med['torch fwd']:9.2f} {med['torch bwd']:9.2f}"
+        for a in algs:
+            line += (f" | {med[a + ' fwd']:11.2f} {med[a + ' fwd'] / med['torch fwd']:5.2f}"
+                     f" {med[a + ' bwd']:11.2f} {med[a + ' bwd'] / med['torch bwd']:5.2f}")
+        print(line + " | " + _dispatch.conv2d_algorithm("auto", p, "cpu"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
