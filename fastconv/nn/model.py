@@ -49,12 +49,15 @@ _ARCH_KEY = "__fastconv_model__"
 
 class History:
     """What ``fit`` returns: ``history[metric]`` lists one value per epoch;
-    ``epoch_times`` the wall time of each epoch's training pass (seconds)."""
+    ``epoch_times`` the wall time of each epoch's training pass (seconds, without
+    validation); ``batch_loss``/``batch_accuracy`` one value per training batch."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         self.epoch: list[int] = []
         self.epoch_times: list[float] = []
+        self.batch_loss: list[float] = []
+        self.batch_accuracy: list[float] = []
         self.params: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -485,6 +488,8 @@ class Sequential:
                 loss, correct = self._step(self._batch(x[idx]), targets[idx], labels[idx], fused)
                 if not math.isfinite(loss) and verbose:
                     print(f"\nwarning: loss is {loss} at epoch {epoch + 1}, batch {step + 1}", file=sys.stderr)
+                hist.batch_loss.append(loss)
+                hist.batch_accuracy.append(correct / (hi - lo))
                 total_loss += loss * (hi - lo)
                 total_correct += correct
                 seen += hi - lo

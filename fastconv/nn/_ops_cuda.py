@@ -1,0 +1,454 @@
+"""GPU (numba.cuda) implementation of the small ops the layers need besides conv/pool.
+
+Same function names and semantics as ``_ops_cpu``; arrays are numba device
+arrays.  Imported only by ``Sequential.to("cuda")`` after
+``fastconv.cuda.is_available()``.  Convolution and pooling run in the
+fastconv CUDA backend through the public API; here are the elementwise
+activations, the dense products, the channels-last flatten, padding, and the
+optimizer updates.  Elementwise kernels are grid-stride loops over flat
+indices (``fastconv.cuda._arrays.elemwise_grid`` sizes the grid, small under
+the simulator).  The dense products are one thread per output element with a
+sequential sum over the reduction axis: the layers are small (a few hundred
+by a few dozen) and this keeps results deterministic (no atomics).
+Dropout masks are drawn on the host from the model's generator (the same
+masks as on the CPU) and copied over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import cuda
+from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
+
+from ..cuda import _arrays as A
+
+name = "cuda"
+
+_TPB2 = (4, 4) if A.SIM else (16, 16)
+
+
+def _grid(size: int) -> tuple[int, int]:
+    return A.elemwise_grid(max(1, size))
+
+
+def _grid2(rows: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return (math.ceil(rows / _TPB2[0]), math.ceil(cols / _TPB2[1])), _TPB2
+
+
+def to_device(a: Any, dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+    if is_cuda_ndarray(a):
+        if np.dtype(a.dtype) == dtype and a.is_c_contiguous():
+            return a
+        return cuda.to_device(np.ascontiguousarray(a.copy_to_host(), dtype=dtype))
+    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+
+
+def to_host(a: Any) -> np.ndarray:
+    return a.copy_to_host() if is_cuda_ndarray(a) else np.asarray(a)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any) -> Any:
+    return A.zeros(shape, dtype)
+
+
+def zeros_like(a: Any) -> Any:
+    return A.zeros(a.shape, a.dtype)
+
+
+def copy(a: Any) -> Any:
+    out = A.device_array(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
+# --------------------------------------------------------------------------- elementwise kernels
+
+_RELU, _SIGMOID, _TANH = 0, 1, 2
+
+
+@cuda.jit(cache=True)
+def _act_fwd(z, kind):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < z.size:
+        v = z[i]
+        if kind == 0:
+            z[i] = v if (v > 0 or v != v) else 0  # NaN propagates, like np.maximum
+        elif kind == 1:
+            z[i] = 0.5 * (math.tanh(0.5 * v) + 1)
+        else:
+            z[i] = math.tanh(v)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _act_bwd(g, y, kind):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < g.size:
+        v = y[i]
+        if kind == 0:
+            g[i] = g[i] if v > 0 else g[i] * 0
+        elif kind == 1:
+            g[i] = g[i] * v * (1 - v)
+        else:
+            g[i] = g[i] * (1 - v * v)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _softmax_fwd(z):
+    """z (N, C, S): softmax over C for every (n, s), in place."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, s = z.shape
+    while i < n * s:
+        b, p = i // s, i % s
+        m = z[b, 0, p]
+        for k in range(1, c):
+            m = max(m, z[b, k, p])
+        tot = math.exp(z[b, 0, p] - m)  # typed like z: no literal that would promote float32
+        z[b, 0, p] = tot
+        for k in range(1, c):
+            e = math.exp(z[b, k, p] - m)
+            z[b, k, p] = e
+            tot += e
+        for k in range(c):
+            z[b, k, p] /= tot
+        i += step
+
+
+@cuda.jit(cache=True)
+def _softmax_bwd(g, y):
+    """g = y * (g - sum_c g*y), over C of (N, C, S), in place."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, s = g.shape
+    while i < n * s:
+        b, p = i // s, i % s
+        dot = g[b, 0, p] * y[b, 0, p]
+        for k in range(1, c):
+            dot += g[b, k, p] * y[b, k, p]
+        for k in range(c):
+            g[b, k, p] = y[b, k, p] * (g[b, k, p] - dot)
+        i += step
+
+
+def _ncs(a: Any) -> Any:
+    return a.reshape(a.shape[0], a.shape[1], a.size // (a.shape[0] * a.shape[1]))
+
+
+def activation_forward(kind: str | None, z: Any) -> Any:
+    if kind is None or z.size == 0:
+        return z
+    if kind == "softmax":
+        blocks, tpb = _grid(z.shape[0] * (z.size // (z.shape[0] * z.shape[1])))
+        _softmax_fwd[blocks, tpb](_ncs(z))
+        return z
+    blocks, tpb = _grid(z.size)
+    _act_fwd[blocks, tpb](A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind])
+    return z
+
+
+def activation_backward(kind: str | None, g: Any, y: Any) -> Any:
+    if kind is None or g.size == 0:
+        return g
+    g = g if g.is_c_contiguous() else copy(g)
+    if kind == "softmax":
+        blocks, tpb = _grid(g.shape[0] * (g.size // (g.shape[0] * g.shape[1])))
+        _softmax_bwd[blocks, tpb](_ncs(g), _ncs(y))
+        return g
+    blocks, tpb = _grid(g.size)
+    _act_bwd[blocks, tpb](A.flat(g), A.flat(y), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind])
+    return g
+
+
+@cuda.jit(cache=True)
+def _mul(a, b, out):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < out.size:
+        out[i] = a[i] * b[i]
+        i += step
+
+
+def multiply(a: Any, b: Any) -> Any:
+    out = A.device_array(a.shape, a.dtype)
+    blocks, tpb = _grid(a.size)
+    _mul[blocks, tpb](A.flat(a), A.flat(b), A.flat(out))
+    return out
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: Any) -> Any:
+    from . import _ops_cpu
+
+    return cuda.to_device(_ops_cpu.dropout_mask(rng, shape, rate, np.dtype(dtype)))
+
+
+# --------------------------------------------------------------------------- dense
+
+
+@cuda.jit(cache=True)
+def _matmul(a, b, c, ta, tb):
+    """c[i, j] = sum_k A[i, k] B[k, j] with A = a.T if ta else a, B = b.T if tb else b."""
+    i, j = cuda.grid(2)
+    if i >= c.shape[0] or j >= c.shape[1]:
+        return
+    kk = a.shape[0] if ta else a.shape[1]
+    acc = (a[0, i] if ta else a[i, 0]) * (b[j, 0] if tb else b[0, j])  # k = 0 (kk >= 1 always)
+    for k in range(1, kk):
+        x = a[k, i] if ta else a[i, k]
+        w = b[j, k] if tb else b[k, j]
+        acc += x * w
+    c[i, j] = acc
+
+
+@cuda.jit(cache=True)
+def _add_row(y, b):
+    i, j = cuda.grid(2)
+    if i < y.shape[0] and j < y.shape[1]:
+        y[i, j] += b[j]
+
+
+@cuda.jit(cache=True)
+def _col_sum(g, out):
+    j = cuda.grid(1)
+    if j < g.shape[1]:
+        acc = g[0, j]
+        for i in range(1, g.shape[0]):
+            acc += g[i, j]
+        out[j] = acc
+
+
+def _mm(a: Any, b: Any, ta: bool, tb: bool) -> Any:
+    rows = a.shape[1] if ta else a.shape[0]
+    cols = b.shape[0] if tb else b.shape[1]
+    c = A.device_array((rows, cols), a.dtype)
+    grid, tpb = _grid2(rows, cols)
+    _matmul[grid, tpb](a, b, c, ta, tb)
+    return c
+
+
+def dense_forward(x: Any, w: Any, b: Any) -> Any:
+    y = _mm(x, w, False, False)
+    if b is not None:
+        grid, tpb = _grid2(*y.shape)
+        _add_row[grid, tpb](y, b)
+    return y
+
+
+def dense_backward(g: Any, x: Any, w: Any, need_gx: bool, need_gb: bool):
+    g = g if g.is_c_contiguous() else copy(g)
+    gw = _mm(x, g, True, False)
+    gb = None
+    if need_gb:
+        gb = A.device_array((g.shape[1],), g.dtype)
+        blocks = math.ceil(g.shape[1] / A.ELEMWISE_TPB)
+        _col_sum[blocks, A.ELEMWISE_TPB](g, gb)
+    gx = _mm(g, w, False, True) if need_gx else None
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- reshapes
+
+
+@cuda.jit(cache=True)
+def _nchw_to_nhwc(x, out):
+    """out (N, H*W*C) flat in (h, w, c) order from x (N, C, H, W)."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, h, w = x.shape
+    while i < out.size:
+        ci = i % c
+        j = i // c
+        wi = j % w
+        j //= w
+        hi = j % h
+        b = j // h
+        out[i] = x[b, ci, hi, wi]
+        i += step
+
+
+@cuda.jit(cache=True)
+def _nhwc_to_nchw(g, out):
+    """out (N, C, H, W) from g (N, H*W*C) in (h, w, c) order; flat index over out."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, h, w = out.shape
+    while i < g.size:
+        wi = i % w
+        j = i // w
+        hi = j % h
+        j //= h
+        ci = j % c
+        b = j // c
+        out[b, ci, hi, wi] = g[b, (hi * w + wi) * c + ci]
+        i += step
+
+
+def flatten_forward(x: Any) -> Any:
+    n, c, h, w = x.shape
+    if c == 1 or h * w == 1:
+        return x.reshape(n, c * h * w)
+    out = A.device_array((n, c * h * w), x.dtype)
+    blocks, tpb = _grid(out.size)
+    _nchw_to_nhwc[blocks, tpb](x, A.flat(out))
+    return out
+
+
+def flatten_backward(g: Any, shape: tuple[int, ...]) -> Any:
+    n, c, h, w = shape
+    g = g if g.is_c_contiguous() else copy(g)
+    if c == 1 or h * w == 1:
+        return g.reshape(n, c, h, w)
+    out = A.device_array((n, c, h, w), g.dtype)
+    blocks, tpb = _grid(out.size)
+    _nhwc_to_nchw[blocks, tpb](g, out)
+    return out
+
+
+@cuda.jit(cache=True)
+def _pad(x, out, top, left, value):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, hp, wp = out.shape
+    h, w = x.shape[2], x.shape[3]
+    while i < out.size:
+        wi = i % wp
+        j = i // wp
+        hi = j % hp
+        j //= hp
+        ci = j % c
+        b = j // c
+        r, s = hi - top, wi - left
+        out[b, ci, hi, wi] = x[b, ci, r, s] if 0 <= r < h and 0 <= s < w else value
+        i += step
+
+
+@cuda.jit(cache=True)
+def _crop(g, out, top, left):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, h, w = out.shape
+    while i < out.size:
+        wi = i % w
+        j = i // w
+        hi = j % h
+        j //= h
+        ci = j % c
+        b = j // c
+        out[b, ci, hi, wi] = g[b, ci, hi + top, wi + left]
+        i += step
+
+
+def pad_value(x: Any, top: int, bottom: int, left: int, right: int, value: float) -> Any:
+    n, c, h, w = x.shape
+    out = A.device_array((n, c, h + top + bottom, w + left + right), x.dtype)
+    blocks, tpb = _grid(out.size)
+    _pad[blocks, tpb](x, out, top, left, np.dtype(x.dtype).type(value))
+    return out
+
+
+def crop(g: Any, top: int, left: int, h: int, w: int) -> Any:
+    out = A.device_array((g.shape[0], g.shape[1], h, w), g.dtype)
+    blocks, tpb = _grid(out.size)
+    _crop[blocks, tpb](g, out, top, left)
+    return out
+
+
+# --------------------------------------------------------------------------- optimizers (in place, flat)
+
+
+@cuda.jit(cache=True)
+def _axpy(a, x, y):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < y.size:
+        y[i] += a * x[i]
+        i += step
+
+
+@cuda.jit(cache=True)
+def _sgd(p, g, v, lr, momentum, nesterov, has_v):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        if has_v:
+            v[i] = momentum * v[i] - lr * g[i]
+            if nesterov:
+                p[i] += momentum * v[i] - lr * g[i]
+            else:
+                p[i] += v[i]
+        else:
+            p[i] -= lr * g[i]
+        i += step
+
+
+@cuda.jit(cache=True)
+def _rmsprop(p, g, a, lr, rho, eps):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        gi = g[i]
+        a[i] = rho * a[i] + (1 - rho) * gi * gi
+        p[i] -= lr * gi / (math.sqrt(a[i]) + eps)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _adam(p, g, m, v, alpha, b1, b2, eps):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        gi = g[i]
+        m[i] += (gi - m[i]) * (1 - b1)
+        v[i] += (gi * gi - v[i]) * (1 - b2)
+        p[i] -= alpha * m[i] / (math.sqrt(v[i]) + eps)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _adadelta(p, g, a, b, lr, rho, eps):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        gi = g[i]
+        a[i] = rho * a[i] + (1 - rho) * gi * gi
+        d = math.sqrt(b[i] + eps) / math.sqrt(a[i] + eps) * gi
+        b[i] = rho * b[i] + (1 - rho) * d * d
+        p[i] -= lr * d
+        i += step
+
+
+def _t(p: Any, v: float) -> Any:
+    return np.dtype(p.dtype).type(v)
+
+
+def axpy(a: float, x: Any, y: Any) -> None:
+    blocks, tpb = _grid(y.size)
+    _axpy[blocks, tpb](_t(y, a), A.flat(x), A.flat(y))
+
+
+def sgd(p, g, v, lr, momentum, nesterov):
+    blocks, tpb = _grid(p.size)
+    vv = A.flat(v) if v is not None else A.flat(p)  # unused when has_v is False
+    _sgd[blocks, tpb](A.flat(p), A.flat(g), vv, _t(p, lr), _t(p, momentum), bool(nesterov), v is not None)
+
+
+def rmsprop(p, g, a, lr, rho, eps):
+    blocks, tpb = _grid(p.size)
+    _rmsprop[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), _t(p, lr), _t(p, rho), _t(p, eps))
+
+
+def adam(p, g, m, v, alpha, b1, b2, eps):
+    blocks, tpb = _grid(p.size)
+    _adam[blocks, tpb](A.flat(p), A.flat(g), A.flat(m), A.flat(v), _t(p, alpha), _t(p, b1), _t(p, b2), _t(p, eps))
+
+
+def adadelta(p, g, a, b, lr, rho, eps):
+    blocks, tpb = _grid(p.size)
+    _adadelta[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, eps))
