@@ -1,0 +1,115 @@
+"""CPU-side checks of the CUDA backend (run in the ordinary, non-simulator pytest
+process): importing fastconv costs nothing CUDA-related, a machine without a
+GPU says so clearly, and -- where libNVVM is installed -- every CUDA kernel
+compiles to PTX for sm_90 (H100) in float32 and float64 (this catches GPU-only
+typing errors the simulator cannot see; skipped where libNVVM is absent).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_fastconv_does_not_import_cuda():
+    r = _run(
+        "import sys, fastconv\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('numba.cuda', 'numba_cuda', 'fastconv.cuda', 'cuda')))\n"
+        "print(bad)\n"
+        "assert not bad, bad\n"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_no_gpu_is_reported_clearly():
+    r = _run(
+        "import numpy as np, fastconv, fastconv.cuda as fc\n"
+        "from numba import cuda\n"
+        "if cuda.is_available():\n"
+        "    print('HAS-GPU'); raise SystemExit(0)\n"
+        "assert fc.is_available() is False\n"
+        "try:\n"
+        "    fc.require_available()\n"
+        "except RuntimeError as e:\n"
+        "    print('REQUIRE:', e)\n"
+        "class FakeGpuArray:\n"
+        "    __cuda_array_interface__ = {'shape': (1, 1, 3, 3), 'typestr': '<f4', 'data': (0, False), 'version': 3}\n"
+        "try:\n"
+        "    fastconv.conv2d(FakeGpuArray(), FakeGpuArray())\n"
+        "except RuntimeError as e:\n"
+        "    print('CONV:', e)\n"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    if "HAS-GPU" in r.stdout:
+        pytest.skip("a real GPU is present")
+    assert "REQUIRE: fastconv got CUDA arrays but cannot run CUDA kernels: numba.cuda.is_available() is False" in r.stdout
+    assert "NUMBA_ENABLE_CUDASIM=1" in r.stdout
+    assert "CONV: fastconv got CUDA arrays but cannot run CUDA kernels" in r.stdout
+
+
+def test_missing_numba_cuda_is_reported(monkeypatch):
+    import fastconv.cuda as fc
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba_cuda" else real(name, *a))
+    assert fc.is_available() is False
+    with pytest.raises(RuntimeError, match=r"numba-cuda is not installed \(pip install"):
+        fc.require_available()
+
+
+def _ptx_kernels():
+    """(kernel, argument types) for every kernel, float32 and float64."""
+    from numba.cuda import types as T
+
+    from fastconv.cuda import _arrays as A
+    from fastconv.cuda import conv_direct as D
+    from fastconv.cuda import conv_im2col as I
+    from fastconv.cuda import pool as P
+
+    i64, b = T.int64, T.boolean
+    out = []
+    for dt in (T.float32, T.float64):
+        a = T.Array(dt, 1, "C")
+        ia = T.Array(T.int64, 1, "C")
+        out += [
+            (I.conv_igemm_kernel, (a, a, a, a, b, b) + (i64,) * 19),
+            (D.conv_direct_kernel, (a, a, a, a, b, b) + (i64,) * 25),
+            (I.conv_wgrad_kernel, (a, a, a) + (i64,) * 18),
+            (I.sum_splits_kernel, (a, a, i64)),
+            (I.bias_grad_kernel, (a, a, i64, i64, i64, i64)),
+            (P.max_pool2d_forward_kernel, (a, a, ia, b) + (i64,) * 12),
+            (P.max_pool2d_backward_kernel, (a, ia, a, i64, i64, i64)),
+            (A._fill, (a, dt)),
+            (A._copy_1d, (T.Array(T.float16, 1, "A"), a)),
+            (A._copy_4d, (T.Array(T.int64, 4, "A"), a, i64, i64, i64)),
+        ]
+    out.append((A._index_minmax, (T.Array(T.int64, 1, "C"), T.Array(T.int64, 1, "C"))))
+    return out
+
+
+def test_kernels_compile_for_sm90():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        pytest.skip("PTX compilation is not available in the simulator")
+    pytest.importorskip("numba_cuda", reason="numba-cuda not installed")
+    from numba import cuda
+
+    try:
+        cuda.compile_ptx(lambda a: None, "void(float32[::1])", cc=(9, 0))
+    except Exception as exc:  # no libNVVM / NVRTC on this machine
+        pytest.skip(f"no CUDA compiler libraries (libNVVM/NVRTC) here: {type(exc).__name__}")
+    for kernel, argtypes in _ptx_kernels():
+        ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))
+        assert ".entry" in ptx, kernel.py_func.__name__
