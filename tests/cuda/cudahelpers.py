@@ -19,7 +19,8 @@ SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 GPU = AVAILABLE and not SIM
 
 # A real-GPU-only test (the simulator says nothing about speed or real-size behaviour).
-gpu_only = pytest.mark.skipif(not GPU, reason="needs a real CUDA GPU (not the simulator)")
+gpu_only = pytest.mark.skipif(
+    not GPU, reason="needs a real CUDA GPU: " + ("the simulator is on" if SIM else str(REASON)))
 
 _spec = importlib.util.spec_from_file_location("_fastconv_root_conftest", Path(__file__).parents[1] / "conftest.py")
 _root = importlib.util.module_from_spec(_spec)
