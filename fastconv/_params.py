@@ -360,9 +360,13 @@ def pool2d_params(
 def pool_input_shape(input_shape: Any) -> tuple[int, int, int, int]:
     """Validate the ``input_shape`` argument of max_pool2d_backward."""
     try:
-        shape = tuple(int(v) for v in input_shape)
+        items = tuple(input_shape)
     except TypeError:
         raise TypeError(f"input_shape must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        # int() would silently truncate 4.7 or parse "4"
+        raise TypeError(f"input_shape must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}")
+    shape = tuple(int(v) for v in items)
     if len(shape) != 4 or min(shape) < 0 or min(shape[1:]) < 1:
         raise ValueError(f"input_shape must be 4 ints (N, C, H, W) with C, H, W >= 1, got {input_shape!r}")
     return shape  # type: ignore[return-value]
