@@ -1,0 +1,387 @@
+"""fastconv.conv2d / conv2d_backward on the CPU against the float64 reference,
+finite differences and PyTorch (when installed).
+
+Every algorithm ("direct", "im2col") runs the same matrix of options in both
+dtypes, forward and backward (grad_x, grad_weight, grad_bias), on fresh random
+inputs with poisoned outputs (conftest), so an element a kernel forgets to
+write fails.  Shapes are small: the point is coverage of every code path
+(register-blocked channel quads and their remainders, 3-tap groups and single
+taps, polyphase strides, margins for padding larger than the kernel, chunking,
+the exact NaN/Inf fallbacks), not speed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _dispatch, reference
+from fastconv._params import compute_dtype, conv2d_params
+from fastconv.cpu import conv_im2col
+
+from conftest import assert_close, rel_err
+
+ALGS = ["direct", "im2col"]
+DTYPES = [np.float32, np.float64]
+
+# (N, C, H, W, K, KH, KW, conv2d keyword arguments, bias?)
+CASES = {
+    "plain": (2, 4, 9, 11, 6, 3, 3, {}, True),
+    "stride2": (2, 4, 9, 11, 6, 3, 3, dict(stride=2), True),
+    "stride_pair": (2, 3, 10, 13, 5, 3, 2, dict(stride=(2, 3)), True),
+    "pad1": (2, 4, 9, 11, 6, 3, 3, dict(padding=1), True),
+    "pad_pair": (2, 3, 8, 7, 5, 3, 3, dict(padding=(2, 1)), True),
+    "pad_big": (1, 2, 5, 6, 4, 3, 3, dict(padding=(4, 3)), True),
+    "same_even_kernel": (2, 3, 8, 9, 5, 2, 4, dict(padding="same"), True),
+    "same_stride2_dil": (2, 3, 9, 11, 5, 3, 3, dict(padding="same", stride=2, dilation=2), True),
+    "same_stride_pair": (1, 3, 10, 9, 4, 4, 3, dict(padding="same", stride=(3, 2)), True),
+    "valid": (2, 4, 9, 11, 6, 3, 3, dict(padding="valid"), True),
+    "dil2": (2, 3, 11, 12, 5, 3, 3, dict(dilation=2), True),
+    "dil_pair_pad": (2, 3, 10, 12, 5, 3, 2, dict(dilation=(2, 3), padding=(1, 2)), True),
+    "groups2": (2, 4, 8, 9, 6, 3, 3, dict(groups=2, padding=1), True),
+    "groups3_stride": (2, 6, 9, 8, 9, 3, 3, dict(groups=3, stride=2, padding=1), True),
+    "depthwise": (2, 5, 9, 10, 5, 3, 3, dict(groups=5, padding=1), True),
+    "depthwise_x2": (2, 4, 8, 9, 8, 3, 3, dict(groups=4, padding=1, dilation=2), True),
+    "no_bias": (2, 4, 9, 11, 6, 3, 3, dict(padding=1), False),
+    "batch1": (1, 3, 12, 14, 8, 3, 3, dict(padding=1), True),
+    "odd_sizes": (3, 5, 7, 5, 7, 3, 2, dict(stride=(1, 2)), True),
+    "k1x1": (2, 6, 7, 9, 9, 1, 1, {}, True),
+    "k5x5": (2, 3, 11, 12, 5, 5, 5, dict(padding=2), True),
+    "kernel_fills_input": (2, 3, 5, 4, 4, 5, 4, {}, True),
+    "one_channel": (3, 1, 12, 10, 4, 3, 3, {}, True),
+    "wide_rows": (1, 2, 6, 75, 4, 3, 3, dict(padding=1), True),
+}
+
+
+def _inputs(rng, case, dtype):
+    n, c, h, w, k, kh, kw, opts, has_bias = case
+    groups = opts.get("groups", 1)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // groups, kh, kw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if has_bias else None
+    return x, wt, b, opts
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_matches_reference(alg, dtype, case, rng):
+    x, wt, b, opts = _inputs(rng, CASES[case], dtype)
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm=alg)
+    ref = reference.conv2d(x, wt, b, **opts)
+    assert y.dtype == dtype and y.flags.c_contiguous
+    assert_close(y, ref, dtype, "y")
+    gy = rng.standard_normal(ref.shape).astype(dtype)
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg)
+    rx, rw, rb = reference.conv2d_backward(gy, x, wt, **opts)
+    for got, want, what in ((gx, rx, "grad_x"), (gw, rw, "grad_weight"), (gb, rb, "grad_bias")):
+        assert got.dtype == dtype and got.flags.c_contiguous, what
+        assert_close(got, want, dtype, what)
+
+
+def _views(a, kind):
+    """A non-contiguous view of an array equal to ``a``'s values."""
+    if kind == "slice":  # every other element along W of a twice-as-wide buffer
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    if kind == "transpose":  # C-order data of the transposed array, viewed back
+        return np.ascontiguousarray(a.transpose(3, 2, 1, 0)).transpose(3, 2, 1, 0)
+    if kind == "negative":
+        return np.ascontiguousarray(a[:, :, ::-1, ::-1])[:, :, ::-1, ::-1]
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["slice", "transpose", "negative"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_non_contiguous_inputs(alg, dtype, kind, rng):
+    x, wt, b, opts = _inputs(rng, CASES["groups2"], dtype)
+    xv, wv = _views(x, kind), _views(wt, kind)
+    assert not xv.flags.c_contiguous and not wv.flags.c_contiguous
+    bv = np.repeat(b, 2)[::2]
+    assert not bv.flags.c_contiguous
+    y = fastconv.conv2d(xv, wv, bv, **opts, algorithm=alg)
+    assert y.flags.c_contiguous
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(_views(gy, kind), xv, wv, **opts, algorithm=alg)
+    for got, want in zip(grads, reference.conv2d_backward(gy, x, wt, **opts)):
+        assert_close(got, want, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_im2col_chunks(dtype, rng, monkeypatch):
+    """A workspace bound smaller than one image: one image per chunk, grad_weight
+    summed over chunks."""
+    x, wt, b, opts = _inputs(rng, CASES["groups3_stride"], dtype)
+    p = conv2d_params(x.shape, wt.shape, b.shape, **opts)
+    monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 1)
+    assert conv_im2col.chunk_images(p, np.dtype(dtype).itemsize) == 1
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm="im2col")
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
+    for got, want in zip(grads, reference.conv2d_backward(gy, x, wt, **opts)):
+        assert_close(got, want, dtype, "grad")
+
+
+def test_im2col_workspace_bound():
+    p = conv2d_params((4096, 64, 56, 56), (64, 64, 3, 3), None, 1, 1)
+    nb = conv_im2col.chunk_images(p, 4)
+    assert 1 <= nb < p.n
+    assert (p.c * 9 + p.k) * p.oh * p.ow * 4 * nb <= conv_im2col.WORKSPACE_BYTES
+
+
+@pytest.mark.parametrize("alg", ALGS + ["auto"])
+def test_zero_size_batch(alg):
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    wt = np.ones((4, 3, 3, 3), np.float32)
+    y = fastconv.conv2d(x, wt, np.ones(4, np.float32), padding=1, algorithm=alg)
+    assert y.shape == (0, 4, 8, 8) and y.dtype == np.float32
+    gx, gw, gb = fastconv.conv2d_backward(np.zeros((0, 4, 8, 8)), x, wt, padding=1, algorithm=alg)
+    assert gx.shape == (0, 3, 8, 8) and gw.shape == (4, 3, 3, 3) and gb.shape == (4,)
+    assert gx.dtype == np.float64 and not gw.any() and not gb.any()
+
+
+def test_array_likes(rng):
+    x, wt, b, opts = _inputs(rng, CASES["pad1"], np.float64)
+    y = fastconv.conv2d(x.tolist(), wt.tolist(), b.tolist(), **opts)
+    assert y.dtype == np.float64
+    assert_close(y, reference.conv2d(x, wt, b, **opts), np.float64, "y")
+    gy = rng.standard_normal(y.shape)
+    grads = fastconv.conv2d_backward(gy.tolist(), x.tolist(), wt.tolist(), **opts)
+    for got, want in zip(grads, reference.conv2d_backward(gy, x, wt, **opts)):
+        assert_close(got, want, np.float64, "grad")
+
+
+@pytest.mark.parametrize(
+    "xdt, wdt, bdt",
+    [
+        (np.int32, np.int32, None),
+        (np.int64, np.float32, np.float32),
+        (np.uint8, np.int16, np.int8),
+        (np.float16, np.float16, np.float16),
+        (np.float16, np.float32, None),
+        (np.float32, np.float64, np.float32),
+        (np.float32, np.float32, np.float64),
+    ],
+)
+@pytest.mark.parametrize("alg", ALGS)
+def test_dtype_promotion(alg, xdt, wdt, bdt, rng):
+    """Output dtype = compute_dtype(inputs): result_type, then float16 -> float32
+    and integers -> float64; values as the reference computes them from the
+    same (exactly representable) inputs."""
+    x = rng.integers(-3, 4, (2, 3, 7, 8)).astype(xdt) if np.dtype(xdt).kind != "u" else \
+        rng.integers(0, 5, (2, 3, 7, 8)).astype(xdt)
+    wt = rng.integers(-2, 3, (4, 3, 3, 3)).astype(wdt)
+    b = None if bdt is None else rng.integers(-2, 3, 4).astype(bdt)
+    want = compute_dtype(np.dtype(xdt), np.dtype(wdt), None if bdt is None else np.dtype(bdt))
+    y = fastconv.conv2d(x, wt, b, padding=1, algorithm=alg)
+    assert y.dtype == want
+    assert_close(y, reference.conv2d(x, wt, b, padding=1), want, "y")
+    gy = rng.integers(-2, 3, y.shape).astype(xdt)
+    gwant = compute_dtype(np.dtype(xdt), np.dtype(xdt), np.dtype(wdt))
+    grads = fastconv.conv2d_backward(gy, x, wt, padding=1, algorithm=alg)
+    for got, ref in zip(grads, reference.conv2d_backward(gy, x, wt, padding=1)):
+        assert got.dtype == gwant
+        assert_close(got, ref, gwant, "grad")
+
+
+@pytest.mark.parametrize("alg", ALGS + ["auto"])
+def test_auto_and_explicit_agree(alg, rng):
+    x, wt, b, opts = _inputs(rng, CASES["same_even_kernel"], np.float64)
+    assert _dispatch.conv2d_algorithm("auto", conv2d_params(x.shape, wt.shape, b.shape, **opts), "cpu") in ALGS
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm=alg)
+    assert_close(y, reference.conv2d(x, wt, b, **opts), np.float64, "y")
+
+
+# --------------------------------------------------------------------------- NaN / Inf
+
+
+def _nan_inf_inputs(rng, where):
+    x = rng.standard_normal((2, 4, 8, 9))
+    wt = rng.standard_normal((6, 2, 3, 3))
+    gy_shape = (2, 6, 8, 9)  # padding=1, stride 1
+    gy = rng.standard_normal(gy_shape)
+    if where == "x":
+        x[0, 1, 2, 3] = np.nan
+        x[1, 0, 7, 8] = np.inf   # corner: garbage columns of the flattened rows read it
+        x[1, 3, 0, 0] = -np.inf
+    elif where == "weight":
+        wt[1, 0, 0, 0] = np.inf  # multiplies zero padding in the forward (NaN there, as in torch)
+        wt[4, 1, 2, 1] = np.nan
+    elif where == "grad_output":
+        gy[0, 2, 0, 0] = np.inf
+        gy[1, 5, 4, 4] = np.nan
+    return x, wt, gy
+
+
+def _same_nonfinite(got, want, what):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +inf positions")
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -inf positions")
+    fin = np.isfinite(want)
+    assert rel_err(got[fin], want[fin]) <= 1e-12, what
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_nan_inf_match_reference(alg, where, rng):
+    """Non-finite inputs give NaN/Inf exactly where the reference has them
+    (the direct kernels' exact fallbacks are exercised here)."""
+    x, wt, gy = _nan_inf_inputs(rng, where)
+    b = rng.standard_normal(6)
+    with np.errstate(invalid="ignore", over="ignore"):
+        _same_nonfinite(fastconv.conv2d(x, wt, b, padding=1, groups=2, algorithm=alg),
+                        reference.conv2d(x, wt, b, padding=1, groups=2), "y")
+        got = fastconv.conv2d_backward(gy, x, wt, padding=1, groups=2, algorithm=alg)
+        want = reference.conv2d_backward(gy, x, wt, padding=1, groups=2)
+    for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        _same_nonfinite(g, r, what)
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_nan_inf_match_torch(alg, where, rng, torch):
+    x, wt, gy = _nan_inf_inputs(rng, where)
+    b = rng.standard_normal(6)
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(wt).requires_grad_()
+    tb = torch.from_numpy(b).requires_grad_()
+    ty = torch.nn.functional.conv2d(tx, tw, tb, padding=1, groups=2)
+    ty.backward(torch.from_numpy(gy))
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = fastconv.conv2d(x, wt, b, padding=1, groups=2, algorithm=alg)
+        grads = fastconv.conv2d_backward(gy, x, wt, padding=1, groups=2, algorithm=alg)
+    _same_nonfinite(y, ty.detach().numpy(), "y")
+    for g, t, what in zip(grads, (tx.grad, tw.grad, tb.grad), ("grad_x", "grad_weight", "grad_bias")):
+        _same_nonfinite(g, t.numpy(), what)
+
+
+# --------------------------------------------------------------------------- finite differences
+
+FD_CASES = [
+    ((2, 4, 7, 8), (6, 2, 3, 2), dict(stride=(2, 1), padding="same", dilation=(1, 2), groups=2)),
+    ((1, 3, 6, 7), (4, 3, 3, 3), dict(padding=(2, 1), dilation=2)),
+    ((2, 2, 6, 5), (2, 1, 2, 3), dict(stride=2, padding=1, groups=2)),
+]
+
+
+def _fd_check(forward, backward, x, wt, b, opts, rng):
+    """Directional finite differences of L = sum(gy * conv2d(x, w, b)) in float64:
+    (L(v + eps*d) - L(v - eps*d)) / (2 eps) == <grad_v, d> for v in x, w, b."""
+    y = forward(x, wt, b, **opts)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, gb = backward(gy, x, wt, **opts)
+
+    def loss(xx, ww, bb):
+        return float(np.sum(gy * forward(xx, ww, bb, **opts)))
+
+    eps = 1e-6
+    for name, grad in (("x", gx), ("weight", gw), ("bias", gb)):
+        d = rng.standard_normal(grad.shape)
+        args_p = {"x": x, "weight": wt, "bias": b}
+        args_m = dict(args_p)
+        args_p[name] = args_p[name] + eps * d
+        args_m[name] = args_m[name] - eps * d
+        fd = (loss(args_p["x"], args_p["weight"], args_p["bias"])
+              - loss(args_m["x"], args_m["weight"], args_m["bias"])) / (2 * eps)
+        an = float(np.sum(grad * d))
+        assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), f"grad {name}: fd {fd} vs analytic {an}"
+
+
+@pytest.mark.parametrize("xs, ws, opts", FD_CASES)
+def test_finite_differences_reference(xs, ws, opts, rng):
+    x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    _fd_check(reference.conv2d, reference.conv2d_backward, x, wt, b, opts, rng)
+
+
+@pytest.mark.parametrize("xs, ws, opts", FD_CASES)
+@pytest.mark.parametrize("alg", ALGS)
+def test_finite_differences(alg, xs, ws, opts, rng):
+    x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+
+    def fwd(xx, ww, bb, **kw):
+        return fastconv.conv2d(xx, ww, bb, **kw, algorithm=alg)
+
+    def bwd(gy, xx, ww, **kw):
+        return fastconv.conv2d_backward(gy, xx, ww, **kw, algorithm=alg)
+
+    _fd_check(fwd, bwd, x, wt, b, opts, rng)
+
+
+# --------------------------------------------------------------------------- torch parity
+
+TORCH_CASES = ["plain", "stride_pair", "pad_pair", "same_even_kernel", "dil_pair_pad", "groups3_stride",
+               "depthwise_x2", "no_bias", "batch1", "k5x5"]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("alg", ALGS)
+def test_torch_parity(alg, dtype, case, rng, torch):
+    """Forward against torch.nn.functional.conv2d, backward against autograd."""
+    x, wt, b, opts = _inputs(rng, CASES[case], dtype)
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(wt).requires_grad_()
+    tb = None if b is None else torch.from_numpy(b).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about uneven "same" padding
+        ty = torch.nn.functional.conv2d(tx, tw, tb, **opts)
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm=alg)
+    assert_close(y, ty.detach().numpy(), dtype, "y vs torch")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.from_numpy(gy))
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg)
+    assert_close(gx, tx.grad.numpy(), dtype, "grad_x vs torch")
+    assert_close(gw, tw.grad.numpy(), dtype, "grad_weight vs torch")
+    if tb is not None:
+        assert_close(gb, tb.grad.numpy(), dtype, "grad_bias vs torch")
+    else:
+        assert_close(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), dtype, "grad_bias")
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1, 3))
+    k = groups * draw(st.integers(1, 5))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 10)), draw(st.integers(1, 10))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.sampled_from(["same", "valid"]),
+                             st.tuples(st.integers(0, 4), st.integers(0, 4))))
+    n = draw(st.integers(1, 3))
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    try:
+        conv2d_params((n, c, h, w), (k, c // groups, kh, kw), None, **opts)
+    except ValueError:
+        assume(False)
+    return (n, c, h, w), (k, c // groups, kh, kw), opts, draw(st.booleans()), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(prob=conv_problems())
+def test_property_matches_reference(prob):
+    xs, ws, opts, has_bias, seed = prob
+    rng = np.random.default_rng(seed)
+    x, wt = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0]) if has_bias else None
+    ref = reference.conv2d(x, wt, b, **opts)
+    gy = rng.standard_normal(ref.shape)
+    rgrads = reference.conv2d_backward(gy, x, wt, **opts)
+    for alg in ALGS:
+        assert_close(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), ref, np.float64, f"{alg} y")
+        for got, want in zip(fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg), rgrads):
+            assert_close(got, want, np.float64, f"{alg} grad")
