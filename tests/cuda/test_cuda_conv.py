@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import reference
@@ -231,3 +233,37 @@ def test_bad_dtype_and_shape_messages(rng):
         fastconv.conv2d(dev(np.ones((1, 3, 5, 5), np.float32)), w)
     with pytest.raises(ValueError, match=r"grad_output must have the forward output's shape \(1, 2, 3, 3\)"):
         fastconv.conv2d_backward(dev(np.ones((1, 2, 4, 4), np.float32)), dev(np.ones((1, 2, 5, 5))), w)
+
+
+@st.composite
+def _problems(draw):
+    groups = draw(st.integers(1, 2))
+    cg, kg = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = draw(st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"]),
+                             st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 4), 7))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 4), 7))
+    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    kw_ = dict(stride=stride, padding=padding, dilation=(dh, dw), groups=groups)
+    xs, ws = (draw(st.integers(1, 2)), cg * groups, h, w), (kg * groups, cg, kh, kw)
+    try:
+        conv2d_params(xs, ws, None, **kw_)
+    except ValueError:
+        assume(False)
+    return xs, ws, kw_, draw(st.sampled_from(ALGORITHMS)), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(_problems())
+def test_property_random_geometry_matches_reference(problem):
+    xs, ws, kw, algorithm, seed = problem
+    rng = np.random.default_rng(seed)
+    x, w, b = _inputs(rng, xs, ws, np.float64)
+    y = fastconv.conv2d(dev(x), dev(w), dev(b), algorithm=algorithm, **kw)
+    assert_close(host(y), reference.conv2d(x, w, b, **kw), np.float64, "y")
+    gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape)
+    grads = fastconv.conv2d_backward(dev(gy), dev(x), dev(w), algorithm=algorithm, **kw)
+    for got, ref, what in zip(grads, reference.conv2d_backward(gy, x, w, **kw), ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(host(got), ref, np.float64, what)

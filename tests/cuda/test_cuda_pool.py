@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import reference
+from fastconv._params import pool2d_params
 
 from cudahelpers import assert_close, dev, host, tie_free
 
@@ -129,3 +132,31 @@ def test_zero_size_batch_and_device_results():
     assert host(y).shape == (0, 2, 2, 2) and host(idx).dtype == np.int64
     gx = fastconv.max_pool2d_backward(y, idx, (0, 2, 4, 4))
     assert is_cuda_ndarray(gx) and host(gx).shape == (0, 2, 4, 4)
+
+
+@st.composite
+def _pool_problems(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kw_ = dict(kernel_size=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+               padding=(draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))),
+               dilation=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), ceil_mode=draw(st.booleans()))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    try:
+        pool2d_params(shape, **kw_)
+    except ValueError:
+        assume(False)
+    return shape, kw_, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_pool_problems())
+def test_property_random_geometry_matches_reference(problem):
+    shape, kw, seed = problem
+    rng = np.random.default_rng(seed)
+    x = tie_free(rng, shape, np.float32)
+    y, idx = fastconv.max_pool2d(dev(x), return_indices=True, **kw)
+    ry, ridx = reference.max_pool2d(x, return_indices=True, **kw)
+    assert np.array_equal(host(y), ry.astype(np.float32)) and np.array_equal(host(idx), ridx)
+    gy = rng.standard_normal(ry.shape).astype(np.float32)
+    gx = fastconv.max_pool2d_backward(dev(gy), idx, shape)
+    assert_close(host(gx), reference.max_pool2d_backward(gy, ridx, shape), np.float32, "grad_x")
