@@ -87,6 +87,7 @@ def _ptx_kernels():
         out += [
             (I.conv_igemm_kernel, (a, a, a, a, b, b) + (i64,) * 19),
             (D.conv_direct_kernel, (a, a, a, a, b, b) + (i64,) * 25),
+            (D.conv_thin_kernel, (a, a, a, a, b, b) + (i64,) * 18),
             (I.conv_wgrad_kernel, (a, a, a) + (i64,) * 18),
             (I.sum_splits_kernel, (a, a, i64)),
             (I.bias_grad_kernel, (a, a, i64, i64, i64, i64)),

@@ -19,6 +19,10 @@ a gather over the output positions each input pixel feeds, no scatter, no
 atomics.  grad_weight and grad_bias are the deterministic split-K reductions of
 ``conv_im2col`` (a weight-stationary direct kernel would compute the same sums).
 
+Groups with at most TK/4 output channels (depthwise and similar) use a
+simpler kernel instead: one thread per output element reading its taps from
+global memory, as most of a 32-channel tile would idle there.
+
 When even one input channel's patch or the TK x R x S weights of one channel
 do not fit the shared buffers (kernels larger than 8x8 on a GPU, very large
 dilations), the call falls back to the implicit-GEMM kernel, which has no such
@@ -45,6 +49,8 @@ TK = KT * KPT  # output channels per block
 TP = PT * PPT  # output pixels per block (at most)
 NT = KT * PT  # threads per block
 ACC = KPT * PPT
+# Groups with at most this many output channels use the one-thread-per-output kernel.
+THIN_MAX = TK // 4
 
 U = np.uint64  # unsigned indices skip numba's negative-index wraparound
 
@@ -181,6 +187,62 @@ def conv_direct_kernel(x, w, b, y, has_bias, transposed, cin, hin, win, cout, oh
                         y[U(((nn * cout + k) * oh + ohq) * ow + owq)] = v
 
 
+@cuda.jit(cache=True)
+def conv_thin_kernel(x, w, b, y, has_bias, transposed, cin, hin, win, cout, oh, ow, cin_g, cout_g,
+                     kh, kw, sh, sw, pt, pl, dh, dw, lh, lw):
+    """Same contract as ``conv_direct_kernel`` for groups with few output channels
+    (depthwise): one thread per output element, grid-stride over the flat (N, cout,
+    oh, ow) output, taps read straight from global memory (neighbouring threads
+    share them through L1).  A 32-channel tile would leave most threads idle there."""
+    zero_ = cuda.local.array(1, dtype=y.dtype)
+    zero_[0] = 0
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    ohw = oh * ow
+    khkw = kh * kw
+    hw_in = hin * win
+    unit = lh == 1 and lw == 1
+    while i < y.size:
+        nk = i // ohw
+        q = i - nk * ohw
+        nn = nk // cout
+        k = nk - nn * cout
+        g = k // cout_g
+        co = k - g * cout_g
+        ohq = q // ow
+        h0 = ohq * sh - pt
+        w0 = (q - ohq * ow) * sw - pl
+        acc = zero_[0]
+        for ci in range(cin_g):
+            xb = (nn * cin + g * cin_g + ci) * hw_in
+            if transposed:
+                wb = ((g * cin_g + ci) * cout_g + co) * khkw + khkw - 1
+            else:
+                wb = ((g * cout_g + co) * cin_g + ci) * khkw
+            for r in range(kh):
+                u = h0 + r * dh
+                if not unit:
+                    if u < 0 or u % lh != 0:
+                        continue
+                    u = u // lh
+                if u < 0 or u >= hin:
+                    continue
+                for s in range(kw):
+                    v = w0 + s * dw
+                    if not unit:
+                        if v < 0 or v % lw != 0:
+                            continue
+                        v = v // lw
+                    if v >= 0 and v < win:
+                        rs = r * kw + s
+                        wv = w[U(wb - rs)] if transposed else w[U(wb + rs)]
+                        acc += x[U(xb + u * win + v)] * wv
+        if has_bias:
+            acc += b[k]
+        y[U(i)] = acc
+        i += step
+
+
 def plan(cout_g: int, cin_g: int, oh: int, ow: int, kh: int, kw: int, sh: int, sw: int,
          dh: int, dw: int) -> tuple[int, int, int, int, int] | None:
     """(th, tw, cc, php, pwp) for a launch, or None if one channel does not fit shared memory."""
@@ -205,7 +267,17 @@ def plan(cout_g: int, cin_g: int, oh: int, ow: int, kh: int, kw: int, sh: int, s
 
 def launch_conv_direct(x, w, b, y, transposed, cin, hin, win, cout, oh, ow, cin_g, cout_g,
                        kh, kw, sh, sw, pt, pl, dh, dw, lh, lw) -> None:
-    """Launch ``conv_direct_kernel`` writing all of y, or the implicit GEMM if the tile does not fit."""
+    """Launch the direct kernel writing all of y: the thin-group kernel when a group has at
+    most THIN_MAX output channels, else the tiled kernel, or the implicit GEMM if its tile
+    does not fit shared memory."""
+    has_bias = b is not None
+    bb = flat(b) if has_bias else flat(y)[:1]
+    if cout_g <= THIN_MAX:
+        blocks, tpb = _arrays.elemwise_grid(y.size)
+        conv_thin_kernel[blocks, tpb](
+            flat(x), flat(w), bb, flat(y), has_bias, bool(transposed), cin, hin, win, cout, oh, ow,
+            cin_g, cout_g, kh, kw, sh, sw, pt, pl, dh, dw, lh, lw)
+        return
     pl_ = plan(cout_g, cin_g, oh, ow, kh, kw, sh, sw, dh, dw)
     if pl_ is None:
         conv_im2col.launch_conv_igemm(x, w, b, y, transposed, cin, hin, win, cout, oh, ow, cin_g,
@@ -221,8 +293,6 @@ def launch_conv_direct(x, w, b, y, transposed, cin, hin, win, cout, oh, ow, cin_
             f"groups x output-channel tiles is {rows} > {MAX_GRID_YZ} thread-block rows, beyond what "
             "the CUDA backend launches; use fewer groups or the CPU backend"
         )
-    has_bias = b is not None
-    bb = flat(b) if has_bias else flat(y)[:1]
     conv_direct_kernel[(n * tiles, rows), NT](
         flat(x), flat(w), bb, flat(y), has_bias, bool(transposed), cin, hin, win, cout, oh, ow,
         cin_g, cout_g, kh, kw, sh, sw, pt, pl, dh, dw, lh, lw, th, tw, tiles_w, tiles, cc, php, pwp)

@@ -147,8 +147,9 @@ def test_direct_falls_back_when_tile_does_not_fit(rng):
     from fastconv.cuda import conv_direct as cd
 
     k = next(k for k in range(1, 64) if cd.TK * k * k > cd.WS)
-    assert cd.plan(2, 2, 3, 3, k, k, 1, 1, 1, 1) is None
-    x, w, b = _inputs(rng, (1, 2, k + 1, k + 1), (2, 2, k, k), np.float64)
+    kout = cd.THIN_MAX + 1  # more channels than the thin-group kernel takes
+    assert cd.plan(kout, 2, 3, 3, k, k, 1, 1, 1, 1) is None
+    x, w, b = _inputs(rng, (1, 2, k + 1, k + 1), (kout, 2, k, k), np.float64)
     y = fastconv.conv2d(dev(x), dev(w), dev(b), padding=1, algorithm="direct")
     assert_close(host(y), reference.conv2d(x, w, b, padding=1), np.float64, "y")
 
