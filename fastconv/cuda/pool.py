@@ -37,6 +37,8 @@ PLANES = 2 if SIM else 8
 BWD_THREADS = LANES * PLANES
 BWD_MAX_BLOCKS = 2 if SIM else 132 * 8
 
+U = np.uint64  # unsigned indices skip numba's negative-index wraparound
+
 
 @cuda.jit(cache=True)
 def max_pool2d_forward_kernel(x, y, idx, with_idx, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -53,7 +55,7 @@ def max_pool2d_forward_kernel(x, y, idx, with_idx, h, w, oh, ow, kh, kw, sh, sw,
         base = pl * plane_in
         h0 = oi * sh - ph
         w0 = oj * sw - pw
-        best = x[base]  # typed placeholder; replaced by the first in-bounds element
+        best = x[U(base)]  # typed placeholder; replaced by the first in-bounds element
         where = 0
         found = False
         for a in range(kh):
@@ -62,17 +64,17 @@ def max_pool2d_forward_kernel(x, y, idx, with_idx, h, w, oh, ow, kh, kw, sh, sw,
                 for b in range(kw):
                     ww = w0 + b * dw
                     if ww >= 0 and ww < w:
-                        v = x[base + hh * w + ww]
+                        v = x[U(base + hh * w + ww)]
                         if (not found) or v > best or v != v:
                             best = v
                             where = hh * w + ww
                             found = True
         if found:
-            y[i] = best
+            y[U(i)] = best
         else:  # a window entirely in the padding (possible with dilation)
-            y[i] = -math.inf
+            y[U(i)] = -math.inf
         if with_idx:
-            idx[i] = where
+            idx[U(i)] = where
         i += step
 
 
@@ -95,15 +97,15 @@ def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
         if live:
             e = lane
             while e < plane_in:
-                gx[gbase + e] = 0
+                gx[U(gbase + e)] = 0
                 e += LANES
         cuda.syncthreads()
         for rnd in range(nrounds):
             o = rnd * LANES + lane
             active = live and o < plane_out
             if active:
-                tgt[t] = idx[obase + o]
-                val[t] = gy[obase + o]
+                tgt[t] = idx[U(obase + o)]
+                val[t] = gy[U(obase + o)]
             else:
                 tgt[t] = -1 - lane  # distinct from real targets and from each other
             cuda.syncthreads()
@@ -114,11 +116,11 @@ def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
                     if tgt[j] == mine:
                         leader = False
                 if leader:
-                    acc = gx[gbase + mine]
+                    acc = gx[U(gbase + mine)]
                     for j in range(t, first + LANES):
                         if tgt[j] == mine:
                             acc += val[j]
-                    gx[gbase + mine] = acc
+                    gx[U(gbase + mine)] = acc
             cuda.syncthreads()
         group += cuda.gridDim.x
 
