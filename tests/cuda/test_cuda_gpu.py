@@ -136,3 +136,16 @@ def test_beyond_2_31_elements(torch_cuda):
         ref = torch.nn.functional.conv2d(x[-1:, :, -2:, :], w).cpu().numpy()
         assert_close(tail, ref, np.float32, f"conv tail ({algorithm})")
         del yc
+
+
+def test_cupy_arrays_zero_copy(rng):
+    cupy = pytest.importorskip("cupy", reason="cupy not installed")
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    cx, cw = cupy.asarray(x), cupy.asarray(w)
+    assert fastconv.cuda.asarray(cx, "x").__cuda_array_interface__["data"][0] == cx.data.ptr
+    y = fastconv.conv2d(cx, cw, padding=1)
+    assert_close(host(y), reference.conv2d(x, w, padding=1), np.float32, "y")
+    y2, idx = fastconv.max_pool2d(cx, 2, return_indices=True)
+    ry, ridx = reference.max_pool2d(x, 2, return_indices=True)
+    assert np.array_equal(host(y2), ry.astype(np.float32)) and np.array_equal(host(idx), ridx)
