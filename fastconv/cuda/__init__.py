@@ -11,6 +11,14 @@ C-contiguous device arrays; results are numba device arrays.
 Kernel modules: ``_arrays`` (interop, casts, allocation, launch sizes),
 ``conv_direct`` (output-stationary direct convolution), ``conv_im2col``
 (implicit-GEMM convolution and the split-K weight gradient), ``pool``.
+Every reduction has a fixed order (no float atomics): results are bit-identical
+run to run on a given GPU.  Tile sizes are smaller under numba-cuda's simulator
+(``NUMBA_ENABLE_CUDASIM=1``), which runs every thread as a Python thread.
+
+Tests: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q`` (simulator,
+tiny shapes); on a GPU machine ``python -m pytest tests/cuda -q`` runs the same
+matrix on the GPU and ``-m gpu`` selects the real-size suite;
+``python benchmarks/gpu_bench.py`` compares with cuDNN.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ it) and TK = 32 consecutive output channels of one group.  Its 128 threads form
 KT x PT = 4 x 32: a warp shares its output channels (weight reads from shared
 memory are broadcasts) and spreads over pixels (input reads hit consecutive
 banks).  Each thread accumulates KPT x PPT = 8 channels x 8 pixels in registers
-(pixels pt + j*PT, channels kt + i*KT), so one pair of shared-memory reads
-feeds 64 FMAs / 16 loads.  The reduction over the group's input channels runs in
+(pixels pt + j*PT, channels kt + i*KT), so 16 shared-memory loads feed 64
+FMAs per kernel tap.  The reduction over the group's input channels runs in
 chunks of CC channels: the chunk's input patch ((TH-1)*sh + (R-1)*dh + 1 rows x
 (TW-1)*sw + (S-1)*dw + 1 columns per channel, zero-filled padding) and its
 TK x CC x R x S weights are staged in shared memory (XS and WS elements:
