@@ -18,7 +18,14 @@ from ._params import Conv2dParams
 
 def is_device_array(a: Any) -> bool:
     """True for arrays that live on a CUDA device (or numba's simulated device)."""
-    return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
+    if type(a).__module__.startswith("numba.cuda"):  # includes the simulator's arrays
+        return True
+    try:
+        return getattr(a, "__cuda_array_interface__", None) is not None
+    except Exception:
+        # torch defines the property on every tensor and raises for CPU tensors
+        # (TypeError) and for CUDA tensors that require grad (RuntimeError).
+        return bool(getattr(a, "is_cuda", False))
 
 
 def backend_name(**arrays: Any) -> str:
