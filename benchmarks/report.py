@@ -534,7 +534,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         return False
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(impls)}
-    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * len(ops)), squeeze=False)
+    fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.4 * len(ops)), squeeze=False)
     for ax, op in zip(axes[:, 0], ops):
         op_rows = [r for r in rows if r["op"] == op]
         shapes = list(dict.fromkeys(r["shape"] for r in op_rows))
@@ -551,15 +551,18 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         metric = op_rows[0]["metric"]
         ceil = result["ceilings"]["sgemm"]["gflops"] if metric == "GFLOP/s" else result["ceilings"]["copy"]["gbs"]
         ax.axhline(ceil, ls="--", color="gray", lw=1)
-        ax.text(len(shapes) - 0.5, ceil, " ceiling", va="bottom", ha="right", color="gray", fontsize=8)
+        ax.set_xlim(-0.6, len(shapes) - 0.4)
+        ax.text(len(shapes) - 0.45, ceil, "ceiling", va="bottom", ha="right", color="gray", fontsize=8)
+        names_of = {r["shape"]: r["case"] for r in op_rows}
         ax.set_xticks(range(len(shapes)))
-        ax.set_xticklabels(shapes, fontsize=7)
+        # name, then the shape on two lines: long conv labels must not overlap
+        ax.set_xticklabels([f"{names_of[s]}\n" + s.replace(" ", "\n", 1) for s in shapes], fontsize=7)
         ax.set_ylabel(metric)
         ax.set_title(OP_TITLES[op], fontsize=10)
         ax.legend(fontsize=7, ncol=4)
     fig.suptitle(f"fastconv {result['config']['stem']} ({result['machine']['date'][:10]}, "
                  f"{result['config']['threads']} threads)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
