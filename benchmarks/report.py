@@ -500,6 +500,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     ]
     for note in cfg.get("notes") or []:
         lines.append(f"- Note: {note}")
+    busy = busy_warning(m)
+    if busy:
+        lines.append(f"- **Warning**: {busy}")
     lines += ["", "Columns: median and minimum per-call time over the samples; GFLOP/s (of the median) (conv: 2·N·K·OH·OW·C/g·R·S per forward, backward "
               "counted 2x; MNIST: 3x the conv+dense forward flops per step) or GB/s (pool: minimal bytes read "
               "+ written); % of the measured ceiling; time / torch = this row's time over torch's in the same "
@@ -512,6 +515,16 @@ def format_markdown(result: dict[str, Any]) -> str:
     if result.get("latency"):
         lines += ["## First-call latency (fresh processes)", "", format_latency(result["latency"])]
     return "\n".join(lines)
+
+
+def busy_warning(machine: dict[str, Any]) -> str | None:
+    """A warning when other work was running: the 1-minute load average at the
+    start (before this run's own work shows in it) above half the usable CPUs."""
+    load, cpus = machine.get("loadavg_start"), machine.get("usable_cpus") or 1
+    if load and load[0] > 0.5 * cpus:
+        return (f"the machine was busy when this run started (1-minute load average {load[0]:.2f} on {cpus} "
+                f"CPUs): other processes competed for the cores, so times and ratios are unreliable")
+    return None
 
 
 def _loadavg(v: Any) -> str:

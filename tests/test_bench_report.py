@@ -230,6 +230,12 @@ def test_format_table_and_helpers():
     assert report.machine_kind("AMD EPYC 7B13 64-Core Processor", 8) == "amd-epyc-7b13-8vcpu"
 
 
+def test_busy_warning():
+    assert report.busy_warning({"loadavg_start": [0.2, 0.1, 0.1], "usable_cpus": 2}) is None
+    assert "busy" in report.busy_warning({"loadavg_start": [3.0, 1.0, 1.0], "usable_cpus": 2})
+    assert report.busy_warning({"loadavg_start": None, "usable_cpus": 2}) is None
+
+
 def test_parse_args_defaults_and_errors():
     a = report.parse_args([])
     assert a.threads == 2 and a.repeats == 7 and a.latency and a.only == list(report.FAMILIES)
