@@ -1,45 +1,47 @@
 """Direct 2-D convolution on the CPU (no column buffer): forward and backward.
 
-Prepared input.  ``embed`` copies x once into zero-padded, and for stride > 1
-polyphase, planes (see ``_conv_common``), so that every kernel tap (r, s) is
-a constant shift ``offs[r*KW + s]`` of one flattened index ``q = oh*pitch + ow``.
-Stride, padding ("same" included, asymmetric) and dilation are then only
-numbers in ``offs``; the loops have no bounds tests.  The copy costs one pass
-over x (workspace = one padded copy of x, not KH*KW copies like a column
-buffer); with stride 1 and no padding x is used in place.
+Prepared input.  ``embed`` copies x once into a channel-major, zero-padded
+(and for stride > 1 polyphase) flattened buffer (see ``_conv_common``), in
+which every kernel tap (r, s) is a constant shift ``offs[r*KW + s]`` of one
+index ``Q = n*plane + oh*pitch + ow`` running over the whole batch.  Stride,
+padding ("same" included, asymmetric) and dilation are then only numbers in
+``offs``: the loops have no bounds tests, and they are long even for 13x13
+images.  Workspace: one padded copy of x (not KH*KW copies like a column
+buffer).
 
-Forward (``_corr``), Zhang/Franchetti/Low style.  Parallel over tasks
-(image, group, block of 4 output channels, block of output rows), so a batch of
-one still spreads over every core.  A task owns a 4 x L accumulator (L = rows
-in the block * pitch, ~16 KiB: it stays in L1) and, for each input channel,
-streams over it once per group of 3 taps: the innermost loop runs over the
-contiguous flattened output index and LLVM vectorises it; per vector it loads 3
-shifted input vectors and does 12 FMAs into the 4 output rows (register
-blocking over output channels and taps, 12 weights hoisted into registers).
-Output columns ow >= OW of the flattened rows ("garbage" columns, the pitch
-minus the width) are computed and dropped when the block is copied out (bias
-added there).  Output channels beyond a multiple of 4 (e.g. depthwise, 1 per
-group) take a 1-channel path, so no work is wasted on padding channels.
+Forward (``_corr``), in the style of Zhang/Franchetti/Low's direct
+convolution.  Parallel over tasks (group, block of 4 output channels, block of
+_BLOCK consecutive Q), so a batch of one still spreads over every core.  A
+task owns a 4 x _BLOCK accumulator (16 KiB in float32: L1-resident) and, for
+each input channel of its group, streams over it once per group of 3 taps:
+the innermost loop runs over contiguous Q and LLVM vectorises it; per vector
+it loads 3 shifted input vectors and does 12 FMAs into the 4 accumulator rows
+(register blocking over output channels and taps; the 12 weights are hoisted
+into registers).  The loop length is rounded up to a multiple of 16, so there
+is no scalar remainder loop (the buffers have a zeroed tail to read).
+Garbage Q (pitch and row padding) are computed and dropped when the block is
+copied into y, where the bias is added.  Output channels past a multiple of 4
+(e.g. depthwise: 1 per group) take a 1-channel path, so no work is wasted.
 
 Backward.  grad_bias: ``bias_grad``.  grad_weight (``_gw_dot``): for each
-(output channel, input channel) pair a dot product over q of grad_output with
-the shifted prepared input, register-blocked 4 output channels x 3 taps (12
-vector accumulators, 7 loads per 12 FMAs).  Parallel over chunks of
-(image, row block), one private float64 partial grad_weight per chunk, summed
-afterwards: race-free and deterministic for a fixed thread count.
-grad_input, stride 1: a transposed convolution is a correlation of grad_output,
-zero-embedded with margins, with the same weights read as (C, K) and the taps
-mirrored, which is ``_corr`` again with other offsets.  Stride > 1 (and the
-exact fallback, below): ``_gx_scatter``, parallel over grad_x planes, each
-plane owned by one iteration (race-free), adding w * grad_output row segments.
+(output channel, input channel, tap) a dot product over Q of grad_output,
+embedded in the same layout as the prepared input (zeros at garbage Q), with
+the shifted prepared input; register-blocked 4 output channels x 3 taps (12
+vector accumulators, 7 loads per 12 FMAs).  Parallel over chunks of Q, each
+with a private float64 partial grad_weight summed afterwards: race-free, and
+deterministic for a fixed thread count.  grad_input, stride 1: a transposed
+convolution is a correlation of grad_output, embedded with zero margins, with
+the weights read as (C, K) and the taps mirrored, i.e. ``_corr`` again with
+other offsets.  Stride > 1 (and the exact fallback, below): ``_gx_scatter``,
+parallel over grad_x planes, each owned by one iteration (race-free).
 
-Exactness with NaN/Inf.  The fast grad paths multiply things PyTorch never
-multiplies: zero margins of grad_output by the weights (grad_x), and zero
-garbage columns of grad_output by input values (grad_weight).  These products
-are exact zeros when the other factor is finite, so grad_x's fast path runs
-only when the weights are all finite, and a grad_weight containing a NaN is
-recomputed by the same kernel over exact rows only.  The forward multiplies
-the zero padding like PyTorch and the reference do, and drops garbage columns.
+Exactness with NaN/Inf.  The fast gradient paths multiply things PyTorch never
+multiplies: zero margins of grad_output by weights (grad_x) and zero garbage
+Q of grad_output by input values (grad_weight).  Those products are exact
+zeros when the other factor is finite, so grad_x's fast path runs only when
+the weights are all finite, and a grad_weight containing a NaN is recomputed
+over exact output rows only (``flat=False``).  The forward multiplies the zero
+padding like PyTorch and the reference do, and drops garbage outputs.
 """
 
 from __future__ import annotations
@@ -50,88 +52,52 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Conv2dParams
-from ._conv_common import FASTMATH, bias_grad, embed, empty_bias, phase_geometry, tap_offsets
+from ._conv_common import (
+    FASTMATH,
+    TILE_VECTORS,
+    bias_grad,
+    corr_tile,
+    dot_tile,
+    embed,
+    empty_bias,
+    phase_geometry,
+    tap_offsets,
+)
 
 __all__ = ["conv2d_forward_direct", "conv2d_backward_direct"]
 
-# Target accumulator block of ``_corr`` (elements per output channel): 4 rows of
-# 1024 float32 = 16 KiB, L1-resident.  ``_gw_dot`` uses segments of the same size.
-_BLOCK_ELEMS = 1024
+# Q elements per ``_corr`` task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
+_BLOCK = 1024
+# Q elements per ``_gw_dot`` segment: 4 grad_output rows + 1 input row stay in L1/L2.
+_SEG = 2048
 
 
 # --------------------------------------------------------------------------- forward core
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _acc4(xg, wk, offs, q0, acc):
-    """acc (4, L) += correlation of the input planes xg (cgi, Lin) with weights
-    wk (cgi, T, 4) over the taps at offsets offs (T,), output index q0 + [0, L)."""
-    ln = acc.shape[1]
+def _acc1(inp, base, cstride, cgi, wk, kk, offs, nv, a0):
+    """a0 (>= 16*nv) += the same sum for the one output channel kk of wk (cgi, T, 4)."""
+    ln = nv * 16
     ntap = offs.shape[0]
-    a0 = acc[0]
-    a1 = acc[1]
-    a2 = acc[2]
-    a3 = acc[3]
-    for c in range(xg.shape[0]):
-        xc = xg[c]
+    for c in range(cgi):
+        cb = base + c * cstride
         wc = wk[c]
         j = 0
         while j + 3 <= ntap:
-            o0 = offs[j] + q0
-            o1 = offs[j + 1] + q0
-            o2 = offs[j + 2] + q0
-            x0 = xc[o0:o0 + ln]
-            x1 = xc[o1:o1 + ln]
-            x2 = xc[o2:o2 + ln]
-            u0, u1, u2 = wc[j, 0], wc[j + 1, 0], wc[j + 2, 0]
-            v0, v1, v2 = wc[j, 1], wc[j + 1, 1], wc[j + 2, 1]
-            s0, s1, s2 = wc[j, 2], wc[j + 1, 2], wc[j + 2, 2]
-            t0, t1, t2 = wc[j, 3], wc[j + 1, 3], wc[j + 2, 3]
-            for q in range(ln):
-                e0 = x0[q]
-                e1 = x1[q]
-                e2 = x2[q]
-                a0[q] += u0 * e0 + u1 * e1 + u2 * e2
-                a1[q] += v0 * e0 + v1 * e1 + v2 * e2
-                a2[q] += s0 * e0 + s1 * e1 + s2 * e2
-                a3[q] += t0 * e0 + t1 * e1 + t2 * e2
-            j += 3
-        while j < ntap:
-            o0 = offs[j] + q0
-            x0 = xc[o0:o0 + ln]
-            u0, v0, s0, t0 = wc[j, 0], wc[j, 1], wc[j, 2], wc[j, 3]
-            for q in range(ln):
-                e0 = x0[q]
-                a0[q] += u0 * e0
-                a1[q] += v0 * e0
-                a2[q] += s0 * e0
-                a3[q] += t0 * e0
-            j += 1
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _acc1(xg, wk, kk, offs, q0, a0):
-    """a0 (L,) += correlation for the one output channel kk of wk (cgi, T, 4)."""
-    ln = a0.shape[0]
-    ntap = offs.shape[0]
-    for c in range(xg.shape[0]):
-        xc = xg[c]
-        wc = wk[c]
-        j = 0
-        while j + 3 <= ntap:
-            o0 = offs[j] + q0
-            o1 = offs[j + 1] + q0
-            o2 = offs[j + 2] + q0
-            x0 = xc[o0:o0 + ln]
-            x1 = xc[o1:o1 + ln]
-            x2 = xc[o2:o2 + ln]
+            o0 = cb + offs[j]
+            o1 = cb + offs[j + 1]
+            o2 = cb + offs[j + 2]
+            x0 = inp[o0:o0 + ln]
+            x1 = inp[o1:o1 + ln]
+            x2 = inp[o2:o2 + ln]
             u0, u1, u2 = wc[j, kk], wc[j + 1, kk], wc[j + 2, kk]
             for q in range(ln):
                 a0[q] += u0 * x0[q] + u1 * x1[q] + u2 * x2[q]
             j += 3
         while j < ntap:
-            o0 = offs[j] + q0
-            x0 = xc[o0:o0 + ln]
+            o0 = cb + offs[j]
+            x0 = inp[o0:o0 + ln]
             u0 = wc[j, kk]
             for q in range(ln):
                 a0[q] += u0 * x0[q]
@@ -139,48 +105,64 @@ def _acc1(xg, wk, kk, offs, q0, a0):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _corr(inp, wpk, offs, bias, out, pitch, rb):
-    """out (N, Kout, OH, OW) = bias + sum over the cgi input channels of each
-    group and the taps of wpk[g, k//4, c, tap, k%4] * inp[n, g*cgi + c, offs[tap] + q]
-    with q = oh*pitch + ow.  inp (N, Cin, Lin); bias (Kout,) or (0,) for none;
-    rb output rows per task."""
-    n_img = inp.shape[0]
+def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk):
+    """out (N, Kout, OH, OW) = bias + correlation of a prepared buffer.
+
+    out[n, g*kgo + k, oh, ow] = bias[...] + sum over the cgi input channels c
+    of group g and the taps of wpk[g, k//4, c, tap, k%4] *
+    inp[(g*cgi + c)*cstride + offs[tap] + n*plane + oh*pitch + ow].
+    bias (Kout,) or (0,) for none; blk (a multiple of 16) Q per task."""
+    n_img, kout, oh_n, ow_n = out.shape
     groups, nkb, cgi, _, _ = wpk.shape
-    kout, oh_n, ow_n = out.shape[1], out.shape[2], out.shape[3]
     kgo = kout // groups
-    nrb = (oh_n + rb - 1) // rb
+    qn = (n_img - 1) * plane + (oh_n - 1) * pitch + ow_n
+    nblk = (qn + blk - 1) // blk
     has_bias = bias.shape[0] > 0
-    for t in prange(n_img * groups * nkb * nrb):
-        rbi = t % nrb
-        u = t // nrb
-        kb = u % nkb
-        u = u // nkb
-        g = u % groups
-        n = u // groups
-        r0 = rbi * rb
-        r1 = min(oh_n, r0 + rb)
-        q0 = r0 * pitch
-        ln = (r1 - 1 - r0) * pitch + ow_n
+    for t in prange(groups * nkb * nblk):
+        # output-channel blocks vary fastest: consecutive tasks of a thread
+        # reuse the same input block from L2
+        kb = t % nkb
+        u = t // nkb
+        bi = u % nblk
+        g = u // nblk
+        q0 = bi * blk
+        ln = min(blk, qn - q0)
         nk = min(4, kgo - kb * 4)
-        acc = np.zeros((4, ln), dtype=out.dtype)
-        xg = inp[n, g * cgi:(g + 1) * cgi]
-        if nk == 4:
-            _acc4(xg, wpk[g, kb], offs, q0, acc)
+        base = g * cgi * cstride + q0
+        if kgo >= 4:
+            # 4-channel register tiles (lanes past kgo have zero weights, not stored)
+            tw = TILE_VECTORS * 64 // out.itemsize
+            ntile = (ln + tw - 1) // tw
+            acc = np.empty((4, ntile * tw), dtype=out.dtype)
+            for ti in range(ntile):
+                corr_tile(inp, base + ti * tw, cstride, cgi, wpk[g, kb], offs, acc, ti * tw)
         else:
+            nv = (ln + 15) // 16
+            acc = np.zeros((4, nv * 16), dtype=out.dtype)
             for kk in range(nk):
-                _acc1(xg, wpk[g, kb], kk, offs, q0, acc[kk])
-        for kk in range(nk):
-            k = g * kgo + kb * 4 + kk
-            for oh in range(r0, r1):
-                yr = out[n, k, oh]
-                ar = acc[kk, (oh - r0) * pitch:(oh - r0) * pitch + ow_n]
-                if has_bias:
-                    b = bias[k]
-                    for ow in range(ow_n):
-                        yr[ow] = ar[ow] + b
-                else:
-                    for ow in range(ow_n):
-                        yr[ow] = ar[ow]
+                _acc1(inp, base, cstride, cgi, wpk[g, kb], kk, offs, nv, acc[kk])
+        # copy the output pixels among Q in [q0, q0 + ln) into out
+        for n in range(q0 // plane, min(n_img, (q0 + ln - 1) // plane + 1)):
+            nb0 = n * plane
+            oh_lo = max(0, (q0 - nb0) // pitch)
+            oh_hi = min(oh_n, (q0 + ln - 1 - nb0) // pitch + 1)
+            for oh in range(oh_lo, oh_hi):
+                rs = nb0 + oh * pitch
+                c0 = max(rs, q0)
+                c1 = min(rs + ow_n, q0 + ln)
+                if c1 <= c0:
+                    continue
+                for kk in range(nk):
+                    k = g * kgo + kb * 4 + kk
+                    yr = out[n, k, oh, c0 - rs:c1 - rs]
+                    ar = acc[kk, c0 - q0:c1 - q0]
+                    if has_bias:
+                        b = bias[k]
+                        for i in range(c1 - c0):
+                            yr[i] = ar[i] + b
+                    else:
+                        for i in range(c1 - c0):
+                            yr[i] = ar[i]
     return out
 
 
@@ -188,60 +170,33 @@ def _corr(inp, wpk, offs, bias, out, pitch, rb):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dot4(g4, gq, xc, xq, offs, ln, zero, pa):
-    """pa (4, T) += dot products over q in [0, ln) of grad_output rows
-    g4[:, gq + q] with the input xc[xq + offs[tap] + q]."""
+def _dot4(gys, gq, gkstride, xs, xq, offs, ln, zero, pa):
+    """pa (4, T) += dot products over q < ln of the grad_output rows
+    gys[gq + i*gkstride + q] (i < 4) with the input xs[xq + offs[tap] + q]."""
     ntap = offs.shape[0]
-    g0 = g4[0, gq:gq + ln]
-    g1 = g4[1, gq:gq + ln]
-    g2 = g4[2, gq:gq + ln]
-    g3 = g4[3, gq:gq + ln]
+    g0 = gys[gq:gq + ln]
+    g1 = gys[gq + gkstride:gq + gkstride + ln]
+    g2 = gys[gq + 2 * gkstride:gq + 2 * gkstride + ln]
+    g3 = gys[gq + 3 * gkstride:gq + 3 * gkstride + ln]
     j = 0
     while j + 3 <= ntap:
-        o0 = xq + offs[j]
-        o1 = xq + offs[j + 1]
-        o2 = xq + offs[j + 2]
-        x0 = xc[o0:o0 + ln]
-        x1 = xc[o1:o1 + ln]
-        x2 = xc[o2:o2 + ln]
-        s00 = s01 = s02 = s10 = s11 = s12 = zero
-        s20 = s21 = s22 = s30 = s31 = s32 = zero
-        for q in range(ln):
-            e0 = x0[q]
-            e1 = x1[q]
-            e2 = x2[q]
-            f = g0[q]
-            s00 += f * e0
-            s01 += f * e1
-            s02 += f * e2
-            f = g1[q]
-            s10 += f * e0
-            s11 += f * e1
-            s12 += f * e2
-            f = g2[q]
-            s20 += f * e0
-            s21 += f * e1
-            s22 += f * e2
-            f = g3[q]
-            s30 += f * e0
-            s31 += f * e1
-            s32 += f * e2
-        pa[0, j] += s00
-        pa[0, j + 1] += s01
-        pa[0, j + 2] += s02
-        pa[1, j] += s10
-        pa[1, j + 1] += s11
-        pa[1, j + 2] += s12
-        pa[2, j] += s20
-        pa[2, j + 1] += s21
-        pa[2, j + 2] += s22
-        pa[3, j] += s30
-        pa[3, j + 1] += s31
-        pa[3, j + 2] += s32
+        r = dot_tile(gys, gq, gkstride, xs, xq, offs[j], offs[j + 1], offs[j + 2], ln)
+        pa[0, j] += r[0]
+        pa[0, j + 1] += r[1]
+        pa[0, j + 2] += r[2]
+        pa[1, j] += r[3]
+        pa[1, j + 1] += r[4]
+        pa[1, j + 2] += r[5]
+        pa[2, j] += r[6]
+        pa[2, j + 1] += r[7]
+        pa[2, j + 2] += r[8]
+        pa[3, j] += r[9]
+        pa[3, j + 1] += r[10]
+        pa[3, j + 2] += r[11]
         j += 3
     while j < ntap:
         o0 = xq + offs[j]
-        x0 = xc[o0:o0 + ln]
+        x0 = xs[o0:o0 + ln]
         s00 = s10 = s20 = s30 = zero
         for q in range(ln):
             e0 = x0[q]
@@ -257,18 +212,18 @@ def _dot4(g4, gq, xc, xq, offs, ln, zero, pa):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dot1(g1r, gq, xc, xq, offs, ln, zero, pa):
+def _dot1(gys, gq, xs, xq, offs, ln, zero, pa):
     """pa (T,) += dot products for one grad_output row (see ``_dot4``)."""
     ntap = offs.shape[0]
-    g0 = g1r[gq:gq + ln]
+    g0 = gys[gq:gq + ln]
     j = 0
     while j + 3 <= ntap:
         o0 = xq + offs[j]
         o1 = xq + offs[j + 1]
         o2 = xq + offs[j + 2]
-        x0 = xc[o0:o0 + ln]
-        x1 = xc[o1:o1 + ln]
-        x2 = xc[o2:o2 + ln]
+        x0 = xs[o0:o0 + ln]
+        x1 = xs[o1:o1 + ln]
+        x2 = xs[o2:o2 + ln]
         s0 = s1 = s2 = zero
         for q in range(ln):
             f = g0[q]
@@ -281,7 +236,7 @@ def _dot1(g1r, gq, xc, xq, offs, ln, zero, pa):
         j += 3
     while j < ntap:
         o0 = xq + offs[j]
-        x0 = xc[o0:o0 + ln]
+        x0 = xs[o0:o0 + ln]
         s0 = zero
         for q in range(ln):
             s0 += g0[q] * x0[q]
@@ -289,54 +244,54 @@ def _dot1(g1r, gq, xc, xq, offs, ln, zero, pa):
         j += 1
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_segment(gys, gq, gkstride, xs, xq, cstride, offs, ln, groups, cg, kg, zero, pa):
+    """pa (K, cg, T) += every (k, c, tap) dot product of one segment."""
+    for g in range(groups):
+        for ci in range(cg):
+            xc = xq + (g * cg + ci) * cstride
+            k = g * kg
+            ke = k + kg
+            while k + 4 <= ke:
+                _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, zero, pa[k:k + 4, ci])
+                k += 4
+            while k < ke:
+                _dot1(gys, gq + k * gkstride, xs, xc, offs, ln, zero, pa[k, ci])
+                k += 1
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _gw_dot(gys, gbase, gpitch, xs, offs, xpitch, oh_n, ow_n, flat, groups, rb, part):
+def _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xs, cstride, offs, plane, pitch,
+            n_img, oh_n, ow_n, groups, flat, seg, part):
     """part (nchunk, K, C/groups, T) float64 <- partial grad_weight sums.
 
-    gw[k, c, tap] = sum over n, oh, ow of gys[n, k, gbase + oh*gpitch + ow]
-    * xs[n, g*cg + c, offs[tap] + oh*xpitch + ow].  ``flat``: one segment per
-    block of rb output rows, including the garbage columns between rows (needs
-    gpitch == xpitch and zeros in grad_output's garbage columns); otherwise one
-    exact segment of OW per output row.  Chunk ch of the (image, row block)
-    items accumulates into its own part[ch]."""
-    n_img = xs.shape[0]
-    kk_n = gys.shape[1]
-    cg = xs.shape[1] // groups
+    gw[k, c, tap] = sum over n, oh, ow of
+    gys[gbase + k*gkstride + n*gnstride + oh*gpitch + ow] *
+    xs[(g*cg + c)*cstride + offs[tap] + n*plane + oh*pitch + ow].
+    ``flat``: grad_output is laid out like xs (gnstride == plane, gpitch ==
+    pitch) with zeros at garbage Q, and the dot products run over all Q in
+    segments of ``seg``; otherwise over exact output rows only.  Chunk ch of
+    the Q range (or of the rows) accumulates into its own part[ch]."""
+    nchunk, kk_n, cg, _ = part.shape
     kg = kk_n // groups
-    nchunk = part.shape[0]
-    nrb = (oh_n + rb - 1) // rb
-    nitem = n_img * nrb
+    qn = (n_img - 1) * plane + (oh_n - 1) * pitch + ow_n
+    nrow = n_img * oh_n
     for ch in prange(nchunk):
         pa = part[ch]
         pa[:] = 0.0
         zero = np.zeros(1, dtype=gys.dtype)[0]
-        i0 = ch * nitem // nchunk
-        i1 = (ch + 1) * nitem // nchunk
-        for it in range(i0, i1):
-            n = it // nrb
-            r0 = (it - n * nrb) * rb
-            r1 = min(oh_n, r0 + rb)
-            nseg = 1 if flat else r1 - r0
-            for sgi in range(nseg):
-                if flat:
-                    xq = r0 * xpitch
-                    gq = gbase + r0 * gpitch
-                    ln = (r1 - 1 - r0) * xpitch + ow_n
-                else:
-                    xq = (r0 + sgi) * xpitch
-                    gq = gbase + (r0 + sgi) * gpitch
-                    ln = ow_n
-                for g in range(groups):
-                    for ci in range(cg):
-                        xc = xs[n, g * cg + ci]
-                        kq = g * kg
-                        ke = (g + 1) * kg
-                        while kq + 4 <= ke:
-                            _dot4(gys[n, kq:kq + 4], gq, xc, xq, offs, ln, zero, pa[kq:kq + 4, ci])
-                            kq += 4
-                        while kq < ke:
-                            _dot1(gys[n, kq], gq, xc, xq, offs, ln, zero, pa[kq, ci])
-                            kq += 1
+        if flat:
+            qa = ch * qn // nchunk
+            qb = (ch + 1) * qn // nchunk
+            for s0 in range(qa, qb, seg):
+                ln = min(seg, qb - s0)
+                _dot_segment(gys, gbase + s0, gkstride, xs, s0, cstride, offs, ln, groups, cg, kg, zero, pa)
+        else:
+            for row in range(ch * nrow // nchunk, (ch + 1) * nrow // nchunk):
+                n = row // oh_n
+                oh = row - n * oh_n
+                _dot_segment(gys, gbase + n * gnstride + oh * gpitch, gkstride, xs, n * plane + oh * pitch,
+                             cstride, offs, ow_n, groups, cg, kg, zero, pa)
     return part
 
 
@@ -407,47 +362,61 @@ def _pack4(w4: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(g, nkb, 4, cig, t).transpose(0, 1, 3, 4, 2))
 
 
-def _rows_per_block(oh: int, pitch: int, tasks_per_row_block: int) -> int:
-    """Output rows per task: about _BLOCK_ELEMS accumulator elements, but small
-    enough to give every thread a few tasks (batch 1, few channels)."""
-    rb = max(1, min(oh, _BLOCK_ELEMS // max(pitch, 1)))
+class _Prep:
+    """A prepared (channel-major, padded, polyphase) buffer and its geometry."""
+
+    def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0):
+        n, c, h, w = src.shape
+        hq, wq = phase_geometry(h, w, top, left, bottom, right, sh, sw)
+        self.pitch = max(wq, pitch_min)
+        self.rows = max(hq, rows_min)
+        self.plane = self.rows * self.pitch
+        self.phase_stride = n * self.plane
+        # channel stride: a whole number of cache lines, and an odd one, so the
+        # cgi channels a register tile walks through do not all map to the same
+        # few L1 sets (a power-of-two stride would, and thrash L1)
+        line = 64 // src.dtype.itemsize
+        lines = -(-(sh * sw * self.phase_stride) // line)
+        self.cstride = (lines + 1 - lines % 2) * line
+        # tail: reads of rounded-up blocks past the last plane stay inside (zeros)
+        self.buf = np.empty(c * self.cstride + self.plane + 64, dtype=src.dtype)
+        embed(src, self.buf, top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
+
+
+def _block(qn: int, tasks_per_block: int) -> int:
+    """Q per ``_corr`` task: _BLOCK, smaller if that leaves threads idle."""
+    blk = _BLOCK
     want = 4 * numba.get_num_threads()
-    while rb > 1 and tasks_per_row_block * (-(-oh // rb)) < want:
-        rb = -(-rb // 2)
-    return rb
+    while blk > 64 and tasks_per_block * -(-qn // blk) < want:
+        blk //= 2
+    return blk
 
 
-def _prepare_x(x: np.ndarray, p: Conv2dParams, pitch_min: int = 0):
-    """(xf, hq, wq): x zero-padded (and polyphase for stride > 1), flattened per plane."""
-    hq, wq = phase_geometry(p.h, p.w, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
-    wq = max(wq, pitch_min)
-    if p.sh == 1 and p.sw == 1 and p.ph == p.pw == p.ph_end == p.pw_end == 0 and wq == p.w:
-        return x.reshape(p.n, p.c, p.h * p.w), hq, wq
-    xf = np.empty((p.n, p.c, p.sh * p.sw * hq * wq), dtype=x.dtype)
-    embed(x, xf, p.ph, p.pw, p.sh, p.sw, hq, wq)
-    return xf, hq, wq
+def _correlate(inp: _Prep, offs, w4: np.ndarray, bias: np.ndarray, out: np.ndarray) -> np.ndarray:
+    n, _, oh, ow = out.shape
+    wpk = _pack4(w4)
+    qn = (n - 1) * inp.plane + (oh - 1) * inp.pitch + ow
+    blk = _block(qn, wpk.shape[0] * wpk.shape[1])
+    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk)
 
 
 def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                           p: Conv2dParams) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias."""
-    xf, hq, wq = _prepare_x(x, p)
-    offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, hq, wq)
-    g = p.groups
-    wpk = _pack4(weight.reshape(g, p.kg, p.cg, p.kh * p.kw))
+    xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
+    offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
-    rb = _rows_per_block(p.oh, wq, p.n * g * wpk.shape[1])
-    _corr(xf, wpk, offs, b, y, wq, rb)
-    return y
+    return _correlate(xp, offs, weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), b, y)
 
 
-def _grad_weight(gys, gbase, gpitch, xf, offs, xpitch, p: Conv2dParams, flat: bool) -> np.ndarray:
-    rb = max(1, min(p.oh, _BLOCK_ELEMS // max(xpitch if flat else p.ow, 1)))
-    nitem = p.n * (-(-p.oh // rb))
-    nchunk = max(1, min(nitem, numba.get_num_threads()))
+def _grad_weight(gys, gbase, gkstride, gnstride, gpitch, xp: _Prep, offs, p: Conv2dParams, flat: bool):
+    qn = (p.n - 1) * xp.plane + (p.oh - 1) * xp.pitch + p.ow
+    work = qn if flat else p.n * p.oh
+    nchunk = max(1, min(work, numba.get_num_threads()))
     part = np.empty((nchunk, p.k, p.cg, p.kh * p.kw), dtype=np.float64)
-    _gw_dot(gys, gbase, gpitch, xf, offs, xpitch, p.oh, p.ow, flat, p.groups, rb, part)
+    _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xp.buf, xp.cstride, offs, xp.plane, xp.pitch,
+            p.n, p.oh, p.ow, p.groups, flat, _SEG, part)
     return part.sum(axis=0) if nchunk > 1 else part[0]
 
 
@@ -458,35 +427,33 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _alloc.empty(p.weight_shape, dtype)
     gx = _alloc.empty(p.x_shape, dtype)
-    gy3 = gy.reshape(p.n, p.k, p.oh * p.ow)
-    taps = p.kh * p.kw
     if p.sh == 1 and p.sw == 1:
         eff_h, eff_w = p.dh * (p.kh - 1) + 1, p.dw * (p.kw - 1) + 1
+        # grad_output with zero margins for the transposed convolution; one
+        # pitch and plane shared with the prepared input (for grad_weight)
         mt, ml = max(0, eff_h - 1 - p.ph), max(0, eff_w - 1 - p.pw)
-        # one pitch for grad_output (with margins for grad_x) and the padded input
         pitch = max(p.w + p.pw + p.pw_end, p.w + p.pw + ml, ml + p.ow)
-        rows_g = mt + max(p.h + p.ph, p.oh)
-        gye = np.empty((p.n, p.k, rows_g * pitch), dtype=dtype)
-        embed(gy, gye, mt, ml, 1, 1, rows_g, pitch)
-        xf, hq, wq = _prepare_x(x, p, pitch)
-        offs = tap_offsets(p.kh, p.kw, 1, 1, p.dh, p.dw, hq, wq)
-        gw64 = _grad_weight(gye, mt * pitch + ml, pitch, xf, offs, pitch, p, True)
-        if np.isnan(gw64).any():  # maybe 0 * inf from a garbage column: redo exactly
-            gw64 = _grad_weight(gy3, 0, p.ow, xf, offs, pitch, p, False)
-        if np.isfinite(weight).all():
-            r = np.arange(p.kh).repeat(p.kw)
-            s = np.tile(np.arange(p.kw), p.kh)
-            offs_gx = (p.ph + mt - r * p.dh) * pitch + (p.pw + ml - s * p.dw)
-            w4 = weight.reshape(p.groups, p.kg, p.cg, taps).transpose(0, 2, 1, 3)
-            wpk = _pack4(w4)
-            rb = _rows_per_block(p.h, pitch, p.n * p.groups * wpk.shape[1])
-            _corr(gye, wpk, offs_gx.astype(np.int64), empty_bias(dtype), gx, pitch, rb)
-        else:
-            _gx_scatter(gy, weight, gx, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
+        rows = max(mt + max(p.h + p.ph, p.oh), p.h + p.ph + p.ph_end)
+        gyp = _Prep(gy, mt, ml, rows - mt - p.oh, pitch - ml - p.ow, rows_min=rows, pitch_min=pitch)
+        xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, rows_min=rows, pitch_min=pitch)
+        gbase = mt * pitch + ml
     else:
-        xf, hq, wq = _prepare_x(x, p)
-        offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, hq, wq)
-        gw64 = _grad_weight(gy3, 0, p.ow, xf, offs, wq, p, False)
-        _gx_scatter(gy, weight, gx, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
+        xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
+        # grad_output in the layout of one phase of the prepared input (zeros at garbage Q)
+        gyp = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch)
+        gbase = 0
+    assert gyp.plane == xp.plane and gyp.pitch == xp.pitch
+    offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
+    gw64 = _grad_weight(gyp.buf, gbase, gyp.cstride, xp.plane, xp.pitch, xp, offs, p, True)
+    if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
+        gw64 = _grad_weight(gy.reshape(-1), 0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow, xp, offs, p, False)
     gw[...] = gw64.reshape(p.weight_shape)
+    if p.sh == 1 and p.sw == 1 and np.isfinite(weight).all():
+        r = np.arange(p.kh).repeat(p.kw)
+        s = np.tile(np.arange(p.kw), p.kh)
+        offs_gx = ((p.ph + mt - r * p.dh) * pitch + (p.pw + ml - s * p.dw)).astype(np.int64)
+        w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
+        _correlate(gyp, offs_gx, w4, empty_bias(dtype), gx)
+    else:
+        _gx_scatter(gy, weight, gx, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
     return gx, gw, gb
