@@ -68,8 +68,8 @@ __all__ = ["conv2d_forward_direct", "conv2d_backward_direct"]
 
 # Q elements per ``_corr`` task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
 _BLOCK = 1024
-# Q elements per ``_gw_dot`` segment: 4 grad_output rows + 1 input row stay in L1/L2.
-_SEG = 2048
+# Q elements per ``_gw_dot`` segment: 4 grad_output rows (16 KiB in float32) stay in L1.
+_SEG = 1024
 
 
 # --------------------------------------------------------------------------- forward core
@@ -246,18 +246,23 @@ def _dot1(gys, gq, xs, xq, offs, ln, zero, pa):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _dot_segment(gys, gq, gkstride, xs, xq, cstride, offs, ln, groups, cg, kg, zero, pa):
-    """pa (K, cg, T) += every (k, c, tap) dot product of one segment."""
+    """pa (K, cg, T) += every (k, c, tap) dot product of one segment.
+
+    Output-channel quads outer, input channels inner: the 4 grad_output rows
+    of a quad stay in L1 while the input rows stream from L2."""
     for g in range(groups):
-        for ci in range(cg):
-            xc = xq + (g * cg + ci) * cstride
-            k = g * kg
-            ke = k + kg
-            while k + 4 <= ke:
-                _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, zero, pa[k:k + 4, ci])
-                k += 4
-            while k < ke:
-                _dot1(gys, gq + k * gkstride, xs, xc, offs, ln, zero, pa[k, ci])
-                k += 1
+        k = g * kg
+        ke = k + kg
+        while k < ke:
+            nk = min(4, ke - k)
+            for ci in range(cg):
+                xc = xq + (g * cg + ci) * cstride
+                if nk == 4:
+                    _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, zero, pa[k:k + 4, ci])
+                else:
+                    for kk in range(k, k + nk):
+                        _dot1(gys, gq + kk * gkstride, xs, xc, offs, ln, zero, pa[kk, ci])
+            k += nk
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
