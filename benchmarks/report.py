@@ -455,7 +455,8 @@ def format_latency(lat: dict[str, Any] | None) -> str:
             v = lat[c].get(k)
             cells.append(v if isinstance(v, str) else fmt_time(v))
         out.append(f"| {k} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + f"\n\nShapes: {lat.get('shape')}. Each 'first ...' includes loading or compiling that kernel.\n"
+    return ("\n".join(out) + f"\n\nShapes: {lat.get('shape')}. "
+            "Each 'first ...' includes loading or compiling that kernel.\n")
 
 
 def slower_than_torch(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -503,10 +504,11 @@ def format_markdown(result: dict[str, Any]) -> str:
     busy = busy_warning(m)
     if busy:
         lines.append(f"- **Warning**: {busy}")
-    lines += ["", "Columns: median and minimum per-call time over the samples; GFLOP/s (of the median) (conv: 2·N·K·OH·OW·C/g·R·S per forward, backward "
-              "counted 2x; MNIST: 3x the conv+dense forward flops per step) or GB/s (pool: minimal bytes read "
-              "+ written); % of the measured ceiling; time / torch = this row's time over torch's in the same "
-              "group (> 1 is slower than torch).", ""]
+    lines += ["", "Columns: median and minimum per-call time over the samples; GFLOP/s of the median "
+              "(conv: 2·N·K·OH·OW·C/g·R·S per forward, backward counted 2x; MNIST: 3x the conv+dense "
+              "forward flops per step) or GB/s (pool: minimal bytes read + written); % of the measured "
+              "ceiling; time / torch = this row's time over torch's in the same group (> 1 is slower "
+              "than torch).", ""]
     lines.append(format_table(result["rows"], c))
     slow = slower_than_torch(result["rows"])
     lines += ["## Where fastconv is slower than torch", ""]
@@ -611,7 +613,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for numba, torch and OpenBLAS alike (default 2 = this machine's cores)")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny shapes, one sample, small ceilings, no latency: checks the report works, measures nothing")
+                    help="tiny shapes, one sample, small ceilings, no latency: checks the report works, "
+                         "measures nothing")
     ap.add_argument("--only", default=",".join(FAMILIES),
                     help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
     ap.add_argument("--impls", default="", help="comma-separated implementation names to run (default: all)")

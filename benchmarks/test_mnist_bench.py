@@ -38,7 +38,7 @@ def _runner(name, mnist):
 @pytest.mark.parametrize("impl", I.MNIST_IMPLS)
 def test_mnist_train_step(benchmark, impl, mnist):
     case, runner = _runner(impl, mnist)
-    benchmark.group = f"mnist train step, {case.label}"
+    benchmark.group = f"mnist train step, batch {case.batch}"
     benchmark.extra_info.update(images=case.batch, flops=I.mnist_step_flops(case.batch))
     order = itertools.cycle(range(case.steps))
     benchmark(lambda: runner.step(next(order)))
