@@ -57,13 +57,26 @@ def backend(name: str) -> ModuleType:
 def conv2d_algorithm(algorithm: str, p: Conv2dParams, backend_name: str) -> str:
     """Resolve ``algorithm="auto"``.
 
-    CPU rule: im2col + BLAS GEMM wins whenever the per-group GEMM has some depth
-    (C/groups * R * S >= 16 and K/groups >= 8); depthwise and other thin groups
-    have no GEMM to speak of, so the direct kernel (no column buffer) wins there.
-    The CUDA backend uses the same rule.
+    CPU rule (measured on the issue-2 benchmark shapes, scripts/bench_conv_vs_torch.py):
+    the direct kernels win unless the per-group GEMM is deep (C/groups * R * S
+    >= 512, K/groups >= 16) *and* the direct kernel would waste a quarter or
+    more of its work on padding columns/rows of small planes ("garbage", the
+    prepared plane's size over OH*OW >= 1.25, e.g. 14x14 images with padding 1);
+    then im2col + BLAS, which computes no garbage, wins.  Thin groups
+    (depthwise) always go direct: there is no GEMM to speak of.
+
+    CUDA rule: im2col (implicit GEMM) whenever the per-group GEMM has some depth
+    (C/groups * R * S >= 16 and K/groups >= 8), else direct.
     """
     if algorithm != "auto":
         return algorithm
-    if p.cg * p.kh * p.kw >= 16 and p.kg >= 8:
+    if backend_name != "cpu":
+        if p.cg * p.kh * p.kw >= 16 and p.kg >= 8:
+            return "im2col"
+        return "direct"
+    hq = -(-(p.h + p.ph + p.ph_end) // p.sh)
+    wq = -(-(p.w + p.pw + p.pw_end) // p.sw)
+    garbage = (hq * wq) / (p.oh * p.ow)
+    if p.cg * p.kh * p.kw >= 512 and p.kg >= 16 and garbage >= 1.25:
         return "im2col"
     return "direct"

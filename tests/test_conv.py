@@ -193,6 +193,22 @@ def test_dtype_promotion(alg, xdt, wdt, bdt, rng):
         assert_close(got, ref, gwant, "grad")
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, opts, want",
+    [
+        ((64, 1, 28, 28), (32, 1, 3, 3), {}, "direct"),  # no GEMM depth
+        ((64, 32, 13, 13), (64, 32, 3, 3), {}, "direct"),  # shallow GEMM
+        ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # little garbage
+        ((32, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),  # deep GEMM, 31% garbage
+        ((8, 256, 14, 14), (256, 1, 3, 3), dict(padding=1, groups=256), "direct"),  # depthwise
+    ],
+)
+def test_auto_rule(x_shape, w_shape, opts, want):
+    p = conv2d_params(x_shape, w_shape, None, **opts)
+    assert _dispatch.conv2d_algorithm("auto", p, "cpu") == want
+    assert _dispatch.conv2d_algorithm("im2col", p, "cpu") == "im2col"
+
+
 @pytest.mark.parametrize("alg", ALGS + ["auto"])
 def test_auto_and_explicit_agree(alg, rng):
     x, wt, b, opts = _inputs(rng, CASES["same_even_kernel"], np.float64)
