@@ -3,33 +3,37 @@
 Prepared input.  ``embed`` copies x once into a channel-major, zero-padded
 (and for stride > 1 polyphase) flattened buffer (see ``_conv_common``), in
 which every kernel tap (r, s) is a constant shift ``offs[r*KW + s]`` of one
-index ``Q = n*plane + oh*pitch + ow`` running over the whole batch.  Stride,
+index ``Q = n*plane + oh*pitch + ow`` running over the whole batch (images'
+planes are consecutive for each channel).  Stride,
 padding ("same" included, asymmetric) and dilation are then only numbers in
 ``offs``: the loops have no bounds tests, and they are long even for 13x13
 images.  Workspace: one padded copy of x (not KH*KW copies like a column
 buffer).
 
 Forward (``_corr``), in the style of Zhang/Franchetti/Low's direct
-convolution.  Parallel over tasks (group, block of 4 output channels, block of
-_BLOCK consecutive Q), so a batch of one still spreads over every core.  A
-task owns a 4 x _BLOCK accumulator (16 KiB in float32: L1-resident) and, for
-each input channel of its group, streams over it once per group of 3 taps:
-the innermost loop runs over contiguous Q and LLVM vectorises it; per vector
-it loads 3 shifted input vectors and does 12 FMAs into the 4 accumulator rows
-(register blocking over output channels and taps; the 12 weights are hoisted
-into registers).  The loop length is rounded up to a multiple of 16, so there
-is no scalar remainder loop (the buffers have a zeroed tail to read).
-Garbage Q (pitch and row padding) are computed and dropped when the block is
-copied into y, where the bias is added.  Output channels past a multiple of 4
-(e.g. depthwise: 1 per group) take a 1-channel path, so no work is wasted.
+convolution.  Parallel over tasks (group, block of _BLOCK consecutive Q,
+block of 4 output channels; channel blocks vary fastest so a thread's
+consecutive tasks reuse the input block from L2), so a batch of one still
+spreads over every core.  Each task runs register tiles (``corr_tile``,
+512-bit LLVM vector IR): 4 output channels x 4 vectors of Q (64 float32),
+16 accumulators held in registers across the whole reduction over the
+group's input channels and taps; per (channel, tap) 4 unaligned vector loads
+of the prepared input, 4 weight broadcasts and 16 FMAs (FMA-bound: ~140
+GFLOP/s per core measured in isolation).  Tiles round the block up to a
+multiple of 64 Q (the buffers have a zeroed tail to read).  Garbage Q (the
+padding columns/rows of each plane) are computed and dropped when the block
+is copied into y, where the bias is added.  Groups with fewer than 4 output
+channels (depthwise) take a 1-channel loop that LLVM vectorises, so no work
+is wasted on padding channels.
 
 Backward.  grad_bias: ``bias_grad``.  grad_weight (``_gw_dot``): for each
 (output channel, input channel, tap) a dot product over Q of grad_output,
 embedded in the same layout as the prepared input (zeros at garbage Q), with
-the shifted prepared input; register-blocked 4 output channels x 3 taps (12
-vector accumulators, 7 loads per 12 FMAs).  Parallel over chunks of Q, each
-with a private float64 partial grad_weight summed afterwards: race-free, and
-deterministic for a fixed thread count.  grad_input, stride 1: a transposed
+the shifted prepared input; register tiles ``dot_tile`` of 4 output channels
+x 3 taps (12 vector accumulators, 7 vector loads per 12 FMAs), channel quads
+outer and input channels inner so the quad's grad_output rows stay in L1.
+Parallel over chunks of Q, each with a private float64 partial grad_weight
+summed afterwards: race-free, and deterministic for a fixed thread count.  grad_input, stride 1: a transposed
 convolution is a correlation of grad_output, embedded with zero margins, with
 the weights read as (C, K) and the taps mirrored, i.e. ``_corr`` again with
 other offsets.  Stride > 1 (and the exact fallback, below): ``_gx_scatter``,
