@@ -6,6 +6,8 @@
   input").  Parallel over planes.
 * ``bias_grad``: grad_bias = sum of grad_output over N, OH, OW.  Parallel over
   output channels; the inner loop is a contiguous vectorised reduction.
+* ``corr_tile``, ``dot_tile``: the 512-bit register-tile micro-kernels of the
+  direct convolution (LLVM vector IR, see the section at the end).
 
 Geometry of a prepared buffer.  For strides (sh, sw) a zero-padded plane is
 split into sh*sw phase planes of Hq x Wq (phase (a, b) holds padded pixels
