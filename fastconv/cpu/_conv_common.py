@@ -91,6 +91,10 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
         b = phase - a * sw
         p0 = c * cstride + (phase * n_img + n) * plane
         d = dst[p0:p0 + plane]
+        if t % (nph * n_img) == 0:  # one task per channel zeroes the gap after it
+            gap = dst[c * cstride + nph * n_img * plane:(c + 1) * cstride]
+            for i in range(gap.shape[0]):
+                gap[i] = 0
         # columns j with 0 <= b + sw*j - left < w
         j0 = 0
         if left > b:
@@ -119,10 +123,11 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
             else:
                 for j in range(j0, j1):
                     row[j] = sr[b + sw * j - left]
-    gap = nph * n_img * plane
-    for c in range(c_n):
-        dst[c * cstride + gap:(c + 1) * cstride] = 0
-    dst[c_n * cstride:] = 0
+    # explicit loops: an array expression here, outside the prange, would be
+    # turned into a parallel region of its own (one launch per statement)
+    tail = dst[c_n * cstride:]
+    for i in range(tail.shape[0]):
+        tail[i] = 0
     return dst
 
 

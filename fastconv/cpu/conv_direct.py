@@ -436,33 +436,28 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _alloc.empty(p.weight_shape, dtype)
     gx = _alloc.empty(p.x_shape, dtype)
-    if p.sh == 1 and p.sw == 1:
-        eff_h, eff_w = p.dh * (p.kh - 1) + 1, p.dw * (p.kw - 1) + 1
-        # grad_output with zero margins for the transposed convolution; one
-        # pitch and plane shared with the prepared input (for grad_weight)
-        mt, ml = max(0, eff_h - 1 - p.ph), max(0, eff_w - 1 - p.pw)
-        pitch = max(p.w + p.pw + p.pw_end, p.w + p.pw + ml, ml + p.ow)
-        rows = max(mt + max(p.h + p.ph, p.oh), p.h + p.ph + p.ph_end)
-        gyp = _Prep(gy, mt, ml, rows - mt - p.oh, pitch - ml - p.ow, rows_min=rows, pitch_min=pitch)
-        xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, rows_min=rows, pitch_min=pitch)
-        gbase = mt * pitch + ml
-    else:
-        xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
-        # grad_output in the layout of one phase of the prepared input (zeros at garbage Q)
-        gyp = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch)
-        gbase = 0
-    assert gyp.plane == xp.plane and gyp.pitch == xp.pitch
+    # grad_weight: grad_output in the layout of one phase of the prepared
+    # input, zeros at its garbage Q, so the dot products run over all Q
+    xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
+    gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch)
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
-    gw64 = _grad_weight(gyp.buf, gbase, gyp.cstride, xp.plane, xp.pitch, xp, offs, p, True)
+    gw64 = _grad_weight(gyf.buf, 0, gyf.cstride, xp.plane, xp.pitch, xp, offs, p, True)
     if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
         gw64 = _grad_weight(gy.reshape(-1), 0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow, xp, offs, p, False)
     gw[...] = gw64.reshape(p.weight_shape)
     if p.sh == 1 and p.sw == 1 and np.isfinite(weight).all():
+        # grad_x = correlation of grad_output, embedded with zero margins, with
+        # the mirrored taps of the weights read as (C, K)
+        eff_h, eff_w = p.dh * (p.kh - 1) + 1, p.dw * (p.kw - 1) + 1
+        mt, ml = max(0, eff_h - 1 - p.ph), max(0, eff_w - 1 - p.pw)
+        pitch = max(p.w + p.pw + ml, ml + p.ow)
+        rows = mt + max(p.h + p.ph, p.oh)
+        gye = _Prep(gy, mt, ml, rows - mt - p.oh, pitch - ml - p.ow, rows_min=rows, pitch_min=pitch)
         r = np.arange(p.kh).repeat(p.kw)
         s = np.tile(np.arange(p.kw), p.kh)
         offs_gx = ((p.ph + mt - r * p.dh) * pitch + (p.pw + ml - s * p.dw)).astype(np.int64)
         w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
-        _correlate(gyp, offs_gx, w4, empty_bias(dtype), gx)
+        _correlate(gye, offs_gx, w4, empty_bias(dtype), gx)
     else:
         _gx_scatter(gy, weight, gx, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
     return gx, gw, gb
