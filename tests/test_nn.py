@@ -133,6 +133,21 @@ def test_flatten_relu_dropout_gradients(rng):
     np.testing.assert_array_equal(drop.forward(np.ones((2, 10)), training=False), np.ones((2, 10)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_relu_matches_numpy(rng, dtype):
+    """Large contiguous arrays take the Numba kernels: same values as NumPy, NaN/Inf included."""
+    z = rng.standard_normal((4, 8, 40, 40)).astype(dtype)
+    assert z.size >= _ops_cpu._PARALLEL_MIN
+    z.reshape(-1)[:4] = [np.nan, -np.inf, np.inf, -0.0]
+    g = rng.standard_normal(z.shape).astype(dtype)
+    g.reshape(-1)[4:6] = [np.nan, np.inf]
+    y = _ops_cpu.activation_forward("relu", z.copy())
+    np.testing.assert_array_equal(y, np.maximum(z, 0))
+    with np.errstate(invalid="ignore"):  # inf * 0 in the NumPy oracle
+        expect = g * (y > 0)
+    np.testing.assert_array_equal(_ops_cpu.activation_backward("relu", g.copy(), y), expect)
+
+
 def small_net(last_activation="softmax", dtype="float64", seed=3):
     return Sequential([
         Conv2D(3, 3, padding="same", activation="relu", input_shape=(6, 6, 2)),
