@@ -247,18 +247,21 @@ def _same_nonfinite(got, want, what):
     assert rel_err(got[fin], want[fin]) <= 1e-12, what
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
 @pytest.mark.parametrize("alg", ALGS)
-def test_nan_inf_match_reference(alg, where, rng):
+def test_nan_inf_match_reference(alg, where, stride, rng):
     """Non-finite inputs give NaN/Inf exactly where the reference has them
     (the direct kernels' exact fallbacks are exercised here)."""
     x, wt, gy = _nan_inf_inputs(rng, where)
+    if stride == 2:
+        gy = np.ascontiguousarray(gy[:, :, ::2, ::2])  # (2, 6, 4, 5)
     b = rng.standard_normal(6)
+    opts = dict(padding=1, groups=2, stride=stride)
     with np.errstate(invalid="ignore", over="ignore"):
-        _same_nonfinite(fastconv.conv2d(x, wt, b, padding=1, groups=2, algorithm=alg),
-                        reference.conv2d(x, wt, b, padding=1, groups=2), "y")
-        got = fastconv.conv2d_backward(gy, x, wt, padding=1, groups=2, algorithm=alg)
-        want = reference.conv2d_backward(gy, x, wt, padding=1, groups=2)
+        _same_nonfinite(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), reference.conv2d(x, wt, b, **opts), "y")
+        got = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg)
+        want = reference.conv2d_backward(gy, x, wt, **opts)
     for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
         _same_nonfinite(g, r, what)
 

@@ -81,7 +81,9 @@ _SEG = 1024
 
 @njit(fastmath=FASTMATH, cache=True)
 def _acc1(inp, base, cstride, cgi, wk, kk, offs, nv, a0):
-    """a0 (>= 16*nv) += the same sum for the one output channel kk of wk (cgi, T, 4)."""
+    """a0 (>= 16*nv) += sum over c < cgi and taps t of
+    wk[c, t, kk] * inp[base + c*cstride + offs[t] + q], q < 16*nv (one output
+    channel; taps three at a time, a loop LLVM vectorises)."""
     ln = nv * 16
     ntap = offs.shape[0]
     for c in range(cgi):
@@ -115,7 +117,7 @@ def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk):
     out[n, g*kgo + k, oh, ow] = bias[...] + sum over the cgi input channels c
     of group g and the taps of wpk[g, k//4, c, tap, k%4] *
     inp[(g*cgi + c)*cstride + offs[tap] + n*plane + oh*pitch + ow].
-    bias (Kout,) or (0,) for none; blk (a multiple of 16) Q per task."""
+    bias (Kout,) or (0,) for none; blk (a multiple of 64) Q per task."""
     n_img, kout, oh_n, ow_n = out.shape
     groups, nkb, cgi, _, _ = wpk.shape
     kgo = kout // groups
