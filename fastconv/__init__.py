@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _dispatch
+from . import _dispatch, reference
 from ._params import (
     check_algorithm,
+    check_bool,
     check_grad_output,
     check_pool_index_range,
     check_pool_indices,
@@ -27,7 +28,7 @@ from ._params import (
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "__version__"]
+__all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "__version__"]
 
 
 def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
@@ -87,8 +88,7 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, d
     be = _dispatch.backend(name)
     x = be.asarray(x, "x")
     p = pool2d_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    if not isinstance(return_indices, bool):
-        raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    check_bool(return_indices, "return_indices")
     dtype = compute_dtype(x.dtype)
     if p.n == 0:
         y = be.zeros(p.y_shape, dtype)

@@ -24,6 +24,7 @@ __all__ = [
     "check_grad_output",
     "check_pool_indices",
     "pair",
+    "check_bool",
     "check_algorithm",
     "CONV_ALGORITHMS",
     "pool_input_shape",
@@ -55,6 +56,12 @@ def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     if min(vals) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return vals
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -328,8 +335,7 @@ def pool2d_params(
         sh, sw = pair(stride, "stride", 1)
     ph, pw = pair(padding, "padding", 0)
     dh, dw = pair(dilation, "dilation", 1)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    check_bool(ceil_mode, "ceil_mode")
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(
             f"padding should be at most half of kernel size, but got padding=({ph}, {pw}) "
