@@ -3,7 +3,9 @@
 Same model (conv 32 3x3 relu, pool 2, conv 64 3x3 relu, pool 2, conv 64 3x3 relu,
 flatten, dense 64 relu, dense 10 softmax), same batch size (64), same optimizer
 (RMSprop lr 1e-3, rho 0.9, eps 1e-7: Keras' defaults), same shuffled batches,
-same process, same thread count (default 2 = this machine's cores).  Epochs are
+same process, same thread count (default 2 = this machine's cores; OpenBLAS,
+which fastconv's im2col GEMMs and Dense layers use, 1 thread by default, see
+--blas-threads).  Epochs are
 interleaved (fastconv, torch, fastconv, torch, ...) and the medians compared, so
 a disturbance hits both.  Each side is warmed up first (JIT compile / cache load,
 oneDNN primitive creation) outside the timing.
@@ -38,13 +40,17 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--eval", action="store_true", help="also report test accuracy after the epochs")
     ap.add_argument("--profile", action="store_true", help="per-layer times of one more fastconv epoch")
     ap.add_argument("--synthetic", action="store_true", help="random data instead of MNIST")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="OpenBLAS threads (default 1, as examples/train_mnist.py: a multi-threaded OpenBLAS "
+                         "contends with Numba's OpenMP threads); an OPENBLAS_NUM_THREADS already set wins")
     return ap.parse_args()
 
 
 ARGS = _args()
 # thread counts must be fixed before numba / numpy's BLAS / torch load
 os.environ.setdefault("NUMBA_NUM_THREADS", str(ARGS.threads))
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(ARGS.blas_threads))
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, str(ARGS.threads))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -158,8 +164,9 @@ def main() -> int:
     torch.set_num_threads(ARGS.threads)
     x, y, xt, yt, source = load(ARGS.limit, ARGS.synthetic, ARGS.seed)
     b = ARGS.batch_size
-    print(f"{source}: {len(x)} images/epoch, batch {b}, {ARGS.threads} threads, torch {torch.__version__}, "
-          f"numba {numba.__version__}")
+    print(f"{source}: {len(x)} images/epoch, batch {b}, {ARGS.threads} threads (OpenBLAS "
+          f"{os.environ['OPENBLAS_NUM_THREADS']}), torch {torch.__version__}, numba {numba.__version__} "
+          f"({numba.config.THREADING_LAYER} threading layer requested)")
     fc, th = fastconv_model(ARGS.seed), TorchRun(x, y, ARGS.seed)
     t = time.perf_counter()
     fc.fit(x[:2 * b], y[:2 * b], epochs=1, batch_size=b, verbose=0)

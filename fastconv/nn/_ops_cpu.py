@@ -154,43 +154,87 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- optimizers (in place)
+# One fused pass per parameter array (Numba, serial: the arrays are small) instead of
+# ~8 NumPy calls with temporaries each.  Scalars arrive typed as the parameters'
+# dtype (``_t``) so float32 models update in float32.  Parameters and optimizer
+# state are C-contiguous (layers and ``zeros_like`` create them so).
+
+
+def _t(p: np.ndarray, v: float) -> Any:
+    return p.dtype.type(v)
+
+
+def _flat(p: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flat views for the fused kernels (p and the state are updated in place)."""
+    if not p.flags.c_contiguous:
+        raise RuntimeError("optimizer parameters must be C-contiguous arrays")
+    return (p.reshape(-1),) + tuple(np.ascontiguousarray(o).reshape(-1) for o in others)
+
+
+@njit(cache=True)
+def _axpy_k(a, x, y):
+    for i in range(y.size):
+        y[i] += a * x[i]
+
+
+@njit(cache=True)
+def _sgd_k(p, g, v, lr, momentum, nesterov):
+    for i in range(p.size):
+        v[i] = momentum * v[i] - lr * g[i]
+        if nesterov:
+            p[i] += momentum * v[i] - lr * g[i]
+        else:
+            p[i] += v[i]
+
+
+@njit(cache=True)
+def _rmsprop_k(p, g, a, lr, rho, omr, eps):
+    for i in range(p.size):
+        a[i] = rho * a[i] + omr * g[i] * g[i]
+        p[i] -= lr * g[i] / (np.sqrt(a[i]) + eps)
+
+
+@njit(cache=True)
+def _adam_k(p, g, m, v, alpha, omb1, omb2, eps):
+    for i in range(p.size):
+        m[i] += (g[i] - m[i]) * omb1
+        v[i] += (g[i] * g[i] - v[i]) * omb2
+        p[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
+
+
+@njit(cache=True)
+def _adadelta_k(p, g, a, b, lr, rho, omr, eps):
+    for i in range(p.size):
+        a[i] = rho * a[i] + omr * g[i] * g[i]
+        d = np.sqrt(b[i] + eps) / np.sqrt(a[i] + eps) * g[i]
+        b[i] = rho * b[i] + omr * d * d
+        p[i] -= lr * d
 
 
 def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
-    y += x.dtype.type(a) * x
+    """y += a * x (the L2 term added to a gradient)."""
+    yf, xf = _flat(y, x)
+    _axpy_k(_t(y, a), xf, yf)
 
 
 def sgd(p, g, v, lr, momentum, nesterov):
     if v is None:
-        p -= p.dtype.type(lr) * g
+        p -= _t(p, lr) * g
         return
-    v *= momentum
-    v -= p.dtype.type(lr) * g
-    if nesterov:
-        p += p.dtype.type(momentum) * v - p.dtype.type(lr) * g
-    else:
-        p += v
+    pf, gf, vf = _flat(p, g, v)
+    _sgd_k(pf, gf, vf, _t(p, lr), _t(p, momentum), bool(nesterov))
 
 
 def rmsprop(p, g, a, lr, rho, eps):
-    t = p.dtype.type
-    a *= t(rho)
-    a += t(1 - rho) * g * g
-    p -= t(lr) * g / (np.sqrt(a) + t(eps))
+    pf, gf, af = _flat(p, g, a)
+    _rmsprop_k(pf, gf, af, _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
 
 
 def adam(p, g, m, v, alpha, b1, b2, eps):
-    t = p.dtype.type
-    m += (g - m) * t(1 - b1)
-    v += (g * g - v) * t(1 - b2)
-    p -= t(alpha) * m / (np.sqrt(v) + t(eps))
+    pf, gf, mf, vf = _flat(p, g, m, v)
+    _adam_k(pf, gf, mf, vf, _t(p, alpha), _t(p, 1 - b1), _t(p, 1 - b2), _t(p, eps))
 
 
 def adadelta(p, g, a, b, lr, rho, eps):
-    t = p.dtype.type
-    a *= t(rho)
-    a += t(1 - rho) * g * g
-    d = np.sqrt(b + t(eps)) / np.sqrt(a + t(eps)) * g
-    b *= t(rho)
-    b += t(1 - rho) * d * d
-    p -= t(lr) * d
+    pf, gf, af, bf = _flat(p, g, a, b)
+    _adadelta_k(pf, gf, af, bf, _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
