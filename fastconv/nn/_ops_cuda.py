@@ -361,6 +361,8 @@ def crop(g: Any, top: int, left: int, h: int, w: int) -> Any:
 
 
 # --------------------------------------------------------------------------- optimizers (in place, flat)
+# Coefficients arrive typed as the parameters' dtype (1 - rho precomputed on the
+# host), so float32 models update in float32 arithmetic, as on the CPU.
 
 
 @cuda.jit(cache=True)
@@ -389,37 +391,37 @@ def _sgd(p, g, v, lr, momentum, nesterov, has_v):
 
 
 @cuda.jit(cache=True)
-def _rmsprop(p, g, a, lr, rho, eps):
+def _rmsprop(p, g, a, lr, rho, omr, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
         gi = g[i]
-        a[i] = rho * a[i] + (1 - rho) * gi * gi
+        a[i] = rho * a[i] + omr * gi * gi
         p[i] -= lr * gi / (math.sqrt(a[i]) + eps)
         i += step
 
 
 @cuda.jit(cache=True)
-def _adam(p, g, m, v, alpha, b1, b2, eps):
+def _adam(p, g, m, v, alpha, omb1, omb2, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
         gi = g[i]
-        m[i] += (gi - m[i]) * (1 - b1)
-        v[i] += (gi * gi - v[i]) * (1 - b2)
+        m[i] += (gi - m[i]) * omb1
+        v[i] += (gi * gi - v[i]) * omb2
         p[i] -= alpha * m[i] / (math.sqrt(v[i]) + eps)
         i += step
 
 
 @cuda.jit(cache=True)
-def _adadelta(p, g, a, b, lr, rho, eps):
+def _adadelta(p, g, a, b, lr, rho, omr, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
         gi = g[i]
-        a[i] = rho * a[i] + (1 - rho) * gi * gi
+        a[i] = rho * a[i] + omr * gi * gi
         d = math.sqrt(b[i] + eps) / math.sqrt(a[i] + eps) * gi
-        b[i] = rho * b[i] + (1 - rho) * d * d
+        b[i] = rho * b[i] + omr * d * d
         p[i] -= lr * d
         i += step
 
@@ -441,14 +443,16 @@ def sgd(p, g, v, lr, momentum, nesterov):
 
 def rmsprop(p, g, a, lr, rho, eps):
     blocks, tpb = _grid(p.size)
-    _rmsprop[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), _t(p, lr), _t(p, rho), _t(p, eps))
+    _rmsprop[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
 
 
 def adam(p, g, m, v, alpha, b1, b2, eps):
     blocks, tpb = _grid(p.size)
-    _adam[blocks, tpb](A.flat(p), A.flat(g), A.flat(m), A.flat(v), _t(p, alpha), _t(p, b1), _t(p, b2), _t(p, eps))
+    _adam[blocks, tpb](A.flat(p), A.flat(g), A.flat(m), A.flat(v), _t(p, alpha), _t(p, 1 - b1), _t(p, 1 - b2),
+                       _t(p, eps))
 
 
 def adadelta(p, g, a, b, lr, rho, eps):
     blocks, tpb = _grid(p.size)
-    _adadelta[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, eps))
+    _adadelta[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, 1 - rho),
+                           _t(p, eps))
