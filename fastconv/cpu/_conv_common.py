@@ -31,6 +31,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .. import _alloc
+
 __all__ = ["FASTMATH", "embed", "bias_grad", "phase_geometry", "tap_offsets", "empty_bias", "corr_tile",
            "dot_tile", "TILE_VECTORS"]
 
@@ -59,7 +61,7 @@ def phase_geometry(h: int, w: int, top: int, left: int, bottom: int, right: int,
 def tap_offsets(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, wq: int, phase_stride: int) -> np.ndarray:
     """Offset of kernel tap (r, s) (row-major order) from a channel's start in
     a prepared buffer whose phase blocks are ``phase_stride`` = N*plane apart."""
-    offs = np.empty(kh * kw, dtype=np.int64)
+    offs = _alloc.empty((kh * kw,), np.int64)
     for r in range(kh):
         i, a = divmod(r * dh, sh)  # row shift i inside phase row a
         for s in range(kw):

@@ -390,7 +390,8 @@ class _Prep:
         lines = -(-(sh * sw * self.phase_stride) // line)
         self.cstride = (lines + 1 - lines % 2) * line
         # tail: reads of rounded-up blocks past the last plane stay inside (zeros)
-        self.buf = np.empty(c * self.cstride + self.plane + 64, dtype=src.dtype)
+        # fully written by embed (zeros included), so poisoning may cover it
+        self.buf = _alloc.empty((c * self.cstride + self.plane + 64,), src.dtype)
         embed(src, self.buf, top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
 
 
@@ -425,7 +426,7 @@ def _grad_weight(gys, gbase, gkstride, gnstride, gpitch, xp: _Prep, offs, p: Con
     qn = (p.n - 1) * xp.plane + (p.oh - 1) * xp.pitch + p.ow
     work = qn if flat else p.n * p.oh
     nchunk = max(1, min(work, numba.get_num_threads()))
-    part = np.empty((nchunk, p.k, p.cg, p.kh * p.kw), dtype=np.float64)
+    part = _alloc.empty((nchunk, p.k, p.cg, p.kh * p.kw), np.float64)  # _gw_dot zeroes each chunk
     _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xp.buf, xp.cstride, offs, xp.plane, xp.pitch,
             p.n, p.oh, p.ow, p.groups, flat, _SEG, part)
     return part.sum(axis=0) if nchunk > 1 else part[0]

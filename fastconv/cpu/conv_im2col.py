@@ -189,8 +189,9 @@ def conv2d_forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     g, plane = p.groups, p.oh * p.ow
     crs = p.c * p.kh * p.kw
     nb = chunk_images(p, dtype.itemsize)
-    colbuf = np.empty(crs * nb * plane, dtype=dtype)
-    tmpbuf = np.empty(p.k * nb * plane, dtype=dtype)
+    # workspaces: every element a chunk reads was written by that chunk
+    colbuf = _alloc.empty((crs * nb * plane,), dtype)
+    tmpbuf = _alloc.empty((p.k * nb * plane,), dtype)
     w3 = weight.reshape(g, p.kg, crs // g)
     b = np.zeros(0, dtype=dtype) if bias is None else bias
     y = _alloc.empty(p.y_shape, dtype)
@@ -212,15 +213,16 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
     crs = p.c * p.kh * p.kw
     crsg = crs // g
     nb = chunk_images(p, dtype.itemsize)
-    colbuf = np.empty(crs * nb * plane, dtype=dtype)
-    tmpbuf = np.empty(p.k * nb * plane, dtype=dtype)
+    # workspaces: every element a chunk reads was written by that chunk
+    colbuf = _alloc.empty((crs * nb * plane,), dtype)
+    tmpbuf = _alloc.empty((p.k * nb * plane,), dtype)
     w3 = weight.reshape(g, p.kg, crsg)
     w3t = w3.transpose(0, 2, 1)
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gx = _alloc.empty(p.x_shape, dtype)
     gw = _alloc.empty(p.weight_shape, dtype)
     gw3 = gw.reshape(g, p.kg, crsg)
-    part = np.empty_like(gw3) if p.n > nb else gw3
+    part = _alloc.empty(gw3.shape, dtype) if p.n > nb else gw3
     for n0 in range(0, p.n, nb):
         m = min(nb, p.n - n0)
         col = colbuf[:crs * m * plane].reshape(g, crsg, m * plane)
