@@ -21,12 +21,13 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _dispatch, reference
-from fastconv._params import compute_dtype, conv2d_params
+from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
 from fastconv.cpu import conv_im2col
 
 from conftest import assert_close, rel_err
 
-ALGS = ["direct", "im2col"]
+# every explicit algorithm, so a new one is tested by default
+ALGS = [a for a in CONV_ALGORITHMS if a != "auto"]
 DTYPES = [np.float32, np.float64]
 
 # (N, C, H, W, K, KH, KW, conv2d keyword arguments, bias?)
