@@ -210,12 +210,34 @@ def test_auto_rule(x_shape, w_shape, opts, want):
     assert _dispatch.conv2d_algorithm("im2col", p, "cpu") == "im2col"
 
 
-@pytest.mark.parametrize("alg", ALGS + ["auto"])
-def test_auto_and_explicit_agree(alg, rng):
-    x, wt, b, opts = _inputs(rng, CASES["same_even_kernel"], np.float64)
-    assert _dispatch.conv2d_algorithm("auto", conv2d_params(x.shape, wt.shape, b.shape, **opts), "cpu") in ALGS
-    y = fastconv.conv2d(x, wt, b, **opts, algorithm=alg)
-    assert_close(y, reference.conv2d(x, wt, b, **opts), np.float64, "y")
+# (N, C, H, W, K, KH, KW, options, bias?) and the algorithm "auto" must pick for it
+AUTO_CASES = {
+    "picks_direct": (CASES["same_even_kernel"], "direct"),
+    # deep per-group GEMM (64*3*3 >= 512, K 16) on a small padded plane (8*8 / 6*6 >= 1.25)
+    "picks_im2col": ((1, 64, 6, 6, 16, 3, 3, dict(padding=1), True), "im2col"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTO_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_auto_and_explicit_agree(case, dtype, rng):
+    """algorithm="auto" runs exactly the algorithm the dispatcher picks
+    (bit-identical results, forward and backward), and that is correct."""
+    shape, want = AUTO_CASES[case]
+    x, wt, b, opts = _inputs(rng, shape, dtype)
+    picked = _dispatch.conv2d_algorithm("auto", conv2d_params(x.shape, wt.shape, b.shape, **opts), "cpu")
+    assert picked == want
+    y_auto = fastconv.conv2d(x, wt, b, **opts, algorithm="auto")
+    y_exp = fastconv.conv2d(x, wt, b, **opts, algorithm=picked)
+    np.testing.assert_array_equal(y_auto, y_exp)
+    assert_close(y_auto, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    gy = rng.standard_normal(y_auto.shape).astype(dtype)
+    g_auto = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="auto")
+    g_exp = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=picked)
+    for got, exp, want_g, what in zip(g_auto, g_exp, reference.conv2d_backward(gy, x, wt, **opts),
+                                      ("grad_x", "grad_weight", "grad_bias")):
+        np.testing.assert_array_equal(got, exp, err_msg=what)
+        assert_close(got, want_g, dtype, what)
 
 
 # --------------------------------------------------------------------------- NaN / Inf
