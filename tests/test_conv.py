@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _dispatch, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
-from fastconv.cpu import conv_im2col
+from fastconv.cpu import conv_direct, conv_im2col
 
 from conftest import assert_close, rel_err
 
@@ -132,6 +133,26 @@ def test_im2col_chunks(dtype, rng, monkeypatch):
         assert_close(got, want, dtype, "grad")
 
 
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_im2col_partial_last_chunk(dtype, n, rng, monkeypatch):
+    """Workspace for two images, batch 3 or 5: the last chunk holds one image
+    (a partial view of the workspace), grad_weight summed over the chunks."""
+    x, wt, b, opts = _inputs(rng, (n, *CASES["groups3_stride"][1:]), dtype)
+    p = conv2d_params(x.shape, wt.shape, b.shape, **opts)
+    itemsize = np.dtype(dtype).itemsize
+    per_image = (p.c * p.kh * p.kw + p.k) * p.oh * p.ow * itemsize
+    monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 2 * per_image)
+    assert conv_im2col.chunk_images(p, itemsize) == 2 and p.n % 2 == 1
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm="im2col")
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
+    for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, what)
+
+
 def test_im2col_workspace_bound():
     p = conv2d_params((4096, 64, 56, 56), (64, 64, 3, 3), None, 1, 1)
     nb = conv_im2col.chunk_images(p, 4)
@@ -238,6 +259,68 @@ def test_auto_and_explicit_agree(case, dtype, rng):
                                       ("grad_x", "grad_weight", "grad_bias")):
         np.testing.assert_array_equal(got, exp, err_msg=what)
         assert_close(got, want_g, dtype, what)
+
+
+# --------------------------------------------------------------------------- direct grad_weight
+
+
+@pytest.mark.parametrize("seg", [16, 13])
+@pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "depthwise", "odd_sizes"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_grad_weight_segments(dtype, case, seg, rng, monkeypatch):
+    """grad_weight's dot products run over Q in segments of _SEG (1024: one
+    segment per chunk at test sizes).  A small _SEG (13: not a multiple of the
+    vector width, so partial vectors too) makes each chunk several segments
+    with a partial last one."""
+    x, wt, b, opts = _inputs(rng, CASES[case], dtype)
+    monkeypatch.setattr(conv_direct, "_SEG", seg)
+    seen = []
+    gw_dot = conv_direct._gw_dot
+
+    def spy(*args):
+        seen.append(args)
+        return gw_dot(*args)
+
+    monkeypatch.setattr(conv_direct, "_gw_dot", spy)
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(min(2, threads))  # chunks of Q long enough for several segments
+    try:
+        grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
+    finally:
+        numba.set_num_threads(threads)
+    for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, what)
+    # one flat pass (no exact fallback), with at least two segments per chunk
+    assert len(seen) == 1
+    plane, pitch, n_img, oh, ow, flat, seg_used, part = [seen[0][i] for i in (8, 9, 10, 11, 12, 14, 15, 16)]
+    assert flat and seg_used == seg
+    qn = (n_img - 1) * plane + (oh - 1) * pitch + ow
+    assert qn // part.shape[0] > seg
+
+
+@pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "same_stride2_dil", "depthwise_x2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_grad_weight_single_pass(dtype, case, rng, monkeypatch):
+    """With finite inputs grad_weight is computed once, over all Q.  A NaN in
+    it triggers an exact recomputation, which would otherwise hide a work
+    buffer element left unwritten (poisoned NaN) from every accuracy test."""
+    x, wt, b, opts = _inputs(rng, CASES[case], dtype)
+    flats = []
+    grad_weight = conv_direct._grad_weight
+
+    def spy(*args):
+        flats.append(args[-1])
+        return grad_weight(*args)
+
+    monkeypatch.setattr(conv_direct, "_grad_weight", spy)
+    gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
+    gw = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")[1]
+    assert flats == [True]
+    assert_close(gw, reference.conv2d_backward(gy, x, wt, **opts)[1], dtype, "grad_weight")
 
 
 # --------------------------------------------------------------------------- NaN / Inf
