@@ -25,7 +25,7 @@ from fastconv import _dispatch, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
 from fastconv.cpu import conv_direct, conv_im2col
 
-from conftest import assert_close, rel_err
+from conftest import TOL, assert_close, rel_err
 
 # every explicit algorithm, so a new one is tested by default
 ALGS = [a for a in CONV_ALGORITHMS if a != "auto"]
@@ -326,11 +326,11 @@ def test_direct_grad_weight_single_pass(dtype, case, rng, monkeypatch):
 # --------------------------------------------------------------------------- NaN / Inf
 
 
-def _nan_inf_inputs(rng, where):
-    x = rng.standard_normal((2, 4, 8, 9))
-    wt = rng.standard_normal((6, 2, 3, 3))
+def _nan_inf_inputs(rng, where, dtype):
+    x = rng.standard_normal((2, 4, 8, 9)).astype(dtype)
+    wt = rng.standard_normal((6, 2, 3, 3)).astype(dtype)
     gy_shape = (2, 6, 8, 9)  # padding=1, stride 1
-    gy = rng.standard_normal(gy_shape)
+    gy = rng.standard_normal(gy_shape).astype(dtype)
     if where == "x":
         x[0, 1, 2, 3] = np.nan
         x[1, 0, 7, 8] = np.inf   # corner: garbage columns of the flattened rows read it
@@ -344,39 +344,43 @@ def _nan_inf_inputs(rng, where):
     return x, wt, gy
 
 
-def _same_nonfinite(got, want, what):
+def _same_nonfinite(got, want, dtype, what):
+    assert got.dtype == dtype, what
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
     np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +inf positions")
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -inf positions")
     fin = np.isfinite(want)
-    assert rel_err(got[fin], want[fin]) <= 1e-12, what
+    assert rel_err(got[fin], want[fin]) <= TOL[np.dtype(dtype)], what
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("alg", ALGS)
-def test_nan_inf_match_reference(alg, where, stride, rng):
+def test_nan_inf_match_reference(alg, dtype, where, stride, rng):
     """Non-finite inputs give NaN/Inf exactly where the reference has them
     (the direct kernels' exact fallbacks are exercised here)."""
-    x, wt, gy = _nan_inf_inputs(rng, where)
+    x, wt, gy = _nan_inf_inputs(rng, where, dtype)
     if stride == 2:
         gy = np.ascontiguousarray(gy[:, :, ::2, ::2])  # (2, 6, 4, 5)
-    b = rng.standard_normal(6)
+    b = rng.standard_normal(6).astype(dtype)
     opts = dict(padding=1, groups=2, stride=stride)
     with np.errstate(invalid="ignore", over="ignore"):
-        _same_nonfinite(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), reference.conv2d(x, wt, b, **opts), "y")
+        _same_nonfinite(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), reference.conv2d(x, wt, b, **opts),
+                        dtype, "y")
         got = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg)
         want = reference.conv2d_backward(gy, x, wt, **opts)
     for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, r, what)
+        _same_nonfinite(g, r, dtype, what)
 
 
 @pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("alg", ALGS)
-def test_nan_inf_match_torch(alg, where, rng, torch):
-    x, wt, gy = _nan_inf_inputs(rng, where)
-    b = rng.standard_normal(6)
+def test_nan_inf_match_torch(alg, dtype, where, rng, torch):
+    x, wt, gy = _nan_inf_inputs(rng, where, dtype)
+    b = rng.standard_normal(6).astype(dtype)
     tx = torch.from_numpy(x).requires_grad_()
     tw = torch.from_numpy(wt).requires_grad_()
     tb = torch.from_numpy(b).requires_grad_()
@@ -385,9 +389,9 @@ def test_nan_inf_match_torch(alg, where, rng, torch):
     with np.errstate(invalid="ignore", over="ignore"):
         y = fastconv.conv2d(x, wt, b, padding=1, groups=2, algorithm=alg)
         grads = fastconv.conv2d_backward(gy, x, wt, padding=1, groups=2, algorithm=alg)
-    _same_nonfinite(y, ty.detach().numpy(), "y")
+    _same_nonfinite(y, ty.detach().numpy(), dtype, "y")
     for g, t, what in zip(grads, (tx.grad, tw.grad, tb.grad), ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, t.numpy(), what)
+        _same_nonfinite(g, t.numpy(), dtype, what)
 
 
 # --------------------------------------------------------------------------- finite differences
