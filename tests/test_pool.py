@@ -357,7 +357,7 @@ def test_backward_finite_differences(rng, kw):
 
 @st.composite
 def pool_problems(draw):
-    n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))  # empty batches: test_zero_size_batch
     h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
@@ -380,10 +380,6 @@ def test_property_forward_backward_match_reference(problem):
         assume(False)
     rng = np.random.default_rng(seed)
     x = tie_free(rng, shape, dtype)
-    if shape[0] == 0:
-        y, idx = fastconv.max_pool2d(x, **kw, return_indices=True)
-        assert y.shape == idx.shape == pool2d_params(shape, **kw).y_shape
-        return
     y, idx = check_forward(x, kw)
     # the indices point at the values they claim, inside each plane
     planes = x.reshape(shape[0] * shape[1], -1)
