@@ -1,6 +1,7 @@
 """Helpers shared by the CPU convolution kernels (``conv_direct``, ``conv_im2col``).
 
 * ``FASTMATH``: the LLVM fast-math flags every conv kernel compiles with.
+* ``tap_cols``: the output columns a kernel tap reads inside the input.
 * ``embed``: copy an NCHW array into the channel-major, zero-bordered,
   optionally polyphase, flattened layout of the direct kernels ("prepared
   input").  Parallel over planes.
@@ -33,8 +34,8 @@ from numba.extending import intrinsic
 
 from .. import _alloc
 
-__all__ = ["FASTMATH", "embed", "bias_grad", "phase_geometry", "tap_offsets", "empty_bias", "corr_tile",
-           "dot_tile", "TILE_VECTORS"]
+__all__ = ["FASTMATH", "tap_cols", "embed", "bias_grad", "phase_geometry", "tap_offsets", "empty_bias",
+           "corr_tile", "dot_tile", "TILE_VECTORS"]
 
 # Fast-math flags: only 'contract' (fuse a*b+c into one FMA) and 'reassoc'
 # (reorder sums, which the vectoriser needs for reductions and which lets it
@@ -70,6 +71,24 @@ def tap_offsets(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, wq: int, p
     return offs
 
 
+@njit(inline="always", cache=True)
+def tap_cols(j, dw, pw, sw, w, ow):
+    """(off, lo, hi) for column tap j: output column o reads input column
+    o*sw + off (off = j*dw - pw), which lies in [0, w) exactly for o in
+    [lo, hi), 0 <= lo <= hi <= ow (an empty range has lo == hi).
+
+    Shared by the conv kernels, ``embed`` (j = phase, dw = 1) and pooling, so
+    the rounding lives in one place; inlined (it runs once per row or tap)."""
+    off = j * dw - pw
+    lo = 0
+    if off < 0:
+        lo = min(ow, (-off + sw - 1) // sw)
+    hi = 0
+    if w - off > 0:
+        hi = min(ow, (w - off + sw - 1) // sw)
+    return off, lo, max(lo, hi)
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
     """Channel-major prepared copy of src (N, C, H, W) (see module doc).
@@ -98,13 +117,7 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
             for i in range(gap.shape[0]):
                 gap[i] = 0
         # columns j with 0 <= b + sw*j - left < w
-        j0 = 0
-        if left > b:
-            j0 = min(wq, (left - b + sw - 1) // sw)
-        j1 = 0
-        if w + left > b:
-            j1 = min(wq, (w + left - b + sw - 1) // sw)
-        j1 = max(j0, j1)
+        _, j0, j1 = tap_cols(b, 1, left, sw, w, wq)
         for i in range(rows):
             row = d[i * wq:(i + 1) * wq]
             ih = a + sh * i - top

@@ -65,6 +65,7 @@ from ._conv_common import (
     embed,
     empty_bias,
     phase_geometry,
+    tap_cols,
     tap_offsets,
 )
 
@@ -334,14 +335,8 @@ def _gx_scatter(gy, w, gx, sh, sw, ph, pw, dh, dw):
                 for s in range(kw):
                     wv = w[k, ci, r, s]
                     # output columns whose input column ow*sw - pw + s*dw lies in [0, W)
-                    off = s * dw - pw
-                    lo = 0
-                    if off < 0:
-                        lo = (-off + sw - 1) // sw
-                    hi = 0
-                    if w_ - off > 0:
-                        hi = min(ow_n, (w_ - off + sw - 1) // sw)
-                    if hi <= lo:
+                    off, lo, hi = tap_cols(s, dw, pw, sw, w_, ow_n)
+                    if hi == lo:
                         continue
                     for oh in range(oh_n):
                         ih = oh * sh - ph + r * dh

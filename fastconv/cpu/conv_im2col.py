@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Conv2dParams
-from ._conv_common import FASTMATH, bias_grad
+from ._conv_common import FASTMATH, bias_grad, tap_cols
 
 __all__ = ["conv2d_forward_im2col", "conv2d_backward_im2col", "WORKSPACE_BYTES", "chunk_images"]
 
@@ -66,15 +66,8 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, col):
         s = tap - r * kw
         dst = col[c * ntap + tap, i * plane:(i + 1) * plane]
         src = x[n0 + i, c]
-        off = s * dw - pw
         # output columns whose input column ow*sw + off lies in [0, W)
-        lo = 0
-        if off < 0:
-            lo = min(ow_n, (-off + sw - 1) // sw)
-        hi = 0
-        if w - off > 0:
-            hi = min(ow_n, (w - off + sw - 1) // sw)
-        hi = max(hi, lo)
+        off, lo, hi = tap_cols(s, dw, pw, sw, w, ow_n)
         for oh in range(oh_n):
             drow = dst[oh * ow_n:(oh + 1) * ow_n]
             ih = oh * sh - ph + r * dh
@@ -114,14 +107,8 @@ def _col2im(gcol, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, gx):
             r = tap // kw
             s = tap - r * kw
             src = gcol[c * ntap + tap, i * plane:(i + 1) * plane]
-            off = s * dw - pw
-            lo = 0
-            if off < 0:
-                lo = min(ow_n, (-off + sw - 1) // sw)
-            hi = 0
-            if w - off > 0:
-                hi = min(ow_n, (w - off + sw - 1) // sw)
-            if hi <= lo:
+            off, lo, hi = tap_cols(s, dw, pw, sw, w, ow_n)
+            if hi == lo:
                 continue
             for oh in range(oh_n):
                 ih = oh * sh - ph + r * dh

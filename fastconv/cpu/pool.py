@@ -54,20 +54,11 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Pool2dParams
+from ._conv_common import tap_cols
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "index_range"]
 
 _NEG_INF = -np.inf
-
-
-@njit(cache=True, inline="always")
-def _tap_cols(b, dw, pw, sw, w, ow):
-    """Input column offset ``cb`` of column tap b and the output columns [lo, hi)
-    for which that tap, at column ``oj*sw + cb``, lies inside the input."""
-    cb = b * dw - pw
-    lo = 0 if cb >= 0 else (-cb + sw - 1) // sw
-    hi = min(ow, (w - 1 - cb) // sw + 1)
-    return cb, lo, max(lo, hi)
 
 
 @njit(cache=True, inline="always")
@@ -301,7 +292,7 @@ def _pool_fwd_idx(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
             if ih >= h:
                 break
             for b in range(kw):
-                cb, tlo, thi = _tap_cols(b, dw, pw, sw, w, ow)
+                cb, tlo, thi = tap_cols(b, dw, pw, sw, w, ow)
                 if thi == tlo:
                     continue
                 c0 = tlo * sw + cb
