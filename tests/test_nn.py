@@ -8,14 +8,12 @@ against the update formulas written out independently here.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 
 import numpy as np
 import pytest
 
-import fastconv
 from fastconv.nn import (SGD, Adadelta, Adam, Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D,
                          ReLU, RMSprop, Sequential, load_model, to_categorical)
 from fastconv.nn import losses as L
