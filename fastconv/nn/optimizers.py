@@ -135,11 +135,15 @@ class Adam(Optimizer):
 
 
 class Adadelta(Optimizer):
-    """a = rho*a + (1-rho)g^2; d = sqrt(b+eps)/sqrt(a+eps)*g; b = rho*b + (1-rho)d^2; p -= lr*d."""
+    """a = rho*a + (1-rho)g^2; d = sqrt(b+eps)/sqrt(a+eps)*g; b = rho*b + (1-rho)d^2; p -= lr*d.
+
+    Keras' defaults (lr 1e-3, rho 0.95, eps 1e-7). convnetjs' trainer, the algorithm as
+    published, is ``Adadelta(learning_rate=1.0, epsilon=1e-8)`` (examples/train_mnist.py).
+    """
 
     name = "adadelta"
 
-    def __init__(self, learning_rate: float = 1.0, rho: float = 0.95, epsilon: float = 1e-8,
+    def __init__(self, learning_rate: float = 0.001, rho: float = 0.95, epsilon: float = 1e-7,
                  weight_decay: float = 0.0):
         super().__init__(learning_rate, weight_decay)
         self.rho = _unit(rho, "rho")
