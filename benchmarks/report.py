@@ -49,8 +49,9 @@ ROW_KEYS = ("family", "op", "case", "shape", "impl", "device", "status", "reason
 # --------------------------------------------------------------------------- threads and machine
 
 
-def configure_threads(n: int) -> None:
-    """Make every library use ``n`` threads; effective only before their import.
+def configure_threads(n: int, blas: int | None = None) -> None:
+    """Make every library use ``n`` threads (NumPy's BLAS ``blas``, default ``n``);
+    effective only before their import.
 
     NUMBA_NUM_THREADS caps numba.set_num_threads (raised to ``n`` if numba is
     not imported yet); OPENBLAS/OMP/MKL_NUM_THREADS are read when NumPy's BLAS
@@ -58,9 +59,10 @@ def configure_threads(n: int) -> None:
     """
     if "numba" not in sys.modules:
         os.environ["NUMBA_NUM_THREADS"] = str(max(n, int(os.environ.get("NUMBA_NUM_THREADS", "0") or 0)))
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    counts = {"OPENBLAS_NUM_THREADS": n if blas is None else blas, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    for var, count in counts.items():
         if "numpy" not in sys.modules or var not in os.environ:
-            os.environ[var] = str(n)
+            os.environ[var] = str(count)
 
 
 def _cpu_model() -> str:
@@ -612,6 +614,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for numba, torch and OpenBLAS alike (default 2 = this machine's cores)")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="OpenBLAS threads for NumPy (and fastconv's im2col GEMMs); default 1: spinning "
+                         "OpenBLAS workers steal the cores from Numba's and torch's threads in the next call "
+                         "(measured: torch conv 2-5x slower right after a 2-thread GEMM). The SGEMM ceiling is "
+                         "still measured at --threads, in a subprocess")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes, one sample, small ceilings, no latency: checks the report works, "
                          "measures nothing")
@@ -640,10 +647,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _sgemm_ceiling(threads: int, blas_threads: int | None) -> dict[str, Any]:
+    """SGEMM at ``threads`` BLAS threads: in this process, or in a fresh one when
+    this process's BLAS was loaded with another thread count (--blas-threads)."""
+    from ._ceilings import measure_sgemm
+
+    if blas_threads in (None, threads):
+        return measure_sgemm(2048, 5)
+    code = "import json; from benchmarks._ceilings import measure_sgemm; print(json.dumps(measure_sgemm(2048, 5)))"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["blas_threads"] = threads
+    return res
+
+
 def run(args: argparse.Namespace, log: Any = None) -> dict[str, Any]:
     """Everything but writing files: the result dict (see ``validate_result``)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    configure_threads(args.threads)
+    configure_threads(args.threads, args.blas_threads)
     from . import _impls as I
     from ._ceilings import measure_copy, measure_sgemm
 
@@ -653,7 +676,7 @@ def run(args: argparse.Namespace, log: Any = None) -> dict[str, Any]:
     if args.quick:
         ceilings = {"sgemm": measure_sgemm(128, 1), "copy": measure_copy(4 << 20, 1)}
     else:
-        ceilings = {"sgemm": measure_sgemm(2048, 5), "copy": measure_copy(256 << 20, 5)}
+        ceilings = {"sgemm": _sgemm_ceiling(args.threads, args.blas_threads), "copy": measure_copy(256 << 20, 5)}
     log(f"ceilings: SGEMM {ceilings['sgemm']['gflops']:.1f} GFLOP/s, copy {ceilings['copy']['gbs']:.1f} GB/s")
     conv_cases, pool_cases, mnist_case = I.shapes(full=not args.quick)
     wanted = {s.strip() for s in args.impls.split(",") if s.strip()}
