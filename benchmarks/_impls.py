@@ -827,20 +827,10 @@ class MnistRunner:
 
     # fastconv.nn, through its public Keras-style API only
     def _build_fastconv(self, device: str | None) -> None:
-        from fastconv import nn
+        from fastconv.nn.zoo import keras_mnist_convnet
 
-        layers = [
-            nn.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
-            nn.MaxPool2D(2),
-            nn.Conv2D(64, 3, activation="relu"),
-            nn.MaxPool2D(2),
-            nn.Conv2D(64, 3, activation="relu"),
-            nn.Flatten(),
-            nn.Dense(64, activation="relu"),
-            nn.Dense(10, activation="softmax"),
-        ]
-        model = nn.Sequential(layers) if device is None else nn.Sequential(layers, device=device)
-        model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model, optimizer, _ = keras_mnist_convnet(device="cpu" if device is None else device)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.model = model
         self.step = self._fastconv_step
         self.epoch_chunk = self._fastconv_chunk

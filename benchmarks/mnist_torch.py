@@ -60,6 +60,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fastconv import nn  # noqa: E402
+from fastconv.nn.zoo import keras_mnist_convnet  # noqa: E402
 
 
 def load(limit: int, synthetic: bool, seed: int):
@@ -79,17 +80,8 @@ def load(limit: int, synthetic: bool, seed: int):
 
 
 def fastconv_model(seed: int) -> nn.Sequential:
-    m = nn.Sequential([
-        nn.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
-        nn.MaxPool2D(2),
-        nn.Conv2D(64, 3, activation="relu"),
-        nn.MaxPool2D(2),
-        nn.Conv2D(64, 3, activation="relu"),
-        nn.Flatten(),
-        nn.Dense(64, activation="relu"),
-        nn.Dense(10, activation="softmax"),
-    ], seed=seed)
-    m.compile(nn.RMSprop(), "sparse_categorical_crossentropy")
+    m, optimizer, _ = keras_mnist_convnet(seed=seed)  # the example's default model
+    m.compile(optimizer, "sparse_categorical_crossentropy")
     return m
 
 

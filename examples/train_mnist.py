@@ -46,46 +46,15 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from fastconv import nn  # noqa: E402
+from fastconv.nn import zoo  # noqa: E402
 from fastconv.datasets import mnist  # noqa: E402
 
 
 def build_model(name: str, device: str, seed: int) -> tuple[nn.Sequential, object, int]:
-    """(model, optimizer, default batch size) for one of the three architectures."""
-    if name == "keras":
-        layers = [
-            nn.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
-            nn.MaxPool2D(2),
-            nn.Conv2D(64, 3, activation="relu"),
-            nn.MaxPool2D(2),
-            nn.Conv2D(64, 3, activation="relu"),
-            nn.Flatten(),
-            nn.Dense(64, activation="relu"),
-            nn.Dense(10, activation="softmax"),
-        ]
-        return nn.Sequential(layers, device=device, seed=seed), nn.RMSprop(), 64
-    if name == "lenet":
-        layers = [
-            nn.Conv2D(6, 5, padding="same", activation="relu", input_shape=(28, 28, 1)),
-            nn.MaxPool2D(2),
-            nn.Conv2D(16, 5, activation="relu"),
-            nn.MaxPool2D(2),
-            nn.Flatten(),
-            nn.Dense(120, activation="relu"),
-            nn.Dense(84, activation="relu"),
-            nn.Dense(10, activation="softmax"),
-        ]
-        return nn.Sequential(layers, device=device, seed=seed), nn.Adam(), 64
-    if name == "convnetjs":
-        layers = [
-            nn.Conv2D(8, 5, padding="same", activation="relu", input_shape=(28, 28, 1)),
-            nn.MaxPool2D(2),
-            nn.Conv2D(16, 5, padding="same", activation="relu"),
-            nn.MaxPool2D(3),
-            nn.Flatten(),
-            nn.Dense(10, activation="softmax"),
-        ]
-        return nn.Sequential(layers, device=device, seed=seed), nn.Adadelta(learning_rate=1.0, epsilon=1e-8, weight_decay=1e-3), 20
-    raise ValueError(f"unknown model {name!r}")
+    """(model, optimizer, default batch size) for one of the architectures in fastconv.nn.zoo."""
+    if name not in zoo.MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {tuple(zoo.MODELS)}")
+    return zoo.MODELS[name](device=device, seed=seed)
 
 
 def warm_up(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> float:
