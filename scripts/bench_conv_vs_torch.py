@@ -1,8 +1,8 @@
 """fastconv / torch time ratios for the conv2d shapes of issue 2 (CPU, float32).
 
-Run it under the benchmark lock, from the repository root:
+Run it from the repository root:
 
-    flock /tmp/fastconv-bench.lock /work/venv/bin/python scripts/bench_conv_vs_torch.py
+    python scripts/bench_conv_vs_torch.py   # on a shared machine: flock /tmp/fastconv-bench.lock python ...
 
 For each shape (N, C, H, W, K, R, S, padding, dilation), stride 1, groups 1:
 forward = conv2d with bias; backward = grad_input + grad_weight + grad_bias

