@@ -20,7 +20,10 @@ flattened index over the whole batch.  Kernel tap (r, s) with dilation
 (n, oh, ow): every tap is a constant shift of the same index, whatever the
 stride, padding and dilation, and the innermost loops run over long contiguous
 ranges of Q even for small images.  For stride 1 there is one phase and Wq is
-the padded width (the "pitch").  Indices Q that are not output pixels (columns
+the padded width (the "pitch"), or, in the forward's "compact" layout, W +
+max(left, right) with H + max(top, bottom) rows: consecutive rows (images)
+share their zero columns (rows), and the last image's taps read on past its
+plane into zeros the channel stride reserves.  Indices Q that are not output pixels (columns
 OW..Wq-1, rows OH..rows-1) are "garbage": computed over, never stored.
 """
 
@@ -219,8 +222,8 @@ def _hsum(builder, v):
 
 
 @intrinsic
-def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q):
-    """acc[0:4, q:q+4*VW] = sum over c < cgi and taps t of
+def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q, init):
+    """acc[0:4, q:q+4*VW] = (acc[0:4, q:q+4*VW] if init else 0) + sum over c < cgi and taps t of
     wk[c, t, k] * inp[base + c*cstride + offs[t] + (q-relative index)].
 
     A 4 output channels x 4 vectors (VW = 512 bits / itemsize Q each) register
@@ -229,10 +232,10 @@ def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q):
     16 FMAs.  inp (flat), wk (cgi, T, 4), offs (T,) int64, acc (4, L) C-contiguous."""
     if not (isinstance(inp, types.Array) and isinstance(wk, types.Array) and isinstance(acc, types.Array)):
         return None
-    sig = types.void(inp, types.intp, types.intp, types.intp, wk, offs, acc, types.intp)
+    sig = types.void(inp, types.intp, types.intp, types.intp, wk, offs, acc, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        inp_v, base_v, cs_v, cgi_v, wk_v, offs_v, acc_v, q_v = args
+        inp_v, base_v, cs_v, cgi_v, wk_v, offs_v, acc_v, q_v, init_v = args
         fty, size, vw, vty = _vec(context, signature.args[0].dtype)
         fma = _fma(builder, vty, fty)
         inp_a = context.make_array(signature.args[0])(context, builder, inp_v)
@@ -244,6 +247,12 @@ def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q):
         row = builder.extract_value(acc_a.shape, 1)
         zero = ir.Constant(vty, None)
         slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(4)]
+        rptrs = [builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(4)]
+        with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
+            for k in range(4):
+                for v in range(4):
+                    builder.store(_vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size),
+                                  slots[k][v])
         with cgutils.for_range(builder, cgi_v) as lc:
             cb = builder.add(base_v, builder.mul(lc.index, cs_v))
             wrow = builder.mul(builder.mul(lc.index, ntap), ir.Constant(i64, 4))
@@ -258,9 +267,8 @@ def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q):
                         slot = slots[k][v]
                         builder.store(builder.call(fma, [wb, xs[v], builder.load(slot)]), slot)
         for k in range(4):
-            rptr = builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)])
             for v in range(4):
-                p = builder.bitcast(builder.gep(rptr, [ir.Constant(i64, v * vw)]), vty.as_pointer())
+                p = builder.bitcast(builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty.as_pointer())
                 builder.store(builder.load(slots[k][v]), p, align=size)
         return context.get_dummy_value()
 

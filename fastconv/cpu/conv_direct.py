@@ -20,7 +20,13 @@ spreads over every core.  Each task runs register tiles (``corr_tile``,
 group's input channels and taps; per (channel, tap) 4 unaligned vector loads
 of the prepared input, 4 weight broadcasts and 16 FMAs (FMA-bound: ~140
 GFLOP/s per core measured in isolation).  Tiles round the block up to a
-multiple of 64 Q (the buffers have a zeroed tail to read).  Garbage Q (the
+multiple of 64 Q (the buffers have a zeroed tail to read).  The reduction is
+split into blocks of _CBLK input channels (outer), each pass of the tiles
+adding into the block's accumulator, so a tile's inputs and weights stay in
+L1 for deep C.  For stride 1 the forward's prepared input is "compact":
+consecutive rows (and images) share their zero padding (pitch W + max(left,
+right), rows H + max(top, bottom)), e.g. 15x15 instead of 16x16 planes for
+14x14 images with padding 1, so fewer garbage Q are computed.  Garbage Q (the
 padding columns/rows of each plane) are computed and dropped when the block
 is copied into y, where the bias is added.  Groups with fewer than 4 output
 channels (depthwise) take a 1-channel loop that LLVM vectorises, so no work
@@ -73,6 +79,10 @@ __all__ = ["conv2d_forward_direct", "conv2d_backward_direct"]
 
 # Q elements per ``_corr`` task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
 _BLOCK = 1024
+# Input channels per pass of the register tiles over a ``_corr`` block: the
+# tile's input rows (~12 KiB) and weights (~5 KiB float32) for 32 channels
+# stay in L1 (measured: 1.25x faster forward for C = 256, 14x14).
+_CBLK = 32
 # Q elements per ``_gw_dot`` segment: 4 grad_output rows (16 KiB in float32) stay in L1.
 _SEG = 1024
 
@@ -112,13 +122,15 @@ def _acc1(inp, base, cstride, cgi, wk, kk, offs, nv, a0):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk):
+def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk):
     """out (N, Kout, OH, OW) = bias + correlation of a prepared buffer.
 
     out[n, g*kgo + k, oh, ow] = bias[...] + sum over the cgi input channels c
     of group g and the taps of wpk[g, k//4, c, tap, k%4] *
     inp[(g*cgi + c)*cstride + offs[tap] + n*plane + oh*pitch + ow].
-    bias (Kout,) or (0,) for none; blk (a multiple of 64) Q per task."""
+    bias (Kout,) or (0,) for none; blk (a multiple of 64) Q per task; the
+    reduction runs over blocks of cblk input channels, the register tiles
+    adding each block's sums into acc (so its inputs and weights stay in L1)."""
     n_img, kout, oh_n, ow_n = out.shape
     groups, nkb, cgi, _, _ = wpk.shape
     kgo = kout // groups
@@ -141,8 +153,11 @@ def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk):
             tw = TILE_VECTORS * 64 // out.itemsize
             ntile = (ln + tw - 1) // tw
             acc = np.empty((4, ntile * tw), dtype=out.dtype)
-            for ti in range(ntile):
-                corr_tile(inp, base + ti * tw, cstride, cgi, wpk[g, kb], offs, acc, ti * tw)
+            for c0 in range(0, cgi, cblk):
+                cn = min(cblk, cgi - c0)
+                wkc = wpk[g, kb, c0:c0 + cn]
+                for ti in range(ntile):
+                    corr_tile(inp, base + c0 * cstride + ti * tw, cstride, cn, wkc, offs, acc, ti * tw, c0)
         else:
             nv = (ln + 15) // 16
             acc = np.zeros((4, nv * 16), dtype=out.dtype)
@@ -371,9 +386,18 @@ def _pack4(w4: np.ndarray) -> np.ndarray:
 class _Prep:
     """A prepared (channel-major, padded, polyphase) buffer and its geometry."""
 
-    def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0):
+    def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0, compact=False):
         n, c, h, w = src.shape
         hq, wq = phase_geometry(h, w, top, left, bottom, right, sh, sw)
+        reach = 0
+        if compact and sh == 1 and sw == 1:
+            # consecutive rows (images) share their zero columns (rows): the
+            # right padding of a row is the left padding of the next one, so
+            # a gap of max(left, right) zeros suffices (less garbage Q); the
+            # last image's taps then reach past its plane, by ``reach``
+            hp, wp = hq, wq
+            hq, wq = h + max(top, bottom), w + max(left, right)
+            reach = (hp - 1) * max(wq, pitch_min) + wp
         self.pitch = max(wq, pitch_min)
         self.rows = max(hq, rows_min)
         self.plane = self.rows * self.pitch
@@ -382,11 +406,12 @@ class _Prep:
         # cgi channels a register tile walks through do not all map to the same
         # few L1 sets (a power-of-two stride would, and thrash L1)
         line = 64 // src.dtype.itemsize
-        lines = -(-(sh * sw * self.phase_stride) // line)
+        reach = max(0, reach - self.plane)
+        lines = -(-(sh * sw * self.phase_stride + reach) // line)
         self.cstride = (lines + 1 - lines % 2) * line
         # tail: reads of rounded-up blocks past the last plane stay inside (zeros)
         # fully written by embed (zeros included), so poisoning may cover it
-        self.buf = _alloc.empty((c * self.cstride + self.plane + 64,), src.dtype)
+        self.buf = _alloc.empty((c * self.cstride + self.plane + reach + 64,), src.dtype)
         embed(src, self.buf, top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
 
 
@@ -404,13 +429,14 @@ def _correlate(inp: _Prep, offs, w4: np.ndarray, bias: np.ndarray, out: np.ndarr
     wpk = _pack4(w4)
     qn = (n - 1) * inp.plane + (oh - 1) * inp.pitch + ow
     blk = _block(qn, wpk.shape[0] * wpk.shape[1])
-    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk)
+    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk, _CBLK)
 
 
 def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                           p: Conv2dParams) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias."""
-    xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
+    xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw, rows_min=p.oh, pitch_min=p.ow,
+               compact=True)
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
