@@ -7,7 +7,8 @@
   input").  Parallel over planes.
 * ``bias_grad``: grad_bias = sum of grad_output over N, OH, OW.  Parallel over
   output channels; the inner loop is a contiguous vectorised reduction.
-* ``corr_tile``, ``dot_tile``: the 512-bit register-tile micro-kernels of the
+* ``corr_tile`` (4 x 4 vectors), ``corr_tile8`` (8 x 3), ``dot_tile``: the
+  512-bit register-tile micro-kernels of the
   direct convolution (LLVM vector IR, see the section at the end).
 
 Geometry of a prepared buffer.  For strides (sh, sw) a zero-padded plane is
@@ -38,7 +39,7 @@ from numba.extending import intrinsic
 from .. import _alloc
 
 __all__ = ["FASTMATH", "tap_cols", "embed", "bias_grad", "phase_geometry", "tap_offsets", "empty_bias",
-           "corr_tile", "dot_tile", "TILE_VECTORS"]
+           "corr_tile", "corr_tile8", "dot_tile", "TILE_VECTORS"]
 
 # Fast-math flags: only 'contract' (fuse a*b+c into one FMA) and 'reassoc'
 # (reorder sums, which the vectoriser needs for reductions and which lets it
@@ -221,58 +222,67 @@ def _hsum(builder, v):
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
-@intrinsic
-def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q, init):
-    """acc[0:4, q:q+4*VW] = (acc[0:4, q:q+4*VW] if init else 0) + sum over c < cgi and taps t of
-    wk[c, t, k] * inp[base + c*cstride + offs[t] + (q-relative index)].
+def _make_corr_tile(kt, nv):
+    """A corr_tile intrinsic for kt output channels x nv vectors."""
 
-    A 4 output channels x 4 vectors (VW = 512 bits / itemsize Q each) register
-    tile: 16 vector accumulators live in registers across the whole reduction;
-    per (c, t): 4 unaligned vector loads of the input, 4 weight broadcasts,
-    16 FMAs.  inp (flat), wk (cgi, T, 4), offs (T,) int64, acc (4, L) C-contiguous."""
-    if not (isinstance(inp, types.Array) and isinstance(wk, types.Array) and isinstance(acc, types.Array)):
-        return None
-    sig = types.void(inp, types.intp, types.intp, types.intp, wk, offs, acc, types.intp, types.intp)
+    @intrinsic
+    def corr_tile(typingctx, inp, base, cstride, cgi, wk, offs, acc, q, init):
+        """acc[0:4, q:q+4*VW] = (acc[0:4, q:q+4*VW] if init else 0) + sum over c < cgi and taps t of
+        wk[c, t, k] * inp[base + c*cstride + offs[t] + (q-relative index)].
 
-    def codegen(context, builder, signature, args):
-        inp_v, base_v, cs_v, cgi_v, wk_v, offs_v, acc_v, q_v, init_v = args
-        fty, size, vw, vty = _vec(context, signature.args[0].dtype)
-        fma = _fma(builder, vty, fty)
-        inp_a = context.make_array(signature.args[0])(context, builder, inp_v)
-        wk_a = context.make_array(signature.args[4])(context, builder, wk_v)
-        offs_a = context.make_array(signature.args[5])(context, builder, offs_v)
-        acc_a = context.make_array(signature.args[6])(context, builder, acc_v)
-        i64 = ir.IntType(64)
-        ntap = builder.extract_value(offs_a.shape, 0)
-        row = builder.extract_value(acc_a.shape, 1)
-        zero = ir.Constant(vty, None)
-        slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(4)]
-        rptrs = [builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(4)]
-        with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
-            for k in range(4):
-                for v in range(4):
-                    builder.store(_vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size),
-                                  slots[k][v])
-        with cgutils.for_range(builder, cgi_v) as lc:
-            cb = builder.add(base_v, builder.mul(lc.index, cs_v))
-            wrow = builder.mul(builder.mul(lc.index, ntap), ir.Constant(i64, 4))
-            with cgutils.for_range(builder, ntap) as lt:
-                off = builder.load(builder.gep(offs_a.data, [lt.index]))
-                xptr = builder.gep(inp_a.data, [builder.add(cb, off)])
-                xs = [_vload(builder, builder.gep(xptr, [ir.Constant(i64, v * vw)]), vty, size) for v in range(4)]
-                wptr = builder.gep(wk_a.data, [builder.add(wrow, builder.mul(lt.index, ir.Constant(i64, 4)))])
-                for k in range(4):
-                    wb = _splat(builder, builder.load(builder.gep(wptr, [ir.Constant(i64, k)])), vty)
-                    for v in range(4):
-                        slot = slots[k][v]
-                        builder.store(builder.call(fma, [wb, xs[v], builder.load(slot)]), slot)
-        for k in range(4):
-            for v in range(4):
-                p = builder.bitcast(builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty.as_pointer())
-                builder.store(builder.load(slots[k][v]), p, align=size)
-        return context.get_dummy_value()
+        A 4 output channels x 4 vectors (VW = 512 bits / itemsize Q each) register
+        tile: 16 vector accumulators live in registers across the whole reduction;
+        per (c, t): 4 unaligned vector loads of the input, 4 weight broadcasts,
+        16 FMAs.  inp (flat), wk (cgi, T, 4), offs (T,) int64, acc (4, L) C-contiguous."""
+        if not (isinstance(inp, types.Array) and isinstance(wk, types.Array) and isinstance(acc, types.Array)):
+            return None
+        sig = types.void(inp, types.intp, types.intp, types.intp, wk, offs, acc, types.intp, types.intp)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            inp_v, base_v, cs_v, cgi_v, wk_v, offs_v, acc_v, q_v, init_v = args
+            fty, size, vw, vty = _vec(context, signature.args[0].dtype)
+            fma = _fma(builder, vty, fty)
+            inp_a = context.make_array(signature.args[0])(context, builder, inp_v)
+            wk_a = context.make_array(signature.args[4])(context, builder, wk_v)
+            offs_a = context.make_array(signature.args[5])(context, builder, offs_v)
+            acc_a = context.make_array(signature.args[6])(context, builder, acc_v)
+            i64 = ir.IntType(64)
+            ntap = builder.extract_value(offs_a.shape, 0)
+            row = builder.extract_value(acc_a.shape, 1)
+            zero = ir.Constant(vty, None)
+            slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(kt)]
+            rptrs = [builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(kt)]
+            with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
+                for k in range(kt):
+                    for v in range(nv):
+                        builder.store(_vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size),
+                                      slots[k][v])
+            with cgutils.for_range(builder, cgi_v) as lc:
+                cb = builder.add(base_v, builder.mul(lc.index, cs_v))
+                wrow = builder.mul(builder.mul(lc.index, ntap), ir.Constant(i64, kt))
+                with cgutils.for_range(builder, ntap) as lt:
+                    off = builder.load(builder.gep(offs_a.data, [lt.index]))
+                    xptr = builder.gep(inp_a.data, [builder.add(cb, off)])
+                    xs = [_vload(builder, builder.gep(xptr, [ir.Constant(i64, v * vw)]), vty, size) for v in range(nv)]
+                    wptr = builder.gep(wk_a.data, [builder.add(wrow, builder.mul(lt.index, ir.Constant(i64, kt)))])
+                    for k in range(kt):
+                        wb = _splat(builder, builder.load(builder.gep(wptr, [ir.Constant(i64, k)])), vty)
+                        for v in range(nv):
+                            slot = slots[k][v]
+                            builder.store(builder.call(fma, [wb, xs[v], builder.load(slot)]), slot)
+            for k in range(kt):
+                for v in range(nv):
+                    p = builder.bitcast(builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty.as_pointer())
+                    builder.store(builder.load(slots[k][v]), p, align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return corr_tile
+
+
+corr_tile = _make_corr_tile(4, TILE_VECTORS)
+corr_tile8 = _make_corr_tile(8, 3)
 
 
 @intrinsic
