@@ -221,7 +221,7 @@ def test_dtype_promotion(alg, xdt, wdt, bdt, rng):
         ((64, 1, 28, 28), (32, 1, 3, 3), {}, "direct"),  # no GEMM depth
         ((64, 32, 13, 13), (64, 32, 3, 3), {}, "direct"),  # shallow GEMM
         ((32, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "direct"),  # little garbage
-        ((32, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),  # deep GEMM, 31% garbage
+        ((32, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "direct"),  # deep GEMM, small padded plane
         ((8, 256, 14, 14), (256, 1, 3, 3), dict(padding=1, groups=256), "direct"),  # depthwise
     ],
 )
@@ -234,8 +234,7 @@ def test_auto_rule(x_shape, w_shape, opts, want):
 # (N, C, H, W, K, KH, KW, options, bias?) and the algorithm "auto" must pick for it
 AUTO_CASES = {
     "picks_direct": (CASES["same_even_kernel"], "direct"),
-    # deep per-group GEMM (64*3*3 >= 512, K 16) on a small padded plane (8*8 / 6*6 >= 1.25)
-    "picks_im2col": ((1, 64, 6, 6, 16, 3, 3, dict(padding=1), True), "im2col"),
+    "deep_small_plane": ((1, 64, 6, 6, 16, 3, 3, dict(padding=1), True), "direct"),
 }
 
 
