@@ -468,13 +468,13 @@ def _grad_weight(gys, gbase, gkstride, gnstride, gpitch, xp: _Prep, offs, p: Con
     return part.sum(axis=0) if nchunk > 1 else part[0]
 
 
-def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
-                           p: Conv2dParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,)."""
+def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
+                           need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
+    gx is None (not computed) when ``need_input_grad`` is false."""
     dtype = x.dtype
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _alloc.empty(p.weight_shape, dtype)
-    gx = _alloc.empty(p.x_shape, dtype)
     # grad_weight: grad_output in the layout of one phase of the prepared
     # input, zeros at its garbage Q, so the dot products run over all Q
     xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
@@ -484,6 +484,9 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
     if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
         gw64 = _grad_weight(gy.reshape(-1), 0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow, xp, offs, p, False)
     gw[...] = gw64.reshape(p.weight_shape)
+    if not need_input_grad:
+        return None, gw, gb
+    gx = _alloc.empty(p.x_shape, dtype)
     if p.sh == 1 and p.sw == 1 and np.isfinite(weight).all():
         # grad_x = correlation of grad_output, embedded with zero margins, with
         # the mirrored taps of the weights read as (C, K)

@@ -192,9 +192,10 @@ def conv2d_forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     return y
 
 
-def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
-                           p: Conv2dParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,)."""
+def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
+                           need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
+    gx is None (not computed) when ``need_input_grad`` is false."""
     dtype = x.dtype
     g, plane = p.groups, p.oh * p.ow
     crs = p.c * p.kh * p.kw
@@ -206,7 +207,7 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
     w3 = weight.reshape(g, p.kg, crsg)
     w3t = w3.transpose(0, 2, 1)
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
-    gx = _alloc.empty(p.x_shape, dtype)
+    gx = _alloc.empty(p.x_shape, dtype) if need_input_grad else None
     gw = _alloc.empty(p.weight_shape, dtype)
     gw3 = gw.reshape(g, p.kg, crsg)
     part = _alloc.empty(gw3.shape, dtype) if p.n > nb else gw3
@@ -222,6 +223,8 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray,
         else:
             np.matmul(tmp3, col.transpose(0, 2, 1), out=part)
             gw3 += part
+        if not need_input_grad:
+            continue
         np.matmul(w3t, tmp3, out=col)  # column gradient overwrites the columns
         _col2im(col.reshape(crs, m * plane), n0, m, *_geometry(p), gx)
     return gx, gw, gb
