@@ -56,13 +56,17 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
 
 
 def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
-                    dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto") -> tuple[Any, Any, Any]:
+                    dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
+                    need_input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients of ``conv2d`` for ``grad_output`` (N, K, OH, OW).
 
     Returns ``(grad_x, grad_weight, grad_bias)`` with the shapes of x, weight and
     (K,); grad_bias is the sum of grad_output over N, OH, OW and is always returned.
+    ``need_input_grad=False`` skips grad_x (returned as None), like PyTorch for an
+    input that does not require grad, e.g. a network's first layer.
     """
     check_algorithm(algorithm)
+    need_input_grad = check_bool(need_input_grad, "need_input_grad")
     name = _dispatch.backend_name(grad_output=grad_output, x=x, weight=weight)
     be = _dispatch.backend(name)
     gy = be.asarray(grad_output, "grad_output")
@@ -71,9 +75,11 @@ def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padd
     check_grad_output(gy.shape, p.y_shape)
     dtype = compute_dtype(gy.dtype, x.dtype, weight.dtype)
     if p.n == 0:
-        return be.zeros(p.x_shape, dtype), be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
+        gx = be.zeros(p.x_shape, dtype) if need_input_grad else None
+        return gx, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
     gy, x, weight = be.ascompute(gy, dtype), be.ascompute(x, dtype), be.ascompute(weight, dtype)
-    return be.conv2d_backward(gy, x, weight, p, _dispatch.conv2d_algorithm(algorithm, p, name))
+    alg = _dispatch.conv2d_algorithm(algorithm, p, name)
+    return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad)
 
 
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,

@@ -588,3 +588,47 @@ def test_to_categorical():
     assert to_categorical(np.array([[1], [0]]), 3).shape == (2, 3)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got values in \[0, 5\]"):
         to_categorical([0, 5], 2)
+
+
+# --------------------------------------------------------------------------- first layer: no input gradient
+
+
+def test_first_conv_layer_skips_input_gradient(monkeypatch):
+    """A built model's first Conv2D asks conv2d_backward for no grad_x (and returns None);
+    the other layers still get theirs, and training is bit-identical to computing it."""
+    import fastconv
+
+    x, y = mnist_like(16)
+    real, flags = fastconv.conv2d_backward, []
+
+    def spy(*args, **kwargs):
+        flags.append(kwargs.get("need_input_grad", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastconv, "conv2d_backward", spy)
+
+    def two_conv_net(first_needs_grad):
+        m = Sequential([Conv2D(3, 3, padding="same", activation="relu", input_shape=(8, 8, 1)),
+                        Conv2D(4, 3, strides=2, activation="relu"), Flatten(), Dense(4, activation="softmax")],
+                       seed=3)
+        m.compile(SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+        m.build()
+        assert [layer.need_input_grad for layer in m.layers] == [False, True, True, True]
+        m.layers[0].need_input_grad = first_needs_grad
+        return m
+
+    skip, full = two_conv_net(False), two_conv_net(True)
+    flags.clear()
+    losses_skip = [skip.train_on_batch(x, y)[0] for _ in range(3)]
+    assert flags == [True, False] * 3  # backward order: second conv, then the first
+    flags.clear()
+    losses_full = [full.train_on_batch(x, y)[0] for _ in range(3)]
+    assert flags == [True, True] * 3
+    assert losses_skip == losses_full
+    for a, b in zip(skip.get_weights(), full.get_weights()):
+        assert np.array_equal(a, b)
+
+    first = skip.layers[0]
+    first.forward(skip._batch(x[:2]), training=True)
+    assert first.backward(np.ones((2, 3, 8, 8), np.float32)) is None
+    assert set(first.grads) == {"kernel", "bias"} and all(np.isfinite(g).all() for g in first.grads.values())

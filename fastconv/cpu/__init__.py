@@ -49,15 +49,16 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p
     return conv2d_forward_im2col(x, weight, bias, p)
 
 
-def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
-                    algorithm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams, algorithm: str,
+                    need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gx, gw, gb); gx is None (never computed) when ``need_input_grad`` is False."""
     if algorithm == "direct":
         from .conv_direct import conv2d_backward_direct
 
-        return conv2d_backward_direct(gy, x, weight, p)
+        return conv2d_backward_direct(gy, x, weight, p, need_input_grad)
     from .conv_im2col import conv2d_backward_im2col
 
-    return conv2d_backward_im2col(gy, x, weight, p)
+    return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)
 
 
 def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool):

@@ -113,14 +113,15 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str):
     return conv2d_forward_im2col(x, weight, bias, p)
 
 
-def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str):
+def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True):
+    """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False."""
     if algorithm == "direct":
         from .conv_direct import conv2d_backward_direct
 
-        return conv2d_backward_direct(gy, x, weight, p)
+        return conv2d_backward_direct(gy, x, weight, p, need_input_grad)
     from .conv_im2col import conv2d_backward_im2col
 
-    return conv2d_backward_im2col(gy, x, weight, p)
+    return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)
 
 
 def max_pool2d_forward(x: Any, p: Any, return_indices: bool):

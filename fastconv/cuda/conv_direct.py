@@ -305,8 +305,11 @@ def conv2d_forward_direct(x, weight, bias, p: Conv2dParams):
     return y
 
 
-def conv2d_backward_direct(gy, x, weight, p: Conv2dParams):
-    """(grad_x, grad_weight, grad_bias); grad_x by the direct kernel on the transposed conv."""
-    gx = _arrays.empty(p.x_shape, gy.dtype)
-    launch_conv_direct(gy, weight, None, gx, True, **conv_im2col.input_grad_args(p))
+def conv2d_backward_direct(gy, x, weight, p: Conv2dParams, need_input_grad: bool = True):
+    """(grad_x, grad_weight, grad_bias); grad_x by the direct kernel on the transposed conv,
+    or None (no allocation, no launch) when ``need_input_grad`` is False."""
+    gx = None
+    if need_input_grad:
+        gx = _arrays.empty(p.x_shape, gy.dtype)
+        launch_conv_direct(gy, weight, None, gx, True, **conv_im2col.input_grad_args(p))
     return gx, conv_im2col.weight_grad(gy, x, p), conv_im2col.bias_grad(gy, p)

@@ -508,8 +508,11 @@ def conv2d_forward_im2col(x, weight, bias, p: Conv2dParams):
     return y
 
 
-def conv2d_backward_im2col(gy, x, weight, p: Conv2dParams):
-    """(grad_x, grad_weight, grad_bias) for grad_output gy (N, K, OH, OW)."""
-    gx = _arrays.empty(p.x_shape, gy.dtype)
-    launch_conv_igemm(gy, weight, None, gx, True, **input_grad_args(p))
+def conv2d_backward_im2col(gy, x, weight, p: Conv2dParams, need_input_grad: bool = True):
+    """(grad_x, grad_weight, grad_bias) for grad_output gy (N, K, OH, OW); grad_x is
+    None (no allocation, no launch) when ``need_input_grad`` is False."""
+    gx = None
+    if need_input_grad:
+        gx = _arrays.empty(p.x_shape, gy.dtype)
+        launch_conv_igemm(gy, weight, None, gx, True, **input_grad_args(p))
     return gx, weight_grad(gy, x, p), bias_grad(gy, p)

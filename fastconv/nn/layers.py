@@ -251,11 +251,11 @@ class Conv2D(_Weighted):
     def backward(self, grad, *, logits=False):
         gz = self._activation_grad(grad, logits)
         gx, gw, gb = fastconv.conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
-                                              self.dilation_rate)
+                                              self.dilation_rate, need_input_grad=self.need_input_grad)
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
-        return gx if self.need_input_grad else None
+        return gx
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
