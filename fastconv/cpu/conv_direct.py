@@ -400,7 +400,8 @@ def _pack4(w4: np.ndarray, kt: int = 4) -> np.ndarray:
 class _Prep:
     """A prepared (channel-major, padded, polyphase) buffer and its geometry."""
 
-    def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0, compact=False):
+    def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0, compact=False,
+                 lead=0):
         n, c, h, w = src.shape
         hq, wq = phase_geometry(h, w, top, left, bottom, right, sh, sw)
         reach = 0
@@ -425,8 +426,11 @@ class _Prep:
         self.cstride = (lines + 1 - lines % 2) * line
         # tail: reads of rounded-up blocks past the last plane stay inside (zeros)
         # fully written by embed (zeros included), so poisoning may cover it
-        self.buf = _alloc.empty((c * self.cstride + self.plane + reach + 64,), src.dtype)
-        embed(src, self.buf, top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
+        # ``lead`` zeros before channel 0 (for reads at negative tap offsets)
+        self.lead = lead
+        self.buf = _alloc.empty((lead + c * self.cstride + self.plane + reach + 64,), src.dtype)
+        self.buf[:lead] = 0
+        embed(src, self.buf[lead:], top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
 
 
 def _block(qn: int, tasks_per_block: int) -> int:
@@ -478,28 +482,34 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
     # grad_weight: grad_output in the layout of one phase of the prepared
     # input, zeros at its garbage Q, so the dot products run over all Q
     xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
-    gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch)
+    # grad_x (stride 1, finite weights) reads the same buffer at negative tap
+    # offsets, down to -lead (see below)
+    fast_gx = need_input_grad and p.sh == 1 and p.sw == 1 and bool(np.isfinite(weight).all())
+    lead = max(0, ((p.kh - 1) * p.dh - p.ph) * xp.pitch + (p.kw - 1) * p.dw - p.pw) if fast_gx else 0
+    gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch, lead=lead)
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
-    gw64 = _grad_weight(gyf.buf, 0, gyf.cstride, xp.plane, xp.pitch, xp, offs, p, True)
+    gw64 = _grad_weight(gyf.buf, lead, gyf.cstride, xp.plane, xp.pitch, xp, offs, p, True)
     if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
         gw64 = _grad_weight(gy.reshape(-1), 0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow, xp, offs, p, False)
     gw[...] = gw64.reshape(p.weight_shape)
     if not need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
-    if p.sh == 1 and p.sw == 1 and np.isfinite(weight).all():
-        # grad_x = correlation of grad_output, embedded with zero margins, with
-        # the mirrored taps of the weights read as (C, K)
-        eff_h, eff_w = p.dh * (p.kh - 1) + 1, p.dw * (p.kw - 1) + 1
-        mt, ml = max(0, eff_h - 1 - p.ph), max(0, eff_w - 1 - p.pw)
-        pitch = max(p.w + p.pw + ml, ml + p.ow)
-        rows = mt + max(p.h + p.ph, p.oh)
-        gye = _Prep(gy, mt, ml, rows - mt - p.oh, pitch - ml - p.ow, rows_min=rows, pitch_min=pitch)
+    if fast_gx:
+        # grad_x = correlation of grad_output with the mirrored taps of the
+        # weights read as (C, K): gx[h, w] = sum over taps of
+        # gy[h + ph - r*dh, w + pw - s*dw] * w[r, s], gy (zero outside its
+        # OH x OW) being stored at lead + i*pitch + j of each padded plane.
+        # Q = n*plane + h*pitch + w runs over gx's pixels (all of them output
+        # pixels for padding 0); a read before a plane's row or image lands in
+        # the zero columns/rows after the previous one: pitch - OW =
+        # (KW-1)*dw, rows - OH = (KH-1)*dh for stride 1, exactly the reach of
+        # the taps; before image 0 of channel 0 in the ``lead`` zeros.
         r = np.arange(p.kh).repeat(p.kw)
         s = np.tile(np.arange(p.kw), p.kh)
-        offs_gx = ((p.ph + mt - r * p.dh) * pitch + (p.pw + ml - s * p.dw)).astype(np.int64)
+        offs_gx = (lead + (p.ph - r * p.dh) * xp.pitch + (p.pw - s * p.dw)).astype(np.int64)
         w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
-        _correlate(gye, offs_gx, w4, empty_bias(dtype), gx)
+        _correlate(gyf, offs_gx, w4, empty_bias(dtype), gx)  # gyf.plane, .pitch are xp's
     else:
         _gx_scatter(gy, weight, gx, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
     return gx, gw, gb
