@@ -35,6 +35,11 @@ is copied into y, where the bias is added.  Groups with fewer than 4 output
 channels (depthwise) take a 1-channel loop that LLVM vectorises, so no work
 is wasted on padding channels.
 
+Small planes (stride 1, a batch of >= 8, e.g. 5x5 inputs with a 3x3 kernel)
+use the batch-inner layout of ``conv_direct_bi`` instead: the same kernels
+over a buffer with the batch innermost, so the padding rows of each image are
+no longer computed (``use_batch_inner`` has the rule and its measurements).
+
 Backward.  grad_bias: ``bias_grad``.  grad_weight (``_gw_dot``): for each
 (output channel, input channel, tap) a dot product over Q of grad_output,
 embedded in the same layout as the prepared input (zeros at garbage Q), with
@@ -65,6 +70,7 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Conv2dParams
+from .conv_direct_bi import conv2d_backward_bi, conv2d_forward_bi, use_batch_inner
 from ._conv_common import (
     FASTMATH,
     TILE_VECTORS,
@@ -454,6 +460,8 @@ def _correlate(inp: _Prep, offs, w4: np.ndarray, bias: np.ndarray, out: np.ndarr
 def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                           p: Conv2dParams) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias."""
+    if use_batch_inner(p):
+        return conv2d_forward_bi(x, weight, bias, p)
     xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw, rows_min=p.oh, pitch_min=p.ow,
                compact=True)
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
@@ -476,6 +484,10 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
                            need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when ``need_input_grad`` is false."""
+    if use_batch_inner(p):
+        grads = conv2d_backward_bi(gy, x, weight, p, need_input_grad)
+        if grads is not None:
+            return grads
     dtype = x.dtype
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _alloc.empty(p.weight_shape, dtype)
