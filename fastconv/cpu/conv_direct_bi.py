@@ -35,6 +35,12 @@ __all__ = ["use_batch_inner", "conv2d_forward_bi", "conv2d_backward_bi"]
 
 # Elements the register tiles may read past a buffer's last Q.
 _OVERRUN = 64
+# Input channels per pass of the register tiles (``_corr``'s cblk).  Taps are
+# whole pixels (N elements) apart here, so a tile's loads for different taps
+# do not share cache lines as in the standard layout: 8 channels x 9 taps x
+# 3 vectors stay in L1 (measured on (64,32,13,13)->64: 1.22 ms vs 1.41 ms
+# with the standard layout's 32).
+_CBLK_BI = 8
 
 
 def use_batch_inner(p: Conv2dParams) -> bool:
@@ -121,14 +127,14 @@ class _PrepBI:
 
 def _corr_bi(inp: _PrepBI, offs, w4, bias, oh: int, ow_n: int):
     """(1, Kout, oh, ow_n) register-tile correlation of a batch-inner buffer."""
-    from .conv_direct import _CBLK, _block, _corr, _pack4
+    from .conv_direct import _block, _corr, _pack4
 
     kt = 8 if w4.shape[1] >= 8 else 4
     wpk = _pack4(w4, kt)
     out = _alloc.empty((1, w4.shape[0] * w4.shape[1], oh, ow_n), inp.buf.dtype)
     qn = (oh - 1) * inp.pitch + ow_n
     blk = _block(qn, wpk.shape[0] * wpk.shape[1])
-    return _corr(inp.buf, inp.cstride, offs, max(inp.plane, qn), inp.pitch, wpk, bias, out, blk, _CBLK)
+    return _corr(inp.buf, inp.cstride, offs, max(inp.plane, qn), inp.pitch, wpk, bias, out, blk, _CBLK_BI)
 
 
 def _geometry(p: Conv2dParams) -> tuple[int, int]:
