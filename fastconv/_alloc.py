@@ -26,3 +26,16 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     if POISON:
         a.fill(poison_value(dtype))
     return a
+
+
+def workspace(size: int, dtype: Any, align: int = 64) -> np.ndarray:
+    """A 1-D scratch array of ``size`` elements starting on an ``align``-byte
+    boundary (NumPy guarantees only 16), so vector loads at multiples of the
+    vector width from its start are aligned.  Poisoned like ``empty``."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(size * dtype.itemsize + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    a = raw[off:off + size * dtype.itemsize].view(dtype)
+    if POISON:
+        a.fill(poison_value(dtype))
+    return a

@@ -328,8 +328,10 @@ def _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xs, cstride, offs, plane, pi
         pa[:] = 0.0
         zero = np.zeros(1, dtype=gys.dtype)[0]
         if flat:
-            qa = ch * qn // nchunk
-            qb = (ch + 1) * qn // nchunk
+            # chunk bounds on multiples of 16 elements: with 64-byte aligned
+            # rows (``_alloc.workspace``) every grad_output load is aligned
+            qa = ch * qn // nchunk // 16 * 16
+            qb = (ch + 1) * qn // nchunk // 16 * 16 if ch < nchunk - 1 else qn
             for s0 in range(qa, qb, seg):
                 ln = min(seg, qb - s0)
                 _dot_segment(gys, gbase + s0, gkstride, xs, s0, cstride, offs, ln, groups, cg, kg, zero, pa)
@@ -434,7 +436,7 @@ class _Prep:
         # fully written by embed (zeros included), so poisoning may cover it
         # ``lead`` zeros before channel 0 (for reads at negative tap offsets)
         self.lead = lead
-        self.buf = _alloc.empty((lead + c * self.cstride + self.plane + reach + 64,), src.dtype)
+        self.buf = _alloc.workspace(lead + c * self.cstride + self.plane + reach + 64, src.dtype)
         self.buf[:lead] = 0
         embed(src, self.buf[lead:], top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
 
@@ -498,6 +500,7 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
     # offsets, down to -lead (see below)
     fast_gx = need_input_grad and p.sh == 1 and p.sw == 1 and bool(np.isfinite(weight).all())
     lead = max(0, ((p.kh - 1) * p.dh - p.ph) * xp.pitch + (p.kw - 1) * p.dw - p.pw) if fast_gx else 0
+    lead = -(-lead // 16) * 16  # keeps grad_output's rows on 64-byte boundaries (aligned loads)
     gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch, lead=lead)
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
     gw64 = _grad_weight(gyf.buf, lead, gyf.cstride, xp.plane, xp.pitch, xp, offs, p, True)
