@@ -94,19 +94,24 @@ def tap_cols(j, dw, pw, sw, w, ow):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
+def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride, sums):
     """Channel-major prepared copy of src (N, C, H, W) (see module doc).
 
     dst (flat, >= C*cstride elements, plane = rows*wq, rows >= hq, cstride >=
     sh*sw*N*plane): element i*wq + j of image n's phase plane (a, b) of
     channel c, at c*cstride + ((a*sw + b)*N + n)*plane, holds the pixel
     (a + sh*i - top, b + sw*j - left) of src[n, c], or 0 outside src.  The
-    gaps between channels and the elements after the last one are zeroed.  Parallel over (channel, phase, image) planes; each row
-    is zeroed and then its valid columns copied (contiguous for sw == 1)."""
+    gaps between channels and the elements after the last one are zeroed.
+    ``sums`` (C*sh*sw*N float64, or empty to skip): sums[t] = the sum of the
+    values copied into plane t = (c*sh*sw + phase)*N + n (grad_bias of a
+    grad_output comes out of the copy, no second pass).  Parallel over
+    (channel, phase, image) planes; each row is zeroed and then its valid
+    columns copied (contiguous for sw == 1)."""
     n_img, c_n, h, w = src.shape
     nph = sh * sw
     plane = rows * wq
     nplane = c_n * nph * n_img
+    want_sums = sums.shape[0] > 0
     for t in prange(nplane):
         n = t % n_img
         u = t // n_img
@@ -122,6 +127,7 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
                 gap[i] = 0
         # columns j with 0 <= b + sw*j - left < w
         _, j0, j1 = tap_cols(b, 1, left, sw, w, wq)
+        tot = 0.0
         for i in range(rows):
             row = d[i * wq:(i + 1) * wq]
             ih = a + sh * i - top
@@ -137,11 +143,21 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride):
                 s0 = b + j0 - left
                 seg = row[j0:j1]
                 sseg = sr[s0:s0 + (j1 - j0)]
-                for j in range(j1 - j0):
-                    seg[j] = sseg[j]
+                if want_sums:
+                    for j in range(j1 - j0):
+                        v = sseg[j]
+                        seg[j] = v
+                        tot += v
+                else:
+                    for j in range(j1 - j0):
+                        seg[j] = sseg[j]
             else:
                 for j in range(j0, j1):
-                    row[j] = sr[b + sw * j - left]
+                    v = sr[b + sw * j - left]
+                    row[j] = v
+                    tot += v
+        if want_sums:
+            sums[t] = tot
     # explicit loops: an array expression here, outside the prange, would be
     # turned into a parallel region of its own (one launch per statement)
     tail = dst[c_n * cstride:]

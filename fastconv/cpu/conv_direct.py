@@ -40,7 +40,8 @@ use the batch-inner layout of ``conv_direct_bi`` instead: the same kernels
 over a buffer with the batch innermost, so the padding rows of each image are
 no longer computed (``use_batch_inner`` has the rule and its measurements).
 
-Backward.  grad_bias: ``bias_grad``.  grad_weight (``_gw_dot``): for each
+Backward.  grad_bias: the per-plane sums ``embed`` takes while it copies
+grad_output into the prepared layout (no pass of its own).  grad_weight (``_gw_dot``): for each
 (output channel, input channel, tap) a dot product over Q of grad_output,
 embedded in the same layout as the prepared input (zeros at garbage Q), with
 the shifted prepared input; register tiles ``dot_tile`` of 4 output channels
@@ -74,7 +75,6 @@ from .conv_direct_bi import conv2d_backward_bi, conv2d_forward_bi, use_batch_inn
 from ._conv_common import (
     FASTMATH,
     TILE_VECTORS,
-    bias_grad,
     corr_tile,
     corr_tile8,
     dot_tile,
@@ -409,7 +409,7 @@ class _Prep:
     """A prepared (channel-major, padded, polyphase) buffer and its geometry."""
 
     def __init__(self, src, top, left, bottom, right, sh=1, sw=1, rows_min=0, pitch_min=0, compact=False,
-                 lead=0):
+                 lead=0, sums=False):
         n, c, h, w = src.shape
         hq, wq = phase_geometry(h, w, top, left, bottom, right, sh, sw)
         reach = 0
@@ -438,7 +438,9 @@ class _Prep:
         self.lead = lead
         self.buf = _alloc.workspace(lead + c * self.cstride + self.plane + reach + 64, src.dtype)
         self.buf[:lead] = 0
-        embed(src, self.buf[lead:], top, left, sh, sw, hq, self.pitch, self.rows, self.cstride)
+        # sums: per-(channel, phase, image) sums of src, float64 (see ``embed``)
+        self.sums = np.empty(c * sh * sw * n if sums else 0, dtype=np.float64)
+        embed(src, self.buf[lead:], top, left, sh, sw, hq, self.pitch, self.rows, self.cstride, self.sums)
 
 
 def _block(qn: int, tasks_per_block: int) -> int:
@@ -491,7 +493,6 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
         if grads is not None:
             return grads
     dtype = x.dtype
-    gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _alloc.empty(p.weight_shape, dtype)
     # grad_weight: grad_output in the layout of one phase of the prepared
     # input, zeros at its garbage Q, so the dot products run over all Q
@@ -501,7 +502,9 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
     fast_gx = need_input_grad and p.sh == 1 and p.sw == 1 and bool(np.isfinite(weight).all())
     lead = max(0, ((p.kh - 1) * p.dh - p.ph) * xp.pitch + (p.kw - 1) * p.dw - p.pw) if fast_gx else 0
     lead = -(-lead // 16) * 16  # keeps grad_output's rows on 64-byte boundaries (aligned loads)
-    gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch, lead=lead)
+    gyf = _Prep(gy, 0, 0, xp.rows - p.oh, xp.pitch - p.ow, rows_min=xp.rows, pitch_min=xp.pitch, lead=lead,
+                sums=True)
+    gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
     gw64 = _grad_weight(gyf.buf, lead, gyf.cstride, xp.plane, xp.pitch, xp, offs, p, True)
     if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
