@@ -632,3 +632,35 @@ def test_first_conv_layer_skips_input_gradient(monkeypatch):
     first.forward(skip._batch(x[:2]), training=True)
     assert first.backward(np.ones((2, 3, 8, 8), np.float32)) is None
     assert set(first.grads) == {"kernel", "bias"} and all(np.isfinite(g).all() for g in first.grads.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_moved_after_pooling_is_exact(monkeypatch, dtype):
+    """Sequential runs a Conv2D's ReLU after the MaxPooling2D that follows it
+    (same values and gradients, less elementwise work): predictions, losses and
+    weights after training steps equal those of the plain layer-by-layer order,
+    including inputs with all-negative windows, and the layers' own
+    forward/backward keep their documented behaviour."""
+
+    def net():
+        m = Sequential([Conv2D(4, 3, activation="relu", input_shape=(10, 10, 1)), MaxPooling2D(2),
+                        Conv2D(6, 2, activation="relu"), MaxPooling2D(2, padding="same"),
+                        Flatten(), Dense(5, activation="softmax")], seed=7, dtype=dtype)
+        m.compile(SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+        m.build()
+        return m
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((12, 10, 10, 1)) - 0.5  # many all-negative windows
+    y = rng.integers(0, 5, 12)
+    moved, plain = net(), net()
+    assert moved._relu_pools() == frozenset({0, 2})
+    monkeypatch.setattr(plain, "_relu_pools", lambda: frozenset())
+    assert np.array_equal(moved.predict(x), plain.predict(x))
+    for _ in range(3):
+        assert moved.train_on_batch(x, y) == plain.train_on_batch(x, y)
+    for a, b in zip(moved.get_weights(), plain.get_weights()):
+        assert np.array_equal(a, b)
+    # a layer used on its own still applies its activation itself
+    z = moved.layers[0].forward(moved._batch(x[:2]), training=True)
+    assert (z >= 0).all() and (z == 0).any()

@@ -292,6 +292,7 @@ class MaxPooling2D(Layer):
         self._pads = (0, 0, 0, 0)
         self._implicit = (0, 0)
         self._idx: Any = None
+        self._relu_y: Any = None
         self._xshape: tuple[int, ...] | None = None
 
     def _build(self, input_shape, rng):
@@ -314,7 +315,13 @@ class MaxPooling2D(Layer):
             raise ValueError(f"MaxPooling2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
         return (c, p.oh, p.ow)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, *, relu=False):
+        """``relu``: apply ReLU to the pooled output.  ``Sequential`` moves the
+        ReLU of a Conv2D that feeds this layer here: max pooling commutes with
+        the monotone ReLU, so values and gradients are those of pool(relu(x))
+        (the argmax may differ only inside windows with no positive value,
+        whose gradient ReLU zeroes either way), with a quarter of the
+        elementwise work for 2x2 pooling."""
         self._require_built()
         if any(self._pads):
             top, bottom, left, right = self._pads
@@ -322,13 +329,19 @@ class MaxPooling2D(Layer):
         self._xshape = tuple(x.shape)
         if not training:
             self._idx = None
-            return fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit)
-        y, self._idx = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit, return_indices=True)
+            y = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit)
+        else:
+            y, self._idx = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit, return_indices=True)
+        self._relu_y = self._ops.activation_forward("relu", y) if relu else None
         return y
 
-    def backward(self, grad):
+    def backward(self, grad, *, relu=False):
         if self._idx is None:
             raise RuntimeError(f"layer {self.name!r}: backward needs a forward(x, training=True) first")
+        if relu:
+            if self._relu_y is None:
+                raise RuntimeError(f"layer {self.name!r}: backward(relu=True) needs a forward(relu=True) first")
+            grad = self._ops.activation_backward("relu", grad, self._relu_y)
         gx = fastconv.max_pool2d_backward(grad, self._idx, self._xshape)
         if any(self._pads):
             _, h, w = self.input_shape

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _ops_cpu, losses, optimizers
-from .layers import LAYER_CLASSES, Layer, _Weighted, internal_shape, keras_shape
+from .layers import LAYER_CLASSES, Conv2D, Layer, MaxPooling2D, _Weighted, internal_shape, keras_shape
 
 __all__ = ["Sequential", "History", "load_model", "to_categorical"]
 
@@ -370,17 +370,40 @@ class Sequential:
         return self._ops.to_device(x, self.dtype)
 
     # ------------------------------------------------------------------ passes
+    def _relu_pools(self) -> frozenset[int]:
+        """Indices i of Conv2D(activation="relu") layers followed by a
+        MaxPooling2D that is not the last layer: the passes run that ReLU
+        after the pooling instead (``MaxPooling2D.forward(relu=True)``: same
+        values and gradients, a quarter of the elementwise work)."""
+        ls = self._layers
+        return frozenset(i for i in range(len(ls) - 2)
+                         if isinstance(ls[i], Conv2D) and ls[i].activation == "relu"
+                         and isinstance(ls[i + 1], MaxPooling2D))
+
     def _forward(self, xb: Any, training: bool, logits: bool) -> Any:
-        for layer in self._layers[:-1]:
-            xb = layer.forward(xb, training)
+        moved = self._relu_pools()
+        for i, layer in enumerate(self._layers[:-1]):
+            if i in moved:
+                xb = layer.forward(xb, training, logits=True)  # ReLU moved to the pooling
+            elif i - 1 in moved:
+                xb = layer.forward(xb, training, relu=True)
+            else:
+                xb = layer.forward(xb, training)
         last = self._layers[-1]
         return last.forward(xb, training, logits=True) if logits else last.forward(xb, training)
 
     def _backward(self, g: Any, logits: bool) -> None:
+        moved = self._relu_pools()
         last = self._layers[-1]
         g = last.backward(g, logits=True) if logits else last.backward(g)
-        for layer in reversed(self._layers[:-1]):
-            g = layer.backward(g)
+        for i in range(len(self._layers) - 2, -1, -1):
+            layer = self._layers[i]
+            if i in moved:
+                g = layer.backward(g, logits=True)
+            elif i - 1 in moved:
+                g = layer.backward(g, relu=True)
+            else:
+                g = layer.backward(g)
 
     def _loss_fn(self, fused: bool) -> Any:
         return losses.from_config({**self.loss.get_config(), "from_logits": True}) if fused else self.loss
