@@ -78,7 +78,7 @@ def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padd
         gx = be.zeros(p.x_shape, dtype) if need_input_grad else None
         return gx, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
     gy, x, weight = be.ascompute(gy, dtype), be.ascompute(x, dtype), be.ascompute(weight, dtype)
-    alg = _dispatch.conv2d_algorithm(algorithm, p, name)
+    alg = _dispatch.conv2d_algorithm(algorithm, p, name, need_input_grad)
     return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad)
 
 

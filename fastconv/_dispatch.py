@@ -54,16 +54,19 @@ def backend(name: str) -> ModuleType:
     return cpu
 
 
-def conv2d_algorithm(algorithm: str, p: Conv2dParams, backend_name: str) -> str:
+def conv2d_algorithm(algorithm: str, p: Conv2dParams, backend_name: str, need_input_grad: bool = True) -> str:
     """Resolve ``algorithm="auto"``.
 
-    CPU rule: always the direct kernels.  Measured with
-    ``python -m benchmarks.report`` (2 threads, benchmarks/results/): direct is
-    faster than im2col + BLAS forward on every standard shape (by 1.6x to 4.6x),
-    including the deep-GEMM, small-plane (32,256,14,14)->256 pad 1 for which an
-    earlier rule chose im2col, and it needs no column workspace and no BLAS
-    threads (which contend with Numba's).  im2col stays available explicitly
-    (its backward is a little faster on tiny planes such as (64,64,5,5)).
+    CPU rule: the direct kernels (``fastconv.cpu.conv_direct``; for small
+    stride-1 planes they switch to their batch-inner layout themselves),
+    except for a backward that needs no grad_x when the column matrix is no
+    larger than grad_output (C/groups*R*S <= K/groups, e.g. a first layer on
+    1-channel images): im2col then reads grad_output in place, while direct
+    copies it into its padded layout ((64,1,28,28)->32 3x3, 2 threads,
+    float32: 0.64 ms vs 1.01 ms).  Measured with ``python -m
+    benchmarks.report`` and scripts/bench_conv_vs_torch.py: the direct forward
+    is faster than im2col's on the standard shapes (im2col's GEMMs run on the
+    same register tiles, but it writes and reads a KH*KW times larger buffer).
 
     CUDA rule: im2col (implicit GEMM) whenever the per-group GEMM has some depth
     (C/groups * R * S >= 16 and K/groups >= 8), else direct.
@@ -74,4 +77,6 @@ def conv2d_algorithm(algorithm: str, p: Conv2dParams, backend_name: str) -> str:
         if p.cg * p.kh * p.kw >= 16 and p.kg >= 8:
             return "im2col"
         return "direct"
+    if not need_input_grad and p.cg * p.kh * p.kw <= p.kg:
+        return "im2col"
     return "direct"

@@ -153,6 +153,39 @@ def test_im2col_partial_last_chunk(dtype, n, rng, monkeypatch):
         assert_close(got, want, dtype, what)
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one_chunk", "chunks"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_im2col_grad_weight_in_place(dtype, case, chunked, rng, monkeypatch):
+    """im2col's grad_weight over grad_output read in place (taken for planes of
+    >= _INPLACE_MIN output pixels; forced here for every case), with and
+    without grad_x and over several chunks: the reference's values, and the
+    same grad_weight and grad_bias whether or not grad_x is computed."""
+    x, wt, b, opts = _inputs(rng, CASES[case], dtype)
+    monkeypatch.setattr(conv_im2col, "_INPLACE_MIN", 1)
+    if chunked:
+        monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 1)
+    gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
+    want = reference.conv2d_backward(gy, x, wt, **opts)
+    full = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
+    part = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col", need_input_grad=False)
+    for got, ref, what in zip(full, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, ref, dtype, what)
+    assert part[0] is None
+    assert np.array_equal(part[1], full[1]) and np.array_equal(part[2], full[2])
+
+
+def test_im2col_in_place_threshold():
+    """The in-place grad_weight path is the default for large planes: a 28x28
+    first layer without grad_x resolves to im2col under "auto" and matches."""
+    from fastconv import _dispatch
+
+    p = conv2d_params((64, 1, 28, 28), (32, 1, 3, 3), None)
+    assert p.oh * p.ow >= conv_im2col._INPLACE_MIN
+    assert _dispatch.conv2d_algorithm("auto", p, "cpu", need_input_grad=False) == "im2col"
+    assert _dispatch.conv2d_algorithm("auto", p, "cpu", need_input_grad=True) == "direct"
+
+
 def test_im2col_workspace_bound():
     p = conv2d_params((4096, 64, 56, 56), (64, 64, 3, 3), None, 1, 1)
     nb = conv_im2col.chunk_images(p, 4)
