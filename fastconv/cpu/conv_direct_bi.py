@@ -134,7 +134,7 @@ def _corr_bi(inp: _PrepBI, offs, w4, bias, oh: int, ow_n: int):
     out = _alloc.empty((1, w4.shape[0] * w4.shape[1], oh, ow_n), inp.buf.dtype)
     qn = (oh - 1) * inp.pitch + ow_n
     blk = _block(qn, wpk.shape[0] * wpk.shape[1])
-    return _corr(inp.buf, inp.cstride, offs, max(inp.plane, qn), inp.pitch, wpk, bias, out, blk, _CBLK_BI)
+    return _corr(inp.buf, inp.cstride, offs, max(inp.plane, qn), inp.pitch, wpk, bias, out, blk, _CBLK_BI, 0)
 
 
 def _geometry(p: Conv2dParams) -> tuple[int, int]:
