@@ -158,6 +158,9 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ~8 NumPy calls with temporaries each.  Scalars arrive typed as the parameters'
 # dtype (``_t``) so float32 models update in float32.  Parameters and optimizer
 # state are C-contiguous (layers and ``zeros_like`` create them so).
+# error_model="numpy": a float division by zero gives inf/NaN as in NumPy
+# instead of raising, so the loops have no branch and LLVM vectorises the
+# divisions and square roots (RMSprop on 36,864 float32: 65 -> 15 us).
 
 
 def _t(p: np.ndarray, v: float) -> Any:
@@ -171,13 +174,13 @@ def _flat(p: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     return (p.reshape(-1),) + tuple(np.ascontiguousarray(o).reshape(-1) for o in others)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _axpy_k(a, x, y):
     for i in range(y.size):
         y[i] += a * x[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sgd_k(p, g, v, lr, momentum, nesterov):
     for i in range(p.size):
         v[i] = momentum * v[i] - lr * g[i]
@@ -187,14 +190,14 @@ def _sgd_k(p, g, v, lr, momentum, nesterov):
             p[i] += v[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rmsprop_k(p, g, a, lr, rho, omr, eps):
     for i in range(p.size):
         a[i] = rho * a[i] + omr * g[i] * g[i]
         p[i] -= lr * g[i] / (np.sqrt(a[i]) + eps)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adam_k(p, g, m, v, alpha, omb1, omb2, eps):
     for i in range(p.size):
         m[i] += (g[i] - m[i]) * omb1
@@ -202,7 +205,7 @@ def _adam_k(p, g, m, v, alpha, omb1, omb2, eps):
         p[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adadelta_k(p, g, a, b, lr, rho, omr, eps):
     for i in range(p.size):
         a[i] = rho * a[i] + omr * g[i] * g[i]
