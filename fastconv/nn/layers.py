@@ -342,7 +342,8 @@ class MaxPooling2D(Layer):
             if self._relu_y is None:
                 raise RuntimeError(f"layer {self.name!r}: backward(relu=True) needs a forward(relu=True) first")
             grad = self._ops.activation_backward("relu", grad, self._relu_y)
-        gx = fastconv.max_pool2d_backward(grad, self._idx, self._xshape)
+        # the indices come from this layer's own forward: no range-check pass
+        gx = fastconv._max_pool2d_backward(grad, self._idx, self._xshape, check_range=False)
         if any(self._pads):
             _, h, w = self.input_shape
             gx = self._ops.crop(gx, self._pads[0], self._pads[2], h, w)
