@@ -14,7 +14,7 @@ def test_workspace_is_aligned_poisoned_and_sized(size, dtype):
     bufs = [_alloc.workspace(size, dtype) for _ in range(8)]  # several, so a lucky start can't pass
     for a in bufs:
         assert a.shape == (size,) and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-        assert a.ctypes.data % 64 == 0
+        assert size == 0 or a.ctypes.data % 64 == 0  # (an empty view has no meaningful address)
         if size and np.dtype(dtype).kind == "f":
             assert np.isnan(a).all()  # the conftest turns poisoning on
         elif size:
