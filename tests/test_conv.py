@@ -546,3 +546,41 @@ def test_property_matches_reference(prob):
         assert_close(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), ref, np.float64, f"{alg} y")
         for got, want in zip(fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg), rgrads):
             assert_close(got, want, np.float64, f"{alg} grad")
+
+
+IMG_TILE_CASES = {
+    # (n, c, h, w, k, kh, kw, opts): the direct forward covers each image's output rows with
+    # its own register tiles (skipping the padding rows between images)
+    "13x13_valid": (16, 3, 13, 13, 8, 3, 3, {}),
+    "13x13_k4": (16, 2, 13, 13, 5, 5, 5, {}),  # 4-channel tiles
+    "groups_dil": (16, 4, 14, 12, 8, 3, 2, dict(groups=2, dilation=(2, 1))),
+    "pad_same": (20, 3, 12, 12, 9, 4, 4, dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("case", list(IMG_TILE_CASES), ids=list(IMG_TILE_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_forward_per_image_tiles(dtype, case, rng, monkeypatch):
+    """The per-image register tiles of the direct forward (``_corr``'s
+    img_tiles > 0; chosen when they are fewer than contiguous tiles): proven
+    taken by a spy, values equal to the reference, and to the contiguous
+    tiling when it is switched off."""
+    n, c, h, w, k, kh, kw, opts = IMG_TILE_CASES[case]
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    real, seen = conv_direct._corr, []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(conv_direct, "_corr", spy)
+    monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
+    y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
+    assert seen and seen[-1] > 0, "the per-image tiling was not taken"
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    monkeypatch.setattr(conv_direct, "_IMG_TILES", False)
+    y2 = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
+    assert seen[-1] == 0
+    assert_close(y2, reference.conv2d(x, wt, b, **opts), dtype, "y (contiguous tiles)")
