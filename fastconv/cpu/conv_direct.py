@@ -153,8 +153,33 @@ def _tile_start(ti, tw, plane, img_tiles):
     return i * plane + (ti - i * img_tiles) * tw
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _copy_out_bi(acc, q0, ln, nb, wpx, out, k0, nk, bias, has_bias):
+    """out[n, k0 + kk, oh, ow] (+ bias) = acc[kk, Q - q0] for the batch-inner Q
+    = (oh*wpx + ow)*nb + n in [q0, q0 + ln) that are output pixels."""
+    oh_n, ow_n = out.shape[2], out.shape[3]
+    for pix in range(q0 // nb, (q0 + ln - 1) // nb + 1):
+        oh = pix // wpx
+        ow = pix - oh * wpx
+        if ow >= ow_n or oh >= oh_n:
+            continue
+        n_lo = max(0, q0 - pix * nb)
+        n_hi = min(nb, q0 + ln - pix * nb)
+        a0 = pix * nb - q0
+        for kk in range(nk):
+            k = k0 + kk
+            ar = acc[kk, a0 + n_lo:a0 + n_hi]
+            if has_bias:
+                b = bias[k]
+                for i in range(n_hi - n_lo):
+                    out[n_lo + i, k, oh, ow] = ar[i] + b
+            else:
+                for i in range(n_hi - n_lo):
+                    out[n_lo + i, k, oh, ow] = ar[i]
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles):
+def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles, bi_n):
     """out (N, Kout, OH, OW) = bias + correlation of a prepared buffer.
 
     out[n, g*kgo + k, oh, ow] = bias[...] + sum over the cgi input channels c
@@ -165,11 +190,17 @@ def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles
     adding each block's sums into acc (so its inputs and weights stay in L1).
     ``img_tiles`` > 0: blk is a multiple of plane and each image of a block
     gets img_tiles tiles from its first Q on, covering its output rows only
-    (the padding rows after them, up to the next image, are skipped)."""
+    (the padding rows after them, up to the next image, are skipped).
+    ``bi_n`` > 0: the batch-inner layout of ``conv_direct_bi`` with N = bi_n,
+    out[n, k, oh, ow] at Q = (oh*W' + ow)*N + n, pitch = W'*N (``plane`` unused);
+    the copy transposes the batch back out of the vector lanes."""
     n_img, kout, oh_n, ow_n = out.shape
     groups, nkb, cgi, _, kt = wpk.shape
     kgo = kout // groups
-    qn = (n_img - 1) * plane + (oh_n - 1) * pitch + ow_n
+    if bi_n > 0:
+        qn = (oh_n - 1) * pitch + ow_n * bi_n
+    else:
+        qn = (n_img - 1) * plane + (oh_n - 1) * pitch + ow_n
     nblk = (qn + blk - 1) // blk
     has_bias = bias.shape[0] > 0
     for t in prange(groups * nkb * nblk):
@@ -210,6 +241,9 @@ def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles
             acc = np.zeros((4, nv * 16), dtype=out.dtype)
             for kk in range(nk):
                 _acc1(inp, base, cstride, cgi, wpk[g, kb], kk, offs, nv, acc[kk])
+        if bi_n > 0:
+            _copy_out_bi(acc, q0, ln, bi_n, pitch // bi_n, out, g * kgo + kb * kt, nk, bias, has_bias)
+            continue
         # copy the output pixels among Q in [q0, q0 + ln) into out
         for n in range(q0 // plane, min(n_img, (q0 + ln - 1) // plane + 1)):
             nb0 = n * plane
@@ -495,7 +529,7 @@ def _correlate(inp: _Prep, offs, w4: np.ndarray, bias: np.ndarray, out: np.ndarr
         nimg = blk // inp.plane
         if nimg * per_img < -(-(nimg * inp.plane) // tw):
             img_tiles, blk = per_img, nimg * inp.plane
-    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk, _CBLK, img_tiles)
+    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk, _CBLK, img_tiles, 0)
 
 
 def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

@@ -11,8 +11,9 @@ innermost -- so Q = (oh*Wp + ow)*N + n and tap (r, s) is the shift
 garbage (no per-image rows), e.g. 13 Q per 9 outputs for 5x5 -> 3x3, 141 per
 121 for 13x13 -> 11x11.  The vector lanes run over the batch.  The same
 register tiles do the arithmetic; the price is the transposing copies in
-(``embed_bi``: x, grad_output) and out (``unembed_bi``: y, grad_x), which are
-small in exactly the cases this layout is chosen for (``use_batch_inner``).
+(``embed_bi``: x, grad_output) and out (``conv_direct._corr`` writes y and
+grad_x back in NCHW from its accumulators), which are small in exactly the
+cases this layout is chosen for (``use_batch_inner``).
 
 grad_x reads grad_output's buffer at negative tap offsets, as the standard
 layout's stride-1 path does (see ``conv_direct``): a read before an output
@@ -94,22 +95,6 @@ def embed_bi(src, dst, lead, top, left, hp, wp, cstride):
     return dst
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def unembed_bi(src, out):
-    """out[n, k, oh, ow] = src[0, k, oh, ow*N + n] (the register tiles' output
-    in the batch-inner layout back to NCHW).  Parallel over (channel, row)."""
-    n_img, k_n, oh_n, ow_n = out.shape
-    for t in prange(k_n * oh_n):
-        k = t // oh_n
-        oh = t - k * oh_n
-        sr = src[0, k, oh]
-        for n in range(n_img):
-            orow = out[n, k, oh]
-            for ow in range(ow_n):
-                orow[ow] = sr[ow * n_img + n]
-    return out
-
-
 class _PrepBI:
     """``src`` (N, C, H, W) embedded in the batch-inner layout of a (hp, wp) plane."""
 
@@ -125,16 +110,17 @@ class _PrepBI:
         embed_bi(src, self.buf, lead, top, left, hp, wp, self.cstride)
 
 
-def _corr_bi(inp: _PrepBI, offs, w4, bias, oh: int, ow_n: int):
-    """(1, Kout, oh, ow_n) register-tile correlation of a batch-inner buffer."""
+def _corr_bi(inp: _PrepBI, offs, w4, bias, out):
+    """out (N, Kout, OH, OW) = register-tile correlation of a batch-inner buffer
+    (``_corr`` in its batch-inner mode writes NCHW directly)."""
     from .conv_direct import _block, _corr, _pack4
 
     kt = 8 if w4.shape[1] >= 8 else 4
     wpk = _pack4(w4, kt)
-    out = _alloc.empty((1, w4.shape[0] * w4.shape[1], oh, ow_n), inp.buf.dtype)
-    qn = (oh - 1) * inp.pitch + ow_n
+    n, _, oh, ow = out.shape
+    qn = (oh - 1) * inp.pitch + ow * n
     blk = _block(qn, wpk.shape[0] * wpk.shape[1])
-    return _corr(inp.buf, inp.cstride, offs, max(inp.plane, qn), inp.pitch, wpk, bias, out, blk, _CBLK_BI, 0)
+    return _corr(inp.buf, inp.cstride, offs, inp.plane, inp.pitch, wpk, bias, out, blk, _CBLK_BI, 0, n)
 
 
 def _geometry(p: Conv2dParams) -> tuple[int, int]:
@@ -150,8 +136,7 @@ def conv2d_forward_bi(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
     s = np.tile(np.arange(p.kw), p.kh)
     offs = ((r * p.dh * wp + s * p.dw) * p.n).astype(np.int64)
     b = empty_bias(x.dtype) if bias is None else bias
-    yb = _corr_bi(xb, offs, weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), b, p.oh, p.ow * p.n)
-    return unembed_bi(yb, _alloc.empty(p.y_shape, x.dtype))
+    return _corr_bi(xb, offs, weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), b, _alloc.empty(p.y_shape, x.dtype))
 
 
 def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
@@ -191,5 +176,4 @@ def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Con
         return _gx_scatter(gy, weight, gx, 1, 1, p.ph, p.pw, p.dh, p.dw), gw, gb
     offs_gx = (lead + ((p.ph - r * p.dh) * wp + (p.pw - s * p.dw)) * n).astype(np.int64)
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
-    gxb = _corr_bi(gyb, offs_gx, w4, empty_bias(dtype), p.h, p.w * n)
-    return unembed_bi(gxb, gx), gw, gb
+    return _corr_bi(gyb, offs_gx, w4, empty_bias(dtype), gx), gw, gb

@@ -229,7 +229,7 @@ def _gemm_out(inp, ld, ntap, wpk, bias, out):
     m, _, oh, ow = out.shape
     offs = np.arange(ntap, dtype=np.int64) * ld
     blk = _q_run(wpk.shape[2] * ntap, inp.itemsize, _BLOCK_BYTES, 96, 1024)
-    return _corr(inp, ntap * ld, offs, oh * ow, ow, wpk, bias, out, blk, _CBLK, 0)
+    return _corr(inp, ntap * ld, offs, oh * ow, ow, wpk, bias, out, blk, _CBLK, 0, 0)
 
 
 def conv2d_forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
