@@ -306,6 +306,7 @@ def test_direct_grad_weight_segments(dtype, case, seg, rng, monkeypatch):
     with a partial last one."""
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
     monkeypatch.setattr(conv_direct, "_SEG", seg)
+    monkeypatch.setattr(conv_direct, "_IMG_SEGMENTS", False)  # the contiguous segments (see below)
     seen = []
     gw_dot = conv_direct._gw_dot
 
@@ -328,10 +329,49 @@ def test_direct_grad_weight_segments(dtype, case, seg, rng, monkeypatch):
         assert_close(got, want, dtype, what)
     # one flat pass (no exact fallback), with at least two segments per chunk
     assert len(seen) == 1
-    plane, pitch, n_img, oh, ow, flat, seg_used, part = [seen[0][i] for i in (8, 9, 10, 11, 12, 14, 15, 16)]
-    assert flat and seg_used == seg
+    plane, pitch, n_img, oh, ow, flat, seg_used, span, part = [seen[0][i] for i in (8, 9, 10, 11, 12, 14, 15, 16, 17)]
+    assert flat and seg_used == seg and span == 0
     qn = (n_img - 1) * plane + (oh - 1) * pitch + ow
     assert qn // part.shape[0] > seg
+
+
+IMG_SEG_CASES = {
+    # (n, c, h, w, k, kh, kw, opts): planes whose output rows leave >= 16 Q of padding rows
+    "valid": (6, 4, 9, 11, 6, 3, 3, {}),
+    "pad2": (6, 3, 9, 9, 5, 3, 3, dict(padding=2)),
+    "groups": (6, 6, 13, 13, 9, 3, 3, dict(groups=3)),
+    "dilated": (6, 4, 12, 12, 4, 3, 3, dict(dilation=2)),
+    "rect_same": (7, 3, 10, 13, 5, 3, 2, dict(padding="same")),
+}
+
+
+@pytest.mark.parametrize("seg", [1024, 320])
+@pytest.mark.parametrize("case", list(IMG_SEG_CASES), ids=list(IMG_SEG_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_grad_weight_image_segments(dtype, case, seg, rng, monkeypatch):
+    """grad_weight over per-image segments (each image's output rows only,
+    images grouped into calls of ~_SEG Q; several calls per chunk with the
+    small _SEG), proven taken by a spy, against the reference."""
+    n, c, h, w, k, kh, kw, opts = IMG_SEG_CASES[case]
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
+    monkeypatch.setattr(conv_direct, "_SEG", seg)
+    seen = []
+    gw_dot = conv_direct._gw_dot
+
+    def spy(*args):
+        seen.append(args)
+        return gw_dot(*args)
+
+    monkeypatch.setattr(conv_direct, "_gw_dot", spy)
+    monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
+    gy = rng.standard_normal(reference.conv2d(x, wt, None, **opts).shape).astype(dtype)
+    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
+    for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, what)
+    span, plane = seen[0][16], seen[0][8]
+    assert 0 < span <= plane - 16 and span % 16 == 0, "per-image segments not taken"
 
 
 @pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "same_stride2_dil", "depthwise_x2"])

@@ -302,20 +302,24 @@ corr_tile8 = _make_corr_tile(8, 3)
 
 
 @intrinsic
-def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln):
-    """The 12 dot products sum_{q < ln} gys[gq + k*gkstride + q] * xs[xq + o_j + q]
-    for k < 4, j < 3, as a tuple ordered (k0j0, k0j1, k0j2, k1j0, ...).
+def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln, nseg, sstride):
+    """The 12 dot products sum over segments s < nseg and q < ln of
+    gys[gq + s*sstride + k*gkstride + q] * xs[xq + s*sstride + o_j + q] for
+    k < 4, j < 3, as a tuple ordered (k0j0, k0j1, k0j2, k1j0, ...).
 
-    12 vector accumulators in registers; per vector of Q: 4 + 3 loads, 12 FMAs;
-    lanes summed pairwise at the end, the ln % VW remainder done scalar."""
+    12 vector accumulators in registers across all segments; per vector of Q:
+    4 + 3 loads, 12 FMAs; lanes summed pairwise once at the end, the ln % VW
+    remainders done scalar.  Several short segments (one image's output rows
+    each) thus cost one horizontal sum, not one per segment."""
     if not (isinstance(gys, types.Array) and isinstance(xs, types.Array)):
         return None
     dt = gys.dtype
     ret = types.UniTuple(dt, 12)
-    sig = ret(gys, types.intp, types.intp, xs, types.intp, types.intp, types.intp, types.intp, types.intp)
+    sig = ret(gys, types.intp, types.intp, xs, types.intp, types.intp, types.intp, types.intp, types.intp,
+              types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        g_v, gq_v, gks_v, x_v, xq_v, o0_v, o1_v, o2_v, ln_v = args
+        g_v, gq_v, gks_v, x_v, xq_v, o0_v, o1_v, o2_v, ln_v, nseg_v, ss_v = args
         fty, size, vw, vty = _vec(context, dt)
         fma = _fma(builder, vty, fty)
         sfma = _fma(builder, fty, fty)
@@ -327,23 +331,28 @@ def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln):
         xptrs = [builder.gep(x_a.data, [builder.add(xq_v, o)]) for o in (o0_v, o1_v, o2_v)]
         slots = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(12)]
         nvec = builder.sdiv(ln_v, ir.Constant(i64, vw))
-        with cgutils.for_range(builder, nvec) as lp:
-            qq = builder.mul(lp.index, ir.Constant(i64, vw))
-            xv = [_vload(builder, builder.gep(p, [qq]), vty, size) for p in xptrs]
-            for k in range(4):
-                gv = _vload(builder, builder.gep(gptrs[k], [qq]), vty, size)
-                for j in range(3):
-                    s = slots[3 * k + j]
-                    builder.store(builder.call(fma, [gv, xv[j], builder.load(s)]), s)
+        with cgutils.for_range(builder, nseg_v) as ls:
+            so = builder.mul(ls.index, ss_v)
+            with cgutils.for_range(builder, nvec) as lp:
+                qq = builder.add(so, builder.mul(lp.index, ir.Constant(i64, vw)))
+                xv = [_vload(builder, builder.gep(p, [qq]), vty, size) for p in xptrs]
+                for k in range(4):
+                    gv = _vload(builder, builder.gep(gptrs[k], [qq]), vty, size)
+                    for j in range(3):
+                        s = slots[3 * k + j]
+                        builder.store(builder.call(fma, [gv, xv[j], builder.load(s)]), s)
         sums = [cgutils.alloca_once_value(builder, _hsum(builder, builder.load(s))) for s in slots]
         start = builder.mul(nvec, ir.Constant(i64, vw))
-        with cgutils.for_range_slice(builder, start, ln_v, ir.Constant(i64, 1)) as (qq, _):
-            xv = [builder.load(builder.gep(p, [qq])) for p in xptrs]
-            for k in range(4):
-                gv = builder.load(builder.gep(gptrs[k], [qq]))
-                for j in range(3):
-                    s = sums[3 * k + j]
-                    builder.store(builder.call(sfma, [gv, xv[j], builder.load(s)]), s)
+        with cgutils.for_range(builder, nseg_v) as ls:
+            so = builder.mul(ls.index, ss_v)
+            with cgutils.for_range_slice(builder, builder.add(so, start), builder.add(so, ln_v),
+                                         ir.Constant(i64, 1)) as (qq, _):
+                xv = [builder.load(builder.gep(p, [qq])) for p in xptrs]
+                for k in range(4):
+                    gv = builder.load(builder.gep(gptrs[k], [qq]))
+                    for j in range(3):
+                        s = sums[3 * k + j]
+                        builder.store(builder.call(sfma, [gv, xv[j], builder.load(s)]), s)
         return context.make_tuple(builder, signature.return_type, [builder.load(s) for s in sums])
 
     return sig, codegen

@@ -161,7 +161,7 @@ def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Con
     qn = (p.oh - 1) * xb.pitch + p.ow * n
     part = _alloc.empty((max(1, min(qn, numba.get_num_threads())), p.k, p.cg, p.kh * p.kw), np.float64)
     _gw_dot(gyb.buf, lead, gyb.cstride, xb.plane, xb.pitch, xb.buf, xb.cstride, offs, max(xb.plane, qn),
-            xb.pitch, 1, p.oh, p.ow * n, p.groups, True, _SEG, part)
+            xb.pitch, 1, p.oh, p.ow * n, p.groups, True, _SEG, 0, part)
     gw64 = part.sum(axis=0)
     if np.isnan(gw64).any():
         return None

@@ -289,14 +289,14 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
             # grad_output read in place, one image's K rows of OH*OW at a time
             part = _alloc.empty((max(1, min(nchunk, m)), p.k, p.cg, ntap), np.float64)
             _gw_dot(gy.reshape(-1), n0 * p.k * plane, plane, p.k * plane, 0, colbuf, ntap * ldm, offs, plane,
-                    plane, m, 1, plane, p.groups, False, 0, part)
+                    plane, m, 1, plane, p.groups, False, 0, 0, part)
         if need_input_grad or not inplace:
             gyc = gycbuf[:p.k * ldm].reshape(p.k, ldm)
             _out_to_cols(gy, n0, m, gyc)
         if not inplace:
             part = _alloc.empty((max(1, min(nchunk, m * plane)), p.k, p.cg, ntap), np.float64)
             _gw_dot(gycbuf, 0, ldm, plane, p.ow, colbuf, ntap * ldm, offs, plane, p.ow,
-                    m, p.oh, p.ow, p.groups, True, _SEG, part)
+                    m, p.oh, p.ow, p.groups, True, _SEG, 0, part)
         gw64 += part.sum(axis=0)
         if not need_input_grad:
             continue
