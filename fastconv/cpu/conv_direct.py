@@ -98,6 +98,8 @@ _CBLK = 32
 _IMG_TILES = True
 # Per-image grad_weight segments in ``_gw_dot`` when they skip >= 16 Q per image.
 _IMG_SEGMENTS = True
+# ``_gw_dot``'s gsum argument when no grad_output sums are wanted.
+_NO_SUMS = np.zeros((0, 0), dtype=np.float64)
 # Q elements per ``_gw_dot`` segment: 4 grad_output rows (16 KiB in float32) stay in L1.
 _SEG = 1024
 
@@ -378,7 +380,7 @@ def _dot_segment(gys, gq, gkstride, xs, xq, cstride, offs, ln, nseg, sstride, gr
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xs, cstride, offs, plane, pitch,
-            n_img, oh_n, ow_n, groups, flat, seg, span, part):
+            n_img, oh_n, ow_n, groups, flat, seg, span, part, gsum):
     """part (nchunk, K, C/groups, T) float64 <- partial grad_weight sums.
 
     gw[k, c, tap] = sum over n, oh, ow of
@@ -390,7 +392,9 @@ def _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xs, cstride, offs, plane, pi
     span Q of each image only (its output rows; the padding rows up to the
     next image are skipped), images grouped into calls of ~seg Q.  Otherwise
     over exact output rows only.  Chunk ch of the Q range (images, rows)
-    accumulates into its own part[ch]."""
+    accumulates into its own part[ch].  gsum (nchunk, K) float64, or (0, 0):
+    with exact rows, also the sums of grad_output per channel (grad_bias, taken
+    while each row is in cache)."""
     nchunk, kk_n, cg, _ = part.shape
     kg = kk_n // groups
     qn = (n_img - 1) * plane + (oh_n - 1) * pitch + ow_n
@@ -414,11 +418,22 @@ def _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xs, cstride, offs, plane, pi
                 ln = min(seg, qb - s0)
                 _dot_segment(gys, gbase + s0, gkstride, xs, s0, cstride, offs, ln, 1, 0, groups, cg, kg, zero, pa)
         else:
+            sums = gsum.shape[0] > 0
+            if sums:
+                gsum[ch, :] = 0.0
             for row in range(ch * nrow // nchunk, (ch + 1) * nrow // nchunk):
                 n = row // oh_n
                 oh = row - n * oh_n
-                _dot_segment(gys, gbase + n * gnstride + oh * gpitch, gkstride, xs, n * plane + oh * pitch,
+                g0 = gbase + n * gnstride + oh * gpitch
+                _dot_segment(gys, g0, gkstride, xs, n * plane + oh * pitch,
                              cstride, offs, ow_n, 1, 0, groups, cg, kg, zero, pa)
+                if sums:
+                    for k in range(kk_n):
+                        gr = gys[g0 + k * gkstride:g0 + k * gkstride + ow_n]
+                        tot = 0.0
+                        for q in range(ow_n):
+                            tot += gr[q]
+                        gsum[ch, k] += tot
     return part
 
 
@@ -577,7 +592,7 @@ def _grad_weight(gys, gbase, gkstride, gnstride, gpitch, xp: _Prep, offs, p: Con
     nchunk = max(1, min(work, numba.get_num_threads()))
     part = _alloc.empty((nchunk, p.k, p.cg, p.kh * p.kw), np.float64)  # _gw_dot zeroes each chunk
     _gw_dot(gys, gbase, gkstride, gnstride, gpitch, xp.buf, xp.cstride, offs, xp.plane, xp.pitch,
-            p.n, p.oh, p.ow, p.groups, flat, _SEG, span, part)
+            p.n, p.oh, p.ow, p.groups, flat, _SEG, span, part, _NO_SUMS)
     return part.sum(axis=0) if nchunk > 1 else part[0]
 
 

@@ -144,7 +144,7 @@ def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Con
     """(gx or None, gw, gb) as ``conv_direct.conv2d_backward_direct``, stride 1,
     batch-inner layout; None when grad_weight came out NaN (a 0 * inf at a
     garbage Q may cause that): the caller then redoes it exactly."""
-    from .conv_direct import _SEG, _gw_dot
+    from .conv_direct import _NO_SUMS, _SEG, _gw_dot
 
     dtype = x.dtype
     hp, wp = _geometry(p)
@@ -161,7 +161,7 @@ def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Con
     qn = (p.oh - 1) * xb.pitch + p.ow * n
     part = _alloc.empty((max(1, min(qn, numba.get_num_threads())), p.k, p.cg, p.kh * p.kw), np.float64)
     _gw_dot(gyb.buf, lead, gyb.cstride, xb.plane, xb.pitch, xb.buf, xb.cstride, offs, max(xb.plane, qn),
-            xb.pitch, 1, p.oh, p.ow * n, p.groups, True, _SEG, 0, part)
+            xb.pitch, 1, p.oh, p.ow * n, p.groups, True, _SEG, 0, part, _NO_SUMS)
     gw64 = part.sum(axis=0)
     if np.isnan(gw64).any():
         return None

@@ -51,7 +51,7 @@ from numba import njit, prange
 from .. import _alloc
 from .._params import Conv2dParams
 from ._conv_common import FASTMATH, bias_grad, empty_bias, tap_cols
-from .conv_direct import _CBLK, _corr, _gw_dot, _pack4
+from .conv_direct import _CBLK, _NO_SUMS, _corr, _gw_dot, _pack4
 
 __all__ = ["conv2d_forward_im2col", "conv2d_backward_im2col", "WORKSPACE_BYTES", "chunk_images"]
 
@@ -270,7 +270,10 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
     # or without grad_x
     inplace = plane >= _INPLACE_MIN
     gycbuf = _alloc.empty((p.k * ld if need_input_grad or not inplace else 0,), dtype)
-    gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
+    # grad_bias: summed by the in-place grad_weight pass while each image's
+    # grad_output is in cache, else one pass of its own
+    gb = None if inplace else bias_grad(gy, _alloc.empty((p.k,), dtype))
+    gb64 = np.zeros(p.k, dtype=np.float64)
     gx = _alloc.empty(p.x_shape, dtype) if need_input_grad else None
     # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
     wpk_t = None
@@ -288,15 +291,17 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
         if inplace:
             # grad_output read in place, one image's K rows of OH*OW at a time
             part = _alloc.empty((max(1, min(nchunk, m)), p.k, p.cg, ntap), np.float64)
+            gsum = _alloc.empty((part.shape[0], p.k), np.float64)
             _gw_dot(gy.reshape(-1), n0 * p.k * plane, plane, p.k * plane, 0, colbuf, ntap * ldm, offs, plane,
-                    plane, m, 1, plane, p.groups, False, 0, 0, part)
+                    plane, m, 1, plane, p.groups, False, 0, 0, part, gsum)
+            gb64 += gsum.sum(axis=0)
         if need_input_grad or not inplace:
             gyc = gycbuf[:p.k * ldm].reshape(p.k, ldm)
             _out_to_cols(gy, n0, m, gyc)
         if not inplace:
             part = _alloc.empty((max(1, min(nchunk, m * plane)), p.k, p.cg, ntap), np.float64)
             _gw_dot(gycbuf, 0, ldm, plane, p.ow, colbuf, ntap * ldm, offs, plane, p.ow,
-                    m, p.oh, p.ow, p.groups, True, _SEG, 0, part)
+                    m, p.oh, p.ow, p.groups, True, _SEG, 0, part, _NO_SUMS)
         gw64 += part.sum(axis=0)
         if not need_input_grad:
             continue
@@ -304,4 +309,6 @@ def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
         gcol = colbuf[:m * crs * plane].reshape(m, crs, p.oh, p.ow)
         _gemm_out(gycbuf, ldm, 1, wpk_t, empty_bias(dtype), gcol)
         _col2im(gcol, n0, *_geometry(p)[:8], gx)
+    if gb is None:
+        gb = gb64.astype(dtype)
     return gx, gw64.astype(dtype).reshape(p.weight_shape), gb
