@@ -29,9 +29,11 @@ adding into the block's accumulator, so a tile's inputs and weights stay in
 L1 for deep C.  For stride 1 the forward's prepared input is "compact":
 consecutive rows (and images) share their zero padding (pitch W + max(left,
 right), rows H + max(top, bottom)), e.g. 15x15 instead of 16x16 planes for
-14x14 images with padding 1, so fewer garbage Q are computed.  Garbage Q (the
-padding columns/rows of each plane) are computed and dropped when the block
-is copied into y, where the bias is added.  Groups with fewer than 4 output
+14x14 images with padding 1, so fewer garbage Q are computed.  When it
+needs fewer tiles, each image of a block gets its own tiles covering its
+output rows only (``img_tiles``: the padding rows between images are
+skipped).  Garbage Q (the padding columns/rows of each plane) are computed
+and dropped when the block is copied into y, where the bias is added.  Groups with fewer than 4 output
 channels (depthwise) take a 1-channel loop that LLVM vectorises, so no work
 is wasted on padding channels.
 
@@ -47,12 +49,19 @@ embedded in the same layout as the prepared input (zeros at garbage Q), with
 the shifted prepared input; register tiles ``dot_tile`` of 4 output channels
 x 3 taps (12 vector accumulators, 7 vector loads per 12 FMAs), channel quads
 outer and input channels inner so the quad's grad_output rows stay in L1.
-Parallel over chunks of Q, each with a private float64 partial grad_weight
-summed afterwards: race-free, and deterministic for a fixed thread count.  grad_input, stride 1: a transposed
-convolution is a correlation of grad_output, embedded with zero margins, with
-the weights read as (C, K) and the taps mirrored, i.e. ``_corr`` again with
-other offsets.  Stride > 1 (and the exact fallback, below): ``_gx_scatter``,
-parallel over grad_x planes, each owned by one iteration (race-free).
+Where it saves work the dot products run over each image's output rows only
+(several images per call, one horizontal sum: ``span``).  Parallel over
+chunks of Q (on 16-element boundaries: with the 64-byte aligned buffers of
+``_alloc.workspace`` the grad_output loads are aligned), each with a private
+float64 partial grad_weight summed afterwards: race-free, and deterministic
+for a fixed thread count.  grad_input, stride 1: a transposed convolution is
+a correlation of grad_output with the weights read as (C, K) and the taps
+mirrored, i.e. ``_corr`` again, reading the *same* grad_output buffer at
+negative tap offsets: a read before a row or plane lands in the previous
+one's zero padding (pitch - OW = (KW-1)*dw, rows - OH = (KH-1)*dh at stride
+1), before the first plane in ``lead`` zeros.  Stride > 1 (and the exact
+fallback, below): ``_gx_scatter``, parallel over grad_x planes, each owned
+by one iteration (race-free).
 
 Exactness with NaN/Inf.  The fast gradient paths multiply things PyTorch never
 multiplies: zero margins of grad_output by weights (grad_x) and zero garbage
