@@ -40,6 +40,15 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     pad at the bottom/right, any stride).  ``algorithm``: "direct", "im2col" or
     "auto" (see ``_dispatch.conv2d_algorithm``).
     """
+    return _conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm, None)
+
+
+def _conv2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: int,
+            algorithm: str, saved: dict | None) -> Any:
+    """``conv2d``; ``saved`` (a dict, or None): the CPU direct kernels may keep
+    their prepared copy of x there for ``_conv2d_backward`` with the same
+    ``saved`` and the same x object, which must not change in between
+    (``fastconv.nn``'s Conv2D: its input is never modified)."""
     check_algorithm(algorithm)
     name = _dispatch.backend_name(x=x, weight=weight, bias=bias)
     be = _dispatch.backend(name)
@@ -52,7 +61,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
         return be.zeros(p.y_shape, dtype)
     x, weight = be.ascompute(x, dtype), be.ascompute(weight, dtype)
     bias = None if bias is None else be.ascompute(bias, dtype)
-    return be.conv2d_forward(x, weight, bias, p, _dispatch.conv2d_algorithm(algorithm, p, name))
+    return be.conv2d_forward(x, weight, bias, p, _dispatch.conv2d_algorithm(algorithm, p, name), saved)
 
 
 def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
@@ -65,6 +74,13 @@ def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padd
     ``need_input_grad=False`` skips grad_x (returned as None), like PyTorch for an
     input that does not require grad, e.g. a network's first layer.
     """
+    return _conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, algorithm,
+                            need_input_grad, None)
+
+
+def _conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding: Any, dilation: Any,
+                     groups: int, algorithm: str, need_input_grad: bool, saved: dict | None) -> tuple[Any, Any, Any]:
+    """``conv2d_backward``; ``saved``: see ``_conv2d``."""
     check_algorithm(algorithm)
     need_input_grad = check_bool(need_input_grad, "need_input_grad")
     name = _dispatch.backend_name(grad_output=grad_output, x=x, weight=weight)
@@ -79,7 +95,7 @@ def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padd
         return gx, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
     gy, x, weight = be.ascompute(gy, dtype), be.ascompute(x, dtype), be.ascompute(weight, dtype)
     alg = _dispatch.conv2d_algorithm(algorithm, p, name, need_input_grad)
-    return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad)
+    return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad, saved)
 
 
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,

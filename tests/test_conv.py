@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _dispatch, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
-from fastconv.cpu import conv_direct, conv_im2col
+from fastconv.cpu import conv_direct, conv_direct_bi, conv_im2col
 
 from conftest import TOL, assert_close, rel_err
 
@@ -624,3 +624,51 @@ def test_direct_forward_per_image_tiles(dtype, case, rng, monkeypatch):
     y2 = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
     assert seen[-1] == 0
     assert_close(y2, reference.conv2d(x, wt, b, **opts), dtype, "y (contiguous tiles)")
+
+
+@pytest.mark.parametrize("shape, opts, key", [
+    ((4, 3, 9, 9, 6), {}, "direct"),                        # padding 0: compact == plain layout
+    ((4, 3, 9, 9, 6), dict(padding=(0, 2)), None),           # compact differs: nothing kept
+    ((9, 4, 5, 5, 8), {}, "bi"),                              # batch-inner small planes
+    ((4, 3, 9, 9, 6), dict(stride=2), None),                  # strided: nothing kept
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_prepared_input_reused_by_backward(dtype, shape, opts, key, rng, monkeypatch):
+    """fastconv._conv2d(..., saved) keeps the direct kernels' prepared x where
+    the backward would build the same buffer, and _conv2d_backward with the
+    same dict and the same x object uses it (no second copy of x): results
+    bit-identical to the public calls, and a different x object (even with the
+    same values) never picks up the kept buffer."""
+    n, c, h, w, k = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    saved = {}
+    y = fastconv._conv2d(x, wt, None, opts.get("stride", 1), opts.get("padding", 0), 1, 1, "direct", saved)
+    assert np.array_equal(y, fastconv.conv2d(x, wt, **opts, algorithm="direct"))
+    assert saved["x"] is x and (key is None or key in saved) and set(saved) - {"x"} <= {key}
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    want = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
+    built = []
+    real_prep, real_bi = conv_direct._Prep, conv_direct_bi._PrepBI
+
+    def prep(src, *a, **kw):
+        built.append(src)
+        return real_prep(src, *a, **kw)
+
+    def prep_bi(src, *a, **kw):
+        built.append(src)
+        return real_bi(src, *a, **kw)
+
+    monkeypatch.setattr(conv_direct, "_Prep", prep)
+    monkeypatch.setattr(conv_direct_bi, "_PrepBI", prep_bi)
+    args = (opts.get("stride", 1), opts.get("padding", 0), 1, 1, "direct", True)
+    got = fastconv._conv2d_backward(gy, x, wt, *args, saved)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    assert (not any(s is x for s in built)) == (key is not None)
+    built.clear()
+    other = x.copy()
+    got2 = fastconv._conv2d_backward(gy, other, wt, *args, saved)
+    assert any(s is other for s in built)
+    for a, b in zip(got2, want):
+        assert np.array_equal(a, b)

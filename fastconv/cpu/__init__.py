@@ -39,23 +39,25 @@ def index_range(indices: np.ndarray) -> tuple[int, int]:
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dParams,
-                   algorithm: str) -> np.ndarray:
+                   algorithm: str, saved: dict | None = None) -> np.ndarray:
+    """``saved``: see ``fastconv._conv2d`` (only the direct kernels use it)."""
     if algorithm == "direct":
         from .conv_direct import conv2d_forward_direct
 
-        return conv2d_forward_direct(x, weight, bias, p)
+        return conv2d_forward_direct(x, weight, bias, p, saved)
     from .conv_im2col import conv2d_forward_im2col
 
     return conv2d_forward_im2col(x, weight, bias, p)
 
 
 def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams, algorithm: str,
-                    need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+                    need_input_grad: bool = True, saved: dict | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb); gx is None (never computed) when ``need_input_grad`` is False."""
     if algorithm == "direct":
         from .conv_direct import conv2d_backward_direct
 
-        return conv2d_backward_direct(gy, x, weight, p, need_input_grad)
+        return conv2d_backward_direct(gy, x, weight, p, need_input_grad, saved)
     from .conv_im2col import conv2d_backward_im2col
 
     return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)

@@ -574,12 +574,22 @@ def _correlate(inp: _Prep, offs, w4: np.ndarray, bias: np.ndarray, out: np.ndarr
 
 
 def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                          p: Conv2dParams) -> np.ndarray:
-    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias."""
+                          p: Conv2dParams, saved: dict | None = None) -> np.ndarray:
+    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias.
+    ``saved``: a dict that keeps the prepared x for the backward of the same x
+    object (see ``fastconv._conv2d``), or None."""
+    if saved is not None:
+        saved.clear()
+        saved["x"] = x
     if use_batch_inner(p):
-        return conv2d_forward_bi(x, weight, bias, p)
+        return conv2d_forward_bi(x, weight, bias, p, saved)
     xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw, rows_min=p.oh, pitch_min=p.ow,
                compact=True)
+    if saved is not None and p.sh == 1 and p.sw == 1 and xp.rows == p.h + p.ph + p.ph_end \
+            and xp.pitch == p.w + p.pw + p.pw_end:
+        # the compact layout is the backward's plain padded one here
+        # (no row or column to share): the backward can reuse it
+        saved["direct"] = xp
     offs = tap_offsets(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw, xp.pitch, xp.phase_stride)
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
@@ -606,18 +616,23 @@ def _grad_weight(gys, gbase, gkstride, gnstride, gpitch, xp: _Prep, offs, p: Con
 
 
 def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
-                           need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+                           need_input_grad: bool = True, saved: dict | None = None
+                           ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
-    gx is None (not computed) when ``need_input_grad`` is false."""
+    gx is None (not computed) when ``need_input_grad`` is false.  ``saved``:
+    the forward's dict (its prepared x is reused when it was kept for this x)."""
+    reuse = saved.get if saved is not None and saved.get("x") is x else {}.get
     if use_batch_inner(p):
-        grads = conv2d_backward_bi(gy, x, weight, p, need_input_grad)
+        grads = conv2d_backward_bi(gy, x, weight, p, need_input_grad, reuse("bi"))
         if grads is not None:
             return grads
     dtype = x.dtype
     gw = _alloc.empty(p.weight_shape, dtype)
     # grad_weight: grad_output in the layout of one phase of the prepared
     # input, zeros at its garbage Q, so the dot products run over all Q
-    xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
+    xp = reuse("direct")
+    if xp is None:
+        xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw)
     # grad_x (stride 1, finite weights) reads the same buffer at negative tap
     # offsets, down to -lead (see below)
     fast_gx = need_input_grad and p.sh == 1 and p.sw == 1 and bool(np.isfinite(weight).all())

@@ -128,10 +128,13 @@ def _geometry(p: Conv2dParams) -> tuple[int, int]:
 
 
 def conv2d_forward_bi(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                      p: Conv2dParams) -> np.ndarray:
-    """y (N, K, OH, OW) = conv2d(x, weight) + bias, stride 1, batch-inner layout."""
+                      p: Conv2dParams, saved: dict | None = None) -> np.ndarray:
+    """y (N, K, OH, OW) = conv2d(x, weight) + bias, stride 1, batch-inner layout;
+    the prepared x goes into ``saved["bi"]`` when a dict is given."""
     hp, wp = _geometry(p)
     xb = _PrepBI(x, p.ph, p.pw, hp, wp)
+    if saved is not None:
+        saved["bi"] = xb
     r = np.arange(p.kh).repeat(p.kw)
     s = np.tile(np.arange(p.kw), p.kh)
     offs = ((r * p.dh * wp + s * p.dw) * p.n).astype(np.int64)
@@ -140,16 +143,18 @@ def conv2d_forward_bi(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
 
 
 def conv2d_backward_bi(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
-                       need_input_grad: bool = True):
+                       need_input_grad: bool = True, xb: "_PrepBI | None" = None):
     """(gx or None, gw, gb) as ``conv_direct.conv2d_backward_direct``, stride 1,
     batch-inner layout; None when grad_weight came out NaN (a 0 * inf at a
-    garbage Q may cause that): the caller then redoes it exactly."""
+    garbage Q may cause that): the caller then redoes it exactly.  ``xb``: the
+    forward's prepared x of this very x, if kept."""
     from .conv_direct import _NO_SUMS, _SEG, _gw_dot
 
     dtype = x.dtype
     hp, wp = _geometry(p)
     n = p.n
-    xb = _PrepBI(x, p.ph, p.pw, hp, wp)
+    if xb is None:
+        xb = _PrepBI(x, p.ph, p.pw, hp, wp)
     # grad_x (finite weights only: it multiplies zeros by weights) reads the
     # grad_output buffer down to -lead
     fast_gx = need_input_grad and bool(np.isfinite(weight).all())

@@ -103,7 +103,7 @@ def index_range(indices: Any) -> tuple[int, int]:
     return _index_range(indices)
 
 
-def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str):
+def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str, saved: Any = None):
     if algorithm == "direct":
         from .conv_direct import conv2d_forward_direct
 
@@ -113,8 +113,10 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str):
     return conv2d_forward_im2col(x, weight, bias, p)
 
 
-def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True):
-    """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False."""
+def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True,
+                    saved: Any = None):
+    """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False.
+    ``saved`` (``fastconv._conv2d``'s reuse of a prepared input) is a CPU matter: ignored."""
     if algorithm == "direct":
         from .conv_direct import conv2d_backward_direct
 

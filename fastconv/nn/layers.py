@@ -184,6 +184,7 @@ class _Weighted(Layer):
         initializers.get(kernel_initializer)
         self.kernel_initializer = kernel_initializer
         self._x: Any = None
+        self._saved: dict | None = None  # Conv2D: the forward's prepared input, for its backward
         self._y: Any = None
 
     def _init(self, shape: tuple[int, ...], fan_in: int, fan_out: int, n_out: int, rng: np.random.Generator) -> None:
@@ -243,15 +244,19 @@ class Conv2D(_Weighted):
 
     def forward(self, x, training=False, *, logits=False):
         self._require_built()
-        z = fastconv.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
-                            self.dilation_rate)
+        # the CPU kernels keep their prepared copy of x in _saved for the
+        # backward (x is this layer's input, never modified in between)
+        self._saved = {} if training else None
+        z = fastconv._conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+                             self.dilation_rate, 1, "auto", self._saved)
         self._x = x
         return self._activate(z, logits)
 
     def backward(self, grad, *, logits=False):
         gz = self._activation_grad(grad, logits)
-        gx, gw, gb = fastconv.conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
-                                              self.dilation_rate, need_input_grad=self.need_input_grad)
+        gx, gw, gb = fastconv._conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
+                                               self.dilation_rate, 1, "auto", self.need_input_grad, self._saved)
+        self._saved = None
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
