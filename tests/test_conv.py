@@ -645,7 +645,7 @@ def test_prepared_input_reused_by_backward(dtype, shape, opts, key, rng, monkeyp
     saved = {}
     y = fastconv._conv2d(x, wt, None, opts.get("stride", 1), opts.get("padding", 0), 1, 1, "direct", saved)
     assert np.array_equal(y, fastconv.conv2d(x, wt, **opts, algorithm="direct"))
-    assert saved["x"] is x and (key is None or key in saved) and set(saved) - {"x"} <= {key}
+    assert saved["x"] is x and (key is None or key in saved) and set(saved) - {"x", "p"} <= {key}
     gy = rng.standard_normal(y.shape).astype(dtype)
     want = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
     built = []
@@ -672,3 +672,17 @@ def test_prepared_input_reused_by_backward(dtype, shape, opts, key, rng, monkeyp
     assert any(s is other for s in built)
     for a, b in zip(got2, want):
         assert np.array_equal(a, b)
+
+
+def test_prepared_input_not_reused_for_other_settings(rng):
+    """A kept prepared x serves only a backward with the forward's settings
+    (review finding: padding 0 kept, padding 1 asked)."""
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    wt = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    saved = {}
+    fastconv._conv2d(x, wt, None, 1, 0, 1, 1, "direct", saved)
+    assert "direct" in saved
+    gy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    got = fastconv._conv2d_backward(gy, x, wt, 1, 1, 1, 1, "direct", True, saved)
+    for a, b, what in zip(got, reference.conv2d_backward(gy, x, wt, padding=1), ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(a, b, np.float32, what)

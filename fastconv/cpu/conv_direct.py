@@ -580,7 +580,7 @@ def conv2d_forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     object (see ``fastconv._conv2d``), or None."""
     if saved is not None:
         saved.clear()
-        saved["x"] = x
+        saved["x"], saved["p"] = x, p
     if use_batch_inner(p):
         return conv2d_forward_bi(x, weight, bias, p, saved)
     xp = _Prep(x, p.ph, p.pw, p.ph_end, p.pw_end, p.sh, p.sw, rows_min=p.oh, pitch_min=p.ow,
@@ -620,8 +620,10 @@ def conv2d_backward_direct(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p:
                            ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when ``need_input_grad`` is false.  ``saved``:
-    the forward's dict (its prepared x is reused when it was kept for this x)."""
-    reuse = saved.get if saved is not None and saved.get("x") is x else {}.get
+    the forward's dict (its prepared x is reused when it was kept for this x
+    object and these convolution settings)."""
+    # the kept buffer only for the very x object and the same geometry
+    reuse = saved.get if saved is not None and saved.get("x") is x and saved.get("p") == p else {}.get
     if use_batch_inner(p):
         grads = conv2d_backward_bi(gy, x, weight, p, need_input_grad, reuse("bi"))
         if grads is not None:

@@ -325,8 +325,9 @@ class MaxPooling2D(Layer):
         ReLU of a Conv2D that feeds this layer here: max pooling commutes with
         the monotone ReLU, so values and gradients are those of pool(relu(x))
         (the argmax may differ only inside windows with no positive value,
-        whose gradient ReLU zeroes either way), with a quarter of the
-        elementwise work for 2x2 pooling."""
+        whose gradient ReLU zeroes either way -- unless the incoming gradient
+        is already NaN/Inf there: then the NaN lands on another element of
+        that window), with a quarter of the elementwise work for 2x2 pooling."""
         self._require_built()
         if any(self._pads):
             top, bottom, left, right = self._pads
