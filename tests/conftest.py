@@ -28,6 +28,30 @@ def assert_close(y, ref, dtype, what: str = "output") -> None:
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype)})"
 
 
+def assert_same_nonfinite(got, want, dtype, what: str) -> None:
+    """NaN and +-inf at the same positions as the reference, finite values within TOL."""
+    assert got.dtype == dtype, what
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +inf positions")
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -inf positions")
+    fin = np.isfinite(want)
+    assert rel_err(got[fin], want[fin]) <= TOL[np.dtype(dtype)], what
+
+
+def spy_calls(monkeypatch, module, name) -> list:
+    """Replace ``module.name`` by a wrapper that records each call's positional
+    arguments (the list returned) and then calls the original."""
+    real, calls = getattr(module, name), []
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def poison_outputs():
     """Every output a kernel entry allocates starts as NaN (or INT64_MIN)."""

@@ -25,7 +25,7 @@ from fastconv import _dispatch, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
 from fastconv.cpu import conv_direct, conv_direct_bi, conv_im2col
 
-from conftest import TOL, assert_close, rel_err
+from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, spy_calls
 
 # every explicit algorithm, so a new one is tested by default
 ALGS = [a for a in CONV_ALGORITHMS if a != "auto"]
@@ -307,14 +307,7 @@ def test_direct_grad_weight_segments(dtype, case, seg, rng, monkeypatch):
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
     monkeypatch.setattr(conv_direct, "_SEG", seg)
     monkeypatch.setattr(conv_direct, "_IMG_SEGMENTS", False)  # the contiguous segments (see below)
-    seen = []
-    gw_dot = conv_direct._gw_dot
-
-    def spy(*args):
-        seen.append(args)
-        return gw_dot(*args)
-
-    monkeypatch.setattr(conv_direct, "_gw_dot", spy)
+    seen = spy_calls(monkeypatch, conv_direct, "_gw_dot")
     y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
     gy = rng.standard_normal(y.shape).astype(dtype)
@@ -356,14 +349,7 @@ def test_direct_grad_weight_image_segments(dtype, case, seg, rng, monkeypatch):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
     monkeypatch.setattr(conv_direct, "_SEG", seg)
-    seen = []
-    gw_dot = conv_direct._gw_dot
-
-    def spy(*args):
-        seen.append(args)
-        return gw_dot(*args)
-
-    monkeypatch.setattr(conv_direct, "_gw_dot", spy)
+    seen = spy_calls(monkeypatch, conv_direct, "_gw_dot")
     monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
     gy = rng.standard_normal(reference.conv2d(x, wt, None, **opts).shape).astype(dtype)
     grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
@@ -381,17 +367,10 @@ def test_direct_grad_weight_single_pass(dtype, case, rng, monkeypatch):
     it triggers an exact recomputation, which would otherwise hide a work
     buffer element left unwritten (poisoned NaN) from every accuracy test."""
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
-    flats = []
-    grad_weight = conv_direct._grad_weight
-
-    def spy(*args):
-        flats.append(args[-1])
-        return grad_weight(*args)
-
-    monkeypatch.setattr(conv_direct, "_grad_weight", spy)
+    calls = spy_calls(monkeypatch, conv_direct, "_grad_weight")
     gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
     gw = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")[1]
-    assert flats == [True]
+    assert [args[-1] for args in calls] == [True]  # flat
     assert_close(gw, reference.conv2d_backward(gy, x, wt, **opts)[1], dtype, "grad_weight")
 
 
@@ -416,16 +395,6 @@ def _nan_inf_inputs(rng, where, dtype):
     return x, wt, gy
 
 
-def _same_nonfinite(got, want, dtype, what):
-    assert got.dtype == dtype, what
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +inf positions")
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -inf positions")
-    fin = np.isfinite(want)
-    assert rel_err(got[fin], want[fin]) <= TOL[np.dtype(dtype)], what
-
-
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -439,12 +408,12 @@ def test_nan_inf_match_reference(alg, dtype, where, stride, rng):
     b = rng.standard_normal(6).astype(dtype)
     opts = dict(padding=1, groups=2, stride=stride)
     with np.errstate(invalid="ignore", over="ignore"):
-        _same_nonfinite(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), reference.conv2d(x, wt, b, **opts),
+        assert_same_nonfinite(fastconv.conv2d(x, wt, b, **opts, algorithm=alg), reference.conv2d(x, wt, b, **opts),
                         dtype, "y")
         got = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm=alg)
         want = reference.conv2d_backward(gy, x, wt, **opts)
     for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, r, dtype, what)
+        assert_same_nonfinite(g, r, dtype, what)
 
 
 @pytest.mark.parametrize("where", ["x", "weight", "grad_output"])
@@ -461,9 +430,9 @@ def test_nan_inf_match_torch(alg, dtype, where, rng, torch):
     with np.errstate(invalid="ignore", over="ignore"):
         y = fastconv.conv2d(x, wt, b, padding=1, groups=2, algorithm=alg)
         grads = fastconv.conv2d_backward(gy, x, wt, padding=1, groups=2, algorithm=alg)
-    _same_nonfinite(y, ty.detach().numpy(), dtype, "y")
+    assert_same_nonfinite(y, ty.detach().numpy(), dtype, "y")
     for g, t, what in zip(grads, (tx.grad, tw.grad, tb.grad), ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, t.numpy(), dtype, what)
+        assert_same_nonfinite(g, t.numpy(), dtype, what)
 
 
 # --------------------------------------------------------------------------- finite differences
@@ -609,20 +578,14 @@ def test_direct_forward_per_image_tiles(dtype, case, rng, monkeypatch):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype)
-    real, seen = conv_direct._corr, []
-
-    def spy(*args):
-        seen.append(args[10])  # img_tiles
-        return real(*args)
-
-    monkeypatch.setattr(conv_direct, "_corr", spy)
+    calls = spy_calls(monkeypatch, conv_direct, "_corr")
     monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
     y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
-    assert seen and seen[-1] > 0, "the per-image tiling was not taken"
+    assert calls and calls[-1][10] > 0, "the per-image tiling (img_tiles) was not taken"
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
     monkeypatch.setattr(conv_direct, "_IMG_TILES", False)
     y2 = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
-    assert seen[-1] == 0
+    assert calls[-1][10] == 0
     assert_close(y2, reference.conv2d(x, wt, b, **opts), dtype, "y (contiguous tiles)")
 
 

@@ -33,7 +33,7 @@ from fastconv import reference
 from fastconv._params import conv2d_params
 from fastconv.cpu import conv_direct, conv_direct_bi
 
-from conftest import TOL, assert_close, rel_err
+from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, spy_calls
 
 DTYPES = [np.float32, np.float64]
 
@@ -207,16 +207,6 @@ def _nan_inf_inputs(rng, where, dtype):
     return x, wt, gy
 
 
-def _same_nonfinite(got, want, dtype, what):
-    assert got.dtype == dtype, what
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +inf positions")
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -inf positions")
-    fin = np.isfinite(want)
-    assert rel_err(got[fin], want[fin]) <= TOL[np.dtype(dtype)], what
-
-
 WHERE = ["x", "weight", "grad_output_nan", "grad_output_inf"]
 
 
@@ -240,9 +230,9 @@ def test_nan_inf_match_reference(dtype, where, rng, bi_calls):
         _backward_took_bi(bi_calls)
     if where == "grad_output_nan":  # every grad_weight[k] of a NaN channel k is NaN
         assert bi_calls["backward"][0][1] is None
-    _same_nonfinite(y, want_y, dtype, "y")
+    assert_same_nonfinite(y, want_y, dtype, "y")
     for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, r, dtype, what)
+        assert_same_nonfinite(g, r, dtype, what)
 
 
 @pytest.mark.parametrize("where", WHERE)
@@ -257,9 +247,9 @@ def test_nan_inf_match_torch(where, rng, torch):
     with np.errstate(invalid="ignore", over="ignore"):
         y = fastconv.conv2d(x, wt, b, **NAN_OPTS, algorithm="direct")
         grads = fastconv.conv2d_backward(gy, x, wt, **NAN_OPTS, algorithm="direct")
-    _same_nonfinite(y, ty.detach().numpy(), np.float32, "y")
+    assert_same_nonfinite(y, ty.detach().numpy(), np.float32, "y")
     for g, t, what in zip(grads, (tx.grad, tw.grad, tb.grad), ("grad_x", "grad_weight", "grad_bias")):
-        _same_nonfinite(g, t.numpy(), np.float32, what)
+        assert_same_nonfinite(g, t.numpy(), np.float32, what)
 
 
 # --------------------------------------------------------------------------- finite differences

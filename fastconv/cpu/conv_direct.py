@@ -227,28 +227,21 @@ def _corr(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles
         ln = min(blk, qn - q0)
         nk = min(kt, kgo - kb * kt)
         base = g * cgi * cstride + q0
-        if kt == 8:
-            # 8-channel x 3-vector register tiles (lanes past kgo have zero weights, not stored)
-            tw = 3 * 64 // out.itemsize
+        if kt == 8 or kgo >= 4:
+            # register tiles: 8 channels x 3 vectors (kt == 8) or 4 x 4; lanes
+            # past kgo have zero weights and are not stored
+            tw = (3 if kt == 8 else TILE_VECTORS) * 64 // out.itemsize
             ntile, accn = _tiles(ln, tw, plane, img_tiles)
-            acc = np.empty((8, accn), dtype=out.dtype)
+            acc = np.empty((kt, accn), dtype=out.dtype)
             for c0 in range(0, cgi, cblk):
                 cn = min(cblk, cgi - c0)
                 wkc = wpk[g, kb, c0:c0 + cn]
                 for ti in range(ntile):
                     qq = _tile_start(ti, tw, plane, img_tiles)
-                    corr_tile8(inp, base + c0 * cstride + qq, cstride, cn, wkc, offs, acc, qq, c0)
-        elif kgo >= 4:
-            # 4-channel register tiles (lanes past kgo have zero weights, not stored)
-            tw = TILE_VECTORS * 64 // out.itemsize
-            ntile, accn = _tiles(ln, tw, plane, img_tiles)
-            acc = np.empty((4, accn), dtype=out.dtype)
-            for c0 in range(0, cgi, cblk):
-                cn = min(cblk, cgi - c0)
-                wkc = wpk[g, kb, c0:c0 + cn]
-                for ti in range(ntile):
-                    qq = _tile_start(ti, tw, plane, img_tiles)
-                    corr_tile(inp, base + c0 * cstride + qq, cstride, cn, wkc, offs, acc, qq, c0)
+                    if kt == 8:
+                        corr_tile8(inp, base + c0 * cstride + qq, cstride, cn, wkc, offs, acc, qq, c0)
+                    else:
+                        corr_tile(inp, base + c0 * cstride + qq, cstride, cn, wkc, offs, acc, qq, c0)
         else:
             nv = (ln + 15) // 16
             acc = np.zeros((4, nv * 16), dtype=out.dtype)
