@@ -199,16 +199,29 @@ class _Weighted(Layer):
         return {**super().get_config(), "activation": self.activation, "use_bias": self.use_bias,
                 "kernel_initializer": self.kernel_initializer}
 
-    def _activate(self, z: Any, logits: bool) -> Any:
-        """Apply the activation (skipped when the loss takes the logits); keep the output."""
-        y = z if logits else self._ops.activation_forward(self.activation, z)
-        self._y = y
-        return y
+    def forward(self, x: Any, training: bool = False) -> Any:
+        """act(linear(x)); the output is kept for the activation's backward."""
+        self._y = self._ops.activation_forward(self.activation, self.linear_forward(x, training))
+        return self._y
 
-    def _activation_grad(self, grad: Any, logits: bool) -> Any:
+    def backward(self, grad: Any) -> Any:
         if self._y is None:
             raise RuntimeError(f"layer {self.name!r}: backward called before forward")
-        return grad if logits else self._ops.activation_backward(self.activation, grad, self._y)
+        return self.linear_backward(self._ops.activation_backward(self.activation, grad, self._y))
+
+    # The pre-activation halves, for the fused steps (nn/steps.py) that apply the
+    # activation elsewhere: softmax inside the loss, ReLU after a max pooling.
+    def linear_forward(self, x: Any, training: bool = False) -> Any:
+        """The layer's output before its activation (keeps what ``linear_backward`` needs)."""
+        raise NotImplementedError
+
+    def linear_backward(self, grad: Any) -> Any:
+        """Gradients w.r.t. the pre-activation output -> ``grads`` filled, input gradient returned."""
+        raise NotImplementedError
+
+    def _require_forward(self) -> None:
+        if self._x is None:
+            raise RuntimeError(f"layer {self.name!r}: backward called before forward")
 
 
 class Conv2D(_Weighted):
@@ -242,7 +255,7 @@ class Conv2D(_Weighted):
         self._init((self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw, self.filters, rng)
         return (self.filters, p.oh, p.ow)
 
-    def forward(self, x, training=False, *, logits=False):
+    def linear_forward(self, x, training=False):
         self._require_built()
         # the CPU kernels keep their prepared copy of x in _saved for the
         # backward (x is this layer's input, never modified in between)
@@ -250,10 +263,10 @@ class Conv2D(_Weighted):
         z = fastconv._conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
                              self.dilation_rate, 1, "auto", self._saved)
         self._x = x
-        return self._activate(z, logits)
+        return z
 
-    def backward(self, grad, *, logits=False):
-        gz = self._activation_grad(grad, logits)
+    def linear_backward(self, gz):
+        self._require_forward()
         gx, gw, gb = fastconv._conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
                                                self.dilation_rate, 1, "auto", self.need_input_grad, self._saved)
         self._saved = None
@@ -297,7 +310,6 @@ class MaxPooling2D(Layer):
         self._pads = (0, 0, 0, 0)
         self._implicit = (0, 0)
         self._idx: Any = None
-        self._relu_y: Any = None
         self._xshape: tuple[int, ...] | None = None
 
     def _build(self, input_shape, rng):
@@ -320,14 +332,7 @@ class MaxPooling2D(Layer):
             raise ValueError(f"MaxPooling2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
         return (c, p.oh, p.ow)
 
-    def forward(self, x, training=False, *, relu=False):
-        """``relu``: apply ReLU to the pooled output.  ``Sequential`` moves the
-        ReLU of a Conv2D that feeds this layer here: max pooling commutes with
-        the monotone ReLU, so values and gradients are those of pool(relu(x))
-        (the argmax may differ only inside windows with no positive value,
-        whose gradient ReLU zeroes either way -- unless the incoming gradient
-        is already NaN/Inf there: then the NaN lands on another element of
-        that window), with a quarter of the elementwise work for 2x2 pooling."""
+    def forward(self, x, training=False):
         self._require_built()
         if any(self._pads):
             top, bottom, left, right = self._pads
@@ -338,16 +343,11 @@ class MaxPooling2D(Layer):
             y = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit)
         else:
             y, self._idx = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit, return_indices=True)
-        self._relu_y = self._ops.activation_forward("relu", y) if relu else None
         return y
 
-    def backward(self, grad, *, relu=False):
+    def backward(self, grad):
         if self._idx is None:
             raise RuntimeError(f"layer {self.name!r}: backward needs a forward(x, training=True) first")
-        if relu:
-            if self._relu_y is None:
-                raise RuntimeError(f"layer {self.name!r}: backward(relu=True) needs a forward(relu=True) first")
-            grad = self._ops.activation_backward("relu", grad, self._relu_y)
         # the indices come from this layer's own forward: no range-check pass
         gx = fastconv._max_pool2d_backward(grad, self._idx, self._xshape, check_range=False)
         if any(self._pads):
@@ -395,13 +395,13 @@ class Dense(_Weighted):
         self._init((input_shape[0], self.units), input_shape[0], self.units, self.units, rng)
         return (self.units,)
 
-    def forward(self, x, training=False, *, logits=False):
+    def linear_forward(self, x, training=False):
         self._require_built()
         self._x = x
-        return self._activate(self._ops.dense_forward(x, self.params["kernel"], self.params.get("bias")), logits)
+        return self._ops.dense_forward(x, self.params["kernel"], self.params.get("bias"))
 
-    def backward(self, grad, *, logits=False):
-        gz = self._activation_grad(grad, logits)
+    def linear_backward(self, gz):
+        self._require_forward()
         gx, gw, gb = self._ops.dense_backward(gz, self._x, self.params["kernel"], self.need_input_grad,
                                               self.use_bias)
         self.grads["kernel"] = gw

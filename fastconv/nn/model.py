@@ -6,11 +6,11 @@ that starts with Dense.  Each batch is converted once to the NCHW layout the
 kernels use (a transpose-copy; free when C == 1) and to the model's dtype
 (float32 by default; integer/uint8 input is cast, not rescaled, as in Keras).
 
-Losses: when the last layer has ``activation="softmax"`` and the loss is a
-cross-entropy on probabilities (the Keras idiom), training and ``evaluate``
-feed the last layer's logits to the loss in log-sum-exp form and backpropagate
-``softmax - onehot`` directly; ``predict`` returns the softmax probabilities.
-Accuracy is always tracked (both losses are classification losses):
+Passes: the model runs its layers as the steps of ``nn/steps.py``, where two
+fusions are explicit: a Conv2D's ReLU moved after the MaxPooling2D that follows
+it, and a last softmax layer folded into the cross-entropy (log-sum-exp form,
+``softmax - onehot`` backpropagated directly); ``predict`` returns the softmax
+probabilities.  Accuracy is always tracked (both losses are classification losses):
 ``History.history`` has "loss" and "accuracy", plus "val_loss" and
 "val_accuracy" with validation data.
 
@@ -18,6 +18,11 @@ Reproducibility: weights are initialised from ``Sequential(seed=...)`` or, if
 that is None and the model is first built inside ``fit``, from ``fit(seed=...)``;
 shuffling and dropout draw from ``fit(seed=...)``.  The same seeds give the
 same weights, losses and predictions on the same machine and thread count.
+
+Training (``nn/training.py``): callbacks (``nn/callbacks.py``), Ctrl-C stops
+after the current batch, exact resume with ``fit(..., initial_epoch=k)``.
+Saving and loading (``nn/persistence.py``): atomic, with the optimizer state,
+strictly checked on load.  Progress output: ``nn/progress.py``.
 
 Device: ``Sequential(..., device="cuda")`` or ``model.to("cuda")`` keeps the
 parameters on the GPU (numba device arrays) and runs conv/pool through the
@@ -27,41 +32,18 @@ over once each.  It needs ``fastconv.cuda.is_available()``.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
-import time
-import zipfile
 from typing import Any, Callable
 
 import numpy as np
 
-from . import _ops_cpu, losses, optimizers
-from .layers import LAYER_CLASSES, Conv2D, Layer, MaxPooling2D, _Weighted, internal_shape, keras_shape
+from . import _ops_cpu, losses, optimizers, persistence, training
+from .callbacks import Callback, History
+from .layers import Layer, internal_shape, keras_shape
+from .persistence import load_model
+from .steps import Pipeline, build_pipeline
 
 __all__ = ["Sequential", "History", "load_model", "to_categorical"]
-
-_FORMAT = "fastconv.nn.Sequential"
-_FORMAT_VERSION = 1
-_ARCH_KEY = "__fastconv_model__"
-
-
-class History:
-    """What ``fit`` returns: ``history[metric]`` lists one value per epoch;
-    ``epoch_times`` the wall time of each epoch's training pass (seconds, without
-    validation); ``batch_loss``/``batch_accuracy`` one value per training batch."""
-
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-        self.epoch: list[int] = []
-        self.epoch_times: list[float] = []
-        self.batch_loss: list[float] = []
-        self.batch_accuracy: list[float] = []
-        self.params: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        return f"History({self.history})"
 
 
 def to_categorical(y: Any, num_classes: int | None = None, dtype: Any = "float32") -> np.ndarray:
@@ -90,54 +72,13 @@ def _cuda_ops() -> Any:
     except ImportError as exc:
         raise RuntimeError(f"device='cuda' needs the fastconv CUDA backend, which cannot be imported: {exc}") from None
     if not fc_cuda.is_available():
-        why = getattr(fc_cuda, "unavailable_reason", lambda: "")()
-        raise RuntimeError("device='cuda' but fastconv.cuda.is_available() is False"
-                           + (f" ({why})" if why else "") + "; use device='cpu'")
+        reason = getattr(fc_cuda, "unavailable_reason", None) or getattr(fc_cuda, "_unavailable_reason", None)
+        why = reason() if callable(reason) else None
+        raise RuntimeError("device='cuda' but no GPU can be used here"
+                           + (f": {why}" if why else "") + "; use device='cpu'")
     from . import _ops_cuda
 
     return _ops_cuda
-
-
-class _Progress:
-    """verbose=1: a tqdm bar per epoch (loss, accuracy, ETA), or a plain \\r line if
-    tqdm is missing; verbose=2: one line per epoch; verbose=0: nothing."""
-
-    def __init__(self, verbose: int, epoch: int, epochs: int, steps: int):
-        self.verbose, self.steps, self.bar = verbose, steps, None
-        self.prefix = f"Epoch {epoch}/{epochs}"
-        self.t0 = self.last = time.perf_counter()
-        if verbose == 1:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=steps, desc=self.prefix, unit="batch", file=sys.stdout,
-                                dynamic_ncols=True, leave=True)
-            except ImportError:
-                self.bar = None
-
-    def update(self, step: int, loss: float, acc: float) -> None:
-        if self.verbose != 1:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"loss={loss:.4f} accuracy={acc:.4f}", refresh=False)
-            self.bar.update(1)
-            return
-        now = time.perf_counter()
-        if now - self.last >= 0.5 or step == self.steps:
-            self.last = now
-            eta = (now - self.t0) / step * (self.steps - step)
-            print(f"\r{self.prefix} {step}/{self.steps} - ETA {eta:.0f}s - loss: {loss:.4f} - accuracy: {acc:.4f}",
-                  end="", flush=True)
-
-    def close(self, logs: dict[str, float], seconds: float) -> None:
-        text = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-        if self.verbose == 1 and self.bar is not None:
-            self.bar.set_postfix_str(text.replace(": ", "=").replace(" - ", " "), refresh=True)
-            self.bar.close()
-        elif self.verbose == 1:
-            print(f"\r{self.prefix} {self.steps}/{self.steps} - {seconds:.1f}s - {text}", flush=True)
-        elif self.verbose == 2:
-            print(f"{self.prefix} - {seconds:.1f}s - {text}", flush=True)
 
 
 class Sequential:
@@ -163,6 +104,10 @@ class Sequential:
         self.device = "cpu"
         self._ops: Any = _ops_cpu
         self.stop_training = False
+        self.history: History | None = None
+        # the shuffling/dropout generators as of the last completed epoch (exact resume)
+        self._train_state: dict[str, Any] | None = None
+        self._fuse_conv_pool = True  # ConvReLUPool steps (tests compare with the plain order)
         for layer in layers or []:
             self.add(layer)
         self.to(device)
@@ -251,7 +196,7 @@ class Sequential:
             for layer in self._layers:
                 layer._set_ops(ops)
             if self.optimizer is not None:
-                self.optimizer.reset()
+                self.optimizer.move_to(ops, self.dtype)
         self._ops, self.device = ops, device
         return self
 
@@ -302,10 +247,6 @@ class Sequential:
         if metrics is not None:
             if isinstance(metrics, str) or not all(m in ("accuracy", "acc") for m in metrics):
                 raise ValueError(f"metrics must be None or a list containing only 'accuracy', got {metrics!r}")
-
-    def _fused(self) -> bool:
-        last = self._layers[-1]
-        return not self.loss.from_logits and isinstance(last, _Weighted) and last.activation == "softmax"
 
     def _check_x(self, x: Any, what: str = "x") -> np.ndarray:
         x = np.asarray(x)
@@ -370,43 +311,9 @@ class Sequential:
         return self._ops.to_device(x, self.dtype)
 
     # ------------------------------------------------------------------ passes
-    def _relu_pools(self) -> frozenset[int]:
-        """Indices i of Conv2D(activation="relu") layers followed by a
-        MaxPooling2D that is not the last layer: the passes run that ReLU
-        after the pooling instead (``MaxPooling2D.forward(relu=True)``: same
-        values and gradients, a quarter of the elementwise work)."""
-        ls = self._layers
-        return frozenset(i for i in range(len(ls) - 2)
-                         if isinstance(ls[i], Conv2D) and ls[i].activation == "relu"
-                         and isinstance(ls[i + 1], MaxPooling2D))
-
-    def _forward(self, xb: Any, training: bool, logits: bool) -> Any:
-        moved = self._relu_pools()
-        for i, layer in enumerate(self._layers[:-1]):
-            if i in moved:
-                xb = layer.forward(xb, training, logits=True)  # ReLU moved to the pooling
-            elif i - 1 in moved:
-                xb = layer.forward(xb, training, relu=True)
-            else:
-                xb = layer.forward(xb, training)
-        last = self._layers[-1]
-        return last.forward(xb, training, logits=True) if logits else last.forward(xb, training)
-
-    def _backward(self, g: Any, logits: bool) -> None:
-        moved = self._relu_pools()
-        last = self._layers[-1]
-        g = last.backward(g, logits=True) if logits else last.backward(g)
-        for i in range(len(self._layers) - 2, -1, -1):
-            layer = self._layers[i]
-            if i in moved:
-                g = layer.backward(g, logits=True)
-            elif i - 1 in moved:
-                g = layer.backward(g, relu=True)
-            else:
-                g = layer.backward(g)
-
-    def _loss_fn(self, fused: bool) -> Any:
-        return losses.from_config({**self.loss.get_config(), "from_logits": True}) if fused else self.loss
+    def _pipeline(self, with_loss: bool) -> Pipeline:
+        """The steps of a pass (fusions explicit, see nn/steps.py); ``with_loss``: ending in the loss."""
+        return build_pipeline(self._layers, self.loss if with_loss else None, self._fuse_conv_pool)
 
     def _build_from(self, x: Any, seed: int | None) -> None:
         """Build on first use: from the first layer's input_shape, else from the data (as Keras)."""
@@ -420,127 +327,66 @@ class Sequential:
         else:
             self.build(_seed=seed)
 
-    def train_on_batch(self, x: Any, y: Any) -> list[float]:
-        """One optimizer step on (x, y); returns [loss, accuracy] of that batch (before the step)."""
-        self._ensure_compiled("train_on_batch")
-        self._build_from(x, None)
-        self._check_output()
-        x = self._check_x(x)
-        targets, labels = self._check_y(y, len(x))
-        loss, correct = self._step(self._batch(x), targets, labels, self._fused())
-        return [loss, correct / len(x)]
+    def _data(self, x: Any, y: Any, what: str = "") -> training.Data:
+        x = self._check_x(x, f"{what}x".strip())
+        targets, labels = self._check_y(y, len(x), f"{what}y".strip())
+        return training.Data(x, targets, labels)
 
-    def _step(self, xb: Any, targets: np.ndarray, labels: np.ndarray, fused: bool) -> tuple[float, int]:
-        out = self._ops.to_host(self._forward(xb, True, fused))
-        loss, g = self._loss_fn(fused)(out, targets)
-        correct = int(np.count_nonzero(np.argmax(out, axis=1) == labels))
-        self._backward(self._ops.to_device(g, self.dtype), fused)
-        params, grads, decay = [], [], []
-        for layer in self._layers:
-            for k, p in layer.params.items():
-                params.append(p)
-                grads.append(layer.grads[k])
-                decay.append(k == "kernel")
-        self.optimizer.apply(params, grads, decay, self._ops)
-        return loss, correct
-
-    def _ensure_compiled(self, what: str) -> None:
-        if self.optimizer is None or self.loss is None:
-            raise RuntimeError(f"{what}: call model.compile(optimizer, loss) first")
-
-    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32, validation_data: Any = None,
-            validation_split: float = 0.0, shuffle: bool = True, verbose: int = 1, seed: int | None = None) -> History:
-        """Train for ``epochs`` passes over (x, y) in batches; returns a History.
-
-        ``validation_split`` holds out the *last* fraction of x/y before shuffling (Keras'
-        rule); ``validation_data=(x_val, y_val)`` takes precedence.  ``shuffle`` reshuffles
-        every epoch from ``seed``.
-        """
-        self._ensure_compiled("fit")
-        epochs = _int_arg(epochs, "epochs", 0)
-        batch_size = _int_arg(batch_size, "batch_size", 1)
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        try:
-            validation_split = float(validation_split)
-        except (TypeError, ValueError):
-            raise TypeError(f"validation_split must be a number in [0, 1), got {validation_split!r}") from None
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        self._build_from(x, seed)
-        self._check_output()
-        x = self._check_x(x)
-        targets, labels = self._check_y(y, len(x))
+    def _validation(self, data: training.Data, validation_data: Any,
+                    validation_split: Any) -> tuple[training.Data, training.Data | None]:
+        """(training data, validation data or None): ``validation_data`` wins; a split takes the last samples."""
+        split_fraction = _fraction(validation_split)
         if validation_data is not None:
             try:
                 vx, vy = validation_data
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a tuple (x_val, y_val)") from None
-            vx = self._check_x(vx, "validation_data x")
-            vt, vl = self._check_y(vy, len(vx), "validation_data y")
-        elif validation_split > 0:
-            split = int(len(x) * (1.0 - validation_split))
-            if split == 0 or split == len(x):
-                raise ValueError(f"validation_split={validation_split} leaves an empty training or validation "
-                                 f"set for {len(x)} samples")
-            vx, vt, vl = x[split:], targets[split:], labels[split:]
-            x, targets, labels = x[:split], targets[:split], labels[:split]
-        else:
-            vx = None
+            return data, self._data(vx, vy, "validation_data ")
+        if split_fraction == 0:
+            return data, None
+        split = int(len(data) * (1.0 - split_fraction))
+        if split == 0 or split == len(data):
+            raise ValueError(f"validation_split={split_fraction} leaves an empty training or validation "
+                             f"set for {len(data)} samples")
+        return data.rows(slice(0, split)), data.rows(slice(split, None))
 
-        rng = np.random.default_rng(seed)
-        for layer in self._layers:
-            if hasattr(layer, "rng"):
-                layer.rng = np.random.default_rng(rng.integers(2**63))
-        fused = self._fused()
-        n = len(x)
-        steps = math.ceil(n / batch_size)
-        hist = History()
-        hist.params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n}
-        if vx is not None:
-            hist.history.update(val_loss=[], val_accuracy=[])
-        self.stop_training = False
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            bar = _Progress(verbose, epoch + 1, epochs, steps)
-            t0 = time.perf_counter()
-            total_loss, total_correct, seen = 0.0, 0, 0
-            for step in range(steps):
-                lo, hi = step * batch_size, min(n, (step + 1) * batch_size)
-                idx = order[lo:hi] if order is not None else slice(lo, hi)
-                loss, correct = self._step(self._batch(x[idx]), targets[idx], labels[idx], fused)
-                if not math.isfinite(loss) and verbose:
-                    print(f"\nwarning: loss is {loss} at epoch {epoch + 1}, batch {step + 1}", file=sys.stderr)
-                hist.batch_loss.append(loss)
-                hist.batch_accuracy.append(correct / (hi - lo))
-                total_loss += loss * (hi - lo)
-                total_correct += correct
-                seen += hi - lo
-                bar.update(step + 1, total_loss / seen, total_correct / seen)
-            seconds = time.perf_counter() - t0
-            logs = {"loss": total_loss / n, "accuracy": total_correct / n}
-            if vx is not None:
-                logs["val_loss"], logs["val_accuracy"] = self._evaluate(vx, vt, vl, batch_size, fused)
-            for k, v in logs.items():
-                hist.history[k].append(v)
-            hist.epoch.append(epoch)
-            hist.epoch_times.append(seconds)
-            bar.close(logs, seconds)
-            if self.stop_training:
-                break
-        return hist
+    def _ensure_compiled(self, what: str) -> None:
+        if self.optimizer is None or self.loss is None:
+            raise RuntimeError(f"{what}: call model.compile(optimizer, loss) first")
 
-    def _evaluate(self, x: np.ndarray, targets: np.ndarray, labels: np.ndarray, batch_size: int,
-                  fused: bool) -> tuple[float, float]:
-        lossfn = self._loss_fn(fused)
-        total, correct = 0.0, 0
-        for lo in range(0, len(x), batch_size):
-            hi = min(len(x), lo + batch_size)
-            out = self._ops.to_host(self._forward(self._batch(x[lo:hi]), False, fused))
-            loss, _ = lossfn(out, targets[lo:hi])
-            total += loss * (hi - lo)
-            correct += int(np.count_nonzero(np.argmax(out, axis=1) == labels[lo:hi]))
-        return total / len(x), correct / len(x)
+    def train_on_batch(self, x: Any, y: Any) -> list[float]:
+        """One optimizer step on (x, y); returns [loss, accuracy] of that batch (before the step)."""
+        self._ensure_compiled("train_on_batch")
+        self._build_from(x, None)
+        self._check_output()
+        data = self._data(x, y)
+        loss, correct = training.train_step(self, self._pipeline(with_loss=True), data)
+        return [loss, correct / len(data)]
+
+    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32, validation_data: Any = None,
+            validation_split: float = 0.0, shuffle: bool = True, verbose: int = 1, seed: int | None = None,
+            callbacks: list[Callback] | None = None, initial_epoch: int = 0) -> History:
+        """Train for epochs ``initial_epoch .. epochs-1`` over (x, y) in batches; returns a History.
+
+        ``validation_split`` holds out the *last* fraction of x/y before shuffling (Keras'
+        rule); ``validation_data=(x_val, y_val)`` takes precedence.  ``shuffle`` reshuffles
+        every epoch from ``seed``.  ``callbacks``: ``fastconv.nn.callbacks`` objects.
+        ``initial_epoch=k`` with no ``seed`` continues the shuffling and dropout
+        generators where the last fit (or the loaded file) left them: exact resume.
+        Ctrl-C stops after the current batch (see ``nn/training.py``).
+        """
+        self._ensure_compiled("fit")
+        cfg = training.FitConfig(epochs=_int_arg(epochs, "epochs", 0),
+                                 initial_epoch=_int_arg(initial_epoch, "initial_epoch", 0),
+                                 batch_size=_int_arg(batch_size, "batch_size", 1), shuffle=bool(shuffle),
+                                 verbose=verbose, seed=seed)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        _fraction(validation_split)
+        self._build_from(x, seed)
+        self._check_output()
+        data, val = self._validation(self._data(x, y), validation_data, validation_split)
+        return training.run_fit(self, data, val, cfg, callbacks)
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> list[float]:
         """[loss, accuracy] over (x, y), in inference mode (no dropout)."""
@@ -548,9 +394,7 @@ class Sequential:
         self._require_built("evaluate")
         self._check_output()
         batch_size = _int_arg(batch_size, "batch_size", 1)
-        x = self._check_x(x)
-        targets, labels = self._check_y(y, len(x))
-        loss, acc = self._evaluate(x, targets, labels, batch_size, self._fused())
+        loss, acc = training.evaluate_arrays(self, self._pipeline(with_loss=True), self._data(x, y), batch_size)
         if verbose:
             print(f"loss: {loss:.4f} - accuracy: {acc:.4f}")
         return [loss, acc]
@@ -560,9 +404,10 @@ class Sequential:
         self._require_built("predict")
         batch_size = _int_arg(batch_size, "batch_size", 1)
         x = self._check_x(x)
+        pipeline = self._pipeline(with_loss=False)
         outs = []
         for lo in range(0, len(x), batch_size):
-            out = self._forward(self._batch(x[lo:lo + batch_size]), False, False)
+            out = pipeline.forward(self._batch(x[lo:lo + batch_size]), False)
             outs.append(np.array(self._ops.to_host(out)))
         y = np.concatenate(outs)
         return y.transpose(0, 2, 3, 1).copy() if y.ndim == 4 else y  # image outputs back to channels-last
@@ -570,28 +415,35 @@ class Sequential:
     # ------------------------------------------------------------------ save / load
     def get_config(self) -> dict[str, Any]:
         self._require_built("save")
-        return {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "name": self.name,
-            "dtype": self.dtype.name,
-            "input_shape": list(keras_shape(self.input_shape)),
-            "layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self._layers],
-            "compile": None if self.loss is None else {
-                "loss": self.loss.get_config(), "optimizer": self.optimizer.get_config()},
-        }
+        return persistence.model_config(self, include_optimizer=False)
 
-    def save(self, path: str | os.PathLike[str]) -> str:
-        """Write one ``.npz``: the architecture as JSON plus every weight array.
-        Returns the path (unchanged: no extension is appended).  Optimizer state is not saved."""
-        arrays = {_ARCH_KEY: np.array(json.dumps(self.get_config()))}
-        for i, layer in enumerate(self._layers):
-            for k, v in layer.params.items():
-                arrays[f"{i}/{layer.name}/{k}"] = np.array(self._ops.to_host(v))
-        path = os.fspath(path)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
-        return path
+    def save(self, path: str | os.PathLike[str], include_optimizer: bool = True) -> str:
+        """Write one ``.npz`` atomically: the architecture as JSON, every weight array and,
+        with ``include_optimizer`` (a compiled model), the optimizer's state and the
+        training state (epochs done, generators) for an exact resume.  Returns the path
+        (unchanged: no extension is appended).  See ``nn/persistence.py``."""
+        return persistence.save_model(self, path, include_optimizer)
+
+    def save_weights(self, path: str | os.PathLike[str]) -> str:
+        """``save`` without the optimizer and training state."""
+        return persistence.save_weights(self, path)
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Weights from a file saved by a model of the same architecture (checked strictly)."""
+        persistence.load_weights(self, path)
+
+    def _set_train_state(self, state: Any) -> None:
+        """The training state of a loaded file (validated: it becomes generators on resume)."""
+        if state is None:
+            self._train_state = None
+            return
+        training.generator_from(state["rng"])
+        names = {layer.name for layer in self._layers if hasattr(layer, "rng")}
+        if set(state["layer_rngs"]) != names:
+            raise ValueError(f"dropout generator states for {sorted(state['layer_rngs'])}, expected {sorted(names)}")
+        for layer_state in state["layer_rngs"].values():
+            training.generator_from(layer_state)
+        self._train_state = {"epoch": int(state["epoch"]), "rng": state["rng"], "layer_rngs": state["layer_rngs"]}
 
 
 def _int_arg(v: Any, name: str, minimum: int) -> int:
@@ -600,55 +452,11 @@ def _int_arg(v: Any, name: str, minimum: int) -> int:
     return int(v)
 
 
-def load_model(path: str | os.PathLike[str], device: str = "cpu") -> Sequential:
-    """Rebuild a model written by ``Sequential.save`` (never unpickles anything).
-
-    Its predictions are bit-identical to the saved model's; a compiled model comes
-    back compiled (fresh optimizer state).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such model file: {path}")
+def _fraction(v: Any) -> float:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if _ARCH_KEY not in f.files:
-                raise ValueError(f"{path} is not a fastconv model file (no architecture entry; arrays: "
-                                 f"{f.files[:5]}{'...' if len(f.files) > 5 else ''})")
-            cfg = json.loads(str(f[_ARCH_KEY]))
-            weights = {k: f[k] for k in f.files if k != _ARCH_KEY}
-    except ValueError as exc:
-        if "is not a fastconv model file" in str(exc):
-            raise
-        raise ValueError(f"{path} is not a readable fastconv model file ({type(exc).__name__}: {exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable fastconv model file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a fastconv model file (format tag {cfg.get('format') if isinstance(cfg, dict) else None!r})")
-    if cfg.get("version") != _FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported fastconv model format version {cfg.get('version')!r} "
-                         f"(this fastconv reads version {_FORMAT_VERSION})")
-    try:
-        layers = []
-        for spec in cfg["layers"]:
-            cls = LAYER_CLASSES.get(spec["class"])
-            if cls is None:
-                raise ValueError(f"{path}: unknown layer class {spec['class']!r} (known: {sorted(LAYER_CLASSES)})")
-            layers.append(cls.from_config(dict(spec["config"])))
-        model = Sequential(layers, name=cfg.get("name", "sequential"), dtype=cfg["dtype"])
-        model.build((None, *cfg["input_shape"]))
-        for i, layer in enumerate(model.layers):
-            for k in list(layer.params):
-                key = f"{i}/{layer.name}/{k}"
-                if key not in weights:
-                    raise ValueError(f"{path}: weight {key!r} is missing")
-                w = weights[key]
-                if w.shape != tuple(layer.params[k].shape) or w.dtype != model.dtype:
-                    raise ValueError(f"{path}: weight {key!r} has {w.dtype} {w.shape}, expected "
-                                     f"{model.dtype} {tuple(layer.params[k].shape)}")
-                layer.params[k] = np.ascontiguousarray(w)
-        if cfg.get("compile"):
-            model.compile(optimizers.from_config(cfg["compile"]["optimizer"]),
-                          losses.from_config(cfg["compile"]["loss"]))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed fastconv model architecture ({type(exc).__name__}: {exc})") from None
-    return model.to(device)
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"validation_split must be a number in [0, 1), got {v!r}") from None
+    if not 0.0 <= f < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {v!r}")
+    return f

@@ -7,10 +7,14 @@ classic coupled L2 (``g += weight_decay * w``, as convnetjs' ``l2_decay`` and
 torch's ``weight_decay``), applied to kernels only, never to biases (convnetjs'
 rule), and not added to the reported loss.
 
-Defaults: SGD lr 0.01; RMSprop lr 1e-3, rho 0.9, eps 1e-7; Adam lr 1e-3,
-beta 0.9/0.999, eps 1e-7 (Keras).  Adadelta: lr 1.0, rho 0.95, eps 1e-8 --
-convnetjs' trainer (which has no learning rate, i.e. 1.0) and Keras < 2.3;
-tf.keras's later lr=1e-3 makes Adadelta barely move and is not taken.
+Defaults are Keras': SGD lr 0.01; RMSprop lr 1e-3, rho 0.9, eps 1e-7; Adam lr 1e-3,
+beta 0.9/0.999, eps 1e-7; Adadelta lr 1e-3, rho 0.95, eps 1e-7.  convnetjs'
+Adadelta trainer (no learning rate, i.e. 1.0; eps 1e-8) is
+``Adadelta(learning_rate=1.0, epsilon=1e-8)`` (``zoo.convnetjs_mnist``).
+
+The state (``iterations`` and the slot arrays, e.g. Adam's m and v) can be read
+with ``get_state()`` and put back with ``set_state()``: ``Sequential.save``
+stores it so that training resumes exactly.
 """
 
 from __future__ import annotations
@@ -58,6 +62,28 @@ class Optimizer:
     def reset(self) -> None:
         self._state = None
         self.iterations = 0
+
+    def get_state(self) -> tuple[int, list[list[np.ndarray]] | None]:
+        """(iterations, host copies of the slot arrays per parameter; None before the first step)."""
+        if self._state is None:
+            return self.iterations, None
+        return self.iterations, [[np.array(self._ops.to_host(s)) for s in st] for st in self._state]
+
+    def set_state(self, iterations: int, slots: list[list[Any]] | None, ops: Any, dtype: Any) -> None:
+        """Put back a state from ``get_state`` (slots on the host; moved to ``ops``' device)."""
+        self.iterations = int(iterations)
+        self._ops = ops
+        self._state = None if slots is None else [[ops.to_device(s, dtype) for s in st] for st in slots]
+
+    def slot_count(self) -> int:
+        """Arrays of state per parameter."""
+        return self._slots()
+
+    def move_to(self, ops: Any, dtype: Any) -> None:
+        """Keep the state when the model moves to another device."""
+        if self._state is not None and ops is not self._ops:
+            _, slots = self.get_state()
+            self.set_state(self.iterations, slots, ops, dtype)
 
 
 def _nonneg(v: Any, name: str) -> float:

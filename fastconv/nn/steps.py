@@ -1,0 +1,134 @@
+"""The steps ``Sequential`` runs: its layers, with two fusions made explicit.
+
+A *pipeline* is the list of steps for one kind of pass plus the loss that ends
+a training or evaluation pass.  Every step has ``forward(x, training)`` and
+``backward(grad)``, like a layer; most steps are one layer as it is
+(``LayerStep``).  Two are fused:
+
+- ``ConvReLUPool``: a ``Conv2D(activation="relu")`` followed by a
+  ``MaxPooling2D`` (that is not the model's last layer) runs the ReLU *after*
+  the pooling.  Max pooling commutes with the monotone ReLU, so values and
+  gradients are those of pool(relu(conv(x))) (the argmax may differ only
+  inside windows with no positive value, whose gradient ReLU zeroes either
+  way -- unless the incoming gradient is already NaN/Inf there: then the NaN
+  lands on another element of that window), with a quarter of the
+  elementwise work for 2x2 pooling.  ``tests/test_nn.py`` checks bit-equality
+  with the plain order.
+- ``SoftmaxCrossEntropy``: a last layer with ``activation="softmax"`` under a
+  cross-entropy on probabilities (the Keras idiom) hands its pre-softmax
+  values to the loss, which works in log-sum-exp form and returns
+  ``(softmax - onehot) / N`` directly: no division by a probability, no
+  overflow.  ``predict`` has no loss and runs the plain layer (probabilities).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import losses
+from .layers import Conv2D, Layer, MaxPooling2D, _Weighted
+
+__all__ = ["LayerStep", "ConvReLUPool", "SoftmaxCrossEntropy", "Pipeline", "build_pipeline"]
+
+LossFn = Callable[[np.ndarray, np.ndarray], "tuple[float, np.ndarray]"]
+
+
+class LayerStep:
+    """One layer, run as it is."""
+
+    def __init__(self, layer: Layer):
+        self.layer = layer
+
+    def forward(self, x: Any, training: bool) -> Any:
+        return self.layer.forward(x, training)
+
+    def backward(self, grad: Any) -> Any:
+        return self.layer.backward(grad)
+
+    def __repr__(self) -> str:
+        return f"LayerStep({self.layer.name})"
+
+
+class ConvReLUPool:
+    """Conv2D(relu) -> MaxPooling2D with the ReLU applied to the pooled output."""
+
+    def __init__(self, conv: Conv2D, pool: MaxPooling2D):
+        self.conv, self.pool = conv, pool
+        self._y: Any = None
+
+    def forward(self, x: Any, training: bool) -> Any:
+        pooled = self.pool.forward(self.conv.linear_forward(x, training), training)
+        self._y = self.conv._ops.activation_forward("relu", pooled)
+        return self._y
+
+    def backward(self, grad: Any) -> Any:
+        if self._y is None:
+            raise RuntimeError(f"fused step {self.conv.name!r}+{self.pool.name!r}: backward called before forward")
+        grad = self.conv._ops.activation_backward("relu", grad, self._y)
+        return self.conv.linear_backward(self.pool.backward(grad))
+
+    def __repr__(self) -> str:
+        return f"ConvReLUPool({self.conv.name}, {self.pool.name})"
+
+
+class SoftmaxCrossEntropy:
+    """The last layer's pre-softmax output, scored by the cross-entropy in logit form."""
+
+    def __init__(self, layer: _Weighted, loss: Any):
+        self.layer = layer
+        self.loss = losses.from_config({**loss.get_config(), "from_logits": True})
+
+    def forward(self, x: Any, training: bool) -> Any:
+        return self.layer.linear_forward(x, training)
+
+    def backward(self, grad: Any) -> Any:
+        return self.layer.linear_backward(grad)
+
+    def __repr__(self) -> str:
+        return f"SoftmaxCrossEntropy({self.layer.name})"
+
+
+class Pipeline:
+    """Steps in order, and the loss of their output (None for ``predict``)."""
+
+    def __init__(self, steps: list[Any], loss: LossFn | None):
+        self.steps, self.loss = steps, loss
+
+    def forward(self, x: Any, training: bool) -> Any:
+        for step in self.steps:
+            x = step.forward(x, training)
+        return x
+
+    def backward(self, grad: Any) -> None:
+        for step in reversed(self.steps):
+            grad = step.backward(grad)
+
+
+def fuses_softmax(layers: list[Layer], loss: Any) -> bool:
+    last = layers[-1]
+    return (loss is not None and not loss.from_logits and isinstance(last, _Weighted)
+            and last.activation == "softmax")
+
+
+def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool = True) -> Pipeline:
+    """The steps for ``layers``; with a ``loss``, the pass ends in it (fusing softmax when it can)."""
+    steps: list[Any] = []
+    i, last = 0, len(layers) - 1
+    while i < last:
+        layer, following = layers[i], layers[i + 1]
+        if (fuse_conv_pool and i + 1 < last and isinstance(layer, Conv2D) and layer.activation == "relu"
+                and isinstance(following, MaxPooling2D)):
+            steps.append(ConvReLUPool(layer, following))
+            i += 2
+        else:
+            steps.append(LayerStep(layer))
+            i += 1
+    if i == last:
+        if fuses_softmax(layers, loss):
+            head = SoftmaxCrossEntropy(layers[last], loss)
+            steps.append(head)
+            return Pipeline(steps, head.loss)
+        steps.append(LayerStep(layers[last]))
+    return Pipeline(steps, loss)
