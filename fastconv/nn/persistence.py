@@ -62,7 +62,7 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _open_fd(fd) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -73,6 +73,10 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _open_fd(fd: int) -> IO[bytes]:
+    return os.fdopen(fd, "wb")
 
 
 def _fsync_directory(directory: str) -> None:
