@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Callback", "CallbackList", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN",
+__all__ = ["Callback", "CallbackList", "check_callbacks", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN",
            "CSVLogger"]
 
 
@@ -70,19 +70,23 @@ class Callback:
         self.on_batch_end(batch, logs)
 
 
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """``fit``'s ``callbacks`` argument as a list, or a TypeError saying what was expected."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of fastconv.nn.callbacks.Callback objects, got "
+                        f"{type(callbacks).__name__}")
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback objects (fastconv.nn.callbacks), got {type(cb).__name__}")
+    return list(callbacks)
+
+
 class CallbackList:
     """Forwards every hook to each callback in order (what ``fit`` talks to)."""
 
-    def __init__(self, callbacks: Any, model: Any, params: dict[str, Any]):
-        if callbacks is None:
-            callbacks = []
-        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"callbacks must be a list of fastconv.nn.callbacks.Callback objects, got "
-                            f"{type(callbacks).__name__}")
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback objects (fastconv.nn.callbacks), got "
-                                f"{type(cb).__name__}")
+    def __init__(self, callbacks: list[Callback], model: Any, params: dict[str, Any]):
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             cb.set_model(model)

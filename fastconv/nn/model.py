@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _ops_cpu, losses, optimizers, persistence, training
-from .callbacks import Callback, History
+from .callbacks import Callback, History, check_callbacks
 from .layers import Layer, internal_shape, keras_shape
 from .persistence import load_model
 from .steps import Pipeline, build_pipeline
@@ -383,6 +383,7 @@ class Sequential:
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         _fraction(validation_split)
+        callbacks = check_callbacks(callbacks)
         self._build_from(x, seed)
         self._check_output()
         data, val = self._validation(self._data(x, y), validation_data, validation_split)

@@ -170,7 +170,7 @@ class _Loop:
                                "samples": len(data)}
         if val is not None:
             self.history.history.update(val_loss=[], val_accuracy=[])
-        self.callbacks = CallbackList([self.history, *(callbacks or [])], model, self.history.params)
+        self.callbacks = CallbackList([self.history, *callbacks], model, self.history.params)
         self.pipeline = model._pipeline(with_loss=True)
         self.warned_nan = TerminateOnNaN in self.callbacks  # it reports divergence itself
         self.stopped_at: tuple[int, int] | None = None  # (epoch, completed steps) of an interrupted epoch
@@ -212,7 +212,7 @@ class _Loop:
         return logs
 
 
-def run_fit(model: Any, data: Data, val: Data | None, cfg: FitConfig, callbacks: Any = None) -> History:
+def run_fit(model: Any, data: Data, val: Data | None, cfg: FitConfig, callbacks: list[Any]) -> History:
     """Train ``model`` (built and compiled) and return the History (also ``model.history``)."""
     loop = _Loop(model, data, val, cfg, callbacks)
     model.history = loop.history
