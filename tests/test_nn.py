@@ -570,16 +570,18 @@ def test_build_errors():
 
 
 def test_cuda_device_without_gpu_is_a_clear_error():
-    try:
-        import fastconv.cuda as fc_cuda
+    """to("cuda") without a usable GPU: one RuntimeError carrying fastconv.cuda's reason."""
+    import fastconv.cuda as fc_cuda
 
-        available = fc_cuda.is_available()
-    except ImportError:
-        available = False
-    if available:
+    if fc_cuda.is_available():
         pytest.skip("a CUDA device (or the simulator) is available: covered by the CUDA tests")
-    with pytest.raises(RuntimeError, match=r"device='cuda'"):
+    reason = (getattr(fc_cuda, "unavailable_reason", None) or fc_cuda._unavailable_reason)()
+    assert reason
+    with pytest.raises(RuntimeError, match=r"device='cuda' but no GPU can be used here: ") as info:
         toy_cnn().to("cuda")
+    assert reason in str(info.value)
+    with pytest.raises(RuntimeError, match=r"device='cuda' but no GPU can be used here: "):
+        Sequential([Dense(2, input_shape=(3,))], device="cuda")
 
 
 def test_to_categorical():
