@@ -5,7 +5,8 @@ everything else through an ops module: this one on the CPU, ``_ops_cuda`` on
 the GPU, both with the same function names.  Activations and optimizer
 updates work in place to keep per-batch allocations down; ReLU, the one big
 elementwise op of a convnet, is a small parallel Numba kernel on large
-contiguous arrays (~6x NumPy's single-threaded loop on 2 cores).  The
+contiguous arrays.  The ReLU and optimizer rules are the ones in ``_rules``
+(shared with ``_ops_cuda``), compiled here with ``numba.njit``.  The
 activation backward uses the layer's *output* y (relu: y > 0, sigmoid:
 y(1-y), tanh: 1 - y^2, softmax: y * (g - sum(g*y))) and may overwrite the
 incoming gradient.
@@ -18,26 +19,30 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from . import _rules
+
 name = "cpu"
 
 # Below this many elements NumPy's single-threaded loop beats a parallel launch.
 _PARALLEL_MIN = 1 << 15
 
 
+_relu = njit(inline="always")(_rules.relu)
+_relu_grad = njit(inline="always")(_rules.relu_grad)
+
+
 @njit(parallel=True, cache=True)
-def _relu_inplace(z):
+def _relu_inplace(z, zero):
     """z = max(z, 0) over a flat contiguous array; NaN stays NaN (np.maximum's rule)."""
     for i in prange(z.size):
-        if z[i] < 0:
-            z[i] = 0
+        z[i] = _relu(z[i], zero)
 
 
 @njit(parallel=True, cache=True)
 def _relu_grad_inplace(g, y):
     """g *= (y > 0) over flat contiguous arrays (multiplying keeps NaN/Inf in g as NumPy does)."""
     for i in prange(g.size):
-        if not y[i] > 0:
-            g[i] = g[i] * 0
+        g[i] = _relu_grad(g[i], y[i])
 
 
 def to_device(a: np.ndarray, dtype: Any) -> np.ndarray:
@@ -69,7 +74,7 @@ def activation_forward(kind: str | None, z: np.ndarray) -> np.ndarray:
         return z
     if kind == "relu":
         if z.size >= _PARALLEL_MIN and z.flags.c_contiguous:
-            _relu_inplace(z.reshape(-1))
+            _relu_inplace(z.reshape(-1), z.dtype.type(0))
             return z
         return np.maximum(z, 0, out=z)
     if kind == "sigmoid":
@@ -155,12 +160,12 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- optimizers (in place)
 # One fused pass per parameter array (Numba, serial: the arrays are small) instead of
-# ~8 NumPy calls with temporaries each.  Scalars arrive typed as the parameters'
-# dtype (``_t``) so float32 models update in float32.  Parameters and optimizer
-# state are C-contiguous (layers and ``zeros_like`` create them so).
-# error_model="numpy": a float division by zero gives inf/NaN as in NumPy
-# instead of raising, so the loops have no branch and LLVM vectorises the
-# divisions and square roots (RMSprop on 36,864 float32: 65 -> 15 us).
+# ~8 NumPy calls with temporaries each; the update itself is the ``_rules`` function,
+# inlined.  Scalars arrive typed as the parameters' dtype (``_t``) so float32 models
+# update in float32.  Parameters and optimizer state are C-contiguous (layers and
+# ``zeros_like`` create them so).  error_model="numpy": a float division by zero
+# gives inf/NaN as in NumPy instead of raising, so the loops have no branch and LLVM
+# can vectorise the divisions and square roots.
 
 
 def _t(p: np.ndarray, v: float) -> Any:
@@ -174,44 +179,48 @@ def _flat(p: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     return (p.reshape(-1),) + tuple(np.ascontiguousarray(o).reshape(-1) for o in others)
 
 
+def _rule(rule: Any) -> Any:
+    return njit(error_model="numpy", inline="always")(rule)
+
+
+_axpy_r, _sgd_r, _sgd_momentum_r = _rule(_rules.axpy), _rule(_rules.sgd), _rule(_rules.sgd_momentum)
+_rmsprop_r, _adam_r, _adadelta_r = _rule(_rules.rmsprop), _rule(_rules.adam), _rule(_rules.adadelta)
+
+
 @njit(cache=True, error_model="numpy")
 def _axpy_k(a, x, y):
     for i in range(y.size):
-        y[i] += a * x[i]
+        y[i] = _axpy_r(y[i], x[i], a)
 
 
 @njit(cache=True, error_model="numpy")
-def _sgd_k(p, g, v, lr, momentum, nesterov):
+def _sgd_k(p, g, lr):
     for i in range(p.size):
-        v[i] = momentum * v[i] - lr * g[i]
-        if nesterov:
-            p[i] += momentum * v[i] - lr * g[i]
-        else:
-            p[i] += v[i]
+        p[i] = _sgd_r(p[i], g[i], lr)
+
+
+@njit(cache=True, error_model="numpy")
+def _sgd_momentum_k(p, g, v, lr, momentum, nesterov):
+    for i in range(p.size):
+        p[i], v[i] = _sgd_momentum_r(p[i], g[i], v[i], lr, momentum, nesterov)
 
 
 @njit(cache=True, error_model="numpy")
 def _rmsprop_k(p, g, a, lr, rho, omr, eps):
     for i in range(p.size):
-        a[i] = rho * a[i] + omr * g[i] * g[i]
-        p[i] -= lr * g[i] / (np.sqrt(a[i]) + eps)
+        p[i], a[i] = _rmsprop_r(p[i], g[i], a[i], lr, rho, omr, eps)
 
 
 @njit(cache=True, error_model="numpy")
 def _adam_k(p, g, m, v, alpha, omb1, omb2, eps):
     for i in range(p.size):
-        m[i] += (g[i] - m[i]) * omb1
-        v[i] += (g[i] * g[i] - v[i]) * omb2
-        p[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
+        p[i], m[i], v[i] = _adam_r(p[i], g[i], m[i], v[i], alpha, omb1, omb2, eps)
 
 
 @njit(cache=True, error_model="numpy")
 def _adadelta_k(p, g, a, b, lr, rho, omr, eps):
     for i in range(p.size):
-        a[i] = rho * a[i] + omr * g[i] * g[i]
-        d = np.sqrt(b[i] + eps) / np.sqrt(a[i] + eps) * g[i]
-        b[i] = rho * b[i] + omr * d * d
-        p[i] -= lr * d
+        p[i], a[i], b[i] = _adadelta_r(p[i], g[i], a[i], b[i], lr, rho, omr, eps)
 
 
 def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
@@ -222,10 +231,11 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
 
 def sgd(p, g, v, lr, momentum, nesterov):
     if v is None:
-        p -= _t(p, lr) * g
+        pf, gf = _flat(p, g)
+        _sgd_k(pf, gf, _t(p, lr))
         return
     pf, gf, vf = _flat(p, g, v)
-    _sgd_k(pf, gf, vf, _t(p, lr), _t(p, momentum), bool(nesterov))
+    _sgd_momentum_k(pf, gf, vf, _t(p, lr), _t(p, momentum), bool(nesterov))
 
 
 def rmsprop(p, g, a, lr, rho, eps):

@@ -24,6 +24,7 @@ from numba import cuda
 from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
 
 from ..cuda import _arrays as A
+from . import _rules
 
 name = "cuda"
 
@@ -68,16 +69,18 @@ def copy(a: Any) -> Any:
 # --------------------------------------------------------------------------- elementwise kernels
 
 _RELU, _SIGMOID, _TANH = 0, 1, 2
+_relu = cuda.jit(device=True, inline=True)(_rules.relu)
+_relu_grad = cuda.jit(device=True, inline=True)(_rules.relu_grad)
 
 
 @cuda.jit(cache=True)
-def _act_fwd(z, kind):
+def _act_fwd(z, kind, zero):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < z.size:
         v = z[i]
         if kind == 0:
-            z[i] = v if (v > 0 or v != v) else 0  # NaN propagates, like np.maximum
+            z[i] = _relu(v, zero)
         elif kind == 1:
             z[i] = 0.5 * (math.tanh(0.5 * v) + 1)
         else:
@@ -92,7 +95,7 @@ def _act_bwd(g, y, kind):
     while i < g.size:
         v = y[i]
         if kind == 0:
-            g[i] = g[i] if v > 0 else g[i] * 0
+            g[i] = _relu_grad(g[i], v)
         elif kind == 1:
             g[i] = g[i] * v * (1 - v)
         else:
@@ -150,7 +153,8 @@ def activation_forward(kind: str | None, z: Any) -> Any:
         _softmax_fwd[blocks, tpb](_ncs(z))
         return z
     blocks, tpb = _grid(z.size)
-    _act_fwd[blocks, tpb](A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind])
+    _act_fwd[blocks, tpb](A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind],
+                          np.dtype(z.dtype).type(0))
     return z
 
 
@@ -361,8 +365,18 @@ def crop(g: Any, top: int, left: int, h: int, w: int) -> Any:
 
 
 # --------------------------------------------------------------------------- optimizers (in place, flat)
-# Coefficients arrive typed as the parameters' dtype (1 - rho precomputed on the
-# host), so float32 models update in float32 arithmetic, as on the CPU.
+# The update rules are ``_rules``' (shared with ``_ops_cpu``), compiled as device
+# functions.  Coefficients arrive typed as the parameters' dtype (1 - rho
+# precomputed on the host), so float32 models update in float32 arithmetic, as on
+# the CPU.
+
+
+def _device(rule: Any) -> Any:
+    return cuda.jit(device=True, inline=True)(rule)
+
+
+_axpy_r, _sgd_r, _sgd_momentum_r = _device(_rules.axpy), _device(_rules.sgd), _device(_rules.sgd_momentum)
+_rmsprop_r, _adam_r, _adadelta_r = _device(_rules.rmsprop), _device(_rules.adam), _device(_rules.adadelta)
 
 
 @cuda.jit(cache=True)
@@ -370,23 +384,25 @@ def _axpy(a, x, y):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < y.size:
-        y[i] += a * x[i]
+        y[i] = _axpy_r(y[i], x[i], a)
         i += step
 
 
 @cuda.jit(cache=True)
-def _sgd(p, g, v, lr, momentum, nesterov, has_v):
+def _sgd(p, g, lr):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
-        if has_v:
-            v[i] = momentum * v[i] - lr * g[i]
-            if nesterov:
-                p[i] += momentum * v[i] - lr * g[i]
-            else:
-                p[i] += v[i]
-        else:
-            p[i] -= lr * g[i]
+        p[i] = _sgd_r(p[i], g[i], lr)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _sgd_momentum(p, g, v, lr, momentum, nesterov):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < p.size:
+        p[i], v[i] = _sgd_momentum_r(p[i], g[i], v[i], lr, momentum, nesterov)
         i += step
 
 
@@ -395,9 +411,7 @@ def _rmsprop(p, g, a, lr, rho, omr, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
-        gi = g[i]
-        a[i] = rho * a[i] + omr * gi * gi
-        p[i] -= lr * gi / (math.sqrt(a[i]) + eps)
+        p[i], a[i] = _rmsprop_r(p[i], g[i], a[i], lr, rho, omr, eps)
         i += step
 
 
@@ -406,10 +420,7 @@ def _adam(p, g, m, v, alpha, omb1, omb2, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
-        gi = g[i]
-        m[i] += (gi - m[i]) * omb1
-        v[i] += (gi * gi - v[i]) * omb2
-        p[i] -= alpha * m[i] / (math.sqrt(v[i]) + eps)
+        p[i], m[i], v[i] = _adam_r(p[i], g[i], m[i], v[i], alpha, omb1, omb2, eps)
         i += step
 
 
@@ -418,11 +429,7 @@ def _adadelta(p, g, a, b, lr, rho, omr, eps):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < p.size:
-        gi = g[i]
-        a[i] = rho * a[i] + omr * gi * gi
-        d = math.sqrt(b[i] + eps) / math.sqrt(a[i] + eps) * gi
-        b[i] = rho * b[i] + omr * d * d
-        p[i] -= lr * d
+        p[i], a[i], b[i] = _adadelta_r(p[i], g[i], a[i], b[i], lr, rho, omr, eps)
         i += step
 
 
@@ -437,8 +444,10 @@ def axpy(a: float, x: Any, y: Any) -> None:
 
 def sgd(p, g, v, lr, momentum, nesterov):
     blocks, tpb = _grid(p.size)
-    vv = A.flat(v) if v is not None else A.flat(p)  # unused when has_v is False
-    _sgd[blocks, tpb](A.flat(p), A.flat(g), vv, _t(p, lr), _t(p, momentum), bool(nesterov), v is not None)
+    if v is None:
+        _sgd[blocks, tpb](A.flat(p), A.flat(g), _t(p, lr))
+        return
+    _sgd_momentum[blocks, tpb](A.flat(p), A.flat(g), A.flat(v), _t(p, lr), _t(p, momentum), bool(nesterov))
 
 
 def rmsprop(p, g, a, lr, rho, eps):

@@ -51,8 +51,9 @@ def test_dense_flatten_pad(G, rng):
 
 
 @pytest.mark.parametrize("opt", [lambda: nn.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+                                 lambda: nn.SGD(0.1, momentum=0.5), lambda: nn.SGD(0.1),
                                  lambda: nn.RMSprop(), lambda: nn.Adam(), lambda: nn.Adadelta()],
-                         ids=["sgd", "rmsprop", "adam", "adadelta"])
+                         ids=["sgd-nesterov", "sgd-momentum", "sgd", "rmsprop", "adam", "adadelta"])
 def test_optimizer_kernels(G, rng, opt):
     p = rng.standard_normal((2, 3))
     grads = [rng.standard_normal((2, 3)) for _ in range(3)]
