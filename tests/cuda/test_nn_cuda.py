@@ -91,3 +91,17 @@ def test_training_on_device_matches_host(rng, tmp_path):
     back = nn.load_model(gpu.save(tmp_path / "m.npz"), device="cuda")
     np.testing.assert_array_equal(back.predict(x), gpu.predict(x))
     np.testing.assert_allclose(gpu.to("cpu").predict(x), cpu.predict(x), rtol=1e-10)
+
+
+def test_resume_on_device(rng, tmp_path):
+    """Optimizer state and generators survive save/load on the device: 1 + 1 epochs == 2."""
+    x = rng.uniform(0, 1, (6, 6, 6))
+    y = rng.integers(0, 3, 6)
+    straight, first = _net("cuda"), _net("cuda")
+    straight.fit(x, y, epochs=2, batch_size=3, verbose=0, seed=1)
+    first.fit(x, y, epochs=1, batch_size=3, verbose=0, seed=1)
+    resumed = nn.load_model(first.save(tmp_path / "ckpt.npz"), device="cuda")
+    assert resumed.device == "cuda" and resumed.optimizer.iterations == 2
+    resumed.fit(x, y, epochs=2, initial_epoch=1, batch_size=3, verbose=0)
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
