@@ -439,7 +439,7 @@ class Sequential:
             self._train_state = None
             return
         training.generator_from(state["rng"])
-        names = {layer.name for layer in self._layers if hasattr(layer, "rng")}
+        names = {str(layer.name) for layer in self._layers if hasattr(layer, "rng")}
         if set(state["layer_rngs"]) != names:
             raise ValueError(f"dropout generator states for {sorted(state['layer_rngs'])}, expected {sorted(names)}")
         for layer_state in state["layer_rngs"].values():

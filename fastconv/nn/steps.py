@@ -126,8 +126,9 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
             steps.append(LayerStep(layer))
             i += 1
     if i == last:
-        if fuses_softmax(layers, loss):
-            head = SoftmaxCrossEntropy(layers[last], loss)
+        final = layers[last]
+        if isinstance(final, _Weighted) and fuses_softmax(layers, loss):
+            head = SoftmaxCrossEntropy(final, loss)
             steps.append(head)
             return Pipeline(steps, head.loss)
         steps.append(LayerStep(layers[last]))

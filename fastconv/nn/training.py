@@ -64,7 +64,7 @@ class FitConfig:
 
 
 def generator_state(rng: np.random.Generator) -> dict[str, Any]:
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)
 
 
 def generator_from(state: Any) -> np.random.Generator:
@@ -108,7 +108,8 @@ class _CtrlC:
     elsewhere (and where SIGINT is not Python's default handler) it does nothing."""
 
     def __init__(self, model: Any):
-        self.model, self.pressed, self._previous = model, False, None
+        self.model, self.pressed = model, False
+        self._previous: Any = None
 
     def __enter__(self) -> "_CtrlC":
         if threading.current_thread() is threading.main_thread() and \
