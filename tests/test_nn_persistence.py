@@ -224,6 +224,14 @@ def test_load_checks_version_and_state(tmp_path, trained):
     no_dropout_state = {**cfg, "training": {**cfg["training"], "layer_rngs": {}}}
     with pytest.raises(ValueError, match=r"malformed training state.*dropout generator states"):
         load_model(_write(tmp_path / "drop.npz", arrays, no_dropout_state))
+    not_a_dict = {**cfg, "training": {**cfg["training"], "layer_rngs": [1]}}
+    with pytest.raises(ValueError, match=r"malformed training state"):
+        load_model(_write(tmp_path / "list.npz", arrays, not_a_dict))
+    with pytest.raises(ValueError, match=r"malformed fastconv model architecture"):
+        load_model(_write(tmp_path / "layers.npz", arrays, {**cfg, "layers": 3}))
+    np.save(tmp_path / "single.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"single\.npy is not a fastconv model file \(a single \.npy array"):
+        load_model(tmp_path / "single.npy")
     assert load_model(tmp_path / "good.npz").optimizer.iterations == 2
 
 

@@ -167,9 +167,10 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise FileNotFoundError(f"no such model file: {path}")
     unreadable = f"{path} is not a readable fastconv model file"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError(f"{path} is not a fastconv model file (a single .npy array, not an .npz)")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is not a fastconv model file (a single .npy array, not an .npz)")
+        with loaded as f:
             if ARCH_KEY not in f.files:
                 raise ValueError(f"{path} is not a fastconv model file (no architecture entry; arrays: "
                                  f"{f.files[:5]}{'...' if len(f.files) > 5 else ''})")
@@ -256,7 +257,7 @@ def _restore_training(path: str, model: Any, cfg: dict[str, Any], arrays: dict[s
             slots = [[arrays[f"{_OPT_PREFIX}{key}/{s}"] for s in range(count)] for key, _, _ in _weight_keys(model)]
         model.optimizer.set_state(iterations, slots, model._ops, model.dtype)
         model._set_train_state(cfg.get("training"))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}: malformed training state ({type(exc).__name__}: {exc})") from None
 
 

@@ -180,7 +180,7 @@ class _Loop:
         if not self.warned_nan and not math.isfinite(loss):
             self.warned_nan = True
             warnings.warn(f"fit: the loss is {loss} at epoch {epoch + 1}, batch {step + 1} (training goes on; "
-                          "pass callbacks=[TerminateOnNaN()] to stop on divergence)", RuntimeWarning, stacklevel=4)
+                          "pass callbacks=[TerminateOnNaN()] to stop on divergence)", RuntimeWarning, stacklevel=5)
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> dict[str, float] | None:
         """Train one epoch; its logs, or None if it was stopped before its last batch."""
