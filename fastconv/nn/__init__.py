@@ -10,8 +10,16 @@ for update rules and defaults.
                         MaxPool2D(2), Flatten(), Dense(10, activation="softmax")])
     model.compile("rmsprop", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train / 255.0, y_train, epochs=1, batch_size=64)
+
+Callbacks (``fastconv.nn.callbacks``: ModelCheckpoint, EarlyStopping,
+TerminateOnNaN, CSVLogger, History, Callback) have Keras' names and semantics;
+``model.save``/``load_model`` keep the optimizer state, and
+``fit(..., initial_epoch=k)`` resumes exactly (``nn/persistence.py``,
+``nn/training.py``).
 """
 
+from . import callbacks
+from .callbacks import Callback, CSVLogger, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
 from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU
 from .model import Sequential, load_model, to_categorical
 from .optimizers import SGD, Adadelta, Adam, RMSprop
@@ -20,4 +28,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "ReLU",
     "Sequential", "load_model", "to_categorical",
     "SGD", "RMSprop", "Adam", "Adadelta",
+    "callbacks", "Callback", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN", "CSVLogger",
 ]
