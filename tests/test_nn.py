@@ -667,3 +667,14 @@ def test_relu_moved_after_pooling_is_exact(dtype):
     # a layer used on its own still applies its activation itself
     z = moved.layers[0].forward(moved._batch(x[:2]), training=True)
     assert (z >= 0).all() and (z == 0).any()
+
+
+def test_layers_keep_the_plain_contract():
+    """Fusions live in nn/steps.py: every layer is just forward(x, training) / backward(grad)."""
+    import inspect
+
+    from fastconv.nn.layers import LAYER_CLASSES
+
+    for cls in LAYER_CLASSES.values():
+        assert list(inspect.signature(cls.forward).parameters) == ["self", "x", "training"], cls
+        assert list(inspect.signature(cls.backward).parameters) == ["self", "grad"], cls
