@@ -12,6 +12,7 @@ for update rules and defaults.
     model.fit(x_train / 255.0, y_train, epochs=1, batch_size=64)
 """
 
+from .explain import LayerOutput, explain
 from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU
 from .model import Sequential, load_model, to_categorical
 from .optimizers import SGD, Adadelta, Adam, RMSprop
@@ -20,4 +21,5 @@ __all__ = [
     "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "ReLU",
     "Sequential", "load_model", "to_categorical",
     "SGD", "RMSprop", "Adam", "Adadelta",
+    "explain", "LayerOutput",
 ]
