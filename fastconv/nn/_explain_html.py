@@ -37,7 +37,8 @@ h2 .shape{font-size:14px;font-weight:400}
 h2 .params{font-size:13px;font-weight:400;color:#4a5562}
 .about{margin:4px 0 6px;max-width:115ch}
 .grids{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}
-.grid{flex:0 1 auto;max-width:100%}
+.grid{flex:0 1 auto;max-width:100%;min-width:0}
+.grid.outputs{flex:1 1 560px}
 .gtitle{font-weight:600;margin:6px 0 0}
 .caption{color:#4a5562;font-size:13px;margin:0 0 4px;max-width:100ch}
 .legend{display:flex;align-items:flex-start;gap:10px;font-size:12px;margin:2px 0 6px;color:#333}
