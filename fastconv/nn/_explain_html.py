@@ -23,11 +23,11 @@ h1{font-size:22px;margin:0 0 2px}
 .sub{color:#4a5562;margin:0 0 8px}
 .card{background:#fff;border:1px solid #d9dde3;border-radius:8px;padding:12px 16px;margin:12px 0}
 .top{display:flex;flex-wrap:wrap;gap:16px 32px;align-items:flex-start}
-.facts{min-width:220px}
-.facts p{margin:2px 0}
+.facts{display:flex;flex-wrap:wrap;gap:4px 28px}
+.facts p,.verdict{margin:2px 0}
 .big{font-size:26px;font-weight:700}
 .ok{color:#1f7a3f}.bad{color:#b3261e}
-table{border-collapse:collapse;font-size:13px}
+table{border-collapse:collapse;font-size:12px}
 th,td{text-align:left;padding:2px 14px 2px 0;white-space:nowrap}
 th{border-bottom:1px solid #ccd2d9}
 .mono,.shape{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace}
@@ -39,6 +39,7 @@ h2 .params{font-size:13px;font-weight:400;color:#4a5562}
 .grids{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}
 .grid{flex:0 1 auto;max-width:100%;min-width:0}
 .grid.outputs{flex:1 1 560px}
+.grid.summary{flex:0 1 340px}
 .gtitle{font-weight:600;margin:6px 0 0}
 .caption{color:#4a5562;font-size:13px;margin:0 0 4px;max-width:100ch}
 .legend{display:flex;align-items:flex-start;gap:10px;font-size:12px;margin:2px 0 6px;color:#333}
@@ -49,12 +50,12 @@ h2 .params{font-size:13px;font-weight:400;color:#4a5562}
 figure{margin:0;display:flex;flex-direction:column;align-items:center}
 figure img{display:block;image-rendering:pixelated;border:1px solid #c4cad1;max-width:100%;height:auto}
 figcaption{font-size:10px;line-height:1.3;color:#5b6570}
-.chart{display:grid;grid-template-columns:max-content 320px max-content max-content;gap:3px 10px;
+.chart{display:grid;grid-template-columns:max-content 200px max-content max-content;gap:3px 10px;
  align-items:center;font-size:13px}
 .track{height:14px;background:#e6e9ed;border-radius:2px;overflow:hidden}
 .fill{height:100%;background:#7b97b5}
-.pred .fill{background:#2f9e5a}
-.pred{font-weight:700}
+.track.pred .fill{background:#2f9e5a}
+span.pred{font-weight:700}
 .note{color:#4a5562;font-size:12px}
 """
 
@@ -81,9 +82,9 @@ def _figure(grid: Grid, image: np.ndarray, label: str) -> str:
     return (f'<figure><img src="{data_uri(rgb)}" width="{w}" height="{h}" alt="{_e(alt)}">{cap}</figure>')
 
 
-def _grid(grid: Grid, kind: str) -> str:
+def _grid(grid: Grid) -> str:
     figures = "".join(_figure(grid, img, lab) for img, lab in zip(grid.images, grid.labels))
-    return (f'<div class="grid {kind}"><p class="gtitle">{_e(grid.title)}</p>'
+    return (f'<div class="grid {_e(grid.kind)}"><p class="gtitle">{_e(grid.title)}</p>'
             f'<p class="caption">{_e(grid.caption)}</p>{_legend(grid.scale, len(grid.images))}'
             f'<div class="maps">{figures}</div></div>')
 
@@ -95,16 +96,17 @@ def _chart(bars: Bars) -> str:
         width = 100.0 * (min(max(v, 0.0), 1.0) if bars.probabilities else abs(v) / top)
         value = f"{100 * v:.2f} %" if bars.probabilities else fmt_value(float(v))
         notes = [n for n, on in (("prediction", i == bars.predicted), ("true label", i == bars.label)) if on]
-        cls = ' class="pred"' if i == bars.predicted else ""
-        rows.append(f'<span{cls}>{_e(lab)}</span><div class="track"><div class="fill" style="width:{width:.2f}%">'
-                    f'</div></div><span{cls}>{_e(value)}</span><span class="note">{_e(", ".join(notes))}</span>')
+        pred = " pred" if i == bars.predicted else ""
+        rows.append(f'<span class="cls{pred}">{_e(lab)}</span><div class="track{pred}"><div class="fill" '
+                    f'style="width:{width:.2f}%"></div></div><span class="value{pred}">{_e(value)}</span>'
+                    f'<span class="note">{_e(", ".join(notes))}</span>')
     what = "probability of each class" if bars.probabilities else "output of each unit"
     return f'<div class="bars"><p class="gtitle">{_e(what)}</p><div class="chart">{"".join(rows)}</div></div>'
 
 
 def _panel(p: Panel) -> str:
     shape = "(" + ", ".join("None" if s is None else str(s) for s in p.shape) + ")"
-    grids = "".join(_grid(g, "outputs" if i == 0 else "filters") for i, g in enumerate(p.grids))
+    grids = "".join(_grid(g) for g in p.grids)
     chart = _chart(p.bars) if p.bars is not None else ""
     return (f'<section class="card layer" id="layer-{p.index}" data-layer="{_e(p.name)}" '
             f'data-type="{_e(p.type_name)}"><h2><span>{p.index}. {_e(p.name)}</span>'
@@ -114,18 +116,18 @@ def _panel(p: Panel) -> str:
 
 
 def _facts(r: Report) -> str:
-    lines = []
+    cells = []
     if r.label is not None:
-        lines.append(f'<p>true label</p><p class="big">{_e(r.label)}</p>')
+        cells.append(f'<div><p>true label</p><p class="big">{_e(r.label)}</p></div>')
     if r.predicted is not None:
         conf = f" ({100 * r.confidence:.1f} %)" if r.confidence is not None else ""
-        verdict = ""
-        if r.label is not None:
-            right = r.label == r.predicted
-            verdict = (f'<p class="{"ok" if right else "bad"}">'
-                       f'{"right" if right else "wrong"}: the network says {_e(r.predicted)}</p>')
-        lines.append(f'<p>predicted class</p><p class="big">{_e(r.predicted)}{_e(conf)}</p>{verdict}')
-    return f'<div class="facts">{"".join(lines)}</div>'
+        cells.append(f'<div><p>predicted class</p><p class="big">{_e(r.predicted)}{_e(conf)}</p></div>')
+    verdict = ""
+    if r.label is not None and r.predicted is not None:
+        right = r.label == r.predicted
+        verdict = (f'<p class="verdict {"ok" if right else "bad"}">{"right" if right else "wrong"}: '
+                   f'the network says {_e(r.predicted)}, the label is {_e(r.label)}</p>')
+    return f'<div class="facts">{"".join(cells)}</div>{verdict}'
 
 
 def _summary_table(r: Report) -> str:
@@ -150,8 +152,9 @@ def render_html(r: Report) -> str:
 <h1>Inside the network &ldquo;{_e(r.model_name)}&rdquo;</h1>
 <p class="sub">One input image and what every layer makes of it, in order. Made by fastconv.nn.explain.</p>
 <section class="card top" id="input" data-layer="input">
-<div><p class="gtitle">Input image ({_e(g.caption)})</p>{_legend(g.scale, len(g.images))}<div class="maps">{inputs}</div></div>
-{_facts(r)}{chart}
+<div><p class="gtitle">Input image ({_e(g.caption)})</p>{_legend(g.scale, len(g.images))}
+<div class="maps">{inputs}</div></div>
+<div class="result">{_facts(r)}{chart}</div>
 <div><p class="gtitle">Layers</p>{_summary_table(r)}</div>
 </section>
 {"".join(_panel(p) for p in r.panels)}

@@ -42,7 +42,7 @@ import numpy as np
 
 from .layers import keras_shape
 
-__all__ = ["LayerOutput", "layer_activations", "explain", "png_bytes"]
+__all__ = ["LayerOutput", "explain", "layer_activations", "png_bytes"]
 
 
 class LayerOutput(NamedTuple):
@@ -179,6 +179,7 @@ class Grid:
     labels: list[str]
     scale: Scale
     zoom: int
+    kind: str = "outputs"  # or "filters", "summary": how the page lays the grid out
 
 
 @dataclass
@@ -252,7 +253,7 @@ def _first_filters(kernel: np.ndarray) -> Grid:
     caption = (f"all {k} filters of {kh}×{kw}×{c} weights" + (" (input channels side by side)" if c > 1 else "")
                + "; red adds, blue subtracts")
     return Grid("Filters", caption, images, [str(j) for j in range(k)], scale_for(kernel),
-                max(1, 40 // max(kh, c * (kw + 1))))
+                max(1, 40 // max(kh, c * (kw + 1))), "filters")
 
 
 def _filter_summary(kernel: np.ndarray) -> Grid:
@@ -261,7 +262,8 @@ def _filter_summary(kernel: np.ndarray) -> Grid:
     norms = np.sqrt(np.sum(np.asarray(kernel, dtype=np.float64) ** 2, axis=(0, 1)))  # (C, K)
     caption = (f"{k}×{c} kernels of {kh}×{kw}, summarised: the size (L2 norm) of each kernel; "
                "column = filter (output channel), row = input channel")
-    return Grid("Filters (summary)", caption, [norms], [""], scale_for(norms), max(2, min(12, 320 // max(k, c))))
+    return Grid("Filters (summary)", caption, [norms], [""], scale_for(norms), max(2, min(12, 320 // max(k, c))),
+                "summary")
 
 
 _ABOUT = {
@@ -329,13 +331,13 @@ def _bars(layer: Any, out: np.ndarray, label: int | None) -> Bars | None:
 
 
 def _input_grid(image: np.ndarray) -> Grid:
-    """(H, W, C): one greyscale picture per channel, zoomed to about 224 pixels."""
+    """(H, W, C): one greyscale picture per channel, zoomed to about 168 pixels."""
     h, w, c = image.shape
     v = image[np.isfinite(image)]
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
     scale = Scale(lo, hi if hi > lo else lo + 1.0, "gray")
     return Grid("Input", f"{h}×{w}×{c}", [image[:, :, i] for i in range(c)],
-                [f"channel {i}" if c > 1 else "" for i in range(c)], scale, max(1, 224 // max(h, w)))
+                [f"channel {i}" if c > 1 else "" for i in range(c)], scale, max(1, 168 // max(h, w)))
 
 
 def build_report(model: Any, image: np.ndarray, label: int | None) -> Report:
@@ -371,9 +373,10 @@ def _check_model(model: Any) -> None:
                                "layer input_shape=(28, 28, 1) (say), call model.build((None, 28, 28, 1)), "
                                "fit it, or load a trained one with fastconv.nn.load_model(path)")
         model.build()
-    if len(model.input_shape) != 3:
+    shape = tuple(model.input_shape or ())
+    if len(shape) != 3:
         raise ValueError(f"explain needs a model that takes images (height, width, channels); this one takes "
-                         f"vectors of shape {keras_shape(model.input_shape)}")
+                         f"vectors of shape {keras_shape(shape)}")
 
 
 def _check_image(model: Any, image: Any) -> np.ndarray:

@@ -29,4 +29,5 @@ def test_activations_on_device_match_host(tmp_path):
         assert type(d.output) is np.ndarray, type(d.output)
         np.testing.assert_allclose(d.output, h.output, rtol=1e-10, atol=1e-12, err_msg=d.name)
     page = nn.explain(gpu, x[0], tmp_path / "gpu.html", label=1)
-    assert open(page, encoding="utf-8").read().count('<section class="card layer"') == 6
+    with open(page, encoding="utf-8") as f:
+        assert f.read().count('<section class="card layer"') == 6
