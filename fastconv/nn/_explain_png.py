@@ -52,8 +52,9 @@ class _Canvas:
 
 
 def _mosaic(grid: Grid) -> np.ndarray:
-    """All pictures of a grid in one array, a NaN line between them, about 4x wider than tall."""
-    imgs = grid.images
+    """All pictures of a grid, zoomed as on the page, in one array with a one-pixel NaN line
+    between them, about 4x wider than tall."""
+    imgs = [np.repeat(np.repeat(img, grid.zoom, axis=0), grid.zoom, axis=1) for img in grid.images]
     h, w = imgs[0].shape
     n = len(imgs)
     cols = n if n == 1 else min(n, max(1, math.ceil(math.sqrt(n * 4 * h / w))))
@@ -66,9 +67,9 @@ def _mosaic(grid: Grid) -> np.ndarray:
 
 
 def _fit(a: np.ndarray, max_w: float, max_h: float) -> tuple[float, float]:
-    """Largest (w, h) in inches with the array's aspect ratio inside max_w x max_h."""
+    """(w, h) in inches: one figure pixel per array element, shrunk to fit max_w x max_h."""
     aspect = a.shape[0] / a.shape[1]
-    w = min(max_w, max_h / aspect)
+    w = min(a.shape[1] / _DPI, max_w, max_h / aspect)
     return w, w * aspect
 
 
