@@ -343,6 +343,9 @@ def test_write_atomic_replaces_whole_file_or_nothing(tmp_path, monkeypatch):
     target.write_text("old")
     write_atomic(os.fspath(target), b"new")
     assert target.read_text() == "new"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
 
     def broken_replace(src, dst):
         raise OSError("disk full")

@@ -453,6 +453,7 @@ def write_atomic(path: str, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename: a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".explain-", suffix=".tmp")
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make the page private to its writer
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -462,6 +463,13 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def data_uri(rgb: np.ndarray) -> str:
