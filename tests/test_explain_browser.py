@@ -26,7 +26,7 @@ import pytest
 from fastconv.nn import explain, zoo
 
 WINDOW = (1280, 800)
-TIMEOUT_S = 240  # a cold Chromium start on a loaded 2-core machine takes seconds, not minutes
+TIMEOUT_S = 240  # generous: a hung browser must fail the test, never hang the suite
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
