@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import zlib
+from pathlib import Path
 from html.parser import HTMLParser
 
 import numpy as np
@@ -358,3 +359,14 @@ def test_write_atomic_replaces_whole_file_or_nothing(tmp_path, monkeypatch):
 
 def test_explain_is_exported():
     assert nn.explain is explain_fn and nn.LayerOutput is LayerOutput and layer_activations is not None
+
+
+def test_models_without_probabilities(tmp_path):
+    scores = Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), Flatten(), Dense(3)], seed=0)
+    text = Path(explain_fn(scores, np.ones((5, 5)), tmp_path / "s.html", label=1)).read_text(encoding="utf-8")
+    out = scores.predict(np.ones((1, 5, 5)))[0]
+    assert "output of each unit" in text and "probability" not in text
+    assert f'<p>predicted class</p><p class="big">{int(np.argmax(out))}</p>' in text
+    maps = Sequential([Conv2D(2, 3, input_shape=(5, 5, 1))], seed=0)
+    text = Path(explain_fn(maps, np.ones((5, 5)), tmp_path / "m.html")).read_text(encoding="utf-8")
+    assert "predicted class" not in text and 'class="chart"' not in text and "2 feature maps of 3×3" in text
