@@ -20,6 +20,7 @@ TerminateOnNaN, CSVLogger, History, Callback) have Keras' names and semantics;
 
 from . import callbacks
 from .callbacks import Callback, CSVLogger, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
+from .explain import LayerOutput, explain
 from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU
 from .model import Sequential, load_model, to_categorical
 from .optimizers import SGD, Adadelta, Adam, RMSprop
@@ -29,4 +30,5 @@ __all__ = [
     "Sequential", "load_model", "to_categorical",
     "SGD", "RMSprop", "Adam", "Adadelta",
     "callbacks", "Callback", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN", "CSVLogger",
+    "explain", "LayerOutput",
 ]

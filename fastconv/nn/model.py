@@ -413,6 +413,14 @@ class Sequential:
         y = np.concatenate(outs)
         return y.transpose(0, 2, 3, 1).copy() if y.ndim == 4 else y  # image outputs back to channels-last
 
+    def activations(self, x: Any, batch_size: int = 32) -> list[Any]:
+        """Every layer's output for ``x`` (``predict``'s input), in layer order, as host arrays
+        in channels-last layout: a list of ``LayerOutput(name, type_name, shape, output)`` with
+        the names and shapes ``summary()`` prints (see ``fastconv.nn.explain``)."""
+        from .explain import layer_activations
+
+        return layer_activations(self, x, batch_size)
+
     # ------------------------------------------------------------------ save / load
     def get_config(self) -> dict[str, Any]:
         self._require_built("save")

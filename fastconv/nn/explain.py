@@ -1,0 +1,486 @@
+"""See inside a network: every layer's output for one image, as one offline page.
+
+``layer_activations(model, x)`` (also ``Sequential.activations``) runs a batch
+through the layers one at a time, in inference mode, and returns each layer's
+output the way Keras users get them from
+``keras.Model(model.inputs, [l.output for l in model.layers]).predict(x)``:
+a list in layer order of host arrays in channels-last layout, here as
+``LayerOutput(name, type_name, shape, output)`` records whose name, type and
+shape are those ``summary()`` prints (``{r.name: r.output for r in records}``
+gives the mapping).  Every layer's output is its real output: the ReLU that
+training moves behind a following max pooling is applied in its own layer here.
+
+``explain(model, image, path)`` writes what the model does with one image:
+
+* ``format="html"`` (the default unless ``path`` ends in ``.png``): one
+  self-contained HTML file -- no script, no font, no style sheet, no image from
+  anywhere else; every picture is an inline PNG (``data:`` URI) encoded here with
+  zlib.  Per layer: name, type, output shape, a line on what the layer type
+  computes, the feature maps in a wrapping grid with one colour scale per layer
+  and its legend, the filters of convolutions (the first one's in full, later
+  ones as a kernel-size matrix) and, for a 1-D last layer, the outputs as a
+  labelled bar chart.
+* ``format="png"``: the same content as one matplotlib figure.
+
+Colour scales: a layer whose values are all >= 0 (after ReLU, pooling of ReLU
+maps, softmax) is drawn from its minimum to its maximum in "viridis"; a layer
+with negative values on a scale symmetric around 0 in the diverging "RdBu_r"
+(blue negative, white 0, red positive), so 0 always looks the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .layers import keras_shape
+
+__all__ = ["LayerOutput", "explain", "layer_activations", "png_bytes"]
+
+
+class LayerOutput(NamedTuple):
+    """One layer's output for a batch: ``shape`` is ``summary()``'s (None, H, W, C) or
+    (None, F); ``output`` the host array (N, H, W, C) or (N, F)."""
+
+    name: str
+    type_name: str
+    shape: tuple[int | None, ...]
+    output: np.ndarray
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def _model_ops(model: Any) -> Any:
+    return model._ops
+
+
+def layer_activations(model: Any, x: Any, batch_size: int = 32) -> list[LayerOutput]:
+    """Every layer's output for the batch ``x`` (``predict``'s input format), in layer order.
+
+    Runs on the model's device; the outputs come back as host arrays in channels-last
+    layout, concatenated over batches of ``batch_size``.
+    """
+    model._require_built("activations")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    x = model._check_x(x)
+    ops = _model_ops(model)
+    chunks: list[list[np.ndarray]] = [[] for _ in model.layers]
+    for lo in range(0, len(x), int(batch_size)):
+        xb = model._batch(x[lo:lo + int(batch_size)])
+        for i, layer in enumerate(model.layers):
+            xb = layer.forward(xb, False)
+            chunks[i].append(_channels_last(ops.to_host(xb)))
+    return [LayerOutput(layer.name, layer.type_name, (None, *keras_shape(layer.output_shape)),
+                        np.concatenate(parts) if len(parts) > 1 else parts[0])
+            for layer, parts in zip(model.layers, chunks)]
+
+
+def _channels_last(a: Any) -> np.ndarray:
+    """A fresh host copy (later layers may reuse the buffer), NCHW -> NHWC."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else np.array(a)
+
+
+# ----------------------------------------------------------------------------- colour and PNG
+
+_NAN_RGB = (230, 230, 230)
+_CMAPS = {
+    # anchor colours, evenly spaced from 0 to 1 (matplotlib's maps of the same names)
+    "viridis": ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58",
+                "#fde725"],
+    "RdBu_r": ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582",
+               "#d6604d", "#b2182b", "#67001f"],
+    "gray": ["#000000", "#ffffff"],
+}
+
+
+def _anchors(cmap: str) -> np.ndarray:
+    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in _CMAPS[cmap]], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A colour scale: values lo..hi mapped through ``cmap``; NaN is light grey."""
+
+    lo: float
+    hi: float
+    cmap: str
+
+    def rgb(self, a: np.ndarray) -> np.ndarray:
+        """2-D values -> (h, w, 3) uint8."""
+        anchors = _anchors(self.cmap)
+        t = np.clip((np.asarray(a, dtype=np.float64) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        bad = ~np.isfinite(a)
+        pos = np.where(bad, 0.0, t) * (len(anchors) - 1)
+        i0 = np.minimum(pos.astype(np.int64), len(anchors) - 2)
+        frac = (pos - i0)[..., None]
+        out = anchors[i0] * (1 - frac) + anchors[i0 + 1] * frac
+        out[bad] = _NAN_RGB
+        return np.rint(out).astype(np.uint8)
+
+    def css_gradient(self) -> str:
+        return "linear-gradient(to right, " + ", ".join(_CMAPS[self.cmap]) + ")"
+
+    def ticks(self) -> list[float]:
+        return [self.lo, 0.0, self.hi] if self.cmap == "RdBu_r" else [self.lo, self.hi]
+
+
+def scale_for(values: np.ndarray) -> Scale:
+    """viridis from min to max for values >= 0, else RdBu_r symmetric around 0."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Scale(0.0, 1.0, "viridis")
+    lo, hi = float(v.min()), float(v.max())
+    if lo >= 0:
+        return Scale(lo, hi if hi > lo else lo + 1.0, "viridis")
+    m = max(-lo, hi)
+    return Scale(-m, m, "RdBu_r")
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """(h, w, 3) uint8 -> a PNG file (8-bit RGB, no filtering, zlib)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w, _ = rgb.shape
+    raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # each row: filter type 0, then the pixels
+    raw[:, 1:] = rgb.reshape(h, 3 * w)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
+
+def _zoom(a: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, k, axis=0), k, axis=1) if k > 1 else a
+
+
+# ----------------------------------------------------------------------------- what the page shows
+
+
+@dataclass
+class Grid:
+    """Same-sized small pictures sharing one colour scale (a layer's maps, its filters)."""
+
+    title: str
+    caption: str
+    images: list[np.ndarray]
+    labels: list[str]
+    scale: Scale
+    zoom: int
+    kind: str = "outputs"  # or "filters", "summary": how the page lays the grid out
+
+
+@dataclass
+class Bars:
+    """A 1-D output as a labelled bar chart (probabilities after a softmax)."""
+
+    values: np.ndarray
+    labels: list[str]
+    probabilities: bool
+    predicted: int
+    label: int | None
+
+
+@dataclass
+class Panel:
+    """One layer: what it is, what it computes, and pictures of its output and weights."""
+
+    index: int
+    name: str
+    type_name: str
+    shape: tuple[int | None, ...]
+    params: int
+    about: str
+    grids: list[Grid] = field(default_factory=list)
+    bars: Bars | None = None
+
+
+@dataclass
+class Report:
+    model_name: str
+    input_grid: Grid
+    label: int | None
+    predicted: int | None
+    confidence: float | None
+    panels: list[Panel]
+    bars: Bars | None
+    total_params: int
+
+
+_MAP_PIXELS = 56  # target on-screen size of one feature map
+_MAX_MAPS = 256  # more channels than this: the first ones are shown, and the caption says so
+
+
+def _feature_grid(out: np.ndarray) -> Grid:
+    """(H, W, C) -> one picture per channel; (F,) -> one strip, 64 values per row."""
+    scale = scale_for(out)
+    if out.ndim == 3:
+        h, w, c = out.shape
+        n = min(c, _MAX_MAPS)
+        caption = f"{c} feature maps of {h}×{w}" + (f" (the first {n} shown)" if n < c else "")
+        return Grid("Output", caption, [out[:, :, i] for i in range(n)], [str(i) for i in range(n)], scale,
+                    max(1, _MAP_PIXELS // max(h, w)))
+    f = out.size
+    cols = min(f, 64)
+    rows = -(-f // cols)
+    strip = np.full(rows * cols, np.nan)
+    strip[:f] = out.ravel()
+    caption = f"{f} values" + (f", {cols} per row, in order" if rows > 1 else ", in order")
+    return Grid("Output", caption, [strip.reshape(rows, cols)], [""], scale, max(2, min(16, 960 // cols)))
+
+
+def _first_filters(kernel: np.ndarray) -> Grid:
+    """Keras kernel (kh, kw, C, K) of the first convolution: every filter, its C slices side by side."""
+    kh, kw, c, k = kernel.shape
+    images = []
+    for j in range(k):
+        img = np.full((kh, c * (kw + 1) - 1), np.nan)
+        for ci in range(c):
+            img[:, ci * (kw + 1):ci * (kw + 1) + kw] = kernel[:, :, ci, j]
+        images.append(img)
+    caption = (f"all {k} filters of {kh}×{kw}×{c} weights" + (" (input channels side by side)" if c > 1 else "")
+               + "; red adds, blue subtracts")
+    return Grid("Filters", caption, images, [str(j) for j in range(k)], scale_for(kernel),
+                max(1, 40 // max(kh, c * (kw + 1))), "filters")
+
+
+def _filter_summary(kernel: np.ndarray) -> Grid:
+    """Later convolutions: the L2 norm of each (input channel, filter) kernel as one matrix."""
+    kh, kw, c, k = kernel.shape
+    norms = np.sqrt(np.sum(np.asarray(kernel, dtype=np.float64) ** 2, axis=(0, 1)))  # (C, K)
+    caption = (f"{k}×{c} kernels of {kh}×{kw}, summarised: the size (L2 norm) of each kernel; "
+               "column = filter (output channel), row = input channel")
+    return Grid("Filters (summary)", caption, [norms], [""], scale_for(norms), max(2, min(12, 320 // max(k, c))),
+                "summary")
+
+
+_ABOUT = {
+    "Conv2D": ("Convolution: each of its {filters} filters ({kh}×{kw}×{c} weights) slides over the input "
+               "(stride {stride}, padding \"{padding}\"); at every position it multiplies the window by its "
+               "weights, adds up and adds a bias. Each output channel maps where its filter's pattern occurs."),
+    "MaxPooling2D": ("Max pooling: keeps the largest value of each {ph}×{pw} window (stride {stride}), so the "
+                     "maps shrink while their strongest responses survive."),
+    "Flatten": ("Flatten: lays the {shape} maps out as one vector of {f} values (row by row, channels "
+                "innermost, as Keras does) so that a dense layer can weigh every value."),
+    "Dense": "Dense: each of its {units} units adds up all {f} inputs, each times its own weight, plus a bias.",
+    "Dropout": ("Dropout: while training it zeroes a random {rate:.0%} of the values (and scales the rest up); "
+                "when predicting, as here, it passes its input through unchanged."),
+    "ReLU": "ReLU: replaces every negative value by 0 and keeps the positive ones.",
+}
+_ABOUT_ACTIVATION = {
+    "relu": "Then ReLU: negative values become 0.",
+    "softmax": ("Then softmax: the {n} scores become probabilities (positive, summing to 1); "
+                "the largest one is the prediction."),
+    "sigmoid": "Then sigmoid: each value is squashed into (0, 1).",
+    "tanh": "Then tanh: each value is squashed into (-1, 1).",
+}
+
+
+def describe(layer: Any) -> str:
+    """One or two sentences on what this layer computes (empty for an unknown layer type)."""
+    t = layer.type_name
+    ins = keras_shape(layer.input_shape)
+    facts: dict[str, Any] = {"f": int(np.prod(ins)), "shape": "×".join(map(str, ins))}
+    if t == "Conv2D":
+        facts.update(filters=layer.filters, kh=layer.kernel_size[0], kw=layer.kernel_size[1], c=ins[-1],
+                     stride=_pair_text(layer.strides), padding=layer.padding)
+    elif t == "MaxPooling2D":
+        facts.update(ph=layer.pool_size[0], pw=layer.pool_size[1], stride=_pair_text(layer.strides))
+    elif t == "Dense":
+        facts.update(units=layer.units)
+    elif t == "Dropout":
+        facts.update(rate=layer.rate)
+    text = _ABOUT.get(t, "").format(**facts)
+    act = getattr(layer, "activation", None)
+    if act in _ABOUT_ACTIVATION:
+        text += " " + _ABOUT_ACTIVATION[act].format(n=int(np.prod(layer.output_shape)))
+    return text.strip()
+
+
+def _pair_text(p: tuple[int, int]) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}×{p[1]}"
+
+
+def _panel(index: int, layer: Any, record: LayerOutput, first_conv: bool) -> Panel:
+    out = record.output[0]
+    panel = Panel(index, record.name, record.type_name, record.shape, layer.count_params(), describe(layer))
+    panel.grids.append(_feature_grid(out))
+    if layer.type_name == "Conv2D":
+        kernel = layer.get_weights()[0]
+        panel.grids.append(_first_filters(kernel) if first_conv else _filter_summary(kernel))
+    return panel
+
+
+def _bars(layer: Any, out: np.ndarray, label: int | None) -> Bars | None:
+    if out.ndim != 1 or out.size > 100:
+        return None
+    probs = getattr(layer, "activation", None) == "softmax"
+    return Bars(out.astype(np.float64), [str(i) for i in range(out.size)], probs, int(np.argmax(out)), label)
+
+
+def _input_grid(image: np.ndarray) -> Grid:
+    """(H, W, C): one greyscale picture per channel, zoomed to about 168 pixels."""
+    h, w, c = image.shape
+    v = image[np.isfinite(image)]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    scale = Scale(lo, hi if hi > lo else lo + 1.0, "gray")
+    return Grid("Input", f"{h}×{w}×{c}", [image[:, :, i] for i in range(c)],
+                [f"channel {i}" if c > 1 else "" for i in range(c)], scale, max(1, 168 // max(h, w)))
+
+
+def build_report(model: Any, image: np.ndarray, label: int | None) -> Report:
+    """Run ``image`` (H, W, C) through ``model`` and collect everything the page shows."""
+    records = layer_activations(model, image[None])
+    layers = model.layers
+    panels, seen_conv = [], False
+    for i, (layer, rec) in enumerate(zip(layers, records)):
+        panels.append(_panel(i + 1, layer, rec, first_conv=not seen_conv))
+        seen_conv = seen_conv or layer.type_name == "Conv2D"
+    bars = _bars(layers[-1], records[-1].output[0], label)
+    if bars is not None:
+        panels[-1].bars = bars
+        panels[-1].grids = []  # the bar chart is this layer's output
+    predicted = bars.predicted if bars is not None else None
+    confidence = float(bars.values[bars.predicted]) if bars is not None and bars.probabilities else None
+    return Report(model.name, _input_grid(image), label, predicted, confidence, panels, bars, model.count_params())
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_model(model: Any) -> None:
+    from .model import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"explain expects a fastconv.nn.Sequential model, got {type(model).__name__}")
+    if not model.layers:
+        raise ValueError("explain: the model has no layers")
+    if not model.built:
+        if model.layers[0].input_shape_arg is None:
+            raise RuntimeError("explain: the model is not built yet, so its input shape is unknown: give the first "
+                               "layer input_shape=(28, 28, 1) (say), call model.build((None, 28, 28, 1)), "
+                               "fit it, or load a trained one with fastconv.nn.load_model(path)")
+        model.build()
+    shape = tuple(model.input_shape or ())
+    if len(shape) != 3:
+        raise ValueError(f"explain needs a model that takes images (height, width, channels); this one takes "
+                         f"vectors of shape {keras_shape(shape)}")
+
+
+def _check_image(model: Any, image: Any) -> np.ndarray:
+    """One image as the model takes it -> (H, W, C) float64."""
+    c, h, w = model.input_shape
+    img = np.asarray(image)
+    if img.dtype.kind not in "fiub":
+        raise TypeError(f"explain: image must be a real numeric array, got dtype {img.dtype}")
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if c == 1 and img.shape == (h, w):
+        img = img[:, :, None]
+    if img.shape != (h, w, c):
+        forms = f"({h}, {w}, {c})" + (f" or ({h}, {w})" if c == 1 else "") + f" or (1, {h}, {w}, {c})"
+        raise ValueError(f"explain: image must be one image of shape {forms} (channels-last, as the model "
+                         f"{model.name!r} takes it), got shape {np.shape(image)}")
+    return img.astype(np.float64)
+
+
+def _check_label(label: Any, model: Any) -> int | None:
+    if label is None:
+        return None
+    classes = int(np.prod(model.layers[-1].output_shape))
+    ok = isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
+    if not ok or not 0 <= int(label) < classes:
+        raise ValueError(f"explain: label must be a class index in [0, {classes}) (the model has {classes} "
+                         f"outputs) or None, got {label!r}")
+    return int(label)
+
+
+def _check_format(path: str, fmt: str | None) -> str:
+    if fmt is None:
+        return "png" if path.lower().endswith(".png") else "html"
+    if fmt not in ("html", "png"):
+        raise ValueError(f'explain: format must be "html", "png" or None (from the file name), got {fmt!r}')
+    return fmt
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def explain(model: Any, image: Any, path: str | os.PathLike[str], *, label: int | None = None,
+            format: str | None = None) -> str:
+    """Write what ``model`` does with one ``image`` to ``path``; returns the path.
+
+    ``image``: one sample as the model takes it (channels-last (H, W, C), or (H, W)
+    for one channel, or a batch of one), e.g. ``x_test[i] / 255.0``.  ``label``: the
+    true class, shown next to the prediction.  ``format``: "html" (one
+    self-contained page), "png" (a matplotlib figure) or None: "png" when ``path``
+    ends in ``.png``, else "html".  The file is written atomically.
+    """
+    path = os.fspath(path)
+    fmt = _check_format(path, format)
+    _check_model(model)
+    img = _check_image(model, image)
+    lab = _check_label(label, model)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"explain: the directory of {path!r} does not exist")
+    report = build_report(model, img, lab)
+    if fmt == "html":
+        from ._explain_html import render_html
+
+        data = render_html(report).encode("utf-8")
+    else:
+        from ._explain_png import render_png
+
+        data = render_png(report)
+    write_atomic(path, data)
+    return path
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".explain-", suffix=".tmp")
+    try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make the page private to its writer
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def data_uri(rgb: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+def picture(grid: Grid, image: np.ndarray) -> np.ndarray:
+    """One picture of a grid as zoomed RGB pixels."""
+    return _zoom(grid.scale.rgb(image), grid.zoom)
+
+
+def fmt_value(v: float) -> str:
+    return "0" if v == 0 else f"{v:.3g}"
+
