@@ -1,0 +1,119 @@
+"""Tile sizes of every CUDA kernel and the launch decisions that depend on a layer's shape.
+
+Pure functions of integers (no device, no arrays): ``fastconv._plan`` can call them to
+say what a CUDA launch will be.  Decisions use a fixed reference GPU (132 SMs, an
+H100/H200 SXM) rather than the GPU at hand, so the split-K count, hence the summation
+order and every result bit, is the same on every GPU.
+
+Resident blocks per SM come from ``ptxas -v`` for sm_90 (registers per thread x
+threads per block against the 64 K-register file); ``benchmarks/cuda_static.py``
+re-derives them and writes the evidence to ``benchmarks/results/cuda-static-sm90.md``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._config import MAX_GRID_YZ, SIM, cdiv
+
+# Implicit-GEMM forward / grad_x tile (BM x BN outputs, BK-deep slabs, TM x TN per thread).
+if SIM:
+    BM, BN, BK, TM, TN = 4, 8, 4, 2, 2
+else:
+    BM, BN, BK, TM, TN = 64, 128, 8, 8, 8
+# grad_weight split-K GEMM tile.
+if SIM:
+    WBM, WBN, WBK, WTM, WTN = 4, 8, 4, 2, 2
+else:
+    WBM, WBN, WBK, WTM, WTN = 64, 128, 16, 8, 8
+
+# The reference GPU and the occupancy of each kernel on it (see the module doc).
+SMS = 1 if SIM else 132
+IGEMM_BLOCKS_PER_SM = 2 if SIM else 3
+WGRAD_BLOCKS_PER_SM = 2 if SIM else 2
+DIRECT_BLOCKS_PER_SM = 2 if SIM else 2
+
+MIN_WAVES = 2  # below this a layer leaves SMs idle in its last wave: split the reduction
+MIN_SLABS_PER_SPLIT = 2 if SIM else 8  # each split keeps enough slabs to hide its prologue
+WGRAD_MIN_SLABS_PER_SPLIT = 2 if SIM else 16
+SPLIT_WORKSPACE_BYTES = 64 << 20  # bound on the partial-sum buffer of one launch
+
+
+class LaunchPlan(NamedTuple):
+    """One kernel launch: grid, split-K and why."""
+
+    kernel: str
+    tile: tuple[int, int, int]  # (rows, columns, reduction depth) of a block's tile
+    grid: tuple[int, int, int]
+    split_k: int
+    slabs: int  # BK-deep slabs of the whole reduction
+    slabs_per_split: int
+    waves: float  # blocks / (SMS x resident blocks per SM)
+    reason: str
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+
+def check_grid_rows(groups: int, rows: int, tile_rows: int) -> int:
+    """Blocks along grid y (groups x row tiles), which CUDA limits to 65535."""
+    gy = groups * cdiv(rows, tile_rows)
+    if gy > MAX_GRID_YZ:
+        raise ValueError(
+            f"groups ({groups}) x output-channel tiles is {gy} > {MAX_GRID_YZ} thread-block rows, "
+            "beyond what the CUDA backend launches; use fewer groups or the CPU backend"
+        )
+    return gy
+
+
+def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split: int) -> tuple[int, int, str]:
+    """(splits, slabs per split, reason) so that ``base_blocks`` output tiles fill MIN_WAVES waves."""
+    wave = SMS * per_sm
+    if slabs == 0:  # an empty reduction (zero batch): one launch writes the zeros
+        return 1, 0, "empty reduction"
+    if base_blocks >= MIN_WAVES * wave:
+        return 1, slabs, f"{base_blocks} tiles fill {base_blocks / wave:.1f} waves"
+    want = cdiv(MIN_WAVES * wave, max(base_blocks, 1))
+    split = max(1, min(want, slabs // min_slabs, max_split, MAX_GRID_YZ))
+    per = cdiv(slabs, split)
+    split = cdiv(slabs, per)
+    if split == 1:
+        return 1, slabs, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves, but the reduction "
+                          f"({slabs} slabs) is too short to split")
+    return split, per, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves < {MIN_WAVES}: "
+                        f"split-K x{split} ({per} slabs each), fixed-order sum")
+
+
+def igemm(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> LaunchPlan:
+    """Forward or grad_x implicit GEMM: ``rows`` output channels per group, ``ncols`` =
+    N*OH*OW columns, reduction ``red`` = C/groups*R*S, output of ``out_bytes``."""
+    grid_y = check_grid_rows(groups, rows, BM)
+    grid_x = cdiv(ncols, BN)
+    slabs = cdiv(red, BK)
+    room = max(1, SPLIT_WORKSPACE_BYTES // max(out_bytes, 1))
+    split, per, why = split_k(grid_x * grid_y, slabs, IGEMM_BLOCKS_PER_SM, MIN_SLABS_PER_SPLIT, room)
+    waves = grid_x * grid_y * split / (SMS * IGEMM_BLOCKS_PER_SM)
+    return LaunchPlan("igemm", (BM, BN, BK), (grid_x, grid_y, split), split, slabs, per, waves, why)
+
+
+def wgrad(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> LaunchPlan:
+    """grad_weight split-K GEMM: ``rows`` = K/groups, ``ncols`` = C/groups*R*S, reduction
+    ``red`` = N*OH*OW."""
+    grid_y = check_grid_rows(groups, rows, WBM)
+    grid_x = cdiv(ncols, WBN)
+    slabs = cdiv(red, WBK)
+    room = max(1, SPLIT_WORKSPACE_BYTES // max(out_bytes, 1))
+    split, per, why = split_k(grid_x * grid_y, slabs, WGRAD_BLOCKS_PER_SM, WGRAD_MIN_SLABS_PER_SPLIT, room)
+    waves = grid_x * grid_y * split / (SMS * WGRAD_BLOCKS_PER_SM)
+    return LaunchPlan("wgrad", (WBM, WBN, WBK), (grid_x, grid_y, split), split, slabs, per, waves, why)
+
+
+def forced(plan: LaunchPlan, splits: int) -> LaunchPlan:
+    """``plan`` with ``splits`` reduction chunks (tests force split-K on tiny shapes)."""
+    per = cdiv(plan.slabs, max(1, splits))
+    split = cdiv(plan.slabs, per)
+    blocks_per_split = plan.grid[0] * plan.grid[1]
+    waves = plan.waves * blocks_per_split * split / max(plan.blocks, 1)
+    return plan._replace(grid=(plan.grid[0], plan.grid[1], split), split_k=split, slabs_per_split=per,
+                         waves=waves, reason=f"forced split-K x{split} ({per} slabs of {plan.tile[2]})")
