@@ -82,5 +82,5 @@ def test_kernels_compile_for_sm90():
         pytest.skip(f"no CUDA compiler libraries (libNVVM/NVRTC) here: {type(exc).__name__}")
     from fastconv.cuda import _ptx
 
-    for name, kernel, argtypes in _ptx.kernels():
+    for name, kernel, argtypes, _ in _ptx.kernels():
         assert ".entry" in _ptx.compile_ptx(kernel, argtypes, (9, 0)), name

@@ -31,11 +31,11 @@ else:
 SMS = 1 if SIM else 132
 IGEMM_BLOCKS_PER_SM = 2 if SIM else 3
 WGRAD_BLOCKS_PER_SM = 2 if SIM else 2
-DIRECT_BLOCKS_PER_SM = 2 if SIM else 2
+DIRECT_BLOCKS_PER_SM = 2 if SIM else 3
 
 MIN_WAVES = 2  # below this a layer leaves SMs idle in its last wave: split the reduction
-MIN_SLABS_PER_SPLIT = 2 if SIM else 8  # each split keeps enough slabs to hide its prologue
-WGRAD_MIN_SLABS_PER_SPLIT = 2 if SIM else 16
+MIN_SLABS_PER_SPLIT = 2 if SIM else 4  # each split keeps enough slabs to amortise its prologue
+WGRAD_MIN_SLABS_PER_SPLIT = 2 if SIM else 4
 SPLIT_WORKSPACE_BYTES = 64 << 20  # bound on the partial-sum buffer of one launch
 
 
@@ -75,7 +75,8 @@ def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split
     if base_blocks >= MIN_WAVES * wave:
         return 1, slabs, f"{base_blocks} tiles fill {base_blocks / wave:.1f} waves"
     want = cdiv(MIN_WAVES * wave, max(base_blocks, 1))
-    split = max(1, min(want, slabs // min_slabs, max_split, MAX_GRID_YZ))
+    per = max(min_slabs, slabs // want)  # the largest chunk that still reaches MIN_WAVES
+    split = min(cdiv(slabs, per), max_split, MAX_GRID_YZ)
     per = cdiv(slabs, split)
     split = cdiv(slabs, per)
     if split == 1:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def kernels() -> list[tuple[str, Any, tuple[Any, ...]]]:
-    """(name, kernel, argument types) for every kernel in float32 and float64."""
+def kernels() -> list[tuple[str, Any, tuple[Any, ...], int]]:
+    """(name, kernel, argument types, threads per block) for every kernel in float32 and float64."""
     import numba
     from numba.cuda import types as T
 
@@ -25,24 +25,26 @@ def kernels() -> list[tuple[str, Any, tuple[Any, ...]]]:
     tile = numba.typeof(D.DirectTile(*[0] * len(D.DirectTile._fields)))
     pg = numba.typeof(geo.PoolGeom(*[0] * len(geo.PoolGeom._fields)))
     ia = T.Array(T.int64, 1, "C")
+    ew = A.ELEMWISE_TPB
     out = []
     for dt in (T.float32, T.float64):
         a = T.Array(dt, 1, "C")
         s = str(dt)
         out += [
-            (f"conv_igemm_kernel[{s}]", I.conv_igemm_kernel, (a, a, a, a, cg, i64, i64)),
-            (f"conv_direct_kernel[{s}]", D.conv_direct_kernel, (a, a, a, a, cg, tile)),
-            (f"conv_thin_kernel[{s}]", D.conv_thin_kernel, (a, a, a, a, cg)),
-            (f"conv_wgrad_kernel[{s}]", I.conv_wgrad_kernel, (a, a, a, cg, i64)),
-            (f"sum_splits_kernel[{s}]", I.sum_splits_kernel, (a, a, i64)),
-            (f"bias_grad_kernel[{s}]", I.bias_grad_kernel, (a, a, i64, i64, i64, i64)),
-            (f"max_pool2d_forward_kernel[{s}]", P.max_pool2d_forward_kernel, (a, a, ia, pg)),
-            (f"max_pool2d_backward_kernel[{s}]", P.max_pool2d_backward_kernel, (a, ia, a, i64, i64, i64)),
-            (f"_fill[{s}]", A._fill, (a, dt)),
-            (f"_copy_1d[{s}]", A._copy_1d, (T.Array(T.float16, 1, "A"), a)),
-            (f"_copy_4d[{s}]", A._copy_4d, (T.Array(T.int64, 4, "A"), a)),
+            (f"conv_igemm_kernel[{s}]", I.conv_igemm_kernel, (a, a, a, a, cg, i64, i64), I.NT),
+            (f"conv_direct_kernel[{s}]", D.conv_direct_kernel, (a, a, a, a, cg, tile), D.NT),
+            (f"conv_thin_kernel[{s}]", D.conv_thin_kernel, (a, a, a, a, cg), ew),
+            (f"conv_wgrad_kernel[{s}]", I.conv_wgrad_kernel, (a, a, a, cg, i64), I.WNT),
+            (f"sum_splits_kernel[{s}]", I.sum_splits_kernel, (a, a, i64), ew),
+            (f"bias_grad_kernel[{s}]", I.bias_grad_kernel, (a, a, i64, i64, i64, i64), I.GB_THREADS),
+            (f"max_pool2d_forward_kernel[{s}]", P.max_pool2d_forward_kernel, (a, a, ia, pg), ew),
+            (f"max_pool2d_backward_kernel[{s}]", P.max_pool2d_backward_kernel, (a, ia, a, i64, i64, i64),
+             P.BWD_THREADS),
+            (f"_fill[{s}]", A._fill, (a, dt), ew),
+            (f"_copy_1d[{s}]", A._copy_1d, (T.Array(T.float16, 1, "A"), a), ew),
+            (f"_copy_4d[{s}]", A._copy_4d, (T.Array(T.int64, 4, "A"), a), ew),
         ]
-    out.append(("_index_minmax", A._index_minmax, (ia, ia)))
+    out.append(("_index_minmax", A._index_minmax, (ia, ia), ew))
     return out
 
 

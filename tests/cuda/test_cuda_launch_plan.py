@@ -1,0 +1,97 @@
+"""Launch decisions (``fastconv.cuda._launch_plan``: split-K when a layer would fill fewer
+than two waves) as pure functions, and forced split-K launches against the reference on
+tiny shapes: the chunks are summed in a fixed order, so results are run-to-run identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastconv import reference
+from fastconv._params import conv2d_params
+from fastconv.cuda import _geometry as geo
+from fastconv.cuda import _launch_plan as lp
+
+from cudahelpers import assert_close, dev, host
+
+
+@pytest.fixture
+def h100(monkeypatch):
+    """The GPU tile sizes and reference GPU, whatever mode the tests run in."""
+    for name, value in dict(BM=64, BN=128, BK=8, WBM=64, WBN=128, WBK=16, SMS=132, IGEMM_BLOCKS_PER_SM=3,
+                            WGRAD_BLOCKS_PER_SM=2, MIN_SLABS_PER_SPLIT=4, WGRAD_MIN_SLABS_PER_SPLIT=4).items():
+        monkeypatch.setattr(lp, name, value)
+
+
+@pytest.mark.parametrize("blocks, slabs", [(1, 1), (5, 36), (61, 36), (121, 288), (800, 72), (3, 10_000), (0, 0)])
+def test_split_k_covers_the_reduction_exactly(blocks, slabs):
+    split, per, reason = lp.split_k(blocks, slabs, 3, 4, 1 << 20)
+    assert split >= 1 and reason
+    if slabs:
+        assert split * per >= slabs and (split - 1) * per < slabs  # every split has work
+    target = lp.MIN_WAVES * lp.SMS * 3
+    if blocks >= target:
+        assert split == 1
+    else:  # split enough to fill the waves, unless each chunk is already the minimum
+        assert split == 1 or blocks * split >= target or per <= 4 or split == (1 << 20)
+
+
+def test_mnist_layers_are_split_on_a_132_sm_gpu(h100):
+    # The MNIST second convolution (batch 128, 32 -> 64 channels, 13x13 -> 11x11).
+    p = conv2d_params((128, 32, 13, 13), (64, 32, 3, 3), None)
+    plan = lp.igemm(p.kg, 1, p.n * p.oh * p.ow, p.cg * 9, p.n * p.k * p.oh * p.ow * 4)
+    assert plan.grid == (121, 1, 8) and plan.split_k == 8 and plan.slabs_per_split == 5
+    assert "split-K x8" in plan.reason and plan.waves == pytest.approx(968 / 396) and plan.waves >= 2
+    # A large layer needs no split.
+    q = conv2d_params((128, 64, 56, 56), (64, 64, 3, 3), None, padding=1)
+    big = lp.igemm(q.kg, 1, q.n * q.oh * q.ow, q.cg * 9, q.n * q.k * q.oh * q.ow * 4)
+    assert big.split_k == 1 and big.waves > 2 and "fill" in big.reason
+
+
+def test_workspace_bound_limits_the_split(h100, monkeypatch):
+    monkeypatch.setattr(lp, "SPLIT_WORKSPACE_BYTES", 3 * 1000)
+    plan = lp.igemm(64, 1, 128, 100_000, 1000)
+    assert plan.split_k == 3
+
+
+def test_grid_rows_limit_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"groups \(70000\) x output-channel tiles is 70000 > 65535"):
+        lp.igemm(1, 70_000, 10, 10, 10)
+
+
+def _conv(rng, dtype):
+    kw = dict(stride=2, padding=1, dilation=(1, 2), groups=2)
+    x = rng.standard_normal((2, 4, 7, 8)).astype(dtype)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    return x, w, b, kw, conv2d_params(x.shape, w.shape, None, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forced_split_k_forward_and_grad_x_match_reference(rng, dtype):
+    from fastconv.cuda import _arrays, conv_im2col as ci
+
+    x, w, b, kw, p = _conv(rng, dtype)
+    g = geo.forward(p, True)
+    plan = lp.forced(ci.plan_igemm(g, x.itemsize), 3)
+    assert plan.split_k == 3 and plan.grid[2] == 3
+    runs = [host(ci.conv2d_forward_im2col(dev(x), dev(w), dev(b), p, plan)) for _ in range(2)]
+    assert runs[0].tobytes() == runs[1].tobytes()
+    assert_close(runs[0], reference.conv2d(x, w, b, **kw), dtype, "y")
+
+    gy = rng.standard_normal(p.y_shape).astype(dtype)
+    gi = geo.input_grad(p)
+    gx = _arrays.empty(p.x_shape, dtype)
+    ci.launch_conv_igemm(dev(gy), dev(w), None, gx, gi, lp.forced(ci.plan_igemm(gi, x.itemsize), 2))
+    assert_close(host(gx), reference.conv2d_backward(gy, x, w, **kw)[0], dtype, "grad_x")
+
+
+def test_forced_split_k_weight_grad_matches_reference(rng):
+    from fastconv.cuda import conv_im2col as ci
+
+    x, w, _, kw, p = _conv(rng, np.float64)
+    gy = rng.standard_normal(p.y_shape)
+    plan = lp.forced(ci.plan_wgrad(p, 8), 4)
+    assert plan.split_k > 1
+    gw = host(ci.weight_grad(dev(gy), dev(x), p, plan))
+    assert_close(gw, reference.conv2d_backward(gy, x, w, **kw)[1], np.float64, "grad_weight")
