@@ -36,7 +36,6 @@ def kernels() -> list[tuple[str, Any, tuple[Any, ...], int]]:
             (f"conv_thin_kernel[{s}]", D.conv_thin_kernel, (a, a, a, a, cg), ew),
             (f"conv_wgrad_kernel[{s}]", I.conv_wgrad_kernel, (a, a, a, cg, i64), I.WNT),
             (f"sum_splits_kernel[{s}]", I.sum_splits_kernel, (a, a, i64), ew),
-            (f"bias_grad_kernel[{s}]", I.bias_grad_kernel, (a, a, i64, i64, i64, i64), I.GB_THREADS),
             (f"max_pool2d_forward_kernel[{s}]", P.max_pool2d_forward_kernel, (a, a, ia, pg), ew),
             (f"max_pool2d_backward_kernel[{s}]", P.max_pool2d_backward_kernel, (a, ia, a, i64, i64, i64),
              P.BWD_THREADS),

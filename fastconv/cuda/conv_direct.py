@@ -16,7 +16,7 @@ TK x CC x R x S weights are staged in shared memory (XS and WS elements:
 grad_x uses the same kernel on the transposed convolution
 (``_geometry.input_grad``): a gather over the output positions each input pixel
 feeds, no scatter, no atomics.  grad_weight and grad_bias are the deterministic
-split-K reductions of ``conv_im2col``.
+split-K reduction of ``conv_im2col`` (grad_bias fused into it).
 
 Groups with at most TK/4 output channels (depthwise and similar) use a
 simpler kernel instead: one thread per output element reading its taps from
@@ -311,4 +311,4 @@ def conv2d_backward_direct(gy, x, weight, p: Conv2dParams, need_input_grad: bool
     if need_input_grad:
         gx = _arrays.empty(p.x_shape, gy.dtype)
         launch_conv_direct(gy, weight, None, gx, geo.input_grad(p))
-    return gx, conv_im2col.weight_grad(gy, x, p), conv_im2col.bias_grad(gy, p)
+    return (gx, *conv_im2col.weight_and_bias_grad(gy, x, p))

@@ -14,8 +14,10 @@ Split-K (both kernels, chosen by ``_launch_plan`` when the output tiles would
 fill fewer than two waves): grid z runs over chunks of the reduction, each
 writing a partial result into a workspace, then ``sum_splits_kernel`` adds the
 chunks in a fixed order: deterministic, no atomics.
-grad_bias: per-(channel, batch-chunk) tree reductions in shared memory, then
-  the same fixed-order chunk sum.
+grad_bias is fused into the grad_weight kernel: the blocks of the first column
+  tile also sum the gy tile they stage (its rows are output channels) in a fixed
+  order, and write it after their grad_weight partial, so one launch and one
+  fixed-order chunk sum give both.
 
 GEMM kernel (both variants): a block computes a BM x BN tile of C with NT
 threads; each thread owns a TM x TN register tile (rows ty + i*TY, columns
@@ -43,7 +45,7 @@ from . import _arrays
 from . import _geometry as geo
 from . import _launch_plan as lp
 from ._arrays import flat, launch
-from ._config import MAX_GRID_YZ, SIM, cdiv, device_fn
+from ._config import device_fn
 from ._geometry import ConvGeom, nchw, split2, split3
 from ._launch_plan import BK, BM, BN, TM, TN, WBK, WBM, WBN, WTM, WTN, LaunchPlan
 
@@ -61,12 +63,8 @@ WNT = WTY * WTX
 WA_PER = WBM * WBK // WNT
 WB_PER = WBK * WBN // WNT
 WBNP = WBN + max(1, 32 // WBK)  # padded B row: the j-major stores hit distinct banks
-assert WBM * WBK % WNT == 0 and WBK * WBN % WNT == 0 and WNT % WBK == 0
+assert WBM * WBK % WNT == 0 and WBK * WBN % WNT == 0 and WNT % WBK == 0 and WNT >= WBM
 WA_TILE, WB_TILE, WTAB2, WACC = WBM * WBK, WBK * WBNP, 2 * WBK, WTM * WTN
-
-# grad_bias reduction block and its batch chunks.
-GB_THREADS = 8 if SIM else 256
-GB_TARGET_BLOCKS = 4 if SIM else 1024
 
 _INVALID = -(1 << 40)  # an offset that fails every bounds check
 
@@ -297,9 +295,19 @@ def wgrad_store(As, Bs, a_reg, b_reg, t):
 
 
 @device_fn
-def wgrad_write(out, acc, g, grp, m0, col0, t, ncols):
+def row_sum(As, bacc, t):
+    """bacc + row t of the staged gy tile, in reduction order (the fused grad_bias)."""
+    for kk in range(WBK):
+        bacc += As[U(t * WBK + kk)]
+    return bacc
+
+
+@device_fn
+def wgrad_write(out, acc, bacc, g, grp, m0, col0, t, ncols):
+    """Split z's grad_weight partial, then (first column tile only) its grad_bias partial:
+    out[z] is a (K * ncols + K) slice."""
     ty, tx = split2(t, WTX)
-    zoff = cuda.blockIdx.z * g.cout * ncols
+    zoff = cuda.blockIdx.z * g.cout * (ncols + 1)
     for i in range(WTM):
         m = m0 + ty + i * WTY
         if m < g.cout_g:
@@ -308,6 +316,8 @@ def wgrad_write(out, acc, g, grp, m0, col0, t, ncols):
                 c = col0 + tx + j * WTX
                 if c < ncols:
                     out[U(row + c)] = acc[i * WTN + j]
+    if cuda.blockIdx.x == 0 and t < WBM and m0 + t < g.cout_g:
+        out[U(zoff + g.cout * ncols + grp * g.cout_g + m0 + t)] = bacc
 
 
 @cuda.jit(cache=True)
@@ -315,7 +325,8 @@ def conv_wgrad_kernel(gy, x, out, g, split_len):
     """Split-K implicit GEMM for grad_weight (``ConvGeom`` g of the forward).
 
     out[z, grp*kg + m, (ci, i, j)] = sum over reduction indices jr = (n, oh, ow) in
-    split z of gy[n, grp*kg + m, oh, ow] * x[n, grp*cg + ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw].
+    split z of gy[n, grp*kg + m, oh, ow] * x[n, grp*cg + ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw],
+    followed by out[z, K*cg*kh*kw + grp*kg + m] = sum over the same jr of gy[n, grp*kg + m, oh, ow].
     Grid: (column tiles over cg*kh*kw, groups * row tiles over kg, splits).
     """
     As = cuda.shared.array(WA_TILE, dtype=out.dtype)
@@ -342,6 +353,8 @@ def conv_wgrad_kernel(gy, x, out, g, split_len):
     x_g = grp * g.cin_g * g.hin * g.win
     for i in range(WACC):
         acc[i] = 0
+    bacc = 0.0  # float64 grad_bias partial of row t (first column tile only)
+    bias_rows = cuda.blockIdx.x == 0 and t < WBM
     wgrad_columns(col, t, col0, ncols, g)
     if t < WBK:
         for sl in range(2):
@@ -354,6 +367,8 @@ def conv_wgrad_kernel(gy, x, out, g, split_len):
             wgrad_load(gy, x, tab, col, buf, a_reg, b_reg, t, m0, y_g, x_g, g)
         if slab > 0:
             wgrad_mma(As, Bs, acc, af, bf, ty, tx)
+            if bias_rows:
+                bacc = row_sum(As, bacc, t)
         cuda.syncthreads()
         if slab < nslabs:
             wgrad_store(As, Bs, a_reg, b_reg, t)
@@ -361,7 +376,7 @@ def conv_wgrad_kernel(gy, x, out, g, split_len):
                 wgrad_table(tab, buf + t, j0 + (slab + 2) * WBK + t, j1, g)
         cuda.syncthreads()
 
-    wgrad_write(out, acc, g, grp, m0, col0, t, ncols)
+    wgrad_write(out, acc, bacc, g, grp, m0, col0, t, ncols)
 
 
 @cuda.jit(cache=True)
@@ -376,37 +391,6 @@ def sum_splits_kernel(parts, out, nsplit):
             acc += parts[s * size + i]
         out[i] = acc
         i += step
-
-
-@cuda.jit(cache=True)
-def bias_grad_kernel(gy, out, k, ohw, n_per_split, n):
-    """out[z * k + ch] = sum of gy[n, ch, :, :] over samples n in split z (grid (k, splits)).
-
-    Each thread sums a fixed strided subset, then a fixed tree in shared memory:
-    the order depends only on the shapes (deterministic)."""
-    part = cuda.shared.array(GB_THREADS, dtype=out.dtype)
-    t = cuda.threadIdx.x
-    ch = cuda.blockIdx.x
-    z = cuda.blockIdx.y
-    acc = 0.0  # float64 per-thread partial: cheap here (memory-bound) and more accurate
-    n0 = z * n_per_split
-    n1 = min(n0 + n_per_split, n)
-    for nn in range(n0, n1):
-        base = (nn * k + ch) * ohw
-        e = t
-        while e < ohw:
-            acc += gy[base + e]
-            e += GB_THREADS
-    part[t] = acc
-    cuda.syncthreads()
-    half = GB_THREADS // 2
-    while half > 0:
-        if t < half:
-            part[t] += part[t + half]
-        cuda.syncthreads()
-        half //= 2
-    if t == 0:
-        out[z * k + ch] = part[0]
 
 
 # --------------------------------------------------------------------------- host side
@@ -442,29 +426,18 @@ def launch_conv_igemm(x, w, b, y, g: ConvGeom, plan: LaunchPlan | None = None) -
         sum_splits(out, y, plan.split_k)
 
 
-def weight_grad(gy, x, p: Conv2dParams, plan: LaunchPlan | None = None):
-    """grad_weight (K, C/groups, R, S) by the split-K implicit GEMM (deterministic)."""
+def weight_and_bias_grad(gy, x, p: Conv2dParams, plan: LaunchPlan | None = None):
+    """(grad_weight (K, C/groups, R, S), grad_bias (K,)) by one split-K implicit GEMM and
+    one fixed-order sum of its chunks (deterministic); both are views of one allocation."""
     plan = plan or plan_wgrad(p, gy.dtype.itemsize)
-    gw = _arrays.empty(p.weight_shape, gy.dtype)
-    out = gw if plan.split_k == 1 else _arrays.empty((plan.split_k,) + p.weight_shape, gy.dtype)
+    nw = p.k * p.cg * p.kh * p.kw
+    res = _arrays.empty((nw + p.k,), gy.dtype)
+    out = res if plan.split_k == 1 else _arrays.empty((plan.split_k, nw + p.k), gy.dtype)
     split_len = plan.slabs_per_split * WBK
     launch(conv_wgrad_kernel, plan.grid, WNT, flat(gy), flat(x), flat(out), geo.forward(p, False), split_len)
     if plan.split_k > 1:
-        sum_splits(out, gw, plan.split_k)
-    return gw
-
-
-def bias_grad(gy, p: Conv2dParams):
-    """grad_bias (K,) = gy summed over N, OH, OW (deterministic two-level reduction)."""
-    gb = _arrays.empty((p.k,), gy.dtype)
-    nsplit = max(1, min(p.n, cdiv(GB_TARGET_BLOCKS, p.k), MAX_GRID_YZ))
-    n_per = cdiv(p.n, nsplit)
-    nsplit = cdiv(p.n, n_per)
-    out = gb if nsplit == 1 else _arrays.empty((nsplit, p.k), gy.dtype)
-    launch(bias_grad_kernel, (p.k, nsplit), GB_THREADS, flat(gy), flat(out), p.k, p.oh * p.ow, n_per, p.n)
-    if nsplit > 1:
-        sum_splits(out, gb, nsplit)
-    return gb
+        sum_splits(out, res, plan.split_k)
+    return res[:nw].reshape(p.weight_shape), res[nw:]
 
 
 def conv2d_forward_im2col(x, weight, bias, p: Conv2dParams, plan: LaunchPlan | None = None):
@@ -481,4 +454,4 @@ def conv2d_backward_im2col(gy, x, weight, p: Conv2dParams, need_input_grad: bool
     if need_input_grad:
         gx = _arrays.empty(p.x_shape, gy.dtype)
         launch_conv_igemm(gy, weight, None, gx, geo.input_grad(p))
-    return gx, weight_grad(gy, x, p), bias_grad(gy, p)
+    return (gx, *weight_and_bias_grad(gy, x, p))

@@ -93,5 +93,7 @@ def test_forced_split_k_weight_grad_matches_reference(rng):
     gy = rng.standard_normal(p.y_shape)
     plan = lp.forced(ci.plan_wgrad(p, 8), 4)
     assert plan.split_k > 1
-    gw = host(ci.weight_grad(dev(gy), dev(x), p, plan))
-    assert_close(gw, reference.conv2d_backward(gy, x, w, **kw)[1], np.float64, "grad_weight")
+    gw, gb = ci.weight_and_bias_grad(dev(gy), dev(x), p, plan)
+    _, rw, rb = reference.conv2d_backward(gy, x, w, **kw)
+    assert_close(host(gw), rw, np.float64, "grad_weight")
+    assert_close(host(gb), rb, np.float64, "grad_bias")
