@@ -67,6 +67,7 @@ def test_missing_numba_cuda_is_reported(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba_cuda" else real(name, *a))
     assert fc.is_available() is False
+    assert fc.unavailable_reason().startswith("numba-cuda is not installed")  # public, used by fastconv.nn
     with pytest.raises(RuntimeError, match=r"numba-cuda is not installed \(pip install"):
         fc.require_available()
 

@@ -59,7 +59,7 @@ def current_stream() -> Any:
 
 def external_stream(handle: int, device: int) -> Any:
     """A numba stream object for a raw ``cudaStream_t`` (cached per device and handle)."""
-    if handle == 1:  # v3 interface: the legacy default stream
+    if handle in (0, 1):  # torch's default stream / v3's legacy default stream
         return 0
     if handle == 2:
         return cuda.per_thread_default_stream()
@@ -90,8 +90,8 @@ def pointer_device(ptr: int) -> int:
 
     attr = drv.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
     err, dev = drv.cuPointerGetAttribute(attr, ptr)
-    if err != drv.CUresult.CUDA_SUCCESS:
-        raise ValueError(f"cannot tell which device owns pointer {ptr:#x}: {err}")
+    if err != drv.CUresult.CUDA_SUCCESS:  # not a pointer the driver knows: assume the current device
+        return current_device()
     return int(dev)
 
 

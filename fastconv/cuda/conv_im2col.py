@@ -54,7 +54,7 @@ NT = TY * TX
 A_PER = BM * BK // NT  # A elements each thread loads per slab
 B_PER = BK * BN // NT
 B_ROWS = NT // BN  # B tile rows covered by one pass of the block
-assert BM * BK % NT == 0 and BK * BN % NT == 0 and NT % BN == 0 and BK <= NT
+assert BM * BK % NT == 0 and BK * BN % NT == 0 and NT % BN == 0 and BK <= NT and BK % 2 == 0
 # Shared/local array sizes must be literal module constants for numba.cuda.
 A_TILE, B_TILE, TAB2, ACC = BM * BK, BK * BN, 2 * BK, TM * TN
 
@@ -63,7 +63,7 @@ WNT = WTY * WTX
 WA_PER = WBM * WBK // WNT
 WB_PER = WBK * WBN // WNT
 WBNP = WBN + max(1, 32 // WBK)  # padded B row: the j-major stores hit distinct banks
-assert WBM * WBK % WNT == 0 and WBK * WBN % WNT == 0 and WNT % WBK == 0 and WNT >= WBM
+assert WBM * WBK % WNT == 0 and WBK * WBN % WNT == 0 and WNT % WBK == 0 and WNT >= WBM and WBK % 2 == 0
 WA_TILE, WB_TILE, WTAB2, WACC = WBM * WBK, WBK * WBNP, 2 * WBK, WTM * WTN
 
 _INVALID = -(1 << 40)  # an offset that fails every bounds check
@@ -120,16 +120,24 @@ def igemm_load_b(x, tab, buf, b_reg, t, col_ok, x_base, h_base, w_base, g):
 
 
 @device_fn
-def igemm_mma(As, Bs, acc, af, bf, ty, tx):
-    """acc += the slab in shared memory (TM x TN outer products per reduction step)."""
-    for kk in range(BK):
-        for i in range(TM):
-            af[i] = As[U((ty + i * TY) * BK + kk)]
+def igemm_step(As, Bs, acc, af, bf, ty, tx, kk):
+    """acc += column kk of the A tile times row kk of the B tile (TM x TN FMAs)."""
+    for i in range(TM):
+        af[i] = As[U((ty + i * TY) * BK + kk)]
+    for j in range(TN):
+        bf[j] = Bs[U(kk * BN + tx + j * TX)]
+    for i in range(TM):
         for j in range(TN):
-            bf[j] = Bs[U(kk * BN + tx + j * TX)]
-        for i in range(TM):
-            for j in range(TN):
-                acc[i * TN + j] += af[i] * bf[j]
+            acc[i * TN + j] += af[i] * bf[j]
+
+
+@device_fn
+def igemm_mma(As, Bs, acc, af, bf, ty, tx):
+    """acc += the slab in shared memory; two steps per iteration so that NVVM sees constant
+    offsets between them (it does not unroll the slab by itself)."""
+    for k2 in range(0, BK, 2):
+        igemm_step(As, Bs, acc, af, bf, ty, tx, k2)
+        igemm_step(As, Bs, acc, af, bf, ty, tx, k2 + 1)
 
 
 @device_fn
@@ -274,15 +282,21 @@ def wgrad_load(gy, x, tab, col, buf, a_reg, b_reg, t, m0, y_g, x_g, g):
 
 
 @device_fn
-def wgrad_mma(As, Bs, acc, af, bf, ty, tx):
-    for kk in range(WBK):
-        for i in range(WTM):
-            af[i] = As[U((ty + i * WTY) * WBK + kk)]
+def wgrad_step(As, Bs, acc, af, bf, ty, tx, kk):
+    for i in range(WTM):
+        af[i] = As[U((ty + i * WTY) * WBK + kk)]
+    for j in range(WTN):
+        bf[j] = Bs[U(kk * WBNP + tx + j * WTX)]
+    for i in range(WTM):
         for j in range(WTN):
-            bf[j] = Bs[U(kk * WBNP + tx + j * WTX)]
-        for i in range(WTM):
-            for j in range(WTN):
-                acc[i * WTN + j] += af[i] * bf[j]
+            acc[i * WTN + j] += af[i] * bf[j]
+
+
+@device_fn
+def wgrad_mma(As, Bs, acc, af, bf, ty, tx):
+    for k2 in range(0, WBK, 2):  # two steps per iteration, as in igemm_mma
+        wgrad_step(As, Bs, acc, af, bf, ty, tx, k2)
+        wgrad_step(As, Bs, acc, af, bf, ty, tx, k2 + 1)
 
 
 @device_fn
