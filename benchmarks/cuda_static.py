@@ -56,6 +56,7 @@ class Loop:
     shared_loads: int
     global_loads: int
     int64_ops: int
+    outer_rest: int  # instructions of the enclosing loop outside this one (-1: none)
 
     @property
     def fma_share(self) -> float:
@@ -132,10 +133,20 @@ def inner_loop(ptx: str, fma_op: str) -> Loop | None:
     if not around:
         return None
     lo, hi = min(around, key=lambda lp: lp[1] - lp[0])
-    ops = [m.group(2) for line in lines[lo:hi + 1] if (m := _INSTR.match(line)) and not line.strip().startswith("//")]
+    ops = _ops(lines[lo:hi + 1])
+    outer = [lp for lp in around if lp[1] - lp[0] > hi - lo]
+    rest = -1
+    if outer:
+        olo, ohi = min(outer, key=lambda lp: lp[1] - lp[0])
+        rest = len(_ops(lines[olo:ohi + 1])) - len(ops)
     return Loop(sum(op.startswith(fma_op) for op in ops), len(ops), sum(op.startswith("ld.shared") for op in ops),
                 sum(op.startswith("ld.global") for op in ops),
-                sum(op.endswith((".s64", ".u64", ".b64")) and not op.startswith(("ld", "st", "mov")) for op in ops))
+                sum(op.endswith((".s64", ".u64", ".b64")) and not op.startswith(("ld", "st", "mov")) for op in ops),
+                rest)
+
+
+def _ops(lines: list[str]) -> list[str]:
+    return [m.group(2) for line in lines if (m := _INSTR.match(line)) and not line.strip().startswith("//")]
 
 
 def kernel_rows(names: tuple[str, ...] | None, ptxas: str | None) -> list[dict[str, Any]]:
@@ -176,26 +187,18 @@ def standard_shapes(quick: bool) -> list[tuple[str, tuple[int, int, int, int], t
 
 def shape_rows(quick: bool) -> list[dict[str, Any]]:
     from fastconv._params import conv2d_params
-    from fastconv.cuda import _geometry as geo
     from fastconv.cuda import _launch_plan as lp
-    from fastconv.cuda import conv_direct, conv_im2col
 
     rows = []
     for name, xs, ws, kw in standard_shapes(quick):
         p = conv2d_params(xs, ws, None, **kw)
-        launches = [("forward igemm", conv_im2col.plan_igemm(geo.forward(p, True), 4)),
-                    ("grad_x igemm", conv_im2col.plan_igemm(geo.input_grad(p), 4)),
-                    ("grad_weight", conv_im2col.plan_wgrad(p, 4))]
-        for what, g in (("forward direct", geo.forward(p, True)), ("grad_x direct", geo.input_grad(p))):
-            tile = conv_direct.tile_shape(g)
-            if tile is not None and g.cout_g > conv_direct.THIN_MAX:
-                grid = conv_direct.direct_grid(g, tile)
-                waves = grid[0] * grid[1] / (lp.SMS * lp.DIRECT_BLOCKS_PER_SM)
-                launches.append((what, lp.LaunchPlan("direct", (conv_direct.TK, tile.th * tile.tw, tile.cc),
-                                                     grid + (1,), 1, 0, 0, waves, f"{tile.th}x{tile.tw} pixel tile")))
-        for what, plan in launches:
-            rows.append(dict(shape=f"{name}: x{list(xs)} w{list(ws)}", launch=what, grid=plan.grid,
-                             blocks=plan.blocks, split_k=plan.split_k, waves=plan.waves, reason=plan.reason))
+        for algorithm in ("im2col", "direct"):
+            for what, plan in lp.conv_launches(p, algorithm, 4).items():
+                if algorithm == "direct" and what == "grad_weight":
+                    continue  # the same grad_weight launch as im2col
+                rows.append(dict(shape=f"{name}: x{list(xs)} w{list(ws)}", launch=f"{what} {plan.kernel}",
+                                 grid=plan.grid, blocks=plan.blocks, split_k=plan.split_k, waves=plan.waves,
+                                 reason=plan.reason))
     return rows
 
 
@@ -207,12 +210,16 @@ def to_markdown(kernels: list[dict[str, Any]], shapes: list[dict[str, Any]], met
            "`python benchmarks/cuda_static.py`; nothing here was run on a GPU.", "",
            "Resident blocks/warps per SM from registers, threads and shared memory against sm_90's limits "
            "(64 K registers, 64 warps, 32 blocks, 228 KiB shared memory). FFMA share: fused multiply-adds "
-           "over all PTX instructions of the innermost loop that holds the most of them (static count).", "",
+           "over all PTX instructions of the innermost loop that holds the most of them (static count). "
+           "Outer rest: instructions of the loop around it that lie outside it (for the GEMM kernels the "
+           "per-slab gathers, tables and stores; static, both sides of every branch counted).", "",
            "| kernel | threads | registers | stack B | spills (st/ld B) | smem B | blocks/SM | warps/SM | limit "
-           "| inner loop: FMA / instr. | FMA share |", "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|"]
+           "| inner loop: FMA / instr. | FMA share | outer rest |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in kernels:
         loop = r.get("loop")
-        share = f"{loop.fma} / {loop.instructions} | {loop.fma_share:.0%}" if loop else "- | -"
+        share = (f"{loop.fma} / {loop.instructions} | {loop.fma_share:.0%} | "
+                 f"{loop.outer_rest if loop.outer_rest >= 0 else '-'}") if loop else "- | - | -"
         if "registers" in r:
             out.append(f"| {r['kernel']} | {r['threads']} | {r['registers']} | {r['stack']} | "
                        f"{r['spill_stores']} / {r['spill_loads']} | {r['smem']} | {r['blocks_per_sm']} | "

@@ -13,7 +13,9 @@ Modules: ``_config`` (simulator or GPU, the device-function decorator),
 geometry value a kernel receives, index helpers), ``_launch_plan`` (tile sizes,
 split-K and grid decisions as pure functions), ``_arrays`` (interop, casts,
 allocation), ``conv_direct`` (output-stationary direct convolution),
-``conv_im2col`` (implicit-GEMM convolution and the weight gradient), ``pool``.
+``conv_im2col`` (implicit-GEMM convolution and the weight gradient), ``pool``,
+``_ptx`` (every kernel's signature and PTX compilation without a GPU: tests and
+``benchmarks/cuda_static.py`` only).
 Every reduction has a fixed order (no float atomics): results are bit-identical
 run to run, and on every GPU (split decisions use a fixed reference GPU).  Tile
 sizes are smaller under numba-cuda's simulator (``NUMBA_ENABLE_CUDASIM=1``),

@@ -10,7 +10,6 @@ Allocations and launches follow the device/stream rule of ``_streams``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -22,18 +21,12 @@ from .._params import _check_dtype
 from . import _streams
 from ._config import MAX_GRID_YZ, SIM, cdiv  # noqa: F401  (re-exported for the kernel modules)
 from ._geometry import split3
+from ._launch_plan import ELEMWISE_MAX_BLOCKS, ELEMWISE_TPB, elemwise_blocks  # noqa: F401
 from ._streams import launch
-
-# Elementwise launches: 256 threads, at most 16 blocks per SM of a 132-SM GPU
-# (grid-stride loops cover the rest).  Simulator: one small block.
-ELEMWISE_TPB = 8 if SIM else 256
-ELEMWISE_MAX_BLOCKS = 2 if SIM else 132 * 16
-
 
 def elemwise_grid(size: int) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over ``size`` elements."""
-    blocks = max(1, min(ELEMWISE_MAX_BLOCKS, math.ceil(size / ELEMWISE_TPB)))
-    return blocks, ELEMWISE_TPB
+    return elemwise_blocks(size), ELEMWISE_TPB
 
 
 # --------------------------------------------------------------------------- kernels

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ._config import MAX_GRID_YZ, SIM, cdiv
+from ._geometry import ConvGeom
 
 # Implicit-GEMM forward / grad_x tile (BM x BN outputs, BK-deep slabs, TM x TN per thread).
 if SIM:
@@ -26,6 +27,20 @@ if SIM:
     WBM, WBN, WBK, WTM, WTN = 4, 8, 4, 2, 2
 else:
     WBM, WBN, WBK, WTM, WTN = 64, 128, 16, 8, 8
+
+# Direct kernel: KT x PT threads, KPT x PPT outputs each, XS / WS staged input / weight elements.
+if SIM:
+    KT, KPT, PT, PPT, XS, WS = 2, 2, 4, 2, 96, 128
+else:
+    KT, KPT, PT, PPT, XS, WS = 4, 8, 32, 8, 3072, 2560
+TK = KT * KPT  # output channels per block
+TP = PT * PPT  # output pixels per block (at most)
+THIN_MAX = TK // 4  # groups with at most this many output channels use the one-thread-per-output kernel
+
+# Elementwise grid-stride launches: threads per block, and at most 16 blocks per SM of the
+# reference GPU (the loops cover the rest).
+ELEMWISE_TPB = 8 if SIM else 256
+ELEMWISE_MAX_BLOCKS = 2 if SIM else 132 * 16
 
 # The reference GPU and the occupancy of each kernel on it (see the module doc).
 SMS = 1 if SIM else 132
@@ -54,6 +69,11 @@ class LaunchPlan(NamedTuple):
     @property
     def blocks(self) -> int:
         return self.grid[0] * self.grid[1] * self.grid[2]
+
+
+def elemwise_blocks(size: int) -> int:
+    """Blocks of ELEMWISE_TPB threads for a grid-stride loop over ``size`` elements."""
+    return max(1, min(ELEMWISE_MAX_BLOCKS, cdiv(size, ELEMWISE_TPB)))
 
 
 def check_grid_rows(groups: int, rows: int, tile_rows: int) -> int:
@@ -108,6 +128,82 @@ def wgrad(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> Launc
     split, per, why = split_k(grid_x * grid_y, slabs, WGRAD_BLOCKS_PER_SM, WGRAD_MIN_SLABS_PER_SPLIT, room)
     waves = grid_x * grid_y * split / (SMS * WGRAD_BLOCKS_PER_SM)
     return LaunchPlan("wgrad", (WBM, WBN, WBK), (grid_x, grid_y, split), split, slabs, per, waves, why)
+
+
+class DirectTile(NamedTuple):
+    """A direct block's output tile (th x tw pixels, tiles_w across, tiles per image), the
+    channels staged per chunk (cc) and the input patch of one channel (php x pwp)."""
+
+    th: int
+    tw: int
+    tiles_w: int
+    tiles: int
+    cc: int
+    php: int
+    pwp: int
+
+
+def direct_tile(g: ConvGeom) -> DirectTile | None:
+    """The direct kernel's block tile, or None if one channel does not fit shared memory."""
+    if TK * g.kh * g.kw > WS:
+        return None
+    tw = min(g.ow, TP)
+    th = min(g.oh, max(1, TP // tw))
+    while True:
+        php = (th - 1) * g.sh + (g.kh - 1) * g.dh + 1
+        pwp = (tw - 1) * g.sw + (g.kw - 1) * g.dw + 1
+        if php * pwp <= XS:
+            break
+        if th > 1:
+            th = (th + 1) // 2
+        elif tw > 1:
+            tw = (tw + 1) // 2
+        else:
+            return None
+    cc = min(g.cin_g, XS // (php * pwp), WS // (TK * g.kh * g.kw))
+    tiles_w = cdiv(g.ow, tw)
+    return DirectTile(th, tw, tiles_w, cdiv(g.oh, th) * tiles_w, cc, php, pwp)
+
+
+def direct(g: ConvGeom, itemsize: int) -> tuple[LaunchPlan, DirectTile | None]:
+    """The "direct" algorithm's launch for geometry g: the one-thread-per-output kernel for
+    thin groups, the tiled kernel, or the implicit GEMM when its tile does not fit."""
+    groups = g.cout // g.cout_g
+    if g.cout_g <= THIN_MAX:
+        blocks = elemwise_blocks(g.n * g.cout * g.oh * g.ow)
+        return LaunchPlan("thin", (1, 1, g.cin_g * g.kh * g.kw), (blocks, 1, 1), 1, 0, 0,
+                          blocks * ELEMWISE_TPB / (SMS * 2048),
+                          f"{g.cout_g} output channels per group <= {THIN_MAX}: one thread per output"), None
+    tile = direct_tile(g)
+    if tile is None:
+        plan = igemm_for(g, itemsize)
+        return plan._replace(reason="direct tile does not fit shared memory: implicit GEMM; " + plan.reason), None
+    grid = (g.n * tile.tiles, check_grid_rows(groups, g.cout_g, TK), 1)
+    waves = grid[0] * grid[1] / (SMS * DIRECT_BLOCKS_PER_SM)
+    return LaunchPlan("direct", (TK, tile.th * tile.tw, tile.cc), grid, 1, 0, 0, waves,
+                      f"{tile.th}x{tile.tw}-pixel tiles, {tile.cc} channels staged per chunk"), tile
+
+
+def igemm_for(g: ConvGeom, itemsize: int) -> LaunchPlan:
+    """``igemm`` for a geometry (forward or grad_x)."""
+    return igemm(g.cout_g, g.cout // g.cout_g, g.n * g.oh * g.ow, g.cin_g * g.kh * g.kw,
+                 g.n * g.cout * g.oh * g.ow * itemsize)
+
+
+def conv_launches(p, algorithm: str, itemsize: int, need_input_grad: bool = True) -> dict[str, LaunchPlan]:
+    """Every launch one conv2d forward and backward makes on the GPU (``p``: Conv2dParams),
+    by name: "forward", "grad_x" (when asked), "grad_weight" (grad_bias is fused into it)."""
+    from . import _geometry as geo
+
+    def pick(g: ConvGeom) -> LaunchPlan:
+        return direct(g, itemsize)[0] if algorithm == "direct" else igemm_for(g, itemsize)
+
+    out = {"forward": pick(geo.forward(p, True))}
+    if need_input_grad:
+        out["grad_x"] = pick(geo.input_grad(p))
+    out["grad_weight"] = wgrad(p.kg, p.groups, p.cg * p.kh * p.kw, p.n * p.oh * p.ow,
+                               (p.k * p.cg * p.kh * p.kw + p.k) * itemsize)
+    return out
 
 
 def forced(plan: LaunchPlan, splits: int) -> LaunchPlan:

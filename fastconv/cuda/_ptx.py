@@ -17,12 +17,13 @@ def kernels() -> list[tuple[str, Any, tuple[Any, ...], int]]:
 
     from . import _arrays as A
     from . import _geometry as geo
+    from . import _launch_plan as lp
     from . import conv_direct as D
     from . import conv_im2col as I
     from . import pool as P
 
     i64, cg = T.int64, numba.typeof(geo.ConvGeom(*[0] * len(geo.ConvGeom._fields)))
-    tile = numba.typeof(D.DirectTile(*[0] * len(D.DirectTile._fields)))
+    tile = numba.typeof(lp.DirectTile(*[0] * len(lp.DirectTile._fields)))
     pg = numba.typeof(geo.PoolGeom(*[0] * len(geo.PoolGeom._fields)))
     ia = T.Array(T.int64, 1, "C")
     ew = A.ELEMWISE_TPB

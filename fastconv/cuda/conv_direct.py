@@ -25,7 +25,7 @@ global memory, as most of a 32-channel tile would idle there.
 When even one input channel's patch or the TK x R x S weights of one channel
 do not fit the shared buffers (kernels larger than 8x8 on a GPU, very large
 dilations), the call falls back to the implicit-GEMM kernel, which has no such
-limit; ``tile_shape`` returning None says so.
+limit; ``_launch_plan.direct`` decides among the three.
 
 Kernels are made of inlined device functions, one per phase.  Offsets into
 tensors are int64, so tensors beyond 2^31 elements are addressed correctly.
@@ -33,43 +33,22 @@ tensors are int64, so tensors beyond 2^31 elements are addressed correctly.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import cuda
 
 from .._params import Conv2dParams
 from . import _arrays, conv_im2col
+from . import _launch_plan as lp
 from . import _geometry as geo
 from ._arrays import flat, launch
-from ._config import MAX_GRID_YZ, SIM, cdiv, device_fn
+from ._config import device_fn
 from ._geometry import ConvGeom, nchw, split2, split3
+from ._launch_plan import KPT, KT, PPT, PT, TK, WS, XS
 
-if SIM:
-    KT, KPT, PT, PPT, XS, WS = 2, 2, 4, 2, 96, 128
-else:
-    KT, KPT, PT, PPT, XS, WS = 4, 8, 32, 8, 3072, 2560
-TK = KT * KPT  # output channels per block
-TP = PT * PPT  # output pixels per block (at most)
 NT = KT * PT  # threads per block
 ACC = KPT * PPT
-# Groups with at most this many output channels use the one-thread-per-output kernel.
-THIN_MAX = TK // 4
 
 U = np.uint64  # unsigned indices skip numba's negative-index wraparound
-
-
-class DirectTile(NamedTuple):
-    """A block's output tile (th x tw pixels, tiles_w across, tiles per image), the
-    channels staged per chunk (cc) and the input patch of one channel (php x pwp)."""
-
-    th: int
-    tw: int
-    tiles_w: int
-    tiles: int
-    cc: int
-    php: int
-    pwp: int
 
 
 @device_fn
@@ -247,54 +226,20 @@ def conv_thin_kernel(x, w, b, y, g):
 # --------------------------------------------------------------------------- host side
 
 
-def tile_shape(g: ConvGeom) -> DirectTile | None:
-    """The block tile for a launch, or None if one channel does not fit shared memory."""
-    if TK * g.kh * g.kw > WS:
-        return None
-    tw = min(g.ow, TP)
-    th = min(g.oh, max(1, TP // tw))
-    while True:
-        php = (th - 1) * g.sh + (g.kh - 1) * g.dh + 1
-        pwp = (tw - 1) * g.sw + (g.kw - 1) * g.dw + 1
-        if php * pwp <= XS:
-            break
-        if th > 1:
-            th = (th + 1) // 2
-        elif tw > 1:
-            tw = (tw + 1) // 2
-        else:
-            return None
-    cc = min(g.cin_g, XS // (php * pwp), WS // (TK * g.kh * g.kw))
-    tiles_w = cdiv(g.ow, tw)
-    return DirectTile(th, tw, tiles_w, cdiv(g.oh, th) * tiles_w, cc, php, pwp)
-
-
-def direct_grid(g: ConvGeom, tile: DirectTile) -> tuple[int, int]:
-    rows = geo.groups(g) * cdiv(g.cout_g, TK)
-    if rows > MAX_GRID_YZ:
-        raise ValueError(
-            f"groups x output-channel tiles is {rows} > {MAX_GRID_YZ} thread-block rows, beyond what "
-            "the CUDA backend launches; use fewer groups or the CPU backend"
-        )
-    return g.n * tile.tiles, rows
-
-
 def launch_conv_direct(x, w, b, y, g: ConvGeom) -> None:
-    """Launch the direct kernel writing all of y: the thin-group kernel when a group has at
-    most THIN_MAX output channels, else the tiled kernel, or the implicit GEMM if its tile
-    does not fit shared memory."""
+    """Launch what ``_launch_plan.direct`` chose, writing all of y: the thin-group kernel, the
+    tiled kernel, or the implicit GEMM when the tile does not fit shared memory."""
     if y.size == 0:
         return
     bb = flat(b) if b is not None else flat(y)[:1]
-    if g.cout_g <= THIN_MAX:
+    plan, tile = lp.direct(g, y.dtype.itemsize)
+    if plan.kernel == "thin":
         blocks, tpb = _arrays.elemwise_grid(y.size)
         launch(conv_thin_kernel, blocks, tpb, flat(x), flat(w), bb, flat(y), g)
-        return
-    tile = tile_shape(g)
-    if tile is None:
-        conv_im2col.launch_conv_igemm(x, w, b, y, g)
-        return
-    launch(conv_direct_kernel, direct_grid(g, tile), NT, flat(x), flat(w), bb, flat(y), g, tile)
+    elif plan.kernel == "igemm":
+        conv_im2col.launch_conv_igemm(x, w, b, y, g, plan)
+    else:
+        launch(conv_direct_kernel, plan.grid[:2], NT, flat(x), flat(w), bb, flat(y), g, tile)
 
 
 def conv2d_forward_direct(x, weight, bias, p: Conv2dParams):

@@ -145,12 +145,12 @@ def test_split_k_weight_grad(rng):
 def test_direct_falls_back_when_tile_does_not_fit(rng):
     """A kernel too large for the direct kernel's shared buffers runs as implicit GEMM."""
     from fastconv.cuda import _geometry as geo
-    from fastconv.cuda import conv_direct as cd
+    from fastconv.cuda import _launch_plan as lp
 
-    k = next(k for k in range(1, 64) if cd.TK * k * k > cd.WS)
-    kout = cd.THIN_MAX + 1  # more channels than the thin-group kernel takes
+    k = next(k for k in range(1, 64) if lp.TK * k * k > lp.WS)
+    kout = lp.THIN_MAX + 1  # more channels than the thin-group kernel takes
     x, w, b = _inputs(rng, (1, 2, k + 1, k + 1), (kout, 2, k, k), np.float64)
-    assert cd.tile_shape(geo.forward(conv2d_params(x.shape, w.shape, None, padding=1), True)) is None
+    assert lp.direct_tile(geo.forward(conv2d_params(x.shape, w.shape, None, padding=1), True)) is None
     y = fastconv.conv2d(dev(x), dev(w), dev(b), padding=1, algorithm="direct")
     assert_close(host(y), reference.conv2d(x, w, b, padding=1), np.float64, "y")
 
@@ -158,11 +158,11 @@ def test_direct_falls_back_when_tile_does_not_fit(rng):
 def test_direct_plan_used_for_test_shapes():
     """The direct kernel (not its fallback) runs for ordinary 3x3 shapes, over several channel chunks."""
     from fastconv.cuda import _geometry as geo
-    from fastconv.cuda import conv_direct as cd
+    from fastconv.cuda import _launch_plan as lp
 
-    tile = cd.tile_shape(geo.forward(conv2d_params((2, 5, 7, 6), (6, 5, 3, 3), None, stride=2), False))
+    tile = lp.direct_tile(geo.forward(conv2d_params((2, 5, 7, 6), (6, 5, 3, 3), None, stride=2), False))
     assert tile is not None
-    assert tile.th * tile.tw <= cd.TP and tile.cc * tile.php * tile.pwp <= cd.XS
+    assert tile.th * tile.tw <= lp.TP and tile.cc * tile.php * tile.pwp <= lp.XS
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator computes inf*0 in NumPy

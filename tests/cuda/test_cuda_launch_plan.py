@@ -97,3 +97,24 @@ def test_forced_split_k_weight_grad_matches_reference(rng):
     _, rw, rb = reference.conv2d_backward(gy, x, w, **kw)
     assert_close(host(gw), rw, np.float64, "grad_weight")
     assert_close(host(gb), rb, np.float64, "grad_bias")
+
+
+def test_direct_chooses_thin_tiled_or_implicit_gemm():
+    p = conv2d_params((2, 4, 6, 6), (4, 1, 3, 3), None, padding=1, groups=4)  # depthwise
+    assert lp.direct(geo.forward(p, False), 4)[0].kernel == "thin"
+    k = next(k for k in range(1, 64) if lp.TK * k * k > lp.WS)
+    q = conv2d_params((1, 2, k + 1, k + 1), (lp.THIN_MAX + 1, 2, k, k), None, padding=1)
+    plan, tile = lp.direct(geo.forward(q, False), 8)
+    assert plan.kernel == "igemm" and tile is None and plan.reason.startswith("direct tile does not fit")
+    r = conv2d_params((2, 5, 7, 6), (lp.THIN_MAX + 1, 5, 3, 3), None, stride=2)
+    plan, tile = lp.direct(geo.forward(r, False), 4)
+    assert plan.kernel == "direct" and plan.grid == (2 * tile.tiles, 1, 1)
+    assert tile.th * tile.tw <= lp.TP and tile.cc * tile.php * tile.pwp <= lp.XS
+
+
+def test_conv_launches_names_every_launch(h100):
+    p = conv2d_params((128, 32, 13, 13), (64, 32, 3, 3), None)
+    full = lp.conv_launches(p, "im2col", 4)
+    assert list(full) == ["forward", "grad_x", "grad_weight"]
+    assert full["forward"].grid == (121, 1, 8) and full["grad_weight"].kernel == "wgrad"
+    assert list(lp.conv_launches(p, "direct", 4, need_input_grad=False)) == ["forward", "grad_weight"]
