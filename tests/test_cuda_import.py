@@ -102,6 +102,6 @@ def test_static_evidence_script_runs_quick(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     text = out.read_text()
     assert "| conv_igemm_kernel[float32] | 128 |" in text
-    assert "| mnist-conv2 b128: x[128, 32, 13, 13] w[64, 32, 3, 3] | forward igemm | (121, 1, 8) | 968 | 8 |" in text
+    assert "| mnist-13 3x3: x[128, 32, 13, 13] w[64, 32, 3, 3] | forward igemm | (121, 1, 8) | 968 | 8 |" in text
     if "no ptxas" not in text:  # ptxas present: registers and occupancy were measured
         assert "| registers |" in text

@@ -49,6 +49,7 @@ WGRAD_BLOCKS_PER_SM = 2 if SIM else 2
 DIRECT_BLOCKS_PER_SM = 2 if SIM else 3
 
 MIN_WAVES = 2  # below this a layer leaves SMs idle in its last wave: split the reduction
+SPLIT_BELOW = 0.9 * MIN_WAVES  # ... but a layer this close to MIN_WAVES is not worth a workspace
 MIN_SLABS_PER_SPLIT = 2 if SIM else 4  # each split keeps enough slabs to amortise its prologue
 WGRAD_MIN_SLABS_PER_SPLIT = 2 if SIM else 4
 SPLIT_WORKSPACE_BYTES = 64 << 20  # bound on the partial-sum buffer of one launch
@@ -92,7 +93,7 @@ def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split
     wave = SMS * per_sm
     if slabs == 0:  # an empty reduction (zero batch): one launch writes the zeros
         return 1, 0, "empty reduction"
-    if base_blocks >= MIN_WAVES * wave:
+    if base_blocks >= SPLIT_BELOW * wave:
         return 1, slabs, f"{base_blocks} tiles fill {base_blocks / wave:.1f} waves"
     want = cdiv(MIN_WAVES * wave, max(base_blocks, 1))
     per = max(min_slabs, slabs // want)  # the largest chunk that still reaches MIN_WAVES

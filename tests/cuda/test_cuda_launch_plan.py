@@ -30,7 +30,7 @@ def test_split_k_covers_the_reduction_exactly(blocks, slabs):
     if slabs:
         assert split * per >= slabs and (split - 1) * per < slabs  # every split has work
     target = lp.MIN_WAVES * lp.SMS * 3
-    if blocks >= target:
+    if blocks >= lp.SPLIT_BELOW * lp.SMS * 3:
         assert split == 1
     else:  # split enough to fill the waves, unless each chunk is already the minimum
         assert split == 1 or blocks * split >= target or per <= 4 or split == (1 << 20)
