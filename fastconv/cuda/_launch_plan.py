@@ -88,7 +88,8 @@ def check_grid_rows(groups: int, rows: int, tile_rows: int) -> int:
     return gy
 
 
-def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split: int) -> tuple[int, int, str]:
+def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split: int,
+            unit: str = "slabs") -> tuple[int, int, str]:
     """(splits, slabs per split, reason) so that ``base_blocks`` output tiles fill MIN_WAVES waves."""
     wave = SMS * per_sm
     if slabs == 0:  # an empty reduction (zero batch): one launch writes the zeros
@@ -102,9 +103,9 @@ def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split
     split = cdiv(slabs, per)
     if split == 1:
         return 1, slabs, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves, but the reduction "
-                          f"({slabs} slabs) is too short to split")
+                          f"({slabs} {unit}) is too short to split")
     return split, per, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves < {MIN_WAVES}: "
-                        f"split-K x{split} ({per} slabs each), fixed-order sum")
+                        f"split-K x{split} ({per} {unit} each), fixed-order sum")
 
 
 def igemm(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> LaunchPlan:
@@ -133,7 +134,8 @@ def wgrad(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> Launc
 
 class DirectTile(NamedTuple):
     """A direct block's output tile (th x tw pixels, tiles_w across, tiles per image), the
-    channels staged per chunk (cc) and the input patch of one channel (php x pwp)."""
+    channels staged per chunk (cc), the input patch of one channel (php x pwp) and the input
+    channels of one split-K chunk (cps, a multiple of cc)."""
 
     th: int
     tw: int
@@ -142,6 +144,7 @@ class DirectTile(NamedTuple):
     cc: int
     php: int
     pwp: int
+    cps: int
 
 
 def direct_tile(g: ConvGeom) -> DirectTile | None:
@@ -163,7 +166,7 @@ def direct_tile(g: ConvGeom) -> DirectTile | None:
             return None
     cc = min(g.cin_g, XS // (php * pwp), WS // (TK * g.kh * g.kw))
     tiles_w = cdiv(g.ow, tw)
-    return DirectTile(th, tw, tiles_w, cdiv(g.oh, th) * tiles_w, cc, php, pwp)
+    return DirectTile(th, tw, tiles_w, cdiv(g.oh, th) * tiles_w, cc, php, pwp, g.cin_g)
 
 
 def direct(g: ConvGeom, itemsize: int) -> tuple[LaunchPlan, DirectTile | None]:
@@ -179,10 +182,20 @@ def direct(g: ConvGeom, itemsize: int) -> tuple[LaunchPlan, DirectTile | None]:
     if tile is None:
         plan = igemm_for(g, itemsize)
         return plan._replace(reason="direct tile does not fit shared memory: implicit GEMM; " + plan.reason), None
-    grid = (g.n * tile.tiles, check_grid_rows(groups, g.cout_g, TK), 1)
-    waves = grid[0] * grid[1] / (SMS * DIRECT_BLOCKS_PER_SM)
-    return LaunchPlan("direct", (TK, tile.th * tile.tw, tile.cc), grid, 1, 0, 0, waves,
-                      f"{tile.th}x{tile.tw}-pixel tiles, {tile.cc} channels staged per chunk"), tile
+    base = (g.n * tile.tiles, check_grid_rows(groups, g.cout_g, TK))
+    chunks = cdiv(g.cin_g, tile.cc)
+    room = max(1, SPLIT_WORKSPACE_BYTES // max(g.n * g.cout * g.oh * g.ow * itemsize, 1))
+    split, per, why = split_k(base[0] * base[1], chunks, DIRECT_BLOCKS_PER_SM, 1, room, "channel chunks")
+    plan = LaunchPlan("direct", (TK, tile.th * tile.tw, tile.cc), base + (split,), split, chunks, per,
+                      base[0] * base[1] * split / (SMS * DIRECT_BLOCKS_PER_SM),
+                      f"{tile.th}x{tile.tw}-pixel tiles, {tile.cc} channels staged per chunk; {why}")
+    return plan, tile._replace(cps=per * tile.cc)
+
+
+def forced_direct(plan: LaunchPlan, tile: DirectTile, splits: int) -> tuple[LaunchPlan, DirectTile]:
+    """A direct launch with ``splits`` input-channel chunks (tests force split-K on tiny shapes)."""
+    plan = forced(plan, splits)
+    return plan, tile._replace(cps=plan.slabs_per_split * tile.cc)
 
 
 def igemm_for(g: ConvGeom, itemsize: int) -> LaunchPlan:

@@ -127,6 +127,8 @@ def direct_mma(xs, ws, acc, wf, xf, off, kt, ccn, g, tile):
 
 @device_fn
 def direct_write(y, b, acc, g, tile, nn, grp, k0, oh0, ow0, kt, pix):
+    """y (or split z's partial, with the bias in split 0 only) = acc."""
+    zoff = cuda.blockIdx.z * g.n * g.cout * g.oh * g.ow
     for j in range(PPT):
         q = pix + j * PT
         if q < tile.th * tile.tw:
@@ -139,15 +141,16 @@ def direct_write(y, b, acc, g, tile, nn, grp, k0, oh0, ow0, kt, pix):
                     if co < g.cout_g:
                         k = grp * g.cout_g + co
                         v = acc[i * PPT + j]
-                        if g.has_bias:
+                        if g.has_bias and cuda.blockIdx.z == 0:
                             v += b[k]
-                        y[U(nchw(nn, k, ohq, owq, g.cout, g.oh, g.ow))] = v
+                        y[U(zoff + nchw(nn, k, ohq, owq, g.cout, g.oh, g.ow))] = v
 
 
 @cuda.jit(cache=True)
 def conv_direct_kernel(x, w, b, y, g, tile):
     """y (N, cout, oh, ow) = conv of x (``ConvGeom`` g), output-stationary tiles (``DirectTile``).
-    Grid: (N * tiles, groups * channel tiles)."""
+    Grid: (N * tiles, groups * channel tiles, splits); split z sums input channels
+    [z * cps, (z + 1) * cps) and writes y[z] of a (splits,) + y workspace."""
     xs = cuda.shared.array(XS, dtype=y.dtype)
     ws = cuda.shared.array(WS, dtype=y.dtype)
     acc = cuda.local.array(ACC, dtype=y.dtype)
@@ -170,8 +173,9 @@ def conv_direct_kernel(x, w, b, y, g, tile):
     iw0 = ow0 * g.sw - g.pl
     x_base = (nn * g.cin + grp * g.cin_g) * g.hin * g.win
 
-    for cb in range(0, g.cin_g, tile.cc):
-        ccn = min(tile.cc, g.cin_g - cb)
+    c_end = min(cuda.blockIdx.z * tile.cps + tile.cps, g.cin_g)  # split z: channels [z*cps, c_end)
+    for cb in range(cuda.blockIdx.z * tile.cps, c_end, tile.cc):
+        ccn = min(tile.cc, c_end - cb)
         stage_patch(xs, x, t, cb, ccn, x_base, ih0, iw0, g, tile, zero)
         stage_weights(ws, w, t, cb, ccn, grp, k0, g, zero)
         cuda.syncthreads()
@@ -226,20 +230,25 @@ def conv_thin_kernel(x, w, b, y, g):
 # --------------------------------------------------------------------------- host side
 
 
-def launch_conv_direct(x, w, b, y, g: ConvGeom) -> None:
-    """Launch what ``_launch_plan.direct`` chose, writing all of y: the thin-group kernel, the
-    tiled kernel, or the implicit GEMM when the tile does not fit shared memory."""
+def launch_conv_direct(x, w, b, y, g: ConvGeom, chosen: tuple[lp.LaunchPlan, lp.DirectTile | None] | None = None
+                       ) -> None:
+    """Launch what ``_launch_plan.direct`` chose (or ``chosen``), writing all of y: the thin-group
+    kernel, the tiled kernel (split over input channels when it fills too few waves), or the
+    implicit GEMM when the tile does not fit shared memory."""
     if y.size == 0:
         return
     bb = flat(b) if b is not None else flat(y)[:1]
-    plan, tile = lp.direct(g, y.dtype.itemsize)
+    plan, tile = chosen or lp.direct(g, y.dtype.itemsize)
     if plan.kernel == "thin":
         blocks, tpb = _arrays.elemwise_grid(y.size)
         launch(conv_thin_kernel, blocks, tpb, flat(x), flat(w), bb, flat(y), g)
     elif plan.kernel == "igemm":
         conv_im2col.launch_conv_igemm(x, w, b, y, g, plan)
     else:
-        launch(conv_direct_kernel, plan.grid[:2], NT, flat(x), flat(w), bb, flat(y), g, tile)
+        out = y if plan.split_k == 1 else _arrays.device_array((plan.split_k,) + tuple(y.shape), y.dtype)
+        launch(conv_direct_kernel, plan.grid, NT, flat(x), flat(w), bb, flat(out), g, tile)
+        if plan.split_k > 1:
+            conv_im2col.sum_splits(out, y, plan.split_k)
 
 
 def conv2d_forward_direct(x, weight, bias, p: Conv2dParams):

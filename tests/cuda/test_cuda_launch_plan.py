@@ -108,7 +108,7 @@ def test_direct_chooses_thin_tiled_or_implicit_gemm():
     assert plan.kernel == "igemm" and tile is None and plan.reason.startswith("direct tile does not fit")
     r = conv2d_params((2, 5, 7, 6), (lp.THIN_MAX + 1, 5, 3, 3), None, stride=2)
     plan, tile = lp.direct(geo.forward(r, False), 4)
-    assert plan.kernel == "direct" and plan.grid == (2 * tile.tiles, 1, 1)
+    assert plan.kernel == "direct" and plan.grid[:2] == (2 * tile.tiles, 1) and tile.cps % tile.cc == 0
     assert tile.th * tile.tw <= lp.TP and tile.cc * tile.php * tile.pwp <= lp.XS
 
 
@@ -118,3 +118,27 @@ def test_conv_launches_names_every_launch(h100):
     assert list(full) == ["forward", "grad_x", "grad_weight"]
     assert full["forward"].grid == (121, 1, 8) and full["grad_weight"].kernel == "wgrad"
     assert list(lp.conv_launches(p, "direct", 4, need_input_grad=False)) == ["forward", "grad_weight"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forced_split_k_direct_matches_reference(rng, dtype):
+    """The direct kernel split over input-channel chunks: bias added once, chunks summed in order."""
+    from fastconv.cuda import _arrays, conv_direct as cd
+
+    kw = dict(stride=(2, 1), padding=1)
+    c = max(3 * (lp.WS // (lp.TK * 9)) + 1, lp.THIN_MAX + 1)  # at least three channel chunks both ways
+    x = rng.standard_normal((2, c, 6, 5)).astype(dtype)
+    w = rng.standard_normal((c, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(w.shape[0]).astype(dtype)
+    p = conv2d_params(x.shape, w.shape, None, **kw)
+    for g, xin, want in ((geo.forward(p, True), x, reference.conv2d(x, w, b, **kw)), (geo.input_grad(p), None, None)):
+        plan, tile = lp.direct(g, x.itemsize)
+        assert plan.kernel == "direct" and plan.slabs >= 3, "several channel chunks to split"
+        plan, tile = lp.forced_direct(plan, tile, 3)
+        assert plan.split_k > 1 and tile.cps < g.cin_g
+        if xin is None:  # grad_x: the transposed convolution of grad_output
+            xin = rng.standard_normal(p.y_shape).astype(dtype)
+            want = reference.conv2d_backward(xin, x, w, **kw)[0]
+        out = _arrays.empty((g.n, g.cout, g.oh, g.ow), dtype)
+        cd.launch_conv_direct(dev(xin), dev(w), dev(b) if g.has_bias else None, out, g, (plan, tile))
+        assert_close(host(out), want, dtype, "split direct")
