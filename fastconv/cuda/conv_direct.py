@@ -13,6 +13,10 @@ chunks of CC channels: the chunk's input patch ((TH-1)*sh + (R-1)*dh + 1 rows x
 TK x CC x R x S weights are staged in shared memory (XS and WS elements:
 12 + 10 KiB in float32), then every thread walks (c, i, j).
 
+When the tiles would fill fewer than two waves, grid z splits the input
+channels into chunks (``_launch_plan.direct``): each writes a partial output,
+summed in a fixed order afterwards.
+
 grad_x uses the same kernel on the transposed convolution
 (``_geometry.input_grad``): a gather over the output positions each input pixel
 feeds, no scatter, no atomics.  grad_weight and grad_bias are the deterministic
