@@ -214,8 +214,8 @@ def summary(kernels: list[dict[str, Any]], shapes: list[dict[str, Any]]) -> list
             f"- No spills: {'met' if not spills else 'missed by ' + ', '.join(spills)}.",
             f"- FMA share >= 60 % in the conv inner loops: {'met' if not low else 'missed by ' + ', '.join(low)}.",
             f"- >= {lp.MIN_WAVES} waves: {len(shapes) - len(short)} of {len(shapes)} launches "
-            f"({sum(s['waves'] >= lp.SPLIT_BELOW for s in short)} more within 10 %); the rest are small layers "
-            "whose reduction is too short to split further, and direct-kernel launches (no split-K there).", ""]
+            f"({sum(s['waves'] >= lp.SPLIT_BELOW for s in short)} more within 10 %, not split); the rest are layers "
+            "too small for 132 SMs even split, or whose reduction is too short to split (column 'why').", ""]
 
 
 def to_markdown(kernels: list[dict[str, Any]], shapes: list[dict[str, Any]], meta: dict[str, str]) -> str:
