@@ -155,8 +155,9 @@ class _HostView:
     """``__array_interface__`` twin of a CUDA array interface (simulator only)."""
 
     def __init__(self, desc: dict[str, Any]) -> None:
-        self.__array_interface__ = {k: desc[k] for k in ("shape", "typestr", "data", "strides") if k in desc}
-        self.__array_interface__["version"] = 3
+        host: dict[str, Any] = {k: desc[k] for k in ("shape", "typestr", "data", "strides") if k in desc}
+        host["version"] = 3
+        self.__array_interface__ = host
 
 
 def asarray(a: Any, name: str):

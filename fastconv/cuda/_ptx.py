@@ -13,7 +13,9 @@ from typing import Any
 def kernels() -> list[tuple[str, Any, tuple[Any, ...], int]]:
     """(name, kernel, argument types, threads per block) for every kernel in float32 and float64."""
     import numba
-    from numba.cuda import types as T
+    from numba.cuda import types as cuda_types
+
+    T: Any = cuda_types  # attributes are created at import time: opaque to type checkers
 
     from . import _arrays as A
     from . import _geometry as geo
