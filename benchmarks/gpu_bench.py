@@ -1,11 +1,15 @@
 """fastconv CUDA kernels vs cuDNN (through torch, TF32 off) and CuPy's cuDNN
 bindings where present: conv2d forward/backward and max-pool forward/backward
 at the foundation issue's 3x3 shapes scaled to batch 128, plus the device's
-measured copy bandwidth for the memory-bound pooling.
+measured copy bandwidth for the memory-bound pooling, and one MNIST training
+epoch (the Keras-book convnet, batch 64, synthetic data) of fastconv.nn on the
+GPU against the same model in torch on the GPU.  The GPU day's commands are in
+docs/cuda.md.
 
     python benchmarks/gpu_bench.py                 # writes benchmarks/results/gpu-<device>.{md,json}
     python benchmarks/gpu_bench.py --quick         # small shapes, 3 reps: checks the script, measures little
     python benchmarks/gpu_bench.py --reps 50 --out /tmp/gb
+    python benchmarks/gpu_bench.py --no-mnist      # kernels only
 
 Without a CUDA GPU (or under NUMBA_ENABLE_CUDASIM) it prints why and exits 0.
 
@@ -63,6 +67,7 @@ class Pool:
 
 CONVS = [
     Conv("mnist-13 3x3", (128, 32, 13, 13), 64),
+    Conv("mnist-5 3x3", (128, 64, 5, 5), 64),
     Conv("mnist-26 3x3", (128, 32, 26, 26), 64),
     Conv("resnet-56 3x3 pad1", (128, 64, 56, 56), 64, padding=1),
     Conv("resnet-14 3x3 pad1", (128, 256, 14, 14), 256, padding=1),
@@ -86,7 +91,7 @@ def why_no_gpu() -> str | None:
         return "torch sees no CUDA GPU"
     import fastconv.cuda
 
-    reason = fastconv.cuda._unavailable_reason()
+    reason = fastconv.cuda.unavailable_reason()
     return None if reason is None else f"fastconv.cuda unavailable: {reason}"
 
 
@@ -255,6 +260,43 @@ def bench_pool(pc: Pool, torch: Any, reps: int, run: Any, bw: float) -> list[dic
     return rows
 
 
+def bench_mnist(torch: Any, images: int, epochs: int, run: Callable[[Callable[[], Any]], float]) -> list[dict[str, Any]]:
+    """One training epoch of the Keras-book MNIST convnet on the GPU: fastconv.nn vs torch
+    (same model, batch 64, RMSprop with Keras' defaults), epochs interleaved, medians."""
+    import numpy as np
+
+    from fastconv.nn.zoo import keras_mnist_convnet
+
+    rng = np.random.default_rng(0)
+    x = rng.random((images, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, size=images)
+    model, optimizer, batch = keras_mnist_convnet(device="cuda", seed=0)
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    tnn, F = torch.nn, torch.nn.functional
+    torch.manual_seed(0)
+    net = tnn.Sequential(tnn.Conv2d(1, 32, 3), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(32, 64, 3), tnn.ReLU(),
+                         tnn.MaxPool2d(2), tnn.Conv2d(64, 64, 3), tnn.ReLU(), tnn.Flatten(), tnn.Linear(576, 64),
+                         tnn.ReLU(), tnn.Linear(64, 10)).cuda()
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).cuda()
+    ty = torch.from_numpy(y).cuda()
+
+    def torch_epoch() -> None:
+        order = torch.randperm(images, device="cuda")
+        for lo in range(0, images, batch):
+            idx = order[lo:lo + batch]
+            opt.zero_grad()
+            F.cross_entropy(net(tx[idx]), ty[idx]).backward()
+            opt.step()
+
+    fns = {"fastconv.nn": lambda: model.fit(x, y, epochs=1, batch_size=batch, verbose=0, seed=0),
+           "torch": torch_epoch}
+    t = measure(fns, epochs, run)
+    return [dict(op="MNIST epoch", shape=f"{images} images, batch {batch}", impl=impl, ms=sec * 1e3,
+                 rate=images / sec / 1e3, unit="k images/s", vs_cudnn=t["torch"] / sec, goal=None)
+            for impl, sec in t.items()]
+
+
 def to_markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     out = [f"# fastconv CUDA vs cuDNN on {meta['device']}", "",
            f"{meta['date']}; torch {meta['torch']} (cuDNN {meta['cudnn']}, allow_tf32=False), "
@@ -278,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="small shapes, 3 reps")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--no-mnist", action="store_true", help="leave out the MNIST training epoch")
+    ap.add_argument("--mnist-images", type=int, default=60000, help="images per MNIST epoch (default 60000)")
     ap.add_argument("--no-torch-allocator", action="store_true",
                     help="keep numba's own allocator (cudaMalloc per fastconv output)")
     args = ap.parse_args(argv)
@@ -310,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(to_markdown(meta, rows).splitlines()[-1], flush=True)
     for pc in QUICK_POOLS if args.quick else POOLS:
         rows += bench_pool(pc, torch, reps, run, bw)
+    if not args.no_mnist:
+        rows += bench_mnist(torch, 1024 if args.quick else args.mnist_images, 1 if args.quick else 3, run)
     md = to_markdown(meta, rows)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,8 @@ def _conv2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation:
         return be.zeros(p.y_shape, dtype)
     x, weight = be.ascompute(x, dtype), be.ascompute(weight, dtype)
     bias = None if bias is None else be.ascompute(bias, dtype)
-    return be.conv2d_forward(x, weight, bias, p, _dispatch.conv2d_algorithm(algorithm, p, name), saved)
+    extra = (saved,) if name == "cpu" else ()  # the CUDA backend takes no saved dict
+    return be.conv2d_forward(x, weight, bias, p, _dispatch.conv2d_algorithm(algorithm, p, name), *extra)
 
 
 def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
@@ -95,7 +96,8 @@ def _conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding
         return gx, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
     gy, x, weight = be.ascompute(gy, dtype), be.ascompute(x, dtype), be.ascompute(weight, dtype)
     alg = _dispatch.conv2d_algorithm(algorithm, p, name, need_input_grad)
-    return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad, saved)
+    extra = (saved,) if name == "cpu" else ()  # the CUDA backend takes no saved dict
+    return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad, *extra)
 
 
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,

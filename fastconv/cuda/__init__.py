@@ -8,12 +8,24 @@ probe lazily, and the kernel modules (which import ``numba.cuda``) are loaded
 on first use.  Arguments arriving here are validated, of the compute dtype and
 C-contiguous device arrays; results are numba device arrays.
 
-Kernel modules: ``_arrays`` (interop, casts, allocation, launch sizes),
-``conv_direct`` (output-stationary direct convolution), ``conv_im2col``
-(implicit-GEMM convolution and the split-K weight gradient), ``pool``.
+Modules: ``_config`` (simulator or GPU, the device-function decorator),
+``_streams`` (which device and stream a call runs on), ``_geometry`` (the
+geometry value a kernel receives, index helpers), ``_launch_plan`` (tile sizes,
+split-K and grid decisions as pure functions), ``_arrays`` (interop, casts,
+allocation), ``conv_direct`` (output-stationary direct convolution),
+``conv_im2col`` (implicit-GEMM convolution and the weight gradient), ``pool``,
+``_ptx`` (every kernel's signature and PTX compilation without a GPU: tests and
+``benchmarks/cuda_static.py`` only).
 Every reduction has a fixed order (no float atomics): results are bit-identical
-run to run on a given GPU.  Tile sizes are smaller under numba-cuda's simulator
-(``NUMBA_ENABLE_CUDASIM=1``), which runs every thread as a Python thread.
+run to run, and on every GPU (split decisions use a fixed reference GPU).  Tile
+sizes are smaller under numba-cuda's simulator (``NUMBA_ENABLE_CUDASIM=1``),
+which runs every thread as a Python thread.
+
+Devices and streams: every call runs on the device holding its inputs (inputs
+on two devices are a ``ValueError``) and on the stream of its inputs (torch's
+current stream for torch tensors, the ``__cuda_array_interface__`` v3 stream,
+a numba array's ``.stream``, else numba's default stream); see ``_streams`` and
+``docs/cuda.md``.
 
 Tests: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q`` (simulator,
 tiny shapes); on a GPU machine ``python -m pytest tests/cuda -q`` runs the same
@@ -30,6 +42,7 @@ from typing import Any
 __all__ = [
     "is_available",
     "require_available",
+    "unavailable_reason",
     "asarray",
     "ascompute",
     "zeros",
@@ -41,7 +54,7 @@ __all__ = [
 ]
 
 
-def _unavailable_reason() -> str | None:
+def unavailable_reason() -> str | None:
     """None if kernels can run (a GPU, or numba-cuda's simulator), else why not."""
     if importlib.util.find_spec("numba_cuda") is None:
         return ("numba-cuda is not installed (pip install 'numba-cuda[cu12]' or "
@@ -61,14 +74,17 @@ def _unavailable_reason() -> str | None:
                " (for testing without a GPU set NUMBA_ENABLE_CUDASIM=1 before numba is imported)"))
 
 
+_unavailable_reason = unavailable_reason  # the name before it was public
+
+
 def is_available() -> bool:
     """True if CUDA kernels can run here: numba-cuda importable and a GPU (or the simulator) present."""
-    return _unavailable_reason() is None
+    return unavailable_reason() is None
 
 
 def require_available() -> None:
     """Raise ``RuntimeError`` saying why no GPU can be used, if none can."""
-    reason = _unavailable_reason()
+    reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"fastconv got CUDA arrays but cannot run CUDA kernels: {reason}")
 
@@ -103,36 +119,48 @@ def index_range(indices: Any) -> tuple[int, int]:
     return _index_range(indices)
 
 
-def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str, saved: Any = None):
-    if algorithm == "direct":
-        from .conv_direct import conv2d_forward_direct
+def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str) -> Any:
+    """y (N, K, OH, OW) by ``algorithm`` ("direct" or "im2col"), on the inputs' device and stream."""
+    from . import _streams
 
-        return conv2d_forward_direct(x, weight, bias, p)
-    from .conv_im2col import conv2d_forward_im2col
+    with _streams.on_inputs(x=x, weight=weight, bias=bias):
+        if algorithm == "direct":
+            from .conv_direct import conv2d_forward_direct
 
-    return conv2d_forward_im2col(x, weight, bias, p)
+            return conv2d_forward_direct(x, weight, bias, p)
+        from .conv_im2col import conv2d_forward_im2col
 
-
-def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True,
-                    saved: Any = None):
-    """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False.
-    ``saved`` (``fastconv._conv2d``'s reuse of a prepared input) is a CPU matter: ignored."""
-    if algorithm == "direct":
-        from .conv_direct import conv2d_backward_direct
-
-        return conv2d_backward_direct(gy, x, weight, p, need_input_grad)
-    from .conv_im2col import conv2d_backward_im2col
-
-    return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)
+        return conv2d_forward_im2col(x, weight, bias, p)
 
 
-def max_pool2d_forward(x: Any, p: Any, return_indices: bool):
+def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True
+                    ) -> tuple[Any, Any, Any]:
+    """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False."""
+    from . import _streams
+
+    with _streams.on_inputs(grad_output=gy, x=x, weight=weight):
+        if algorithm == "direct":
+            from .conv_direct import conv2d_backward_direct
+
+            return conv2d_backward_direct(gy, x, weight, p, need_input_grad)
+        from .conv_im2col import conv2d_backward_im2col
+
+        return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)
+
+
+def max_pool2d_forward(x: Any, p: Any, return_indices: bool) -> Any:
+    from . import _streams
     from .pool import max_pool2d_forward as fwd
 
-    return fwd(x, p, return_indices)
+    with _streams.on_inputs(x=x):
+        return fwd(x, p, return_indices)
 
 
-def max_pool2d_backward(gy: Any, indices: Any, p: Any):
+def max_pool2d_backward(gy: Any, indices: Any, p: Any) -> Any:
+    """grad_x; an index outside its plane is skipped on the device (never written out of
+    bounds), so callers may leave out ``index_range`` for indices their forward made."""
+    from . import _streams
     from .pool import max_pool2d_backward as bwd
 
-    return bwd(gy, indices, p)
+    with _streams.on_inputs(grad_output=gy, indices=indices):
+        return bwd(gy, indices, p)

@@ -5,11 +5,11 @@ Elementwise kernels use a grid-stride loop with int64 flat indices, so any
 array size is handled by a bounded grid.  Under numba-cuda's simulator every
 CUDA thread is a Python thread and every block costs a thread start-up, so the
 launch helpers shrink grids there (the kernels are written for any grid size).
+Allocations and launches follow the device/stream rule of ``_streams``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -18,31 +18,15 @@ from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
 
 from .. import _alloc
 from .._params import _check_dtype
-
-try:  # numba-cuda keeps its own config module; old numba.cuda used numba.config
-    from numba.cuda.core import config as _config
-except ImportError:  # pragma: no cover - older numba-cuda
-    from numba.core import config as _config
-
-SIM = bool(_config.ENABLE_CUDASIM)
-
-# Elementwise launches: 256 threads, at most 4 resident-ish blocks per SM worth
-# of grid (grid-stride loops cover the rest).  Simulator: one small block.
-ELEMWISE_TPB = 8 if SIM else 256
-ELEMWISE_MAX_BLOCKS = 2 if SIM else 132 * 16
-
-# Blocks one grid dimension may have (CUDA limit for y and z).
-MAX_GRID_YZ = 65535
-
+from . import _streams
+from ._config import MAX_GRID_YZ, SIM, cdiv  # noqa: F401  (re-exported for the kernel modules)
+from ._geometry import split3
+from ._launch_plan import ELEMWISE_MAX_BLOCKS, ELEMWISE_TPB, elemwise_blocks  # noqa: F401
+from ._streams import launch
 
 def elemwise_grid(size: int) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over ``size`` elements."""
-    blocks = max(1, min(ELEMWISE_MAX_BLOCKS, math.ceil(size / ELEMWISE_TPB)))
-    return blocks, ELEMWISE_TPB
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+    return elemwise_blocks(size), ELEMWISE_TPB
 
 
 # --------------------------------------------------------------------------- kernels
@@ -69,19 +53,15 @@ def _copy_1d(src, dst):
 
 
 @cuda.jit(cache=True)
-def _copy_4d(src, dst, d1, d2, d3):
+def _copy_4d(src, dst):
     """dst (flat, C order) = src (4-D, any strides, any real dtype), converting dtype."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
+    d1, d2, d3 = src.shape[1], src.shape[2], src.shape[3]
     while i < dst.size:
-        j = i
-        i3 = j % d3
-        j //= d3
-        i2 = j % d2
-        j //= d2
-        i1 = j % d1
-        i0 = j // d1
-        dst[i] = src[i0, i1, i2, i3]
+        nc, i2, i3 = split3(i, d2, d3)
+        i0 = nc // d1
+        dst[i] = src[i0, nc - i0 * d1, i2, i3]
         i += step
 
 
@@ -123,7 +103,9 @@ def _index_minmax(idx, out):
 
 
 def device_array(shape: tuple[int, ...], dtype: Any):
-    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype))
+    """Uninitialised array on the current device, carrying the current call's stream."""
+    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype),
+                             stream=_streams.current_stream())
 
 
 def fill(a, value) -> None:
@@ -131,7 +113,7 @@ def fill(a, value) -> None:
     if a.size:
         flat_a = flat(a)
         blocks, tpb = elemwise_grid(a.size)
-        _fill[blocks, tpb](flat_a, flat_a.dtype.type(value))
+        launch(_fill, blocks, tpb, flat_a, flat_a.dtype.type(value))
 
 
 def empty(shape: tuple[int, ...], dtype: Any):
@@ -155,12 +137,35 @@ def flat(a):
     return a.reshape(a.size)
 
 
+def _wrap_interface(a: Any):
+    """Zero-copy numba view of an object exposing ``__cuda_array_interface__``, tagged with
+    its device and stream (``_streams``); no host synchronisation on the producer's stream."""
+    device, stream = _streams.source_device_and_stream(a)
+    if SIM:  # the simulator has no from_cuda_array_interface: its device memory is host memory
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        arr = FakeCUDAArray(np.asarray(_HostView(a.__cuda_array_interface__)))
+    else:
+        with cuda.gpus[device]:
+            arr = cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+    return _streams.tag(arr, device, stream)
+
+
+class _HostView:
+    """``__array_interface__`` twin of a CUDA array interface (simulator only)."""
+
+    def __init__(self, desc: dict[str, Any]) -> None:
+        host: dict[str, Any] = {k: desc[k] for k in ("shape", "typestr", "data", "strides") if k in desc}
+        host["version"] = 3
+        self.__array_interface__ = host
+
+
 def asarray(a: Any, name: str):
     """A numba device array viewing ``a`` (zero-copy) with a real dtype.
 
     numba device arrays (and the simulator's) pass through; anything else with
-    ``__cuda_array_interface__`` (CuPy, torch CUDA tensors) is wrapped by
-    ``numba.cuda.as_cuda_array`` without copying.
+    ``__cuda_array_interface__`` (CuPy, torch CUDA tensors) is wrapped without
+    copying, remembering its device and stream (see ``_streams``).
     """
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
@@ -168,7 +173,7 @@ def asarray(a: Any, name: str):
         arr = a
     elif hasattr(a, "__cuda_array_interface__"):
         try:
-            arr = cuda.as_cuda_array(a)
+            arr = _wrap_interface(a)
         except Exception as exc:  # e.g. torch bfloat16: no typestr numba understands
             raise TypeError(
                 f"{name} must be a CUDA array numba can view (__cuda_array_interface__), "
@@ -185,30 +190,35 @@ def asarray(a: Any, name: str):
 
 def ascompute(a, dtype: Any):
     """C-contiguous device array of ``dtype``: ``a`` itself when it already is one,
-    else a device-side cast/copy (never a host round trip)."""
+    else a device-side cast/copy on a's device and stream (never a host round trip)."""
     dtype = np.dtype(dtype)
     if np.dtype(a.dtype) == dtype and a.is_c_contiguous():
         return a
-    out = device_array(a.shape, dtype)
-    if a.size == 0:
-        return out
-    blocks, tpb = elemwise_grid(a.size)
-    if a.ndim == 1:
-        _copy_1d[blocks, tpb](a, out)
-    elif a.ndim == 4:
-        _copy_4d[blocks, tpb](a, flat(out), a.shape[1], a.shape[2], a.shape[3])
-    else:  # arrays reaching a backend are validated to be 1-D (bias) or 4-D
-        raise ValueError(f"expected a 1-D or 4-D array, got shape {a.shape}")
+    with _streams.on_inputs(a=a):
+        out = device_array(a.shape, dtype)
+        if a.size == 0:
+            return out
+        blocks, tpb = elemwise_grid(a.size)
+        if a.ndim == 1:
+            launch(_copy_1d, blocks, tpb, a, out)
+        elif a.ndim == 4:
+            launch(_copy_4d, blocks, tpb, a, flat(out))
+        else:  # arrays reaching a backend are validated to be 1-D (bias) or 4-D
+            raise ValueError(f"expected a 1-D or 4-D array, got shape {a.shape}")
     return out
 
 
 def index_range(indices) -> tuple[int, int]:
     """(min, max) of an int64 device array, reduced on the device; only the two
-    results are copied to the host (the range check in ``_params`` runs there)."""
-    out = cuda.to_device(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min], dtype=np.int64))
-    if indices.size:
-        src = indices if indices.is_c_contiguous() else ascompute(indices, np.int64)
-        blocks, tpb = elemwise_grid(indices.size)
-        _index_minmax[blocks, tpb](flat(src), out)
-    lo, hi = out.copy_to_host()
+    results are copied to the host (a synchronisation: see docs/cuda.md)."""
+    with _streams.on_inputs(indices=indices) as stream:
+        out = cuda.to_device(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min], dtype=np.int64),
+                             stream=stream)
+        if indices.size:
+            src = indices if indices.is_c_contiguous() else ascompute(indices, np.int64)
+            blocks, tpb = elemwise_grid(indices.size)
+            launch(_index_minmax, blocks, tpb, flat(src), out)
+        lo, hi = out.copy_to_host(stream=stream)
+        if stream != 0:
+            stream.synchronize()
     return int(lo), int(hi)

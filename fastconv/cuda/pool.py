@@ -17,7 +17,9 @@ LANES consecutive outputs.  In a round each lane posts its (index, gradient) in
 shared memory; the lowest lane of every distinct index adds the round's
 gradients for that index in output order.  The sum for every input element is
 therefore taken in exactly the sequential order (bit-identical run to run, and
-to a sequential loop).
+to a sequential loop).  An index outside its plane is skipped on the device,
+so the kernel never writes out of bounds even when the host-side range check
+(``index_range``, which synchronises) is left out for indices the forward made.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import numpy as np
 from numba import cuda
 
 from .._params import Pool2dParams
-from . import _arrays
-from ._arrays import SIM, cdiv, elemwise_grid, flat
+from . import _arrays, _streams
+from . import _geometry as geo
+from ._arrays import elemwise_grid, flat, launch
+from ._config import SIM, cdiv, device_fn
+from ._geometry import split3
 
 # Backward: LANES threads per plane, PLANES planes per block.
 LANES = 4 if SIM else 32
@@ -40,42 +45,60 @@ BWD_MAX_BLOCKS = 2 if SIM else 132 * 8
 U = np.uint64  # unsigned indices skip numba's negative-index wraparound
 
 
+@device_fn
+def window_max(x, base, oi, oj, g):
+    """(max, flat offset in the plane, found) over one window; NaN wins, first max wins ties."""
+    h0 = oi * g.sh - g.ph
+    w0 = oj * g.sw - g.pw
+    best = x[U(base)]  # typed placeholder; replaced by the first in-bounds element
+    where = 0
+    found = False
+    for a in range(g.kh):
+        hh = h0 + a * g.dh
+        if hh >= 0 and hh < g.h:
+            for b in range(g.kw):
+                ww = w0 + b * g.dw
+                if ww >= 0 and ww < g.w:
+                    v = x[U(base + hh * g.w + ww)]
+                    if (not found) or v > best or v != v:
+                        best = v
+                        where = hh * g.w + ww
+                        found = True
+    return best, where, found
+
+
 @cuda.jit(cache=True)
-def max_pool2d_forward_kernel(x, y, idx, with_idx, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw):
-    """y, idx (flat N*C*OH*OW) = max and argmax (flat offset in the H*W plane) of x's windows."""
+def max_pool2d_forward_kernel(x, y, idx, g):
+    """y, idx (flat N*C*OH*OW) = max and argmax (flat offset in the H*W plane) of x's
+    windows (``PoolGeom`` g; idx is written only when g.with_idx)."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
-    plane_in = h * w
-    plane_out = oh * ow
     while i < y.size:
-        pl = i // plane_out
-        r = i - pl * plane_out
-        oi = r // ow
-        oj = r - oi * ow
-        base = pl * plane_in
-        h0 = oi * sh - ph
-        w0 = oj * sw - pw
-        best = x[U(base)]  # typed placeholder; replaced by the first in-bounds element
-        where = 0
-        found = False
-        for a in range(kh):
-            hh = h0 + a * dh
-            if hh >= 0 and hh < h:
-                for b in range(kw):
-                    ww = w0 + b * dw
-                    if ww >= 0 and ww < w:
-                        v = x[U(base + hh * w + ww)]
-                        if (not found) or v > best or v != v:
-                            best = v
-                            where = hh * w + ww
-                            found = True
+        pl, oi, oj = split3(i, g.oh, g.ow)
+        best, where, found = window_max(x, pl * g.h * g.w, oi, oj, g)
         if found:
             y[U(i)] = best
         else:  # a window entirely in the padding (possible with dilation)
             y[U(i)] = -math.inf
-        if with_idx:
+        if g.with_idx:
             idx[U(i)] = where
         i += step
+
+
+@device_fn
+def add_round(gx, tgt, val, t, first, gbase, plane_in):
+    """The lowest lane of each distinct target adds the round's gradients for it, in lane order."""
+    mine = tgt[t]
+    leader = mine >= 0 and mine < plane_in
+    for j in range(first, t):
+        if tgt[j] == mine:
+            leader = False
+    if leader:
+        acc = gx[U(gbase + mine)]
+        for j in range(t, first + LANES):
+            if tgt[j] == mine:
+                acc += val[j]
+        gx[U(gbase + mine)] = acc
 
 
 @cuda.jit(cache=True)
@@ -110,40 +133,31 @@ def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
                 tgt[t] = -1 - lane  # distinct from real targets and from each other
             cuda.syncthreads()
             if active:
-                mine = tgt[t]
-                leader = True
-                for j in range(first, t):
-                    if tgt[j] == mine:
-                        leader = False
-                if leader:
-                    acc = gx[U(gbase + mine)]
-                    for j in range(t, first + LANES):
-                        if tgt[j] == mine:
-                            acc += val[j]
-                    gx[U(gbase + mine)] = acc
+                add_round(gx, tgt, val, t, first, gbase, plane_in)
             cuda.syncthreads()
         group += cuda.gridDim.x
 
 
-_dummy_idx = None
+_no_indices_cache: dict[int, object] = {}
 
 
 def _no_indices():
-    """A 1-element int64 device array passed when indices are not wanted."""
-    global _dummy_idx
-    if _dummy_idx is None:
-        _dummy_idx = _arrays.device_array((1,), np.int64)
-    return _dummy_idx
+    """A 1-element int64 array on the current device, passed when indices are not wanted
+    (one per device: a launch may not read another device's memory)."""
+    device = _streams.current_device()
+    arr = _no_indices_cache.get(device)
+    if arr is None:
+        arr = _no_indices_cache[device] = _arrays.device_array((1,), np.int64)
+    return arr
 
 
 def max_pool2d_forward(x, p: Pool2dParams, return_indices: bool):
     """x (N, C, H, W) device array -> y (N, C, OH, OW), and int64 indices if asked."""
     y = _arrays.empty(p.y_shape, x.dtype)
     idx = _arrays.empty(p.y_shape, np.int64) if return_indices else _no_indices()
-    blocks, tpb = elemwise_grid(y.size)
-    max_pool2d_forward_kernel[blocks, tpb](
-        flat(x), flat(y), flat(idx), bool(return_indices), p.h, p.w, p.oh, p.ow,
-        p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw)
+    if y.size:
+        blocks, tpb = elemwise_grid(y.size)
+        launch(max_pool2d_forward_kernel, blocks, tpb, flat(x), flat(y), flat(idx), geo.pool(p, return_indices))
     return (y, idx) if return_indices else y
 
 
@@ -152,6 +166,6 @@ def max_pool2d_backward(gy, indices, p: Pool2dParams):
     gx = _arrays.empty(p.x_shape, gy.dtype)
     nplanes = p.n * p.c
     blocks = max(1, min(BWD_MAX_BLOCKS, cdiv(nplanes, PLANES)))
-    max_pool2d_backward_kernel[blocks, BWD_THREADS](
-        flat(gy), flat(indices), flat(gx), nplanes, p.h * p.w, p.oh * p.ow)
+    launch(max_pool2d_backward_kernel, blocks, BWD_THREADS, flat(gy), flat(indices), flat(gx), nplanes,
+           p.h * p.w, p.oh * p.ow)
     return gx

@@ -13,7 +13,7 @@ import pytest
 
 import fastconv.cuda
 
-REASON = fastconv.cuda._unavailable_reason()
+REASON = fastconv.cuda.unavailable_reason()
 AVAILABLE = REASON is None
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 GPU = AVAILABLE and not SIM

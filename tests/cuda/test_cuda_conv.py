@@ -134,7 +134,7 @@ def test_split_k_weight_grad(rng):
 
     x, w, _ = _inputs(rng, (2, 1, 16, 17), (2, 1, 1, 1), np.float64)  # reduction 544: split on a GPU too
     p = conv2d_params(x.shape, w.shape, None)
-    assert ci.split_count(1, p.n * p.oh * p.ow, ci.WBK) > 1
+    assert ci.plan_wgrad(p, 8).split_k > 1
     gy = rng.standard_normal(p.y_shape)
     _, gw, gb = fastconv.conv2d_backward(dev(gy), dev(x), dev(w), algorithm="im2col")
     _, rw, rb = reference.conv2d_backward(gy, x, w)
@@ -144,24 +144,25 @@ def test_split_k_weight_grad(rng):
 
 def test_direct_falls_back_when_tile_does_not_fit(rng):
     """A kernel too large for the direct kernel's shared buffers runs as implicit GEMM."""
-    from fastconv.cuda import conv_direct as cd
+    from fastconv.cuda import _geometry as geo
+    from fastconv.cuda import _launch_plan as lp
 
-    k = next(k for k in range(1, 64) if cd.TK * k * k > cd.WS)
-    kout = cd.THIN_MAX + 1  # more channels than the thin-group kernel takes
-    assert cd.plan(kout, 2, 3, 3, k, k, 1, 1, 1, 1) is None
+    k = next(k for k in range(1, 64) if lp.TK * k * k > lp.WS)
+    kout = lp.THIN_MAX + 1  # more channels than the thin-group kernel takes
     x, w, b = _inputs(rng, (1, 2, k + 1, k + 1), (kout, 2, k, k), np.float64)
+    assert lp.direct_tile(geo.forward(conv2d_params(x.shape, w.shape, None, padding=1), True)) is None
     y = fastconv.conv2d(dev(x), dev(w), dev(b), padding=1, algorithm="direct")
     assert_close(host(y), reference.conv2d(x, w, b, padding=1), np.float64, "y")
 
 
 def test_direct_plan_used_for_test_shapes():
     """The direct kernel (not its fallback) runs for ordinary 3x3 shapes, over several channel chunks."""
-    from fastconv.cuda import conv_direct as cd
+    from fastconv.cuda import _geometry as geo
+    from fastconv.cuda import _launch_plan as lp
 
-    pl = cd.plan(6, 5, 3, 2, 3, 3, 2, 2, 1, 1)
-    assert pl is not None
-    th, tw, cc, php, pwp = pl
-    assert th * tw <= cd.TP and cc * php * pwp <= cd.XS
+    tile = lp.direct_tile(geo.forward(conv2d_params((2, 5, 7, 6), (6, 5, 3, 3), None, stride=2), False))
+    assert tile is not None
+    assert tile.th * tile.tw <= lp.TP and tile.cc * tile.php * tile.pwp <= lp.XS
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator computes inf*0 in NumPy

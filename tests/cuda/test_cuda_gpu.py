@@ -149,3 +149,26 @@ def test_cupy_arrays_zero_copy(rng):
     y2, idx = fastconv.max_pool2d(cx, 2, return_indices=True)
     ry, ridx = reference.max_pool2d(x, 2, return_indices=True)
     assert np.array_equal(host(y2), ry.astype(np.float32)) and np.array_equal(host(idx), ridx)
+
+
+def _handle(stream) -> int:
+    h = getattr(stream, "handle", stream)
+    return int(getattr(h, "value", h) or 0) if not hasattr(h, "getPtr") else int(h.getPtr())
+
+
+def test_runs_on_torchs_current_stream(torch_cuda):
+    """Inside torch.cuda.stream(s) the kernels are enqueued on s (docs/cuda.md)."""
+    torch = torch_cuda
+    F = torch.nn.functional
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn((8, 16, 14, 14), device="cuda", generator=g)
+    w = torch.randn((32, 16, 3, 3), device="cuda", generator=g)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        y = fastconv.conv2d(x, w, padding=1, algorithm="im2col")
+        want = F.conv2d(x, w, padding=1)
+    assert _handle(y.stream) == s.cuda_stream
+    got = y.copy_to_host()  # asynchronous on y.stream (= s)
+    s.synchronize()
+    assert_close(got, want.cpu().numpy(), np.float32, "y")

@@ -40,8 +40,8 @@ def spy(monkeypatch):
 
         monkeypatch.setattr(mod, name, f)
 
-    wrap(conv_direct, "launch_conv_direct", lambda a: log["transposed"].append(a[4]))
-    wrap(conv_im2col, "launch_conv_igemm", lambda a: log["transposed"].append(a[4]))
+    wrap(conv_direct, "launch_conv_direct", lambda a: log["transposed"].append(bool(a[4].transposed)))
+    wrap(conv_im2col, "launch_conv_igemm", lambda a: log["transposed"].append(bool(a[4].transposed)))
     wrap(_arrays, "empty", lambda a: log["alloc"].append(tuple(a[0])))
     return log
 

@@ -160,3 +160,20 @@ def test_property_random_geometry_matches_reference(problem):
     gy = rng.standard_normal(ry.shape).astype(np.float32)
     gx = fastconv.max_pool2d_backward(dev(gy), idx, shape)
     assert_close(host(gx), reference.max_pool2d_backward(gy, ridx, shape), np.float32, "grad_x")
+
+
+def test_backward_kernel_skips_out_of_plane_indices(rng):
+    """Indices the range check would refuse never make the kernel write out of bounds
+    (callers passing their forward's own indices may leave the synchronising check out)."""
+    from fastconv._params import pool2d_params
+    from fastconv.cuda import pool
+
+    p = pool2d_params((1, 2, 4, 4), 2)
+    gy = rng.standard_normal((1, 2, 2, 2))
+    idx = np.array([[[[0, 16], [-1, 5]], [[3, 3], [99, 15]]]], dtype=np.int64)
+    gx = host(pool.max_pool2d_backward(dev(gy), dev(idx), p))
+    want = np.zeros((2, 16))
+    want[0, 0], want[0, 5] = gy[0, 0, 0, 0], gy[0, 0, 1, 1]
+    want[1, 3] = gy[0, 1, 0, 0] + gy[0, 1, 0, 1]
+    want[1, 15] = gy[0, 1, 1, 1]
+    assert np.array_equal(gx.reshape(2, 16), want)
