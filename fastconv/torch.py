@@ -39,12 +39,11 @@ except ImportError:  # one line, no chained traceback: the fix is an install
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from torch.autograd.function import once_differentiable
 
 import fastconv
 
-__all__ = ["conv2d", "max_pool2d", "Conv2d", "MaxPool2d", "convert", "ConversionReport"]
+__all__ = ["Conv2d", "ConversionReport", "MaxPool2d", "conv2d", "convert", "max_pool2d"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 

@@ -18,9 +18,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
 
-import fastconv  # noqa: E402
-import fastconv.torch as ft  # noqa: E402
-from conftest import TOL, rel_err  # noqa: E402
+from conftest import TOL, rel_err
+
+import fastconv
+import fastconv.torch as ft
 
 F = torch.nn.functional
 
