@@ -44,6 +44,19 @@ def example():
     return ex
 
 
+@pytest.fixture
+def one_thread():
+    """What each rank does (2 ranks on 2 cores), undone afterwards for the tests that follow."""
+    import numba
+
+    old = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    numba.set_num_threads(old[0])
+    torch.set_num_threads(old[1])
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1", OPENBLAS_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
@@ -91,11 +104,10 @@ def single_process_run(ex) -> tuple[np.ndarray, list[list[int]]]:
     return np.stack(weights), ranks
 
 
-def test_two_ranks_match_each_other_and_one_process(example, tmp_path):
+def test_two_ranks_match_each_other_and_one_process(example, one_thread, tmp_path):
     # The single-process run goes first: it also compiles (or loads) the kernels into
     # Numba's on-disk cache, which the two ranks then only read.
     ex = example
-    ex.set_threads(1)
     want, ranks = single_process_run(ex)
     assert len(ranks[0]) == STEPS
     assert {i for b in ranks[0] for i in b}.isdisjoint(i for b in ranks[1] for i in b)
