@@ -266,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from fastconv.datasets.mnist import MnistNotFoundError
 
+    if args.device == "cuda":
+        import fastconv.cuda
+
+        if not torch.cuda.is_available():
+            _Parser(prog="ddp_mnist.py").error("--device cuda: this torch build or machine has no CUDA GPU")
+        if not fastconv.cuda.is_available():
+            _Parser(prog="ddp_mnist.py").error(f"--device cuda: {fastconv.cuda._unavailable_reason()}")
     set_threads(args.threads or threads_per_process())
     rank, world, device = setup(args.device)
     try:

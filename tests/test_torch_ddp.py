@@ -170,6 +170,8 @@ def test_example_runs_on_two_ranks_and_rank0_alone_reports(example, tmp_path):
     (["--lr", "x"], {}, "argument --lr: expected a positive float, got 'x'"),
     (["--batch-size", "33"], {"WORLD_SIZE": "2"}, "--batch-size 33 must be a multiple of the number of processes (2)"),
     (["--nope"], {}, "unrecognized arguments: --nope"),
+    pytest.param(["--device", "cuda"], {}, "--device cuda: this torch build or machine has no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")),
 ])
 def test_example_user_errors_are_one_line(tmp_path, args, env, message):
     r = subprocess.run([sys.executable, str(EXAMPLE), *args], env=child_env(**env), cwd=tmp_path,
