@@ -170,6 +170,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                 ceil_mode: bool, need_indices: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         io = _io(x.device)
+        ctx.set_materialize_grads(False)  # else autograd builds a zero grad_indices as large as y
         if not need_indices:
             return io.to_tensor(fastconv.max_pool2d(io.to_array(x), kernel_size, stride, padding, dilation,
                                                     ceil_mode), x.device), None
@@ -185,6 +186,8 @@ class MaxPool2dFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor, grad_indices: Any) -> tuple:
         (idx,) = ctx.saved_tensors
+        if grad_output is None:  # y did not reach the loss (grads are not materialised)
+            return None, None, None, None, None, None, None
         io = _io(idx.device)
         gx = fastconv.max_pool2d_backward(io.to_array(grad_output), io.to_array(idx), ctx.x_shape)
         return io.to_tensor(gx, idx.device), None, None, None, None, None, None
