@@ -93,7 +93,7 @@ def set_threads(n: int) -> None:
     import numba
     import torch
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     torch.set_num_threads(n)
 
 
@@ -143,7 +143,8 @@ def epoch_batches(n: int, rank: int, world: int, rank_batch: int, epoch: int, se
     shuffle (every rank sees the same number of batches, as DDP requires)."""
     from torch.utils.data import BatchSampler, DistributedSampler
 
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    indices: Any = range(n)  # a sampler needs only len() of its dataset
+    sampler: DistributedSampler = DistributedSampler(indices, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
     sampler.set_epoch(epoch)
     return list(BatchSampler(sampler, rank_batch, drop_last=False))
 

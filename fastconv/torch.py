@@ -51,7 +51,19 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # --------------------------------------------------------------------------- tensors <-> arrays
 
 
-class _HostIO:
+class _TensorIO:
+    """How tensors of one device become arrays fastconv takes, and its results tensors."""
+
+    @staticmethod
+    def to_array(t: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def to_tensor(a: Any, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _HostIO(_TensorIO):
     """CPU tensors <-> NumPy arrays, zero-copy both ways."""
 
     @staticmethod
@@ -63,7 +75,7 @@ class _HostIO:
         return torch.from_numpy(a)
 
 
-class _CudaIO:
+class _CudaIO(_TensorIO):
     """CUDA tensors -> fastconv.cuda as they are (``__cuda_array_interface__``,
     which torch refuses for tensors that require grad: hence ``detach``);
     numba device arrays -> tensors through the same interface, zero-copy (the
@@ -80,7 +92,7 @@ class _CudaIO:
         return torch.as_tensor(a, device=device)
 
 
-def _io(device: torch.device) -> type:
+def _io(device: torch.device) -> type[_TensorIO]:
     """The tensor<->array adapter for a device (the CUDA tests swap it for a simulator one)."""
     if device.type == "cpu":
         return _HostIO
@@ -242,7 +254,7 @@ class Conv2d(torch.nn.Conv2d):
             raise ValueError(f'fastconv.torch.Conv2d: padding_mode="{padding_mode}" is not supported; '
                              f'fastconv pads with zeros only (padding_mode="zeros")')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
+                         "zeros", device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":  # changed after construction
