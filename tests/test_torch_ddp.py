@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,23 +67,27 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_group(commands: list[tuple[list[str], dict[str, str]]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Start every command in its own process group, wait at most TIMEOUT in all, and kill
-    every group that is still alive on the way out (timeout, failure or success)."""
-    procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True) for cmd, env in commands]
+    """Start every command in its own process group (output to files: no pipe can fill up and
+    block a rank), wait at most TIMEOUT in all, stop waiting as soon as one fails (its peers
+    would wait for it until gloo's own timeout), and kill every group still alive on the way out."""
+    logs = [(cwd / f"proc{i}.out", cwd / f"proc{i}.err") for i in range(len(commands))]
+    procs = []
     try:
-        results = []
-        for p in procs:
-            out, err = p.communicate(timeout=TIMEOUT)
-            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-        return results
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"distributed run did not finish within {TIMEOUT} s")
+        for (cmd, env), (out, err) in zip(commands, logs):
+            with open(out, "w") as fo, open(err, "w") as fe:
+                procs.append(subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fo, stderr=fe, start_new_session=True))
+        deadline = time.monotonic() + TIMEOUT
+        while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed run did not finish within {TIMEOUT} s")
+            time.sleep(0.1)
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+    return [subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
+            for p, (out, err) in zip(procs, logs)]
 
 
 def check_ok(results: list[subprocess.CompletedProcess]) -> None:
