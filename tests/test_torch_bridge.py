@@ -368,7 +368,9 @@ def train(model, optimizer, batches):
     return losses
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+# float32: ~1e-7 seen here; the margin covers a max-pooling window whose two largest values are
+# within rounding of each other and swap on a CPU whose kernels sum in another order.
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-3)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_convert_lenet_trains_like_torch(optimizer, dtype, rtol):
     theirs = lenet(dtype)
