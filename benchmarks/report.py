@@ -401,13 +401,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> d
     from benchmarks.machine import machine_info
     from benchmarks.threads import set_threads
 
+    chosen = select(args.impls)  # a pattern that matches nothing fails before anything is measured
     threads = set_threads(args.threads)
     machine = machine_info(threads)
     log(f"machine: {machine['cpu_model']}, threads {threads}, load {machine['loadavg_start']}")
     ceilings = measure_ceilings(args)
     log(f"ceilings: peak SGEMM {ceilings['peak_gflops']:.1f} GFLOP/s, copy {ceilings['copy']['gbs']:.1f} GB/s")
     t0 = time.perf_counter()
-    rows = _timed_rows(args, select(args.impls), ceilings, log)
+    rows = _timed_rows(args, chosen, ceilings, log)
     sections = {s.name: s.run(args, log) for s in SECTIONS if getattr(args, s.name.replace("-", "_"))}
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     argv = sys.argv[1:] if getattr(args, "argv", None) is None else args.argv
