@@ -27,7 +27,6 @@ import ctypes
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
