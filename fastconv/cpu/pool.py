@@ -267,7 +267,9 @@ def _row_k3s2(xp, yr, ir, code, top, pw, lo, hi):
     _widen_codes(ir[lo:hi], cz, top * w + c0, 2)
 
 
-@njit(cache=True, inline="always")
+# A plain call, not inline="always": Numba-level inlining of this body into the
+# parallel kernel costs much compile time and gained nothing measurable.
+@njit(cache=True)
 def _row_generic(xp, yr, ir, code, rel0, top, kh, kw, sw, pw, dh, dw):
     """One output row of any window: taps outer, output columns inner, one
     vectorised pass per in-bounds tap updating the running max and the int32
