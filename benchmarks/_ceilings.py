@@ -1,7 +1,9 @@
 """The machine's practical ceilings, measured in the same run as the kernels.
 
-* SGEMM GFLOP/s: ``numpy.matmul`` of two n x n float32 matrices (NumPy's BLAS,
-  2 n^3 flops), the float32 compute ceiling a convolution can hope for.
+* SGEMM GFLOP/s: ``numpy.matmul`` of two n x n float32 matrices (NumPy's
+  OpenBLAS, 2 n^3 flops) and ``torch.matmul`` of the same (torch's BLAS, at
+  torch's thread count); the larger is the float32 compute peak a convolution
+  row is compared with.
 * Copy GB/s: bytes read + bytes written per second copying a large float32
   array, once with ``numpy.copyto`` (one thread) and once with a Numba
   ``prange`` loop (all numba threads, as the pooling kernels run); the larger is
@@ -49,6 +51,20 @@ def measure_sgemm(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     c = np.empty((n, n), dtype=np.float32)
     t = _median_time(lambda: np.matmul(a, b, out=c), repeats)
     return {"n": n, "seconds": t, "gflops": 2.0 * n**3 / t / 1e9}
+
+
+def measure_torch_sgemm(n: int = 2048, repeats: int = 5) -> dict[str, Any] | None:
+    """Median GFLOP/s of an n x n x n float32 ``torch.matmul``; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn((n, n), generator=g)
+    b = torch.randn((n, n), generator=g)
+    c = torch.empty((n, n))
+    t = _median_time(lambda: torch.matmul(a, b, out=c), repeats)
+    return {"n": n, "seconds": t, "gflops": 2.0 * n**3 / t / 1e9, "threads": torch.get_num_threads()}
 
 
 def measure_copy(nbytes: int = 256 << 20, repeats: int = 5) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Interleaved, rotated timing for the report.
+"""The one timing harness: interleaved, rotated, medians (the report, the GPU script).
 
 Every implementation of one group (one op on one shape) is warmed up first
 (its first call, JIT included, is timed separately), then sampled round-robin:
@@ -7,6 +7,13 @@ hits all of them alike.  A sample is ``loops`` consecutive calls, each on the
 next input set (sets are cycled so caches do not flatter small shapes), long
 enough (``min_sample_s``) for the clock; the figure is the median per-call time
 over samples.  Garbage collection is off while sampling.
+
+``clock`` is ``time.perf_counter`` (wall time, what a caller waits) or, for a
+loaded machine measured at one thread, ``time.process_time`` (CPU time: a
+descheduled process does not count, parallel scaling is not measured).
+``interleaved_medians`` is the same round-robin for callables that need no
+input rotation (the GPU script, whose ``run`` brackets each call with device
+synchronisations).
 """
 
 from __future__ import annotations
@@ -37,19 +44,23 @@ class Timing:
         return min(self.samples)
 
 
-def warm_up(call: Callable[[int], Any], nbuf: int) -> tuple[Any, float, float]:
+Clock = Callable[[], float]
+
+
+def warm_up(call: Callable[[int], Any], nbuf: int, clock: Clock = time.perf_counter) -> tuple[Any, float, float]:
     """(result of the first call on set 0, first-call seconds, warm-call seconds)."""
-    t0 = time.perf_counter()
+    t0 = clock()
     out = call(0)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    first = clock() - t0
+    t0 = clock()
     call(1 % nbuf)
-    warm = time.perf_counter() - t0
+    warm = clock() - t0
     return out, first, warm
 
 
 def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing], nbuf: int, repeats: int,
-               min_sample_s: float = 0.02, max_seconds: float = 20.0, min_repeats: int = 3) -> None:
+               min_sample_s: float = 0.02, max_seconds: float = 20.0, min_repeats: int = 3,
+               clock: Clock = time.perf_counter) -> None:
     """Fill ``timings[name].samples`` for every call, round-robin.
 
     Slow implementations get fewer repeats (at least ``min_repeats`` or
@@ -71,12 +82,33 @@ def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing
                     continue
                 t = timings[name]
                 i = pos[name]
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(t.loops):
                     call(i)
                     i = (i + 1) % nbuf
-                t.samples.append((time.perf_counter() - t0) / t.loops)
+                t.samples.append((clock() - t0) / t.loops)
                 pos[name] = i
     finally:
         if gc_was:
             gc.enable()
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], reps: int,
+                        run: Callable[[Callable[[], Any]], float] = _timed, warmups: int = 2) -> dict[str, float]:
+    """Median seconds of each callable over ``reps`` round-robin repetitions,
+    after ``warmups`` calls each (JIT compilation, autotuning); ``run(fn)``
+    times one call (default: wall time)."""
+    for fn in fns.values():
+        for _ in range(warmups):
+            run(fn)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(run(fn))
+    return {k: statistics.median(v) for k, v in times.items()}

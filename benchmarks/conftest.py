@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import _impls as I
+from benchmarks import check, impls, inputs
+from benchmarks.shapes import CONV_OPS, conv_flops, pool_bytes, shapes
+from benchmarks.threads import set_threads
 
 
 def full_mode(config: pytest.Config) -> bool:
@@ -47,7 +49,7 @@ def bench_threads() -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> dict[str, Any]:
-    return I.set_threads(bench_threads())
+    return set_threads(bench_threads())
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +59,9 @@ def full(pytestconfig: pytest.Config) -> bool:
 
 def cases_and_impls(config: pytest.Config, family: str, ops: tuple[str, ...]) -> list[Any]:
     """pytest params (case, impl name), case-major so one group's tests run together."""
-    conv, pool, _ = I.shapes(full_mode(config))
+    conv, pool, _ = shapes(full_mode(config))
     cases = conv if family == "conv" else pool
-    names = I.impl_names(ops)
+    names = impls.impl_names(ops)
     return [pytest.param(c, n, id=f"{c.name}-{n}") for c in cases for n in names]
 
 
@@ -73,26 +75,26 @@ def group_inputs(op: str, case: Any, full: bool) -> tuple[list[tuple[np.ndarray,
     if key not in _INPUTS:
         _INPUTS.clear()
         rng = np.random.default_rng(zlib.crc32(repr(key).encode()))
-        inputs = I.make_inputs(op, case, rng, None if full else 2)
-        _INPUTS[key] = (inputs, I.expected(op, case, inputs[0]))
+        sets = inputs.make_inputs(op, case, rng, None if full else 2)
+        _INPUTS[key] = (sets, check.expected(op, case, sets[0]))
     return _INPUTS[key]
 
 
 def run_op(benchmark: Any, op: str, case: Any, impl_name: str, full: bool) -> None:
     """Warm up and check once, then time ``impl_name`` on ``op``/``case`` with rotated inputs."""
-    impl = I.get_impl(impl_name)
+    impl = impls.get_impl(impl_name)
     reason = impl.skip_reason(op, case)
     if reason:
         pytest.skip(reason)
-    inputs, ref = group_inputs(op, case, full)
-    call = impl.bind(op, case, inputs)
-    I.check(op, impl.host(call(0)), ref)  # first call: JIT compile + the one correctness check
-    call(1 % len(inputs))
+    sets, ref = group_inputs(op, case, full)
+    call = impl.bind(op, case, sets)
+    check.check(op, impl.host(call(0)), ref)  # first call: JIT compile + the one correctness check
+    call(1 % len(sets))
     benchmark.group = f"{op} {case.name} {case.label}"
-    if op in I.CONV_OPS:
-        benchmark.extra_info["flops"] = I.conv_flops(case, op)
+    if op in CONV_OPS:
+        benchmark.extra_info["flops"] = conv_flops(case, op)
     else:
-        benchmark.extra_info["bytes"] = I.pool_bytes(case, op)
-    benchmark.extra_info["input_sets"] = len(inputs)
-    order = itertools.cycle(range(len(inputs)))
+        benchmark.extra_info["bytes"] = pool_bytes(case, op)
+    benchmark.extra_info["input_sets"] = len(sets)
+    order = itertools.cycle(range(len(sets)))
     benchmark(lambda: call(next(order)))

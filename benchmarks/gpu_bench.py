@@ -31,7 +31,6 @@ import ctypes
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +39,9 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import shapes  # noqa: E402
+from benchmarks._timing import interleaved_medians  # noqa: E402
 
 # The issue's goals (benchmarks, not asserts).
 GOAL_FWD, GOAL_BWD, GOAL_POOL = 0.50, 0.33, 0.70
@@ -65,19 +67,11 @@ class Pool:
     padding: int = 0
 
 
-CONVS = [
-    Conv("mnist-13 3x3", (128, 32, 13, 13), 64),
-    Conv("mnist-5 3x3", (128, 64, 5, 5), 64),
-    Conv("mnist-26 3x3", (128, 32, 26, 26), 64),
-    Conv("resnet-56 3x3 pad1", (128, 64, 56, 56), 64, padding=1),
-    Conv("resnet-14 3x3 pad1", (128, 256, 14, 14), 256, padding=1),
-]
-POOLS = [
-    Pool("2x2 s2", (128, 64, 56, 56), 2, 2),
-    Pool("3x3 s2 pad1", (128, 64, 112, 112), 3, 2, 1),
-]
-QUICK_CONVS = [Conv("quick 3x3", (8, 16, 14, 14), 32, padding=1)]
-QUICK_POOLS = [Pool("quick 2x2", (8, 16, 28, 28), 2, 2)]
+# The shapes live in the one shape table, benchmarks/shapes.py.
+CONVS = [Conv(c.name, c.x_shape, c.k, c.r, c.stride, c.padding, c.groups) for c in shapes.GPU_CONV_SHAPES]
+POOLS = [Pool(p.name, p.x_shape, p.kernel, p.stride, p.padding) for p in shapes.GPU_POOL_SHAPES]
+QUICK_CONVS = [Conv(c.name, c.x_shape, c.k, c.r, c.stride, c.padding, c.groups) for c in shapes.QUICK_GPU_CONV_SHAPES]
+QUICK_POOLS = [Pool(p.name, p.x_shape, p.kernel, p.stride, p.padding) for p in shapes.QUICK_GPU_POOL_SHAPES]
 
 
 def why_no_gpu() -> str | None:
@@ -141,14 +135,8 @@ def timer(torch: Any) -> Callable[[Callable[[], Any]], float]:
 
 
 def measure(fns: dict[str, Callable[[], Any]], reps: int, run: Callable[[Callable[[], Any]], float]) -> dict[str, float]:
-    for fn in fns.values():  # warm-up: JIT compile, cuDNN algorithm choice
-        run(fn)
-        run(fn)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(run(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Medians after two warm-up calls each (JIT compile, cuDNN algorithm choice), interleaved."""
+    return interleaved_medians(fns, reps, run, warmups=2)
 
 
 def copy_bandwidth(torch: Any, reps: int, run: Callable[[Callable[[], Any]], float]) -> float:

@@ -22,18 +22,22 @@ KW 2 and 3 get their own loops so LLVM sees constant strides and keeps the taps
 in registers).  Rows are split into one contiguous chunk per thread so each
 thread allocates its scratch row once.
 
-Forward with indices (``_pool_fwd_idx``): separability would break the tie rule
-(a column-first scan finds a different first maximum), so windows are scanned
-row-major.  Fast path for the common CNN cases (2x2 or 3x3, horizontal stride
-2, no dilation) on rows whose window rows are all inside the input: an unrolled
-register loop over the interior output columns (all taps in bounds, no tests),
-the at most few border columns through the scalar ``_window_idx``.  Every other
-row uses the generic path: taps outer, output columns inner, one vectorised
-pass per in-bounds tap updating the output row (running max) and index row
-(argmax); each tap's valid column range is computed once per row, hoisting the
-bounds tests out of the inner loop.  The running max starts at -inf with the
-index of the window's first in-bounds element, PyTorch's initialisation, so an
-all -inf window points at that element.
+Forward with indices (``_pool_fwd_idx``): a column-first (separable) scan would
+break the tie rule, so windows are scanned row-major.  The int64 index is what
+keeps a loop scalar (8-byte lanes next to 4-byte values), so the loops that
+compare values carry only a small int32 offset of the argmax inside its window
+(``code``, one scratch row per block of output rows) as selects, and a second
+unit-stride pass widens it to the flat int64 index (``_widen_codes``).  Fast
+path for the common CNN cases (2x2 or 3x3, horizontal stride 2, no dilation) on
+rows whose window rows are all inside the input: one unrolled loop of selects
+over the interior output columns, the at most few border columns through the
+scalar ``_window_idx``.  Every other row (``_row_generic``): taps outer, output
+columns inner, one vectorised pass per in-bounds tap updating the running max
+and the offset; each tap's valid column range is computed once per row, so no
+bounds test is left in the inner loop.  The running max starts at -inf with the
+offset of the window's first in-bounds element, PyTorch's initialisation, so an
+all -inf window points at that element.  The P*OH rows are cut into a fixed
+number of contiguous blocks (one scratch allocation each, no division per row).
 
 Backward (``_pool_bwd``): race-free by ownership.  It is parallel over the P
 planes only, and one iteration owns one whole grad_x plane: it zeroes the plane
@@ -165,38 +169,52 @@ def _pool_fwd(x, y, kh, kw, sh, sw, ph, pw, dh, dw, nchunk):
 
 
 @njit(cache=True, inline="always")
-def _row_k2s2(xp, yr, ir, top, pw, lo, hi):
+def _wins(v, m):
+    """PyTorch's replacement rule: strictly greater, or NaN."""
+    return (v > m) | (v != v)
+
+
+@njit(cache=True, inline="always")
+def _widen_codes(ir, code, base, step):
+    """ir[k] = base + k*step + code[k]: the int64 flat indices from the int32
+    in-window offsets (a separate pass, so the max loop works in 32-bit lanes)."""
+    for k in range(ir.size):
+        ir[k] = base + k * step + code[k]
+
+
+@njit(cache=True, inline="always")
+def _row_k2s2(xp, yr, ir, code, top, pw, lo, hi):
     """Interior columns [lo, hi) of one output row, 2x2 window, column stride 2."""
     w = xp.shape[1]
     c0 = 2 * lo - pw
     x0 = xp[top, c0:]
     x1 = xp[top + 1, c0:]
     ys = yr[lo:hi]
-    iz = ir[lo:hi]
-    b0 = top * w + c0
-    b1 = b0 + w
+    cz = code[:hi - lo]
+    d1, dw0, dw1 = np.int32(1), np.int32(w), np.int32(w + 1)
     for k in range(hi - lo):
         c = 2 * k
         m = x0[c]
-        i = b0 + c
+        d = np.int32(0)
         v = x0[c + 1]
-        if (v > m) | (v != v):
-            m = v
-            i = b0 + c + 1
+        u = _wins(v, m)
+        m = v if u else m
+        d = d1 if u else d
         v = x1[c]
-        if (v > m) | (v != v):
-            m = v
-            i = b1 + c
+        u = _wins(v, m)
+        m = v if u else m
+        d = dw0 if u else d
         v = x1[c + 1]
-        if (v > m) | (v != v):
-            m = v
-            i = b1 + c + 1
+        u = _wins(v, m)
+        m = v if u else m
+        d = dw1 if u else d
         ys[k] = m
-        iz[k] = i
+        cz[k] = d
+    _widen_codes(ir[lo:hi], cz, top * w + c0, 2)
 
 
 @njit(cache=True, inline="always")
-def _row_k3s2(xp, yr, ir, top, pw, lo, hi):
+def _row_k3s2(xp, yr, ir, code, top, pw, lo, hi):
     """Interior columns [lo, hi) of one output row, 3x3 window, column stride 2."""
     w = xp.shape[1]
     c0 = 2 * lo - pw
@@ -204,123 +222,155 @@ def _row_k3s2(xp, yr, ir, top, pw, lo, hi):
     x1 = xp[top + 1, c0:]
     x2 = xp[top + 2, c0:]
     ys = yr[lo:hi]
-    iz = ir[lo:hi]
-    b0 = top * w + c0
-    b1 = b0 + w
-    b2 = b1 + w
+    cz = code[:hi - lo]
+    d01, d02 = np.int32(1), np.int32(2)
+    d10, d11, d12 = np.int32(w), np.int32(w + 1), np.int32(w + 2)
+    d20, d21, d22 = np.int32(2 * w), np.int32(2 * w + 1), np.int32(2 * w + 2)
     for k in range(hi - lo):
         c = 2 * k
         m = x0[c]
-        i = b0 + c
+        d = np.int32(0)
         v = x0[c + 1]
-        if (v > m) | (v != v):
-            m = v
-            i = b0 + c + 1
+        u = _wins(v, m)
+        m = v if u else m
+        d = d01 if u else d
         v = x0[c + 2]
-        if (v > m) | (v != v):
-            m = v
-            i = b0 + c + 2
+        u = _wins(v, m)
+        m = v if u else m
+        d = d02 if u else d
         v = x1[c]
-        if (v > m) | (v != v):
-            m = v
-            i = b1 + c
+        u = _wins(v, m)
+        m = v if u else m
+        d = d10 if u else d
         v = x1[c + 1]
-        if (v > m) | (v != v):
-            m = v
-            i = b1 + c + 1
+        u = _wins(v, m)
+        m = v if u else m
+        d = d11 if u else d
         v = x1[c + 2]
-        if (v > m) | (v != v):
-            m = v
-            i = b1 + c + 2
+        u = _wins(v, m)
+        m = v if u else m
+        d = d12 if u else d
         v = x2[c]
-        if (v > m) | (v != v):
-            m = v
-            i = b2 + c
+        u = _wins(v, m)
+        m = v if u else m
+        d = d20 if u else d
         v = x2[c + 1]
-        if (v > m) | (v != v):
-            m = v
-            i = b2 + c + 1
+        u = _wins(v, m)
+        m = v if u else m
+        d = d21 if u else d
         v = x2[c + 2]
-        if (v > m) | (v != v):
-            m = v
-            i = b2 + c + 2
+        u = _wins(v, m)
+        m = v if u else m
+        d = d22 if u else d
         ys[k] = m
-        iz[k] = i
+        cz[k] = d
+    _widen_codes(ir[lo:hi], cz, top * w + c0, 2)
+
+
+# A plain call, not inline="always": Numba-level inlining of this body into the
+# parallel kernel costs much compile time and gained nothing measurable.
+@njit(cache=True)
+def _row_generic(xp, yr, ir, code, rel0, top, kh, kw, sw, pw, dh, dw):
+    """One output row of any window: taps outer, output columns inner, one
+    vectorised pass per in-bounds tap updating the running max and the int32
+    offset of the argmax from the window's top-left corner (row-major order)."""
+    h, w = xp.shape
+    ow = yr.size
+    a0 = 0 if top >= 0 else (-top + dh - 1) // dh
+    first_row = np.int32(a0 * dh * w)
+    for oj in range(ow):
+        yr[oj] = _NEG_INF
+        code[oj] = first_row + rel0[oj]
+    for a in range(a0, kh):
+        ih = top + a * dh
+        if ih >= h:
+            break
+        for b in range(kw):
+            cb, tlo, thi = tap_cols(b, dw, pw, sw, w, ow)
+            if thi == tlo:
+                continue
+            xs = xp[ih, tlo * sw + cb:]
+            ys = yr[tlo:thi]
+            cz = code[tlo:thi]
+            rel = np.int32(a * dh * w + b * dw)
+            if sw == 1:
+                for k in range(thi - tlo):
+                    v = xs[k]
+                    m = ys[k]
+                    u = _wins(v, m)
+                    ys[k] = v if u else m
+                    cz[k] = rel if u else cz[k]
+            elif sw == 2:
+                for k in range(thi - tlo):
+                    v = xs[2 * k]
+                    m = ys[k]
+                    u = _wins(v, m)
+                    ys[k] = v if u else m
+                    cz[k] = rel if u else cz[k]
+            else:
+                for k in range(thi - tlo):
+                    v = xs[k * sw]
+                    m = ys[k]
+                    u = _wins(v, m)
+                    ys[k] = v if u else m
+                    cz[k] = rel if u else cz[k]
+    _widen_codes(ir, code[:ow], top * w - pw, sw)
+
+
+# Row blocks of the forward with indices: enough for load balance on many
+# threads, few enough that each block's scratch allocation is negligible.
+_IDX_BLOCKS = 256
 
 
 @njit(parallel=True, cache=True)
 def _pool_fwd_idx(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     """Values and int64 argmax (flat offset into the H*W plane), row-major window
-    scan.  x (P, H, W); y, idx (P, OH, OW)."""
+    scan.  x (P, H, W); y, idx (P, OH, OW).
+
+    The P*OH rows are cut into contiguous blocks; each block has one int32
+    scratch row of argmax offsets inside the window, widened to flat int64
+    indices once per row."""
     np_, h, w = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    # first in-bounds column of each output column's window (PyTorch's initial argmax)
-    col0 = np.empty(ow, dtype=np.int64)
+    # offset of each window's first in-bounds column from its left edge (PyTorch's initial argmax)
+    rel0 = np.empty(ow, dtype=np.int32)
     for oj in range(ow):
         c = oj * sw - pw
-        while c < 0:
-            c += dw
-        col0[oj] = c
+        r0 = 0
+        while c + r0 < 0:
+            r0 += dw
+        rel0[oj] = r0
     fast = kh == kw and (kh == 2 or kh == 3) and sw == 2 and dh == 1 and dw == 1
     # interior output columns of the fast path: every tap inside the input
     lo = (pw + 1) // 2
     hi = max(lo, min(ow, (w - kw + pw) // 2 + 1))
-    for r in prange(np_ * oh):
-        p = r // oh
-        oi = r - p * oh
-        top = oi * sh - ph
-        xp = x[p]
-        yr = y[p, oi]
-        ir = idx[p, oi]
-        if fast and top >= 0 and top + kh <= h:
-            if kh == 2:
-                _row_k2s2(xp, yr, ir, top, pw, lo, hi)
-            else:
-                _row_k3s2(xp, yr, ir, top, pw, lo, hi)
-            for oj in range(lo):
-                yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
-            for oj in range(hi, ow):
-                yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
-            continue
-        a0 = 0 if top >= 0 else (-top + dh - 1) // dh
-        base0 = (top + a0 * dh) * w
-        for oj in range(ow):
-            yr[oj] = _NEG_INF
-            ir[oj] = base0 + col0[oj]
-        for a in range(a0, kh):
-            ih = top + a * dh
-            if ih >= h:
-                break
-            for b in range(kw):
-                cb, tlo, thi = tap_cols(b, dw, pw, sw, w, ow)
-                if thi == tlo:
-                    continue
-                c0 = tlo * sw + cb
-                xs = xp[ih, c0:]
-                ys = yr[tlo:thi]
-                iz = ir[tlo:thi]
-                i0 = ih * w + c0
-                if sw == 1:
-                    for k in range(thi - tlo):
-                        v = xs[k]
-                        m = ys[k]
-                        upd = (v > m) | (v != v)
-                        ys[k] = v if upd else m
-                        iz[k] = i0 + k if upd else iz[k]
-                elif sw == 2:
-                    for k in range(thi - tlo):
-                        v = xs[2 * k]
-                        m = ys[k]
-                        upd = (v > m) | (v != v)
-                        ys[k] = v if upd else m
-                        iz[k] = i0 + 2 * k if upd else iz[k]
+    rows = np_ * oh
+    nblk = max(1, min(rows, _IDX_BLOCKS))
+    for blk in prange(nblk):
+        code = np.empty(max(ow, 1), dtype=np.int32)
+        r0 = blk * rows // nblk
+        p = r0 // oh
+        oi = r0 - p * oh - 1
+        for _ in range(r0, (blk + 1) * rows // nblk):
+            oi += 1
+            if oi == oh:  # next plane (no division per row)
+                oi = 0
+                p += 1
+            top = oi * sh - ph
+            xp = x[p]
+            yr = y[p, oi]
+            ir = idx[p, oi]
+            if fast and top >= 0 and top + kh <= h:
+                if kh == 2:
+                    _row_k2s2(xp, yr, ir, code, top, pw, lo, hi)
                 else:
-                    for k in range(thi - tlo):
-                        v = xs[k * sw]
-                        m = ys[k]
-                        upd = (v > m) | (v != v)
-                        ys[k] = v if upd else m
-                        iz[k] = i0 + k * sw if upd else iz[k]
+                    _row_k3s2(xp, yr, ir, code, top, pw, lo, hi)
+                for oj in range(lo):
+                    yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
+                for oj in range(hi, ow):
+                    yr[oj], ir[oj] = _window_idx(xp, top, oj * 2 - pw, kh, kw, 1, 1)
+            else:
+                _row_generic(xp, yr, ir, code, rel0, top, kh, kw, sw, pw, dh, dw)
 
 
 @njit(parallel=True, cache=True)

@@ -1,0 +1,97 @@
+"""fastconv through its public API: ``conv2d``/``conv2d_backward`` with
+``algorithm="auto"`` (what a user gets: the headline column) or one forced
+algorithm, ``max_pool2d``/``max_pool2d_backward``; on the CPU and on a GPU
+(numba-cuda device arrays)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+
+def algorithms() -> tuple[str, ...]:
+    """The algorithms a caller can force (every name but "auto"), so a new one
+    (Winograd, ...) gets its benchmark rows without touching this file."""
+    from fastconv._params import CONV_ALGORITHMS
+
+    return tuple(a for a in CONV_ALGORITHMS if a != "auto")
+
+
+def available() -> str | None:
+    """None if fastconv imports, else why not."""
+    try:
+        importlib.import_module("fastconv")
+    except ImportError as exc:
+        return f"fastconv not importable ({exc})"
+    return None
+
+
+def conv_fns(algorithm: str) -> dict[str, Callable[..., Any]]:
+    import fastconv
+
+    return {
+        "conv2d_fwd": lambda c, x, w, b: fastconv.conv2d(x, w, b, **c.kwargs, algorithm=algorithm),
+        "conv2d_bwd": lambda c, gy, x, w: fastconv.conv2d_backward(gy, x, w, **c.kwargs, algorithm=algorithm),
+    }
+
+
+def pool_fns() -> dict[str, Callable[..., Any]]:
+    import fastconv
+
+    return {
+        "pool_fwd": lambda c, x: fastconv.max_pool2d(x, *c.args),
+        "pool_fwd_idx": lambda c, x: fastconv.max_pool2d(x, *c.args, return_indices=True),
+        "pool_bwd": lambda c, gy, idx, x: fastconv.max_pool2d_backward(gy, idx, c.x_shape),
+    }
+
+
+def cuda_available() -> str | None:
+    try:
+        import fastconv.cuda as fcuda
+    except ImportError as exc:
+        return f"fastconv.cuda not importable ({exc})"
+    is_available = getattr(fcuda, "is_available", None)
+    if is_available is None:
+        return "fastconv.cuda backend not built yet"
+    if not is_available():
+        return "no CUDA GPU (fastconv.cuda.is_available() is False)"
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return "numba CUDA simulator: timings would mean nothing"
+    return None
+
+
+def cuda_to_native(a: np.ndarray) -> Any:
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def cuda_to_host(a: Any) -> np.ndarray:
+    return a.copy_to_host()
+
+
+def cuda_sync() -> None:
+    from numba import cuda
+
+    cuda.synchronize()
+
+
+def auto_choice(case: Any, op: str) -> str | None:
+    """The algorithm ``algorithm="auto"`` runs for ``op`` on ``case`` (CPU), for
+    the report's cost-model table: the plan's when fastconv has
+    ``plan_conv2d``, else the dispatch rule's; None when neither answers."""
+    import fastconv
+
+    try:
+        plan_conv2d = getattr(fastconv, "plan_conv2d", None)
+        if plan_conv2d is not None:
+            plan = plan_conv2d(case.x_shape, case.params.weight_shape, dtype="float32", **case.kwargs)
+            return str(getattr(plan, "algorithm", plan))
+        from fastconv import _dispatch
+
+        return str(_dispatch.conv2d_algorithm("auto", case.params, "cpu", True))
+    except Exception:  # an API in flux must not stop a report
+        return None
