@@ -62,9 +62,9 @@ def _locator_classes() -> tuple[type, type]:
     """Two Numba cache locators for fastconv's own kernels: the explicit
     ``FASTCONV_CACHE_DIR`` one (tried before the in-tree ``__pycache__``) and
     the user-cache fallback (tried after it)."""
-    from numba.core.caching import UserWideCacheLocator
+    from numba.core import caching
 
-    class _FastconvCacheLocator(UserWideCacheLocator):
+    class _FastconvCacheLocator(_numba_attr(caching, "UserWideCacheLocator")):
         """Numba's user-wide locator, rooted at ``kernel_cache_dir()``."""
 
         def __init__(self, py_func: Any, py_file: str) -> None:
@@ -87,13 +87,19 @@ def _locator_classes() -> tuple[type, type]:
     return _ExplicitFastconvCacheLocator, _FastconvCacheLocator
 
 
+def _numba_attr(module: Any, name: str) -> Any:
+    """``module.name``, or ``module._name`` as Numba spelled it before 0.61."""
+    found = getattr(module, name, None)
+    return found if found is not None else getattr(module, "_" + name)
+
+
 def _install_locators() -> None:
     """Insert the locators into Numba's list: after ``NUMBA_CACHE_DIR``'s, around the in-tree one."""
     from numba.core import caching
 
-    classes = caching._CacheImpl._locator_classes
+    classes = _numba_attr(caching, "CacheImpl")._locator_classes
     explicit, fallback = _locator_classes()
-    in_tree = classes.index(caching.InTreeCacheLocator)
+    in_tree = classes.index(_numba_attr(caching, "InTreeCacheLocator"))
     classes.insert(in_tree + 1, fallback)
     classes.insert(in_tree, explicit)
 

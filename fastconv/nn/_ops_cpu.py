@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from .. import _cache
+
+_cache.install()  # before the kernels below: it picks where their Numba cache lives
+
 name = "cpu"
 
 # Below this many elements NumPy's single-threaded loop beats a parallel launch.
