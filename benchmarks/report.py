@@ -518,6 +518,11 @@ def format_markdown(result: dict[str, Any]) -> str:
     lines.append("")
     if result.get("latency"):
         lines += ["## First-call latency (fresh processes)", "", format_latency(result["latency"])]
+        if result["latency"].get("first_run"):
+            from . import latency as first_run
+
+            lines += ["### First run (fresh processes, empty cache)", "",
+                      first_run.format_rows(result["latency"]["first_run"])]
     return "\n".join(lines)
 
 
@@ -615,7 +620,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for numba, torch and OpenBLAS alike (default 2 = this machine's cores)")
     ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS threads for NumPy (and fastconv's im2col GEMMs); default 1: spinning "
+                    help="OpenBLAS threads for NumPy (the numpy-im2col baseline, fastconv.nn's Dense layers; "
+                         "fastconv's conv kernels call no BLAS); default 1: spinning "
                          "OpenBLAS workers steal the cores from Numba's and torch's threads in the next call "
                          "(measured: torch conv 2-5x slower right after a 2-thread GEMM). The SGEMM ceiling is "
                          "still measured at --threads, in a subprocess")
@@ -700,6 +706,9 @@ def run(args: argparse.Namespace, log: Any = None) -> dict[str, Any]:
     if args.latency:
         log("first-call latency (fresh processes, cold then warm numba cache) ...")
         latency = first_call_latency(args.threads)
+        from . import latency as first_run  # issue 11's scenarios: Quick start, MNIST warm-up, goals
+
+        latency["first_run"] = first_run.rows(args.threads, log)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     kind = args.machine_kind or machine_kind(machine["cpu_model"], machine["usable_cpus"] or 1)
     stem = f"cpu-{kind}"

@@ -227,7 +227,8 @@ def warm_up(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None, quiet: bo
 
     def report(task: Task, res: dict[str, Any]) -> None:
         count[0] += 1
-        what = f"{len(res['compiled'])} kernels compiled" if res["compiled"] else "all cached"
+        n = len(res["compiled"])
+        what = f"{n} kernel{'s' if n != 1 else ''} compiled" if n else "all cached"
         say(f"  [{count[0]:>2}/{len(tasks)}] {task.name:<32} {res['wall']:6.1f} s  ({what})")
 
     _schedule(tasks, jobs, report)
