@@ -104,10 +104,11 @@ def _install_locators() -> None:
     classes.insert(in_tree, explicit)
 
 
-def _first_array_dtype(args: Any) -> str | None:
+def _float_dtype(args: Any) -> str | None:
+    """The first floating-point array dtype among a compile's argument types, if any."""
     for a in args or ():
         dtype = getattr(a, "dtype", None)
-        if dtype is not None and getattr(a, "ndim", 0) > 0:
+        if getattr(a, "ndim", 0) > 0 and str(dtype) in ("float32", "float64"):
             return str(dtype)
     return None
 
@@ -132,8 +133,9 @@ def _install_notice() -> None:
             if not module.startswith("fastconv."):
                 return
             self.done = True
-            dtype = _first_array_dtype(ev.data.get("args")) or "this dtype"
-            print(f"fastconv: compiling CPU kernels for {dtype} — first run only, ~{_NOTICE_SECONDS} s "
+            dtype = _float_dtype(ev.data.get("args"))
+            what = f" for {dtype}" if dtype else ""
+            print(f"fastconv: compiling CPU kernels{what} — first run only, ~{_NOTICE_SECONDS} s "
                   f"per new operation (cached afterwards; `python -m fastconv.warmup` compiles all ahead)",
                   file=sys.stderr, flush=True)
 

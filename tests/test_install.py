@@ -45,8 +45,9 @@ for info in pkgutil.walk_packages(fastconv.__path__, "fastconv."):
 print(json.dumps({"package": fastconv.__file__, "paths": paths}))
 """
 
-# One cheap kernel call; prints which fastconv kernels compiled (numba fires
-# "numba:compile" only when a kernel was not loaded from the cache).
+# One cheap public call (max_pool2d_backward with hand-made indices: two small kernels);
+# prints which fastconv kernels compiled (numba fires "numba:compile" only when a kernel
+# was not loaded from the cache).
 _ONE_CALL = r"""
 import json
 import numpy as np
@@ -59,8 +60,9 @@ class Count(event.Listener):
         pass
 event.register("numba:compile", Count())
 import fastconv
-y, idx = fastconv.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2, return_indices=True)
-fastconv.max_pool2d_backward(np.ones_like(y), idx, (1, 1, 4, 4))
+idx = np.array([[[[0, 2], [8, 10]]]], dtype=np.int64)
+gx = fastconv.max_pool2d_backward(np.ones((1, 1, 2, 2), dtype=np.float32), idx, (1, 1, 4, 4))
+assert gx.sum() == 4.0
 print(json.dumps([m for m in compiled if m.startswith("fastconv.")]))
 """
 
@@ -97,10 +99,12 @@ def _env(tmp_path: Path, pythonpath: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _python(code: str, env: dict[str, str], cwd: Path) -> object:
+def _python(code: str, env: dict[str, str], cwd: Path, stderr: list[str] | None = None) -> object:
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
+    if stderr is not None:
+        stderr.append(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -145,8 +149,21 @@ def test_writable_checkout_keeps_the_in_tree_cache(tmp_path):
 
 
 def test_read_only_install_compiles_once_then_loads_from_the_user_cache(tmp_path, read_only_site):
-    env = _env(tmp_path, read_only_site, XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    first = _python(_ONE_CALL, env, tmp_path)
+    """Also the cold-compile notice: once on stderr in the run that compiles, never after."""
+    env = _env(tmp_path, read_only_site, XDG_CACHE_HOME=str(tmp_path / "xdg"), FASTCONV_COMPILE_NOTICE="1")
+    err: list[str] = []
+    first = _python(_ONE_CALL, env, tmp_path, err)
     assert first, "the first run compiled nothing: was the cache not empty?"
     assert list((tmp_path / "xdg" / "fastconv" / "numba").rglob("*.nbi")), "no cache index written"
-    assert _python(_ONE_CALL, env, tmp_path) == [], "the second run compiled again instead of loading"
+    notices = [line for line in err[0].splitlines() if line.startswith("fastconv: compiling CPU kernels")]
+    assert len(notices) == 1, err[0]
+    assert "— first run only" in notices[0] and "python -m fastconv.warmup" in notices[0]
+    assert _python(_ONE_CALL, env, tmp_path, err) == [], "the second run compiled again instead of loading"
+    assert "fastconv: compiling" not in err[1], err[1]
+
+
+def test_cold_notice_can_be_silenced(tmp_path):
+    env = _env(tmp_path, ROOT, NUMBA_CACHE_DIR=str(tmp_path / "nb"), FASTCONV_COMPILE_NOTICE="0")
+    err: list[str] = []
+    assert _python(_ONE_CALL, env, tmp_path, err), "nothing compiled in an empty cache"
+    assert "fastconv: compiling" not in err[0], err[0]
