@@ -98,7 +98,7 @@ step("warm-up (train_on_batch + predict)", warm_up)
 def quick_start_code(readme: Path = REPO / "README.md") -> str:
     """The first ```python block after the "## Quick start" heading of the README."""
     text = readme.read_text(encoding="utf-8")
-    m = re.search(r"^## Quick start\b.*?^```python[^\n]*\n(.*?)^```", text, re.S | re.M)
+    m = re.search(r"^## Quick start\b.*?^```python[^\n]*\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
     if m is None:
         raise ValueError(f"{readme} has no ```python block under '## Quick start'")
     return m.group(1)
@@ -125,7 +125,7 @@ def _children_cpu() -> float:
 def _run(argv: list[str], env: dict[str, str], cwd: str) -> dict[str, Any]:
     """Run a child; wall and CPU time of the whole process, plus its LATENCY_JSON line if any."""
     cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False, timeout=1200)
     out: dict[str, Any] = {"process_wall": time.perf_counter() - t0, "process_cpu": _children_cpu() - cpu0}
     if proc.returncode != 0:
         out["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]

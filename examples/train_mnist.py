@@ -50,8 +50,8 @@ if (_CHECKOUT / "fastconv" / "__init__.py").is_file():
     sys.path.insert(0, str(_CHECKOUT))  # run from a checkout: its fastconv, installed or not
 
 from fastconv import nn  # noqa: E402
-from fastconv.nn import zoo  # noqa: E402
 from fastconv.datasets import mnist  # noqa: E402
+from fastconv.nn import zoo  # noqa: E402
 
 PROG = "train_mnist.py"
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["install", "kernel_cache_dir", "user_cache_dir", "PACKAGE_DIR"]
+__all__ = ["PACKAGE_DIR", "install", "kernel_cache_dir", "user_cache_dir"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -25,12 +25,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["TASKS", "Task", "tasks_for", "run_tasks_here", "main"]
+__all__ = ["TASKS", "Task", "main", "run_tasks_here", "tasks_for"]
 
 DTYPES = ("float32", "float64")
 
@@ -189,7 +190,7 @@ def _run_child(names: list[str]) -> dict[str, Any]:
     """Run tasks in a fresh interpreter; raises RuntimeError with its stderr if it fails."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "fastconv.warmup", "--run-here", ",".join(names)],
-                          env=_child_env(), capture_output=True, text=True)
+                          env=_child_env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"warm-up task {', '.join(names)} failed (exit {proc.returncode}):\n{tail}")

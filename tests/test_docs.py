@@ -32,7 +32,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DEFAULT_TIMEOUT = 600
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
-                    re.S | re.M)
+                    re.DOTALL | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,6 @@ def test_code_block_runs(block: Block, tmp_path):
     script.write_text(block.code, encoding="utf-8")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", FASTCONV_OFFLINE="1", MPLBACKEND="Agg",
                PYTHONPATH=str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
                           timeout=timeout)
     assert proc.returncode == 0, f"{block.id} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
