@@ -41,7 +41,10 @@ err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
 assert y.shape == (2, 4, 8, 8) and err < 1e-5, (y.shape, err)
 print(f"check_install: installed fastconv {fastconv.__version__} convolves (rel. error {err:.1e})")
 PY
-ls -d "$XDG_CACHE_HOME"/fastconv/numba/* > /dev/null  # the kernels were cached there
+# A venv is writable, so the kernels cache next to the installed sources (a read-only
+# site-packages would send them to $XDG_CACHE_HOME/fastconv/numba: tests/test_install.py).
+find "$WORK/venv" "$XDG_CACHE_HOME" -name '*.nbi' 2>/dev/null | grep -q . || {
+    echo "check_install: the kernels were not cached" >&2; exit 1; }
 "$WORK/venv/bin/python" -m fastconv.warmup --dtype float32 --quiet
 cp "$REPO/examples/train_mnist.py" .
 timeout 900 "$WORK/venv/bin/python" train_mnist.py --limit 256 --verbose 2 --out "$WORK/run/out"

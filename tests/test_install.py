@@ -95,7 +95,8 @@ def _env(tmp_path: Path, pythonpath: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NUMBA_CACHE_DIR", "FASTCONV_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
     env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(pythonpath), PYTHONDONTWRITEBYTECODE="1",
-               OPENBLAS_NUM_THREADS="1", FASTCONV_COMPILE_NOTICE="0", **extra)
+               OPENBLAS_NUM_THREADS="1", FASTCONV_COMPILE_NOTICE="0")
+    env.update(extra)
     return env
 
 
