@@ -43,8 +43,10 @@ print(f"check_install: installed fastconv {fastconv.__version__} convolves (rel.
 PY
 # A venv is writable, so the kernels cache next to the installed sources (a read-only
 # site-packages would send them to $XDG_CACHE_HOME/fastconv/numba: tests/test_install.py).
-find "$WORK/venv" "$XDG_CACHE_HOME" -name '*.nbi' 2>/dev/null | grep -q . || {
-    echo "check_install: the kernels were not cached" >&2; exit 1; }
+if [ -z "$(find "$WORK/venv" "$XDG_CACHE_HOME" -name '*.nbi' -print -quit 2>/dev/null || true)" ]; then
+    echo "check_install: the kernels were not cached" >&2
+    exit 1
+fi
 "$WORK/venv/bin/python" -m fastconv.warmup --dtype float32 --quiet
 cp "$REPO/examples/train_mnist.py" .
 timeout 900 "$WORK/venv/bin/python" train_mnist.py --limit 256 --verbose 2 --out "$WORK/run/out"
