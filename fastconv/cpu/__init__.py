@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import _cache
 from .._params import Conv2dParams, Pool2dParams, as_host_array
+
+_cache.install()  # before any kernel module: it picks where their Numba cache lives
 
 
 def asarray(a: Any, name: str) -> np.ndarray:

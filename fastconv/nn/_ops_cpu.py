@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from .. import _cache
+
+_cache.install()  # before the kernels below: it picks where their Numba cache lives
+
 from . import _rules
 
 name = "cpu"
