@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Pool2dParams
-from ._conv_common import tap_cols
+from .common import tap_cols
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "index_range"]
 
