@@ -62,8 +62,8 @@ def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
     ``need_input_grad=False`` skips grad_x (returned as None), like PyTorch for an
     input that does not require grad, e.g. a network's first layer.
     """
-    op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm)
-    return op.backward_from(grad_output, x, weight, need_input_grad=need_input_grad)
+    op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm, need_input_grad=need_input_grad)
+    return op.backward_from(grad_output, x, weight)
 
 
 @overload

@@ -39,7 +39,7 @@ from .cpu.layout import (
     standard_layout,
 )
 
-__all__ = ["ConvPlan", "CpuConvPlan", "build_plan", "use_batch_inner", "chunk_images",
+__all__ = ["ConvPlan", "CpuConvPlan", "build_plan", "check_layout", "use_batch_inner", "chunk_images", "LAYOUTS",
            "BLOCK", "CHANNEL_BLOCK", "CHANNEL_BLOCK_BATCH_INNER", "SEGMENT", "COLUMN_BLOCK_BYTES",
            "COLUMN_WORKSPACE_BYTES", "IN_PLACE_MIN"]
 
@@ -150,13 +150,28 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
 
 
+LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",)}
+
+
+def check_layout(layout: str | None, algorithm: str, p: Conv2dParams) -> None:
+    """A requested CPU layout must belong to an explicitly requested algorithm."""
+    if layout is None:
+        return
+    if algorithm not in LAYOUTS or layout not in LAYOUTS[algorithm]:
+        raise ValueError(f"layout {layout!r} needs an explicit algorithm it belongs to "
+                         f"({', '.join(f'{a}: {ls}' for a, ls in LAYOUTS.items())}), got algorithm={algorithm!r}")
+    if layout == "batch-inner" and (p.sh, p.sw) != (1, 1):
+        raise ValueError(f"the batch-inner layout needs stride 1, got stride {(p.sh, p.sw)}")
+
+
 def build_plan(p: Conv2dParams, dtype: np.dtype, backend: str, threads: int, need_input_grad: bool,
-               algorithm: str) -> ConvPlan:
+               algorithm: str, layout: str | None = None) -> ConvPlan:
     """The plan for validated parameters; ``algorithm`` is "auto" or a name of
-    ``_params.CONV_ALGORITHMS``."""
+    ``_params.CONV_ALGORITHMS``; ``layout`` (CPU) overrides the layout rule of
+    an explicit algorithm (for comparing layouts; ``check_layout`` first)."""
     if backend == "cuda":
         return _cuda_plan(p, np.dtype(dtype), need_input_grad, algorithm)
-    return _cpu_plan(p, np.dtype(dtype), threads, need_input_grad, algorithm)
+    return _cpu_plan(p, np.dtype(dtype), threads, need_input_grad, algorithm, layout)
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -214,10 +229,11 @@ def _std_q(p: Conv2dParams) -> int:
     return (p.h + max(p.ph, p.ph_end)) * (p.w + max(p.pw, p.pw_end))
 
 
-def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str) -> ConvPlan:
+def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str,
+              layout: str | None) -> ConvPlan:
     fwd_alg, bwd_alg, why_alg = _cpu_algorithms(p, need_input_grad, algorithm)
-    fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad)
-    bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad)
+    fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
+    bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
     reuse = fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and \
         same_buffer(fwd.forward_layout, bwd.backward_layout)
     cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
@@ -254,12 +270,13 @@ class _Pass:
     why_grad_input: str
 
 
-def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+              layout: str | None) -> _Pass:
     if algorithm == "im2col":
         return _cpu_im2col(p, dtype, threads, need_input_grad)
-    if use_batch_inner(p):
-        return _cpu_batch_inner(p, dtype, threads, need_input_grad)
-    return _cpu_standard(p, dtype, threads, need_input_grad)
+    if layout == "batch-inner" or (layout is None and use_batch_inner(p)):
+        return _cpu_batch_inner(p, dtype, threads, need_input_grad, layout is not None)
+    return _cpu_standard(p, dtype, threads, need_input_grad, layout is not None)
 
 
 # --------------------------------------------------------------------------- CPU: tilings
@@ -332,7 +349,7 @@ def _grad_x_lead(p: Conv2dParams, lay: Layout) -> int:
     return mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step)
 
 
-def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
     isz = dtype.itemsize
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
     fwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow,
@@ -359,7 +376,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     why_gx = ("skipped (need_input_grad=False)" if not need_input_grad else
               "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)" if gx else
               "scatter: a strided transposed convolution")
-    why_layout = "standard: " + ("stride > 1" if p.sh * p.sw > 1 else
+    why_layout = "standard: " + ("requested" if requested else "stride > 1" if p.sh * p.sw > 1 else
                                  f"batch {p.n} < 8" if p.n < 8 else
                                  f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)")
     return _Pass("standard", fwd, gx, gw, fwd_lay, bwd_lay, p.n, False, fwd_lay.size * isz, bwd_bytes,
@@ -370,7 +387,8 @@ def _image_tiles_note(t: CorrTiling) -> str:
     return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
 
 
-def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+                     requested: bool) -> _Pass:
     isz = dtype.itemsize
     hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
@@ -380,7 +398,8 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
     bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads)
-    why_layout = (f"batch-inner: stride 1, batch {p.n} >= 8 and {_bi_q(p)} Q per image instead of {_std_q(p)} "
+    why_layout = ("batch-inner: requested" if requested else
+                  f"batch-inner: stride 1, batch {p.n} >= 8 and {_bi_q(p)} Q per image instead of {_std_q(p)} "
                   f"(<= 3/4): no padding rows computed")
     why_gx = ("skipped (need_input_grad=False)" if gx is None else
               "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)")

@@ -31,7 +31,7 @@ from ._params import (
     pool_input_shape,
     pool_scatter_params,
 )
-from ._plan import ConvPlan, build_plan
+from ._plan import ConvPlan, build_plan, check_layout
 
 __all__ = ["Conv2dOp", "MaxPool2dOp", "plan_conv2d"]
 
@@ -49,12 +49,16 @@ def _threads(backend_name: str) -> int:
 
 def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtype: DTypeLike = "float32",
                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1, algorithm: str = "auto",
-                need_input_grad: bool = True, backend: str = "cpu", threads: int | None = None) -> ConvPlan:
+                need_input_grad: bool = True, backend: str = "cpu", threads: int | None = None,
+                layout: str | None = None) -> ConvPlan:
     """The plan ``conv2d``/``conv2d_backward`` run for these shapes and options.
 
     ``dtype``: the inputs' dtype (the plan is for the compute dtype: float32 or
     float64).  ``backend``: "cpu" or "cuda".  ``threads``: the CPU thread count
     to plan for (default: Numba's current one, which is what a call uses).
+    ``layout`` (CPU, with an explicit algorithm): "standard" or "batch-inner"
+    for direct, "column" for im2col, instead of the layout rule -- for
+    comparing layouts; run such a plan with ``Conv2dOp.from_plan``.
     The plan says which algorithm and layout run each pass, with which tiles,
     how much workspace they take and why; ``print(plan)`` reads like
     "direct · batch-inner layout · 8×3 register tile · workspace 1.2 MiB · because ...".
@@ -64,12 +68,13 @@ def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtyp
     if backend not in ("cpu", "cuda"):
         raise ValueError(f'backend must be "cpu" or "cuda", got {backend!r}')
     p = conv2d_params(x_shape, weight_shape, None, stride, padding, dilation, groups)
+    check_layout(layout, algorithm, p)
     dt = compute_dtype(np.dtype(dtype))
     if threads is None:
         threads = _threads(backend)
     elif backend == "cpu" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int, got {threads!r}")
-    return build_plan(p, dt, backend, threads, need_input_grad, algorithm)
+    return build_plan(p, dt, backend, threads, need_input_grad, algorithm, layout)
 
 
 class Conv2dOp:
