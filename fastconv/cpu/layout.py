@@ -200,7 +200,8 @@ class CorrTiling:
 
     def describe(self) -> str:
         tile = "1-channel vector loop" if self.channels == 1 else f"{self.channels}×{self.vectors} register tile"
-        return tile + (f" · {self.image_tiles} tiles per image" if self.image_tiles else "")
+        n = self.image_tiles
+        return tile + (f" · {n} tile{'s' if n > 1 else ''} per image" if n else "")
 
 
 @dataclass(frozen=True)
