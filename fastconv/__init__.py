@@ -33,9 +33,16 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-    "plan_conv2d", "ConvPlan", "Conv2dOp", "MaxPool2dOp",
-    "reference", "__version__",
+    "Conv2dOp",
+    "ConvPlan",
+    "MaxPool2dOp",
+    "__version__",
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "plan_conv2d",
+    "reference",
 ]
 
 

@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any
 
 
-
 def is_device_array(a: Any) -> bool:
     """True for arrays that live on a CUDA device (or numba's simulated device)."""
     if type(a).__module__.startswith("numba.cuda"):  # includes the simulator's arrays

@@ -39,9 +39,22 @@ from .cpu.layout import (
     standard_layout,
 )
 
-__all__ = ["ConvPlan", "CpuConvPlan", "build_plan", "check_layout", "use_batch_inner", "chunk_images", "LAYOUTS",
-           "BLOCK", "CHANNEL_BLOCK", "CHANNEL_BLOCK_BATCH_INNER", "SEGMENT", "COLUMN_BLOCK_BYTES",
-           "COLUMN_WORKSPACE_BYTES", "IN_PLACE_MIN"]
+__all__ = [
+    "BLOCK",
+    "CHANNEL_BLOCK",
+    "CHANNEL_BLOCK_BATCH_INNER",
+    "COLUMN_BLOCK_BYTES",
+    "COLUMN_WORKSPACE_BYTES",
+    "IN_PLACE_MIN",
+    "LAYOUTS",
+    "SEGMENT",
+    "ConvPlan",
+    "CpuConvPlan",
+    "build_plan",
+    "check_layout",
+    "chunk_images",
+    "use_batch_inner",
+]
 
 # Q elements per correlation task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
 BLOCK = 1024
@@ -183,8 +196,8 @@ def _cuda_plan(p: Conv2dParams, dtype: np.dtype, need_input_grad: bool, algorith
     if algorithm != "auto":
         alg, why = algorithm, "requested"
     elif p.cg * p.kh * p.kw >= 16 and p.kg >= 8:
-        alg, why = "im2col", f"auto: the per-group GEMM is deep enough (C/g*R*S = {p.cg * p.kh * p.kw} >= 16, " \
-                             f"K/g = {p.kg} >= 8)"
+        alg = "im2col"
+        why = f"auto: the per-group GEMM is deep enough (C/g*R*S = {p.cg * p.kh * p.kw} >= 16, K/g = {p.kg} >= 8)"
     else:
         alg, why = "direct", f"auto: a shallow per-group GEMM (C/g*R*S = {p.cg * p.kh * p.kw}, K/g = {p.kg})"
     return ConvPlan(p, dtype.name, "cuda", 0, need_input_grad, alg, "nchw", alg, "nchw", (("algorithm", why),))

@@ -131,10 +131,11 @@ class Conv2dOp:
             return f
         threads = _threads(name)
         last = self.plan
-        if last is None or (last.params, last.dtype, last.backend, last.need_input_grad, last.threads) != \
+        if last is not None and (last.params, last.dtype, last.backend, last.need_input_grad, last.threads) == \
                 (p, dtype.name, name, need_input_grad, threads):
-            self.plan = build_plan(p, dtype, name, threads, need_input_grad, self.algorithm)
-        return self.plan
+            return last
+        self.plan = plan = build_plan(p, dtype, name, threads, need_input_grad, self.algorithm)
+        return plan
 
     def _release(self) -> None:
         self._inputs = self._x_compute = self._kept = self._kept_params = None
@@ -258,7 +259,8 @@ def pool_backward_args(grad_output: ArrayLike, indices: ArrayLike, input_shape: 
 def check_indices_in_range(be: Any, indices: Any, shape: tuple[int, int, int, int]) -> None:
     """Every index inside its H*W plane (one pass; for indices from outside)."""
     if indices.size:
-        check_pool_index_range(*be.index_range(indices), shape)
+        lo, hi = be.index_range(indices)
+        check_pool_index_range(lo, hi, shape)
 
 
 def pool_scatter(be: Any, gy: Any, indices: Any, shape: tuple[int, int, int, int], dtype: np.dtype) -> Any:

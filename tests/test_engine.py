@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from fastconv import _alloc, reference
 from fastconv._params import conv2d_params
@@ -28,8 +29,6 @@ from fastconv.cpu.layout import (
     standard_layout,
     tap_offsets,
 )
-
-from conftest import assert_close
 
 DTYPES = [np.float32, np.float64]
 # (output channels, vectors) of each tile the engine has, and the 1-channel loop
@@ -75,9 +74,9 @@ def _problem(rng, dtype, shape, opts):
 
 
 SHAPES = {
-    "k8": ((3, 4, 7, 9, 8, 3, 3), dict(padding=1)),
-    "k5_groups": ((2, 4, 6, 8, 10, 3, 2), dict(groups=2, dilation=(1, 2))),
-    "k2_depthwise": ((2, 3, 7, 7, 6, 3, 3), dict(groups=3, padding=2)),
+    "k8": ((3, 4, 7, 9, 8, 3, 3), {"padding": 1}),
+    "k5_groups": ((2, 4, 6, 8, 10, 3, 2), {"groups": 2, "dilation": (1, 2)}),
+    "k2_depthwise": ((2, 3, 7, 7, 6, 3, 3), {"groups": 3, "padding": 2}),
     "deep_c40": ((2, 40, 5, 6, 9, 3, 3), {}),
 }
 
@@ -109,7 +108,7 @@ def test_correlate_standard(dtype, case, tile, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_correlate_batch_inner_with_bias(dtype, rng):
-    p, x, wt = _problem(rng, dtype, (9, 5, 5, 5, 12, 3, 3), dict(padding=(1, 0)))
+    p, x, wt = _problem(rng, dtype, (9, 5, 5, 5, 12, 3, 3), {"padding": (1, 0)})
     b = rng.standard_normal(p.k).astype(dtype)
     lay = batch_inner_layout(p.x_shape, p.h + 2 * p.ph, p.w + 2 * p.pw, np.dtype(dtype).itemsize, top=p.ph, left=p.pw)
     xb = prepare_batch_inner(x, lay)

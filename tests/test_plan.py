@@ -12,48 +12,47 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import assert_close, spy_calls
 
 import fastconv
 import fastconv.cpu
 from fastconv import reference
 from fastconv._plan import COLUMN_WORKSPACE_BYTES, use_batch_inner
 
-from conftest import assert_close, spy_calls
-
 # name: (x shape, weight shape, options, need_input_grad, expected fields), planned for 2 threads.
 # tile: (channels, vectors) of the forward's register tile (1, 0: the 1-channel loop); gx: the
 # grad_x correlation's tile, or None (scatter, or no grad_x); gw: grad_weight's walk.
 PLANS = {
     "mnist_first_layer": ((64, 1, 28, 28), (32, 1, 3, 3), {}, False,
-                          dict(alg=("direct", "im2col"), layout=("standard", "column"), tile=(8, 3),
-                               image_tiles=True, gx=None, gw="rows", in_place=True, reuse=False)),
+                          {"alg": ("direct", "im2col"), "layout": ("standard", "column"), "tile": (8, 3),
+                               "image_tiles": True, "gx": None, "gw": "rows", "in_place": True, "reuse": False}),
     "mnist_first_layer_gx": ((64, 1, 28, 28), (32, 1, 3, 3), {}, True,
-                             dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(8, 3),
-                                  image_tiles=True, gx=(1, 0), gw="contiguous", in_place=False, reuse=True)),
+                             {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                                  "image_tiles": True, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": True}),
     "small_planes_batch_inner": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
-                                 dict(alg=("direct", "direct"), layout=("batch-inner", "batch-inner"), tile=(8, 3),
-                                      image_tiles=False, gx=(8, 3), gw="contiguous", in_place=False, reuse=True)),
+                                 {"alg": ("direct", "direct"), "layout": ("batch-inner", "batch-inner"), "tile": (8, 3),
+                                      "image_tiles": False, "gx": (8, 3), "gw": "contiguous", "in_place": False, "reuse": True}),
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
-                        dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(8, 3),
-                             image_tiles=True, gx=(8, 3), gw="per-image", in_place=False, reuse=True)),
-    "deep_pad1": ((32, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), True,
-                  dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(8, 3),
-                       image_tiles=False, gx=(8, 3), gw="per-image", in_place=False, reuse=False)),
-    "large_planes": ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), True,
-                     dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(8, 3),
-                          image_tiles=False, gx=(8, 3), gw="contiguous", in_place=False, reuse=False)),
-    "depthwise": ((8, 256, 14, 14), (256, 1, 3, 3), dict(padding=1, groups=256), True,
-                  dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(1, 0),
-                       image_tiles=False, gx=(1, 0), gw="per-image", in_place=False, reuse=False)),
-    "strided": ((4, 3, 9, 9), (6, 3, 3, 3), dict(stride=2), True,
-                dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(4, 4),
-                     image_tiles=False, gx=None, gw="contiguous", in_place=False, reuse=False)),
-    "im2col_small": ((2, 4, 9, 11), (6, 4, 3, 3), dict(algorithm="im2col"), True,
-                     dict(alg=("im2col", "im2col"), layout=("column", "column"), tile=(4, 4),
-                          image_tiles=False, gx=(8, 3), gw="contiguous", in_place=False, reuse=False)),
-    "small_batch": ((2, 3, 9, 9), (5, 3, 3, 3), dict(padding=1), True,
-                    dict(alg=("direct", "direct"), layout=("standard", "standard"), tile=(4, 4),
-                         image_tiles=False, gx=(1, 0), gw="contiguous", in_place=False, reuse=False)),
+                        {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                             "image_tiles": True, "gx": (8, 3), "gw": "per-image", "in_place": False, "reuse": True}),
+    "deep_pad1": ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True,
+                  {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                       "image_tiles": False, "gx": (8, 3), "gw": "per-image", "in_place": False, "reuse": False}),
+    "large_planes": ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, True,
+                     {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                          "image_tiles": False, "gx": (8, 3), "gw": "contiguous", "in_place": False, "reuse": False}),
+    "depthwise": ((8, 256, 14, 14), (256, 1, 3, 3), {"padding": 1, "groups": 256}, True,
+                  {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (1, 0),
+                       "image_tiles": False, "gx": (1, 0), "gw": "per-image", "in_place": False, "reuse": False}),
+    "strided": ((4, 3, 9, 9), (6, 3, 3, 3), {"stride": 2}, True,
+                {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (4, 4),
+                     "image_tiles": False, "gx": None, "gw": "contiguous", "in_place": False, "reuse": False}),
+    "im2col_small": ((2, 4, 9, 11), (6, 4, 3, 3), {"algorithm": "im2col"}, True,
+                     {"alg": ("im2col", "im2col"), "layout": ("column", "column"), "tile": (4, 4),
+                          "image_tiles": False, "gx": (8, 3), "gw": "contiguous", "in_place": False, "reuse": False}),
+    "small_batch": ((2, 3, 9, 9), (5, 3, 3, 3), {"padding": 1}, True,
+                    {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (4, 4),
+                         "image_tiles": False, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": False}),
 }
 
 
@@ -124,11 +123,11 @@ def test_layout_request():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(algorithm="fft"), "algorithm must be one of"),
-    (dict(need_input_grad="yes"), "need_input_grad must be a bool"),
-    (dict(backend="tpu"), 'backend must be "cpu" or "cuda"'),
-    (dict(threads=0), "threads must be a positive int"),
-    (dict(padding=-1), "padding"),
+    ({"algorithm": "fft"}, "algorithm must be one of"),
+    ({"need_input_grad": "yes"}, "need_input_grad must be a bool"),
+    ({"backend": "tpu"}, 'backend must be "cpu" or "cuda"'),
+    ({"threads": 0}, "threads must be a positive int"),
+    ({"padding": -1}, "padding"),
 ])
 def test_plan_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -155,7 +154,7 @@ def test_batch_inner_rule_is_the_plans():
 
 @pytest.mark.parametrize("shape, opts", [
     (((8, 3, 5, 5), (5, 3, 3, 3)), {}),
-    (((2, 3, 9, 11), (6, 3, 3, 3)), dict(padding=1, stride=(1, 2))),
+    (((2, 3, 9, 11), (6, 3, 3, 3)), {"padding": 1, "stride": (1, 2)}),
     (((3, 1, 12, 12), (8, 1, 3, 3)), {}),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

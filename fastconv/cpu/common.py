@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["FASTMATH", "tap_cols", "bias_grad", "empty_bias"]
+__all__ = ["FASTMATH", "bias_grad", "empty_bias", "tap_cols"]
 
 # Fast-math flags: only 'contract' (fuse a*b+c into one FMA) and 'reassoc'
 # (reorder sums, which the vectoriser needs for reductions and which lets it

@@ -53,12 +53,18 @@ from .engine import (
     pack_weights,
     prepare_standard,
 )
-from .layout import GradWeightTiling, Layout, grad_output_layout, mirrored_lead, tap_offsets
+from .layout import (
+    GradWeightTiling,
+    Layout,
+    grad_output_layout,
+    mirrored_lead,
+    tap_offsets,
+)
 
 if TYPE_CHECKING:
     from .._plan import ConvPlan
 
-__all__ = ["forward", "backward", "grad_weight_exact", "grad_input_scatter", "standard_tap_offsets"]
+__all__ = ["backward", "forward", "grad_input_scatter", "grad_weight_exact", "standard_tap_offsets"]
 
 
 def standard_tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:

@@ -32,13 +32,26 @@ from .. import _alloc
 from .._params import Conv2dParams
 from .common import bias_grad, empty_bias
 from .conv_direct import grad_input_scatter, grad_weight_exact
-from .engine import Prepared, correlate, grad_weight_contiguous, pack_weights, prepare_batch_inner, prepare_standard
-from .layout import Layout, grad_output_layout, mirrored_lead, standard_layout, tap_offsets
+from .engine import (
+    Prepared,
+    correlate,
+    grad_weight_contiguous,
+    pack_weights,
+    prepare_batch_inner,
+    prepare_standard,
+)
+from .layout import (
+    Layout,
+    grad_output_layout,
+    mirrored_lead,
+    standard_layout,
+    tap_offsets,
+)
 
 if TYPE_CHECKING:
     from .._plan import ConvPlan
 
-__all__ = ["forward", "backward"]
+__all__ = ["backward", "forward"]
 
 
 def _tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:

@@ -56,7 +56,7 @@ from .layout import column_layout, column_ld, tap_offsets
 if TYPE_CHECKING:
     from .._plan import ConvPlan
 
-__all__ = ["forward", "backward"]
+__all__ = ["backward", "forward"]
 
 # The column gradient's only "tap": row k of the channel-major grad_output.
 _ROW_TAP = np.zeros(1, dtype=np.int64)

@@ -32,9 +32,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CACHE_LINE", "OVERRUN", "TILE_SHAPES", "Layout", "odd_lines", "phase_geometry", "standard_layout",
-           "batch_inner_layout", "column_layout", "column_ld", "same_buffer", "CorrTiling", "GradWeightTiling", "mirrored_lead",
-           "grad_output_layout", "tap_offsets"]
+__all__ = [
+    "CACHE_LINE",
+    "OVERRUN",
+    "TILE_SHAPES",
+    "CorrTiling",
+    "GradWeightTiling",
+    "Layout",
+    "batch_inner_layout",
+    "column_layout",
+    "column_ld",
+    "grad_output_layout",
+    "mirrored_lead",
+    "odd_lines",
+    "phase_geometry",
+    "same_buffer",
+    "standard_layout",
+    "tap_offsets",
+]
 
 CACHE_LINE = 64  # bytes
 # Elements a register tile may read past a buffer's last Q: one 8 x 3-vector or

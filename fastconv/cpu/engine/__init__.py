@@ -15,5 +15,13 @@ from .correlate import correlate, pack_weights
 from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_weight_rows
 from .prepare import Prepared, prepare_batch_inner, prepare_standard
 
-__all__ = ["correlate", "pack_weights", "grad_weight_contiguous", "grad_weight_per_image", "grad_weight_rows",
-           "Prepared", "prepare_standard", "prepare_batch_inner"]
+__all__ = [
+           "Prepared",
+           "correlate",
+           "grad_weight_contiguous",
+           "grad_weight_per_image",
+           "grad_weight_rows",
+           "pack_weights",
+           "prepare_batch_inner",
+           "prepare_standard",
+]

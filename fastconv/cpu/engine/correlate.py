@@ -27,7 +27,7 @@ from ..common import FASTMATH
 from ..layout import TILE_SHAPES, CorrTiling, Layout
 from .simd import corr_tile, corr_tile8
 
-__all__ = ["pack_weights", "correlate", "corr_standard", "corr_batch_inner"]
+__all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights"]
 
 # vectors of Q per row of each register tile (frozen into the kernels)
 _VEC8 = TILE_SHAPES[8][1]

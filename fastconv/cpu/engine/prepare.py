@@ -14,7 +14,7 @@ from ... import _alloc
 from ..common import FASTMATH, tap_cols
 from ..layout import Layout
 
-__all__ = ["Prepared", "prepare_standard", "prepare_batch_inner", "embed", "embed_bi"]
+__all__ = ["Prepared", "embed", "embed_bi", "prepare_batch_inner", "prepare_standard"]
 
 
 class Prepared:
