@@ -134,6 +134,12 @@ class ConvPlan:
                 return why
         raise KeyError(f"no reason recorded for {choice!r}; recorded: {[n for n, _ in self.reasons]}")
 
+    def cpu_part(self) -> CpuConvPlan:
+        """The CPU section (a CPU backend's entry point asks for it)."""
+        if self.cpu is None:
+            raise ValueError(f"a {self.backend} plan has no CPU section")
+        return self.cpu
+
     @property
     def workspace_bytes(self) -> int:
         """Scratch bytes of the larger pass (0 where the backend does not say)."""

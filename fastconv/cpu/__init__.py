@@ -63,9 +63,8 @@ def _module(algorithm: str, layout: str) -> ModuleType:
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
                    ) -> tuple[np.ndarray, Any]:
     """(y, the prepared x if the plan's backward can reuse it, else None)."""
-    assert plan.cpu is not None, "a CPU plan"
     y, prepared = _module(plan.algorithm, plan.layout).forward(x, weight, bias, plan)
-    return y, prepared if plan.cpu.reuse_prepared_input else None
+    return y, prepared if plan.cpu_part().reuse_prepared_input else None
 
 
 def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Any = None
@@ -73,8 +72,8 @@ def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: Con
     """(gx, gw, gb); gx is None (never computed) when the plan needs no input
     gradient.  ``kept``: the forward's prepared x (``conv2d_forward``) of this
     very x, used when it is the buffer this plan's backward would build."""
-    assert plan.cpu is not None, "a CPU plan"
-    if kept is not None and not (plan.cpu.reuse_prepared_input and same_buffer(kept.layout, plan.cpu.backward_layout)):
+    c = plan.cpu_part()
+    if kept is not None and not (c.reuse_prepared_input and same_buffer(kept.layout, c.backward_layout)):
         kept = None
     return _module(plan.backward_algorithm, plan.backward_layout).backward(gy, x, weight, plan, kept)
 

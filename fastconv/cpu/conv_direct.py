@@ -75,7 +75,7 @@ def standard_tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
             ) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x) for x (N, C, H, W), weight (K, C/groups, KH, KW)."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     xp = prepare_standard(x, c.forward_layout)
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
@@ -112,7 +112,7 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when the plan needs no input gradient.
     ``kept``: the forward's prepared x of this very x, if the caller kept it."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
     xp = kept if kept is not None else prepare_standard(x, c.backward_layout)
     lay = xp.layout
@@ -130,7 +130,8 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
-    if not fast_gx:
+    tiling = c.grad_input
+    if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
     # gx[h, w] = sum over taps of gy[h + ph - r*dh, w + pw - s*dw] * w[r, s],
     # gy (zero outside its OH x OW) stored at lead + i*pitch + j of each padded
@@ -138,7 +139,7 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     glay = gyf.layout
     offs_gx = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, glay.pitch, origin=glay.lead + p.ph * glay.pitch + p.pw)
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
-    correlate(gyf.buf, glay, offs_gx, pack_weights(w4, c.grad_input), empty_bias(dtype), gx, c.grad_input)
+    correlate(gyf.buf, glay, offs_gx, pack_weights(w4, tiling), empty_bias(dtype), gx, tiling)
     return gx, gw, gb
 
 

@@ -61,7 +61,7 @@ def _tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
             ) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x), stride 1, batch-inner layout."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     xb = prepare_batch_inner(x, c.forward_layout)
     b = empty_bias(x.dtype) if bias is None else bias
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
@@ -80,7 +80,7 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
              ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx or None, gw, gb) as ``conv_direct.backward``, stride 1, batch-inner
     layout.  ``kept``: the forward's prepared x of this very x, if kept."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
     xb = kept if kept is not None else prepare_batch_inner(x, c.backward_layout)
     lay = xb.layout
@@ -100,10 +100,11 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
-    if not fast_gx:
+    tiling = c.grad_input
+    if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
     offs_gx = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step,
                           origin=lead + p.ph * lay.pitch + p.pw * lay.step)
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
-    correlate(gyb.buf, gyb.layout, offs_gx, pack_weights(w4, c.grad_input), empty_bias(dtype), gx, c.grad_input)
+    correlate(gyb.buf, gyb.layout, offs_gx, pack_weights(w4, tiling), empty_bias(dtype), gx, tiling)
     return gx, gw, gb

@@ -207,7 +207,7 @@ class _Columns:
 
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, None]:
     """(y (N, K, OH, OW), None: no prepared x for the backward)."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
     cols = _Columns(p, dtype, c.images_per_chunk, plan.threads)
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
@@ -224,7 +224,7 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
              ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when the plan needs no input gradient."""
-    p, c = plan.params, plan.cpu
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
     plane, ntap, nb = p.oh * p.ow, p.kh * p.kw, c.images_per_chunk
     need_gx, in_place = plan.need_input_grad, c.grad_output_in_place
@@ -235,10 +235,10 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     gb = None if in_place else bias_grad(gy, _alloc.empty((p.k,), dtype))
     gb64 = np.zeros(p.k, dtype=np.float64)
     gx = _alloc.empty(p.x_shape, dtype) if need_gx else None
-    wpk_t = None
-    if need_gx:  # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
+    gx_tiling, wpk_t = c.grad_input, None
+    if gx_tiling is not None:  # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
         wt = weight.reshape(p.groups, p.kg, p.cg * ntap).transpose(0, 2, 1)
-        wpk_t = pack_weights(wt.reshape(p.groups, p.cg * ntap, p.kg, 1), c.grad_input)
+        wpk_t = pack_weights(wt.reshape(p.groups, p.cg * ntap, p.kg, 1), gx_tiling)
     gw64 = np.zeros((p.k, p.cg, ntap), dtype=np.float64)
     shape = (p.k, p.cg, ntap)
     for n0 in range(0, p.n, nb):
@@ -255,11 +255,11 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
             gwc = grad_weight_contiguous(gycbuf, 0, ldm, cols.buf, lay.cstride, offs, m * plane, p.groups, shape,
                                          c.grad_weight)
         gw64 += gwc
-        if need_gx:
+        if gx is not None and gx_tiling is not None and wpk_t is not None:  # all three when need_gx
             # column gradient over col (no longer needed), as (m, C*T, OH, OW)
             gcol = cols.buf[:m * cols.rows * plane].reshape(m, cols.rows, p.oh, p.ow)
             gy_lay = column_layout(m, p.k, 1, ldm, p.oh, p.ow)
-            correlate(gycbuf, gy_lay, _ROW_TAP, wpk_t, empty_bias(dtype), gcol, c.grad_input)
+            correlate(gycbuf, gy_lay, _ROW_TAP, wpk_t, empty_bias(dtype), gcol, gx_tiling)
             _col2im(gcol, n0, _geometry(p)[:8], gx)
     if gb is None:
         gb = gb64.astype(dtype)
