@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 import numpy as np
 import pytest
 
+import fastconv
 import fastconv._alloc
 
-# ||y - ref|| / ||ref|| bounds against the float64 reference (DEVELOPERS.md).
+# ||y - ref|| / ||ref|| bounds against the float64 reference (docs/architecture.md, "Testing").
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
@@ -44,12 +46,26 @@ def spy_calls(monkeypatch, module, name) -> list:
     arguments (the list returned) and then calls the original."""
     real, calls = getattr(module, name), []
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         calls.append(args)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, spy)
     return calls
+
+
+def with_cpu(plan, **changes):
+    """``plan`` with fields of its CPU section replaced (a test's way to choose
+    a tiling, a chunking or a grad_weight walk: run it with
+    ``fastconv.Conv2dOp.from_plan``)."""
+    return dataclasses.replace(plan, cpu=dataclasses.replace(plan.cpu, **changes))
+
+
+def run_plan(plan, x, weight, bias, grad_output):
+    """(y, (grad_x, grad_weight, grad_bias)) of ``plan`` run by a fixed-plan op."""
+    op = fastconv.Conv2dOp.from_plan(plan)
+    y = op.forward(x, weight, bias)
+    return y, op.backward(grad_output)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ the exact NaN/Inf fallbacks), not speed.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numba
@@ -21,11 +22,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _dispatch, reference
+from fastconv import _plan, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
-from fastconv.cpu import conv_direct, conv_direct_bi, conv_im2col
+from fastconv.cpu import conv_direct, conv_direct_bi
+from fastconv.cpu.layout import GradWeightTiling
 
-from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, spy_calls
+from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, run_plan, spy_calls, with_cpu
 
 # every explicit algorithm, so a new one is tested by default
 ALGS = [a for a in CONV_ALGORITHMS if a != "auto"]
@@ -118,36 +120,30 @@ def test_non_contiguous_inputs(alg, dtype, kind, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_im2col_chunks(dtype, rng, monkeypatch):
-    """A workspace bound smaller than one image: one image per chunk, grad_weight
-    summed over chunks."""
+def test_im2col_chunks(dtype, rng):
+    """One image per chunk (a plan's chunking, as a workspace bound smaller than
+    one image gives), grad_weight summed over chunks."""
     x, wt, b, opts = _inputs(rng, CASES["groups3_stride"], dtype)
-    p = conv2d_params(x.shape, wt.shape, b.shape, **opts)
-    monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 1)
-    assert conv_im2col.chunk_images(p, np.dtype(dtype).itemsize) == 1
-    y = fastconv.conv2d(x, wt, b, **opts, algorithm="im2col")
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="im2col")
+    assert plan.cpu.images_per_chunk == x.shape[0] > 1
+    gy = rng.standard_normal(plan.params.y_shape).astype(dtype)
+    y, grads = run_plan(with_cpu(plan, images_per_chunk=1), x, wt, b, gy)
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
     for got, want in zip(grads, reference.conv2d_backward(gy, x, wt, **opts)):
         assert_close(got, want, dtype, "grad")
 
 
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_im2col_partial_last_chunk(dtype, n, rng, monkeypatch):
+def test_im2col_partial_last_chunk(dtype, n, rng):
     """Workspace for two images, batch 3 or 5: the last chunk holds one image
     (a partial view of the workspace), grad_weight summed over the chunks."""
     x, wt, b, opts = _inputs(rng, (n, *CASES["groups3_stride"][1:]), dtype)
-    p = conv2d_params(x.shape, wt.shape, b.shape, **opts)
-    itemsize = np.dtype(dtype).itemsize
-    per_image = (p.c * p.kh * p.kw + p.k) * p.oh * p.ow * itemsize
-    monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 2 * per_image)
-    assert conv_im2col.chunk_images(p, itemsize) == 2 and p.n % 2 == 1
-    y = fastconv.conv2d(x, wt, b, **opts, algorithm="im2col")
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="im2col")
+    assert plan.cpu.images_per_chunk == n and n % 2 == 1
+    gy = rng.standard_normal(plan.params.y_shape).astype(dtype)
+    y, grads = run_plan(with_cpu(plan, images_per_chunk=2), x, wt, b, gy)
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
     for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, want, dtype, what)
@@ -156,19 +152,23 @@ def test_im2col_partial_last_chunk(dtype, n, rng, monkeypatch):
 @pytest.mark.parametrize("chunked", [False, True], ids=["one_chunk", "chunks"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_im2col_grad_weight_in_place(dtype, case, chunked, rng, monkeypatch):
-    """im2col's grad_weight over grad_output read in place (taken for planes of
-    >= _INPLACE_MIN output pixels; forced here for every case), with and
+def test_im2col_grad_weight_in_place(dtype, case, chunked, rng):
+    """im2col's grad_weight over grad_output read in place (planned for planes
+    of >= IN_PLACE_MIN output pixels; chosen here for every case), with and
     without grad_x and over several chunks: the reference's values, and the
     same grad_weight and grad_bias whether or not grad_x is computed."""
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
-    monkeypatch.setattr(conv_im2col, "_INPLACE_MIN", 1)
-    if chunked:
-        monkeypatch.setattr(conv_im2col, "WORKSPACE_BYTES", 1)
     gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
     want = reference.conv2d_backward(gy, x, wt, **opts)
-    full = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col")
-    part = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="im2col", need_input_grad=False)
+
+    def backward(need_input_grad):
+        plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="im2col",
+                                    need_input_grad=need_input_grad)
+        plan = with_cpu(plan, grad_output_in_place=True, grad_weight=GradWeightTiling("rows", 0, plan.threads),
+                        images_per_chunk=1 if chunked else plan.cpu.images_per_chunk)
+        return fastconv.Conv2dOp.from_plan(plan).backward_from(gy, x, wt)
+
+    full, part = backward(True), backward(False)
     for got, ref, what in zip(full, want, ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, ref, dtype, what)
     assert part[0] is None
@@ -177,20 +177,21 @@ def test_im2col_grad_weight_in_place(dtype, case, chunked, rng, monkeypatch):
 
 def test_im2col_in_place_threshold():
     """The in-place grad_weight path is the default for large planes: a 28x28
-    first layer without grad_x resolves to im2col under "auto" and matches."""
-    from fastconv import _dispatch
-
-    p = conv2d_params((64, 1, 28, 28), (32, 1, 3, 3), None)
-    assert p.oh * p.ow >= conv_im2col._INPLACE_MIN
-    assert _dispatch.conv2d_algorithm("auto", p, "cpu", need_input_grad=False) == "im2col"
-    assert _dispatch.conv2d_algorithm("auto", p, "cpu", need_input_grad=True) == "direct"
+    first layer without grad_x resolves to an im2col backward under "auto"."""
+    no_gx = fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3), need_input_grad=False)
+    assert no_gx.params.oh * no_gx.params.ow >= _plan.IN_PLACE_MIN
+    assert (no_gx.algorithm, no_gx.backward_algorithm) == ("direct", "im2col")
+    assert no_gx.cpu.grad_output_in_place and no_gx.cpu.grad_weight.mode == "rows"
+    full = fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3), need_input_grad=True)
+    assert (full.algorithm, full.backward_algorithm) == ("direct", "direct")
 
 
 def test_im2col_workspace_bound():
     p = conv2d_params((4096, 64, 56, 56), (64, 64, 3, 3), None, 1, 1)
-    nb = conv_im2col.chunk_images(p, 4)
+    nb = fastconv.plan_conv2d(p.x_shape, p.weight_shape, padding=1, algorithm="im2col").cpu.images_per_chunk
+    assert nb == _plan.chunk_images(p, 4)
     assert 1 <= nb < p.n
-    assert (p.c * 9 + p.k) * p.oh * p.ow * 4 * nb <= conv_im2col.WORKSPACE_BYTES
+    assert (p.c * 9 + p.k) * p.oh * p.ow * 4 * nb <= _plan.COLUMN_WORKSPACE_BYTES
 
 
 @pytest.mark.parametrize("alg", ALGS + ["auto"])
@@ -259,9 +260,10 @@ def test_dtype_promotion(alg, xdt, wdt, bdt, rng):
     ],
 )
 def test_auto_rule(x_shape, w_shape, opts, want):
-    p = conv2d_params(x_shape, w_shape, None, **opts)
-    assert _dispatch.conv2d_algorithm("auto", p, "cpu") == want
-    assert _dispatch.conv2d_algorithm("im2col", p, "cpu") == "im2col"
+    plan = fastconv.plan_conv2d(x_shape, w_shape, **opts)
+    assert (plan.algorithm, plan.backward_algorithm) == (want, want)
+    forced = fastconv.plan_conv2d(x_shape, w_shape, **opts, algorithm="im2col")
+    assert (forced.algorithm, forced.backward_algorithm) == ("im2col", "im2col")
 
 
 # (N, C, H, W, K, KH, KW, options, bias?) and the algorithm "auto" must pick for it
@@ -274,11 +276,11 @@ AUTO_CASES = {
 @pytest.mark.parametrize("case", list(AUTO_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_auto_and_explicit_agree(case, dtype, rng):
-    """algorithm="auto" runs exactly the algorithm the dispatcher picks
+    """algorithm="auto" runs exactly the algorithm the plan picks
     (bit-identical results, forward and backward), and that is correct."""
     shape, want = AUTO_CASES[case]
     x, wt, b, opts = _inputs(rng, shape, dtype)
-    picked = _dispatch.conv2d_algorithm("auto", conv2d_params(x.shape, wt.shape, b.shape, **opts), "cpu")
+    picked = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts).algorithm
     assert picked == want
     y_auto = fastconv.conv2d(x, wt, b, **opts, algorithm="auto")
     y_exp = fastconv.conv2d(x, wt, b, **opts, algorithm=picked)
@@ -300,32 +302,29 @@ def test_auto_and_explicit_agree(case, dtype, rng):
 @pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "depthwise", "odd_sizes"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_grad_weight_segments(dtype, case, seg, rng, monkeypatch):
-    """grad_weight's dot products run over Q in segments of _SEG (1024: one
-    segment per chunk at test sizes).  A small _SEG (13: not a multiple of the
-    vector width, so partial vectors too) makes each chunk several segments
-    with a partial last one."""
+    """grad_weight's dot products run over Q in segments of SEGMENT (1024: one
+    segment per chunk at test sizes).  A plan with small segments (13: not a
+    multiple of the vector width, so partial vectors too) makes each chunk
+    several segments with a partial last one."""
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
-    monkeypatch.setattr(conv_direct, "_SEG", seg)
-    monkeypatch.setattr(conv_direct, "_IMG_SEGMENTS", False)  # the contiguous segments (see below)
-    seen = spy_calls(monkeypatch, conv_direct, "_gw_dot")
-    y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
+    # at most 2 chunks of Q: long enough for several segments
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct",
+                                threads=min(2, numba.get_num_threads()))
+    assert plan.layout == "standard"
+    plan = with_cpu(plan, grad_weight=GradWeightTiling("contiguous", seg, plan.threads))
+    seen = spy_calls(monkeypatch, conv_direct, "grad_weight_contiguous")
+    exact = spy_calls(monkeypatch, conv_direct, "grad_weight_exact")
+    gy = rng.standard_normal(plan.params.y_shape).astype(dtype)
+    y, grads = run_plan(plan, x, wt, b, gy)
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(min(2, threads))  # chunks of Q long enough for several segments
-    try:
-        grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
-    finally:
-        numba.set_num_threads(threads)
     for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, want, dtype, what)
-    # one flat pass (no exact fallback), with at least two segments per chunk
-    assert len(seen) == 1
-    plane, pitch, n_img, oh, ow, flat, seg_used, span, part = [seen[0][i] for i in (8, 9, 10, 11, 12, 14, 15, 16, 17)]
-    assert flat and seg_used == seg and span == 0
-    qn = (n_img - 1) * plane + (oh - 1) * pitch + ow
-    assert qn // part.shape[0] > seg
+    # one pass over Q (no exact fallback), with at least two segments per chunk
+    assert len(seen) == 1 and not exact
+    qn, tiling = seen[0][6], seen[0][9]
+    assert tiling.segment == seg and tiling.mode == "contiguous"
+    assert qn // min(qn, tiling.threads) > seg
 
 
 IMG_SEG_CASES = {
@@ -343,21 +342,24 @@ IMG_SEG_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_grad_weight_image_segments(dtype, case, seg, rng, monkeypatch):
     """grad_weight over per-image segments (each image's output rows only,
-    images grouped into calls of ~_SEG Q; several calls per chunk with the
-    small _SEG), proven taken by a spy, against the reference."""
+    images grouped into calls of ~segment Q; several calls per chunk with the
+    small segment), planned for these shapes, proven taken by a spy, against
+    the reference."""
     n, c, h, w, k, kh, kw, opts = IMG_SEG_CASES[case]
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
-    monkeypatch.setattr(conv_direct, "_SEG", seg)
-    seen = spy_calls(monkeypatch, conv_direct, "_gw_dot")
-    monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
-    gy = rng.standard_normal(reference.conv2d(x, wt, None, **opts).shape).astype(dtype)
-    grads = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct", layout="standard")
+    gw = plan.cpu.grad_weight
+    assert gw.mode == "per-image", "per-image segments not planned"
+    assert 0 < gw.span <= plan.cpu.backward_layout.plane - 16 and gw.span % 16 == 0 and 2 * gw.span <= seg
+    plan = with_cpu(plan, grad_weight=GradWeightTiling("per-image", seg, gw.threads, gw.span))
+    seen = spy_calls(monkeypatch, conv_direct, "grad_weight_per_image")
+    gy = rng.standard_normal(plan.params.y_shape).astype(dtype)
+    grads = fastconv.Conv2dOp.from_plan(plan).backward_from(gy, x, wt)
     for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, want, dtype, what)
-    span, plane = seen[0][16], seen[0][8]
-    assert 0 < span <= plane - 16 and span % 16 == 0, "per-image segments not taken"
+    assert len(seen) == 1, "per-image segments not taken"
 
 
 @pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "same_stride2_dil", "depthwise_x2"])
@@ -367,10 +369,11 @@ def test_direct_grad_weight_single_pass(dtype, case, rng, monkeypatch):
     it triggers an exact recomputation, which would otherwise hide a work
     buffer element left unwritten (poisoned NaN) from every accuracy test."""
     x, wt, b, opts = _inputs(rng, CASES[case], dtype)
-    calls = spy_calls(monkeypatch, conv_direct, "_grad_weight")
+    passes = [spy_calls(monkeypatch, conv_direct, name) for name in ("grad_weight_contiguous", "grad_weight_per_image")]
+    exact = spy_calls(monkeypatch, conv_direct, "grad_weight_exact")
     gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
     gw = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")[1]
-    assert [args[-1] for args in calls] == [True]  # flat
+    assert sum(map(len, passes)) == 1 and not exact  # one pass over Q
     assert_close(gw, reference.conv2d_backward(gy, x, wt, **opts)[1], dtype, "grad_weight")
 
 
@@ -570,71 +573,64 @@ IMG_TILE_CASES = {
 @pytest.mark.parametrize("case", list(IMG_TILE_CASES), ids=list(IMG_TILE_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_forward_per_image_tiles(dtype, case, rng, monkeypatch):
-    """The per-image register tiles of the direct forward (``_corr``'s
-    img_tiles > 0; chosen when they are fewer than contiguous tiles): proven
-    taken by a spy, values equal to the reference, and to the contiguous
-    tiling when it is switched off."""
+    """The per-image register tiles of the direct forward (the tiling's
+    image_tiles > 0; planned when they are fewer than contiguous tiles):
+    proven taken by a spy, values equal to the reference, and to the
+    contiguous tiling of a plan without them."""
     n, c, h, w, k, kh, kw, opts = IMG_TILE_CASES[case]
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype)
-    calls = spy_calls(monkeypatch, conv_direct, "_corr")
-    monkeypatch.setattr(conv_direct, "use_batch_inner", lambda p: False)
-    y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
-    assert calls and calls[-1][10] > 0, "the per-image tiling (img_tiles) was not taken"
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct", layout="standard")
+    assert plan.cpu.forward.image_tiles > 0, "the per-image tiling (image_tiles) was not planned"
+    calls = spy_calls(monkeypatch, conv_direct, "correlate")
+    y = fastconv.Conv2dOp.from_plan(plan).forward(x, wt, b)
+    assert calls and calls[-1][6].image_tiles > 0, "the per-image tiling was not taken"
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
-    monkeypatch.setattr(conv_direct, "_IMG_TILES", False)
-    y2 = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
-    assert calls[-1][10] == 0
+    contiguous = dataclasses.replace(plan.cpu.forward, image_tiles=0)
+    y2 = fastconv.Conv2dOp.from_plan(with_cpu(plan, forward=contiguous)).forward(x, wt, b)
+    assert calls[-1][6].image_tiles == 0
     assert_close(y2, reference.conv2d(x, wt, b, **opts), dtype, "y (contiguous tiles)")
 
 
-@pytest.mark.parametrize("shape, opts, key", [
-    ((4, 3, 9, 9, 6), {}, "direct"),                        # padding 0: compact == plain layout
-    ((4, 3, 9, 9, 6), dict(padding=(0, 2)), None),           # compact differs: nothing kept
-    ((9, 4, 5, 5, 8), {}, "bi"),                              # batch-inner small planes
-    ((4, 3, 9, 9, 6), dict(stride=2), None),                  # strided: nothing kept
+@pytest.mark.parametrize("shape, opts, layout", [
+    ((4, 3, 9, 9, 6), {}, "standard"),                    # padding 0: compact == plain layout
+    ((4, 3, 9, 9, 6), dict(padding=(0, 2)), None),         # compact differs: nothing kept
+    ((9, 4, 5, 5, 8), {}, "batch-inner"),                  # batch-inner small planes
+    ((4, 3, 9, 9, 6), dict(stride=2), None),               # strided: nothing kept
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_prepared_input_reused_by_backward(dtype, shape, opts, key, rng, monkeypatch):
-    """fastconv._conv2d(..., saved) keeps the direct kernels' prepared x where
-    the backward would build the same buffer, and _conv2d_backward with the
-    same dict and the same x object uses it (no second copy of x): results
-    bit-identical to the public calls, and a different x object (even with the
-    same values) never picks up the kept buffer."""
+def test_prepared_input_reused_by_backward(dtype, shape, opts, layout, rng, monkeypatch):
+    """A Conv2dOp keeps the direct kernels' prepared x where the plan says the
+    backward builds the same buffer, and its backward for the same x object
+    uses it (no second copy of x): results bit-identical to the public calls,
+    and a different x object (even with the same values) never picks up the
+    kept buffer."""
     n, c, h, w, k = shape
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
-    saved = {}
-    y = fastconv._conv2d(x, wt, None, opts.get("stride", 1), opts.get("padding", 0), 1, 1, "direct", saved)
+    op = fastconv.Conv2dOp(opts.get("stride", 1), opts.get("padding", 0), algorithm="direct")
+    y = op.forward(x, wt)
     assert np.array_equal(y, fastconv.conv2d(x, wt, **opts, algorithm="direct"))
-    assert saved["x"] is x and (key is None or key in saved) and set(saved) - {"x", "p"} <= {key}
+    assert op.plan.cpu.reuse_prepared_input == (layout is not None)
+    assert layout is None or op.plan.layout == layout
     gy = rng.standard_normal(y.shape).astype(dtype)
     want = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")
-    built = []
-    real_prep, real_bi = conv_direct._Prep, conv_direct_bi._PrepBI
+    seen = {mod: spy_calls(monkeypatch, mod, name) for mod, name in
+            ((conv_direct, "prepare_standard"), (conv_direct_bi, "prepare_batch_inner"))}
 
-    def prep(src, *a, **kw):
-        built.append(src)
-        return real_prep(src, *a, **kw)
+    def prepared(a):
+        return any(args[0] is a for calls in seen.values() for args in calls)
 
-    def prep_bi(src, *a, **kw):
-        built.append(src)
-        return real_bi(src, *a, **kw)
-
-    monkeypatch.setattr(conv_direct, "_Prep", prep)
-    monkeypatch.setattr(conv_direct_bi, "_PrepBI", prep_bi)
-    args = (opts.get("stride", 1), opts.get("padding", 0), 1, 1, "direct", True)
-    got = fastconv._conv2d_backward(gy, x, wt, *args, saved)
-    for a, b in zip(got, want):
-        assert np.array_equal(a, b)
-    assert (not any(s is x for s in built)) == (key is not None)
-    built.clear()
     other = x.copy()
-    got2 = fastconv._conv2d_backward(gy, other, wt, *args, saved)
-    assert any(s is other for s in built)
+    got2 = op.backward_from(gy, other, wt)
+    assert prepared(other)
     for a, b in zip(got2, want):
         assert np.array_equal(a, b)
+    got = op.backward(gy)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    assert prepared(x) == (layout is None)
 
 
 def test_prepared_input_not_reused_for_other_settings(rng):
@@ -642,10 +638,11 @@ def test_prepared_input_not_reused_for_other_settings(rng):
     (review finding: padding 0 kept, padding 1 asked)."""
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     wt = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    saved = {}
-    fastconv._conv2d(x, wt, None, 1, 0, 1, 1, "direct", saved)
-    assert "direct" in saved
+    op = fastconv.Conv2dOp(1, 0, algorithm="direct")
+    op.forward(x, wt)
+    assert op.plan.cpu.reuse_prepared_input
+    op.padding = 1
     gy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    got = fastconv._conv2d_backward(gy, x, wt, 1, 1, 1, 1, "direct", True, saved)
+    got = op.backward(gy)
     for a, b, what in zip(got, reference.conv2d_backward(gy, x, wt, padding=1), ("grad_x", "grad_weight", "grad_bias")):
         assert_close(a, b, np.float32, what)

@@ -1,14 +1,14 @@
 """The CPU direct convolution's batch-inner layout (``conv_direct_bi``).
 
-``conv2d_forward_direct`` / ``conv2d_backward_direct`` route stride-1 problems
-with a batch of >= 8 and small planes (``use_batch_inner``) to
-``conv2d_forward_bi`` / ``conv2d_backward_bi``.  tests/test_conv.py uses small
-batches and never gets there, so this file runs the public API
+The plan (``fastconv._plan.use_batch_inner``) gives stride-1 problems with a
+batch of >= 8 and small planes the batch-inner layout, which
+``fastconv.cpu.conv_direct_bi`` runs.  tests/test_conv.py uses small batches
+and never gets there, so this file runs the public API
 (``fastconv.conv2d(..., algorithm="direct")``, ``fastconv.conv2d_backward``)
 on shapes that do, and proves it for every case twice: the rule says so, and a
-spy on the entry points as ``conv_direct`` calls them sees the call (and, for
-finite inputs, that the batch-inner backward did not hand back to the standard
-path, which would hide its bugs).  Outputs are poisoned (conftest), so an
+spy on the module's entry points sees the call (and, for finite inputs, that
+the batch-inner backward did not fall back to its exact grad_weight, which
+would hide its bugs).  Outputs are poisoned (conftest), so an
 element left unwritten fails.  Covered: odd batches (not a multiple of the
 vector width), padding (symmetric, asymmetric "same", wider than the kernel's
 reach), dilation, groups and depthwise, rectangular kernels and planes, the
@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import reference
 from fastconv._params import conv2d_params
-from fastconv.cpu import conv_direct, conv_direct_bi
+from fastconv._plan import use_batch_inner
+from fastconv.cpu import conv_direct_bi
 
 from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, spy_calls
 
@@ -76,7 +77,7 @@ def _params(case):
 def _inputs(rng, case, dtype):
     n, c, h, w, k, kh, kw, opts, has_bias = case
     p = _params(case)
-    assert conv_direct_bi.use_batch_inner(p), "case does not take the batch-inner path"
+    assert use_batch_inner(p), "case does not take the batch-inner path"
     x = rng.standard_normal(p.x_shape).astype(dtype)
     wt = rng.standard_normal(p.weight_shape).astype(dtype)
     b = rng.standard_normal(k).astype(dtype) if has_bias else None
@@ -85,33 +86,31 @@ def _inputs(rng, case, dtype):
 
 @pytest.fixture
 def bi_calls(monkeypatch):
-    """Records the batch-inner entry points' calls as conv_direct makes them:
-    "forward": [y], "backward": [(need_input_grad, result or None)]."""
-    calls = {"forward": [], "backward": []}
-    fwd, bwd = conv_direct.conv2d_forward_bi, conv_direct.conv2d_backward_bi
+    """Records the batch-inner entry points' calls as the backend makes them:
+    "forward": [y], "backward": [need_input_grad], "exact": [exact grad_weight
+    fallbacks]."""
+    calls = {"forward": [], "backward": [], "exact": spy_calls(monkeypatch, conv_direct_bi, "grad_weight_exact")}
+    fwd, bwd = conv_direct_bi.forward, conv_direct_bi.backward
 
     def spy_forward(*args, **kwargs):
-        y = fwd(*args, **kwargs)
+        y, kept = fwd(*args, **kwargs)
         calls["forward"].append(y)
-        return y
+        return y, kept
 
     def spy_backward(*args, **kwargs):
-        out = bwd(*args, **kwargs)
-        need = args[4] if len(args) > 4 else kwargs.get("need_input_grad", True)
-        calls["backward"].append((need, out))
-        return out
+        calls["backward"].append(args[3].need_input_grad)  # the plan's
+        return bwd(*args, **kwargs)
 
-    monkeypatch.setattr(conv_direct, "conv2d_forward_bi", spy_forward)
-    monkeypatch.setattr(conv_direct, "conv2d_backward_bi", spy_backward)
+    monkeypatch.setattr(conv_direct_bi, "forward", spy_forward)
+    monkeypatch.setattr(conv_direct_bi, "backward", spy_backward)
     return calls
 
 
 def _backward_took_bi(calls, need_input_grad=True):
-    """One batch-inner backward call that returned its own result (no fallback)."""
-    assert len(calls["backward"]) == 1, "conv2d_backward_bi was not called exactly once"
-    need, out = calls["backward"][0]
-    assert need is need_input_grad
-    assert out is not None, "conv2d_backward_bi fell back to the standard path on finite inputs"
+    """One batch-inner backward call that computed its own grad_weight (no fallback)."""
+    assert len(calls["backward"]) == 1, "the batch-inner backward was not called exactly once"
+    assert calls["backward"][0] is need_input_grad
+    assert not calls["exact"], "the batch-inner backward fell back to the exact grad_weight on finite inputs"
 
 
 # --------------------------------------------------------------------------- against the reference
@@ -216,9 +215,9 @@ def test_nan_inf_match_reference(dtype, where, rng, bi_calls):
     """NaN/Inf exactly where the reference has them.  Non-finite weights take
     the batch-inner backward's scatter grad_x (no fallback: grad_weight is
     finite); a NaN grad_weight (NaN grad_output, or a non-finite x read by a
-    garbage Q) makes it hand back to the standard path."""
+    garbage Q) makes it recompute grad_weight over exact output rows."""
     x, wt, gy = _nan_inf_inputs(rng, where, dtype)
-    assert conv_direct_bi.use_batch_inner(conv2d_params(x.shape, wt.shape, None, **NAN_OPTS))
+    assert use_batch_inner(conv2d_params(x.shape, wt.shape, None, **NAN_OPTS))
     b = rng.standard_normal(6).astype(dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         y = fastconv.conv2d(x, wt, b, **NAN_OPTS, algorithm="direct")
@@ -229,7 +228,7 @@ def test_nan_inf_match_reference(dtype, where, rng, bi_calls):
     if where in ("weight", "grad_output_inf"):
         _backward_took_bi(bi_calls)
     if where == "grad_output_nan":  # every grad_weight[k] of a NaN channel k is NaN
-        assert bi_calls["backward"][0][1] is None
+        assert len(bi_calls["exact"]) == 1
     assert_same_nonfinite(y, want_y, dtype, "y")
     for g, r, what in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
         assert_same_nonfinite(g, r, dtype, what)
@@ -265,7 +264,7 @@ def test_finite_differences(name, rng, bi_calls):
     """Directional finite differences of L = sum(gy * conv2d(x, w, b)) in float64:
     (L(v + eps*d) - L(v - eps*d)) / (2 eps) == <grad_v, d> for v in x, w, b."""
     xs, ws, opts = FD_CASES[name]
-    assert conv_direct_bi.use_batch_inner(conv2d_params(xs, ws, None, **opts))
+    assert use_batch_inner(conv2d_params(xs, ws, None, **opts))
     x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
 
     def loss(xx, ww, bb):
@@ -309,7 +308,7 @@ def test_rule_boundary(name, rng, bi_calls):
     """The rule as documented, and the direct entry points follow it (either
     way the result is right)."""
     xs, ws, opts, expect = RULE[name]
-    assert conv_direct_bi.use_batch_inner(conv2d_params(xs, ws, None, **opts)) is expect
+    assert use_batch_inner(conv2d_params(xs, ws, None, **opts)) is expect
     x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
     y = fastconv.conv2d(x, wt, b, **opts, algorithm="direct")
     assert_close(y, reference.conv2d(x, wt, b, **opts), np.float64, "y")
@@ -339,7 +338,7 @@ def bi_problems(draw):
         p = conv2d_params((n, c, h, w), (k, c // groups, kh, kw), None, **opts)
     except ValueError:
         assume(False)
-    assume(conv_direct_bi.use_batch_inner(p))
+    assume(use_batch_inner(p))
     return (n, c, h, w), (k, c // groups, kh, kw), opts, draw(st.booleans()), draw(st.integers(0, 2**32 - 1))
 
 

@@ -50,16 +50,15 @@ def test_skips_grad_x_and_keeps_weight_and_bias_grads(rng, case, alg, dtype):
 
 @pytest.mark.parametrize("alg", ["direct", "im2col"])
 def test_flag_reaches_the_kernel_entry(rng, monkeypatch, alg):
-    """The backend passes the flag on (the kernel entry, not the facade, drops grad_x)."""
-    mod, name = {"direct": (conv_direct, "conv2d_backward_direct"),
-                 "im2col": (conv_im2col, "conv2d_backward_im2col")}[alg]
-    real, seen = getattr(mod, name), []
+    """The backend passes the flag on in the plan (the kernel entry, not the facade, drops grad_x)."""
+    mod = {"direct": conv_direct, "im2col": conv_im2col}[alg]
+    real, seen = mod.backward, []
 
     def spy(*args, **kwargs):
-        seen.append(args[4] if len(args) > 4 else kwargs.get("need_input_grad", True))
+        seen.append(args[3].need_input_grad)  # the plan's
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mod, name, spy)
+    monkeypatch.setattr(mod, "backward", spy)
     x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
     gy = rng.standard_normal((1, 3, 3, 3))
     assert fastconv.conv2d_backward(gy, x, w, algorithm=alg, need_input_grad=False)[0] is None
@@ -72,8 +71,8 @@ def test_bad_need_input_grad_is_rejected_before_any_kernel(rng, monkeypatch, bad
     def boom(*args, **kwargs):
         raise AssertionError("a kernel ran before need_input_grad was validated")
 
-    monkeypatch.setattr(conv_direct, "conv2d_backward_direct", boom)
-    monkeypatch.setattr(conv_im2col, "conv2d_backward_im2col", boom)
+    monkeypatch.setattr(conv_direct, "backward", boom)
+    monkeypatch.setattr(conv_im2col, "backward", boom)
     x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
     gy = rng.standard_normal((1, 3, 3, 3))
     with pytest.raises(TypeError, match=r"need_input_grad must be a bool, got"):

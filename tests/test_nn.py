@@ -600,13 +600,13 @@ def test_first_conv_layer_skips_input_gradient(monkeypatch):
     import fastconv
 
     x, y = mnist_like(16)
-    real, flags = fastconv._conv2d_backward, []
+    real, flags = fastconv.Conv2dOp.backward, []
 
-    def spy(*args):
-        flags.append(args[8])  # need_input_grad
-        return real(*args)
+    def spy(self, grad_output, *, need_input_grad=None):
+        flags.append(need_input_grad)
+        return real(self, grad_output, need_input_grad=need_input_grad)
 
-    monkeypatch.setattr(fastconv, "_conv2d_backward", spy)
+    monkeypatch.setattr(fastconv.Conv2dOp, "backward", spy)
 
     def two_conv_net(first_needs_grad):
         m = Sequential([Conv2D(3, 3, padding="same", activation="relu", input_shape=(8, 8, 1)),

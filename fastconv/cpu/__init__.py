@@ -1,21 +1,39 @@
 """CPU backend: Numba ``njit(parallel=True, cache=True)`` kernels.
 
-This package's namespace is the backend interface that ``fastconv/__init__.py``
-calls through ``_dispatch.backend``; ``fastconv.cuda`` exposes the same names.
-Arguments arriving here are validated, of the compute dtype and C-contiguous;
-``p`` is the op's parameter object from ``fastconv._params``.  Kernel entry
-functions allocate outputs with ``fastconv._alloc.empty`` (poisoned in tests).
-Kernel modules are imported on first use so ``import fastconv`` stays cheap.
+This package's namespace is the backend interface that ``fastconv.ops`` calls
+through ``_dispatch.backend``.  Arguments arriving here are validated, of the
+compute dtype and C-contiguous; a convolution runs the ``fastconv._plan.ConvPlan``
+it is given (the plan chose algorithm, layout and tilings), pooling takes its
+parameter object from ``fastconv._params``.  Entry functions allocate outputs
+with ``fastconv._alloc.empty`` (poisoned in tests).  Kernel modules are
+imported on first use so ``import fastconv`` stays cheap.
+
+Layout: ``layout`` (buffer geometry and tiling descriptors, pure Python),
+``engine`` (the register-tile micro-kernels), one module per algorithm and
+layout (``conv_direct``, ``conv_direct_bi``, ``conv_im2col``), ``pool``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _cache
-from .._params import Conv2dParams, Pool2dParams, as_host_array
+from .._params import Pool2dParams, as_host_array
+from .layout import same_buffer
+
+if TYPE_CHECKING:
+    from .._plan import ConvPlan
+
+# (algorithm, layout) of a plan -> the module that runs it
+_ALGORITHM_MODULES = {
+    ("direct", "standard"): "conv_direct",
+    ("direct", "batch-inner"): "conv_direct_bi",
+    ("im2col", "column"): "conv_im2col",
+}
 
 _cache.install()  # before any kernel module: it picks where their Numba cache lives
 
@@ -41,32 +59,29 @@ def index_range(indices: np.ndarray) -> tuple[int, int]:
     return rng(indices)
 
 
-def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dParams,
-                   algorithm: str, saved: dict | None = None) -> np.ndarray:
-    """``saved``: see ``fastconv._conv2d`` (only the direct kernels use it)."""
-    if algorithm == "direct":
-        from .conv_direct import conv2d_forward_direct
-
-        return conv2d_forward_direct(x, weight, bias, p, saved)
-    from .conv_im2col import conv2d_forward_im2col
-
-    return conv2d_forward_im2col(x, weight, bias, p)
+def _module(algorithm: str, layout: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{_ALGORITHM_MODULES[algorithm, layout]}")
 
 
-def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams, algorithm: str,
-                    need_input_grad: bool = True, saved: dict | None = None
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
+                   ) -> tuple[np.ndarray, Any]:
+    """(y, the prepared x if the plan's backward can reuse it, else None)."""
+    y, prepared = _module(plan.algorithm, plan.layout).forward(x, weight, bias, plan)
+    return y, prepared if plan.cpu_part().reuse_prepared_input else None
+
+
+def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Any = None
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(gx, gw, gb); gx is None (never computed) when ``need_input_grad`` is False."""
-    if algorithm == "direct":
-        from .conv_direct import conv2d_backward_direct
+    """(gx, gw, gb); gx is None (never computed) when the plan needs no input
+    gradient.  ``kept``: the forward's prepared x (``conv2d_forward``) of this
+    very x, used when it is the buffer this plan's backward would build."""
+    c = plan.cpu_part()
+    if kept is not None and not (c.reuse_prepared_input and same_buffer(kept.layout, c.backward_layout)):
+        kept = None
+    return _module(plan.backward_algorithm, plan.backward_layout).backward(gy, x, weight, plan, kept)
 
-        return conv2d_backward_direct(gy, x, weight, p, need_input_grad, saved)
-    from .conv_im2col import conv2d_backward_im2col
 
-    return conv2d_backward_im2col(gy, x, weight, p, need_input_grad)
-
-
-def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool):
+def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool) -> Any:
     from .pool import max_pool2d_forward as fwd
 
     return fwd(x, p, return_indices)

@@ -1,35 +1,33 @@
 """im2col + GEMM 2-D convolution on the CPU: forward and backward.
 
-The batch is processed in chunks of ``nb`` images so the workspace is bounded:
-a column matrix ``col`` (C*R*S, nb*OH*OW) and a channel-major copy of
-grad_output ``gyc`` (K, nb*OH*OW) (backward), together at most
-``WORKSPACE_BYTES`` (64 MiB) -- or one image's worth when a single image needs
-more.  Rows of both matrices are padded to an odd number of cache lines
-(``_ld``) with a zeroed tail the register tiles may read past the end.
+The batch is processed in chunks of images (the plan's ``images_per_chunk``)
+so the workspace is bounded: a column matrix ``col`` (C*R*S, nb*OH*OW) and a
+channel-major copy of grad_output ``gyc`` (K, nb*OH*OW) (backward), together
+at most ``fastconv._plan.COLUMN_WORKSPACE_BYTES`` -- or one image's worth when
+a single image needs more.  Rows of both matrices are ``layout.column_ld``
+long (odd cache lines, a zeroed tail the register tiles may read).
 
-The GEMMs are not BLAS calls: they run on the direct convolution's
-register-tiled micro-kernels (``conv_direct._corr`` / ``_gw_dot``), which are
-written for "a prepared buffer in which every kernel tap is a constant shift
-of one index Q".  The column matrix is such a buffer with no garbage Q at all:
-Q = i*OH*OW + oh*OW + ow runs over exactly the output pixels of the chunk, and
-tap t of input channel c is row c*T + t, i.e. channel stride T*ld and tap
-offsets t*ld.  So im2col trades the direct kernel's wasted work on padding
-columns and rows (large for small planes: a 5x5 input with a 3x3 kernel has
-9 output pixels per 25 computed) for the memory traffic of a T-times larger
-buffer, and runs parallel over both cores with no BLAS thread pool to contend
-with Numba's.  Per chunk:
+The GEMMs are not BLAS calls: they run on the engine's register-tile
+correlation and dot products, which are written for "a prepared buffer in
+which every kernel tap is a constant shift of one index Q".  The column
+matrix is such a buffer (``layout.column_layout``) with no garbage Q at all:
+Q = i*OH*OW + oh*OW + ow runs over exactly the output pixels of the chunk,
+and tap t of input channel c is row c*T + t, i.e. channel stride T*ld and
+tap offsets t*ld.  So im2col trades the direct kernels' wasted work on
+padding columns and rows for the memory traffic of a T-times larger buffer,
+and runs parallel over every core with no BLAS thread pool to contend with
+Numba's.  Per chunk:
 
 forward   ``_im2col`` fills col (zeros where a tap falls in the padding);
-          ``_corr`` computes y[i, k] = bias[k] + W[k] . col[:, Q of image i].
-backward  ``_out_to_cols`` copies grad_output to gyc; ``_gw_dot``:
-          grad_weight[k, c, t] += gyc[k] . col[c*T + t] (float64 partial sums
-          per thread, summed over threads and chunks; for planes of >= 256
-          output pixels over grad_output in place, image by image, which saves
-          the copy when no grad_x is wanted); the column gradient
-          gcol[i, c*T + t] = sum_k W[k, c, t] gyc[k, Q of image i] (``_corr``
-          with the weights read as (C*T, K)) is written over col (no longer
-          needed) and ``_col2im`` adds it into grad_x.  grad_bias is
-          ``bias_grad`` over the whole batch.
+          ``engine.correlate`` computes y[i, k] = bias[k] + W[k] . col[:, Q of image i].
+backward  grad_weight[k, c, t] += gyc[k] . col[c*T + t] (float64 partial sums
+          per thread, summed over threads and chunks), over grad_output in
+          place, image by image, when the plan says so (``_out_to_cols`` copies
+          it to gyc otherwise, and for grad_x); the column gradient
+          gcol[i, c*T + t] = sum_k W[k, c, t] gyc[k, Q of image i] (a
+          correlation with the weights read as (C*T, K)) is written over col
+          (no longer needed) and ``_col2im`` adds it into grad_x.  grad_bias
+          comes with the in-place grad_weight pass, else from ``bias_grad``.
 
 The copies are parallel over (channel, tap, image) rows (``_im2col``, so a
 batch of one with one channel still fills col on every core) or (image,
@@ -44,68 +42,38 @@ padding are dropped by ``_col2im``).
 
 from __future__ import annotations
 
-import numba
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numba import njit, prange
 
 from .. import _alloc
 from .._params import Conv2dParams
-from ._conv_common import FASTMATH, bias_grad, empty_bias, tap_cols
-from .conv_direct import _CBLK, _NO_SUMS, _corr, _gw_dot, _pack4
+from .common import FASTMATH, bias_grad, empty_bias, tap_cols
+from .engine import correlate, grad_weight_contiguous, grad_weight_rows, pack_weights
+from .layout import column_layout, column_ld, tap_offsets
 
-__all__ = ["conv2d_forward_im2col", "conv2d_backward_im2col", "WORKSPACE_BYTES", "chunk_images"]
+if TYPE_CHECKING:
+    from .._plan import ConvPlan
 
-WORKSPACE_BYTES = 64 * 2**20
+__all__ = ["backward", "forward"]
 
-# Elements the register tiles may read past the end of a row (one 8 x 3-vector
-# or 4 x 4-vector tile of float32 is at most 64 wide).
-_OVERRUN = 64
-
-
-# Column-matrix bytes a GEMM task's block of Q may span: the tiles of a task
-# re-read its block once per output-channel block, so it should stay in L2
-# (measured on (64,64,5,5)->64 and (64,32,13,13)->64: blocks of 1024 Q were
-# 1.2x-1.4x slower than blocks of 96-288).
-_BLOCK_BYTES = 256 * 1024
-# Q per ``_gw_dot`` segment over the channel-major copy (its 4 grad_output rows stay in L1).
-_SEG = 1024
-# Output pixels per image from which grad_weight reads grad_output in place
-# (one dot product per image row of OH*OW): (64,1,28,28)->32 3x3 (676
-# pixels) 0.78 ms vs 1.06 ms for the direct kernels; for 11x11 or 3x3 outputs
-# the short dot products were 1.6x-4x slower than over the copy.
-_INPLACE_MIN = 256
-
-
-def _q_run(rows: int, itemsize: int, budget: int, lo: int, hi: int) -> int:
-    """Q per block: budget / (rows*itemsize), a multiple of 48 in [lo, hi]."""
-    return max(lo, min(hi, budget // (rows * itemsize) // 48 * 48))
-
-
-def chunk_images(p: Conv2dParams, itemsize: int) -> int:
-    """Images per chunk so that col + gyc stay within WORKSPACE_BYTES (at least 1)."""
-    per_image = (p.c * p.kh * p.kw + p.k) * p.oh * p.ow * itemsize
-    return max(1, min(p.n, WORKSPACE_BYTES // per_image))
-
-
-def _ld(q: int, itemsize: int) -> int:
-    """Row length of a column matrix with q used columns: room for the tiles'
-    overrun, rounded to an odd number of cache lines (rows a tile walks
-    through then do not all map to the same few L1 sets)."""
-    line = 64 // itemsize
-    lines = -(-(q + _OVERRUN) // line)
-    return (lines + 1 - lines % 2) * line
+# The column gradient's only "tap": row k of the channel-major grad_output.
+_ROW_TAP = np.zeros(1, dtype=np.int64)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, col, nsplit):
+def _im2col(x, n0, nb, geo, col, nsplit):
     """col[c*T + r*KW + s, i*P + oh*OW + ow] = x[n0+i, c, oh*sh - ph + r*dh,
     ow*sw - pw + s*dw], zero outside x.  col (C*T, ld >= nb*P), P = OH*OW;
-    each row's tail past nb*P is zeroed.
+    each row's tail past nb*P is zeroed.  geo = (KH, KW, sh, sw, ph, pw, dh,
+    dw, OH, OW).
 
     Parallel over the C*T rows of col, each split into ``nsplit`` runs of
     images (so one input channel still keeps every core busy).  Flat integer
     indexing, no array slices: for small planes (3x3 outputs) the per-row
     bookkeeping, not the copying, is the cost."""
+    kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n = geo
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     ntap = kh * kw
     plane = oh_n * ow_n
@@ -152,11 +120,12 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, col, nsplit):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _col2im(gcol, n0, kh, kw, sh, sw, ph, pw, dh, dw, gx):
+def _col2im(gcol, n0, geo, gx):
     """gx[n0+i, c] = sum over taps of the rows gcol[i, c*T + tap] (OH, OW)
     scattered back to the input pixels they were read from (the adjoint of
     ``_im2col``; padding dropped).  Parallel over the nb*C planes of gx, each
-    owned by one iteration (flat indexing, as ``_im2col``)."""
+    owned by one iteration (flat indexing, as ``_im2col``); geo as ``_im2col``'s."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
     nb, _, oh_n, ow_n = gcol.shape
     c_n, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     ntap = kh * kw
@@ -212,103 +181,86 @@ def _out_to_cols(gy, n0, nb, gyc):
     return gyc
 
 
-def _fill_cols(x, n0, m, p: Conv2dParams, col):
-    """``_im2col`` for images n0..n0+m, rows split so there are >= 8 tasks per thread."""
-    rows = p.c * p.kh * p.kw
-    nsplit = max(1, min(m, -(-8 * numba.get_num_threads() // rows)))
-    _im2col(x, n0, m, *_geometry(p), col, nsplit)
-
-
-def _geometry(p: Conv2dParams):
+def _geometry(p: Conv2dParams) -> tuple[int, ...]:
     return (p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, p.oh, p.ow)
 
 
-def _gemm_out(inp, ld, ntap, wpk, bias, out):
-    """out (m, Kout, OH, OW) = bias + wpk . inp over a column matrix inp (rows
-    of length ld; input channel c's tap t in row c*ntap + t)."""
-    m, _, oh, ow = out.shape
-    offs = np.arange(ntap, dtype=np.int64) * ld
-    blk = _q_run(wpk.shape[2] * ntap, inp.itemsize, _BLOCK_BYTES, 96, 1024)
-    return _corr(inp, ntap * ld, offs, oh * ow, ow, wpk, bias, out, blk, _CBLK, 0, 0)
+class _Columns:
+    """The column-matrix workspace of one call: chunk n0..n0+m of x in col."""
+
+    def __init__(self, p: Conv2dParams, dtype: np.dtype, nb: int, threads: int):
+        self.p, self.threads = p, threads
+        self.rows = p.c * p.kh * p.kw
+        self.buf = _alloc.empty((self.rows * column_ld(nb * p.oh * p.ow, dtype.itemsize),), dtype)
+
+    def fill(self, x: np.ndarray, n0: int, m: int):
+        """col <- chunk n0..n0+m of x; (its layout, tap offsets)."""
+        p = self.p
+        ld = column_ld(m * p.oh * p.ow, self.buf.itemsize)
+        col = self.buf[:self.rows * ld].reshape(self.rows, ld)
+        # rows split so there are >= 8 tasks per thread
+        nsplit = max(1, min(m, -(-8 * self.threads // self.rows)))
+        _im2col(x, n0, m, _geometry(p), col, nsplit)
+        lay = column_layout(m, self.rows, p.kh * p.kw, ld, p.oh, p.ow)
+        return lay, tap_offsets(p.kh, p.kw, 1, 1, p.kw * ld, step=ld)
 
 
-def conv2d_forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                          p: Conv2dParams) -> np.ndarray:
-    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, KH, KW)) + bias."""
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, None]:
+    """(y (N, K, OH, OW), None: no prepared x for the backward)."""
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
-    plane, ntap = p.oh * p.ow, p.kh * p.kw
-    crs = p.c * ntap
-    nb = chunk_images(p, dtype.itemsize)
-    ld = _ld(nb * plane, dtype.itemsize)
-    colbuf = _alloc.empty((crs * ld,), dtype)  # every element a chunk reads was written by that chunk
-    wpk = _pack4(weight.reshape(p.groups, p.kg, p.cg, ntap), 8 if p.kg >= 8 else 4)
+    cols = _Columns(p, dtype, c.images_per_chunk, plan.threads)
+    wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
     b = empty_bias(dtype) if bias is None else bias
     y = _alloc.empty(p.y_shape, dtype)
-    for n0 in range(0, p.n, nb):
-        m = min(nb, p.n - n0)
-        ldm = _ld(m * plane, dtype.itemsize)
-        col = colbuf[:crs * ldm].reshape(crs, ldm)
-        _fill_cols(x, n0, m, p, col)
-        _gemm_out(colbuf, ldm, ntap, wpk, b, y[n0:n0 + m])
-    return y
+    for n0 in range(0, p.n, c.images_per_chunk):
+        m = min(c.images_per_chunk, p.n - n0)
+        lay, offs = cols.fill(x, n0, m)
+        correlate(cols.buf, lay, offs, wpk, b, y[n0:n0 + m], c.forward)
+    return y, None
 
 
-def conv2d_backward_im2col(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dParams,
-                           need_input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
+             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
-    gx is None (not computed) when ``need_input_grad`` is false."""
+    gx is None (not computed) when the plan needs no input gradient."""
+    p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
-    plane, ntap = p.oh * p.ow, p.kh * p.kw
-    crs = p.c * ntap
-    nb = chunk_images(p, dtype.itemsize)
-    ld = _ld(nb * plane, dtype.itemsize)
-    # workspaces: every element a chunk reads was written by that chunk
-    colbuf = _alloc.empty((crs * ld,), dtype)
-    # grad_weight from grad_output in place for planes of >= _INPLACE_MIN
-    # pixels, else from the channel-major copy gyc (short rows make short dot
-    # products); decided by the shape alone, so grad_weight is the same with
-    # or without grad_x
-    inplace = plane >= _INPLACE_MIN
-    gycbuf = _alloc.empty((p.k * ld if need_input_grad or not inplace else 0,), dtype)
+    plane, ntap, nb = p.oh * p.ow, p.kh * p.kw, c.images_per_chunk
+    need_gx, in_place = plan.need_input_grad, c.grad_output_in_place
+    cols = _Columns(p, dtype, nb, plan.threads)
+    gycbuf = _alloc.empty((p.k * column_ld(nb * plane, dtype.itemsize) if need_gx or not in_place else 0,), dtype)
     # grad_bias: summed by the in-place grad_weight pass while each image's
     # grad_output is in cache, else one pass of its own
-    gb = None if inplace else bias_grad(gy, _alloc.empty((p.k,), dtype))
+    gb = None if in_place else bias_grad(gy, _alloc.empty((p.k,), dtype))
     gb64 = np.zeros(p.k, dtype=np.float64)
-    gx = _alloc.empty(p.x_shape, dtype) if need_input_grad else None
-    # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
-    wpk_t = None
-    if need_input_grad:
+    gx = _alloc.empty(p.x_shape, dtype) if need_gx else None
+    gx_tiling, wpk_t = c.grad_input, None
+    if gx_tiling is not None:  # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
         wt = weight.reshape(p.groups, p.kg, p.cg * ntap).transpose(0, 2, 1)
-        wpk_t = _pack4(wt.reshape(p.groups, p.cg * ntap, p.kg, 1), 8 if p.cg * ntap >= 8 else 4)
-    nchunk = numba.get_num_threads()
+        wpk_t = pack_weights(wt.reshape(p.groups, p.cg * ntap, p.kg, 1), gx_tiling)
     gw64 = np.zeros((p.k, p.cg, ntap), dtype=np.float64)
+    shape = (p.k, p.cg, ntap)
     for n0 in range(0, p.n, nb):
         m = min(nb, p.n - n0)
-        ldm = _ld(m * plane, dtype.itemsize)
-        col = colbuf[:crs * ldm].reshape(crs, ldm)
-        _fill_cols(x, n0, m, p, col)
-        offs = np.arange(ntap, dtype=np.int64) * ldm
-        if inplace:
-            # grad_output read in place, one image's K rows of OH*OW at a time
-            part = _alloc.empty((max(1, min(nchunk, m)), p.k, p.cg, ntap), np.float64)
-            gsum = _alloc.empty((part.shape[0], p.k), np.float64)
-            _gw_dot(gy.reshape(-1), n0 * p.k * plane, plane, p.k * plane, 0, colbuf, ntap * ldm, offs, plane,
-                    plane, m, 1, plane, p.groups, False, 0, 0, part, gsum)
-            gb64 += gsum.sum(axis=0)
-        if need_input_grad or not inplace:
-            gyc = gycbuf[:p.k * ldm].reshape(p.k, ldm)
-            _out_to_cols(gy, n0, m, gyc)
-        if not inplace:
-            part = _alloc.empty((max(1, min(nchunk, m * plane)), p.k, p.cg, ntap), np.float64)
-            _gw_dot(gycbuf, 0, ldm, plane, p.ow, colbuf, ntap * ldm, offs, plane, p.ow,
-                    m, p.oh, p.ow, p.groups, True, _SEG, 0, part, _NO_SUMS)
-        gw64 += part.sum(axis=0)
-        if not need_input_grad:
-            continue
-        # column gradient over col (no longer needed), as (m, C*T, OH, OW)
-        gcol = colbuf[:m * crs * plane].reshape(m, crs, p.oh, p.ow)
-        _gemm_out(gycbuf, ldm, 1, wpk_t, empty_bias(dtype), gcol)
-        _col2im(gcol, n0, *_geometry(p)[:8], gx)
+        lay, offs = cols.fill(x, n0, m)
+        if in_place:  # grad_output read in place, one image's K rows of OH*OW at a time
+            gwc, gsum = grad_weight_rows(gy.reshape(-1), (n0 * p.k * plane, plane, p.k * plane, 0), cols.buf,
+                                         lay.cstride, offs, plane, plane, (m, 1, plane), p.groups, shape, c.grad_weight)
+            gb64 += gsum
+        ldm = lay.cstride // ntap
+        if need_gx or not in_place:
+            _out_to_cols(gy, n0, m, gycbuf[:p.k * ldm].reshape(p.k, ldm))
+        if not in_place:
+            gwc = grad_weight_contiguous(gycbuf, 0, ldm, cols.buf, lay.cstride, offs, m * plane, p.groups, shape,
+                                         c.grad_weight)
+        gw64 += gwc
+        if gx is not None and gx_tiling is not None and wpk_t is not None:  # all three when need_gx
+            # column gradient over col (no longer needed), as (m, C*T, OH, OW)
+            gcol = cols.buf[:m * cols.rows * plane].reshape(m, cols.rows, p.oh, p.ow)
+            gy_lay = column_layout(m, p.k, 1, ldm, p.oh, p.ow)
+            correlate(gycbuf, gy_lay, _ROW_TAP, wpk_t, empty_bias(dtype), gcol, gx_tiling)
+            _col2im(gcol, n0, _geometry(p)[:8], gx)
     if gb is None:
         gb = gb64.astype(dtype)
     return gx, gw64.astype(dtype).reshape(p.weight_shape), gb

@@ -58,9 +58,9 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Pool2dParams
-from ._conv_common import tap_cols
+from .common import tap_cols
 
-__all__ = ["max_pool2d_forward", "max_pool2d_backward", "index_range"]
+__all__ = ["index_range", "max_pool2d_backward", "max_pool2d_forward"]
 
 _NEG_INF = -np.inf
 

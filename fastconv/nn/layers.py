@@ -184,7 +184,6 @@ class _Weighted(Layer):
         initializers.get(kernel_initializer)
         self.kernel_initializer = kernel_initializer
         self._x: Any = None
-        self._saved: dict | None = None  # Conv2D: the forward's prepared input, for its backward
         self._y: Any = None
 
     def _init(self, shape: tuple[int, ...], fan_in: int, fan_out: int, n_out: int, rng: np.random.Generator) -> None:
@@ -240,6 +239,8 @@ class Conv2D(_Weighted):
         self.strides = pair(strides, "Conv2D strides", 1)
         self.padding = _padding(padding, "Conv2D")
         self.dilation_rate = pair(dilation_rate, "Conv2D dilation_rate", 1)
+        # keeps what its forward prepared (the CPU kernels' padded copy of x) for the backward
+        self._op = fastconv.Conv2dOp(self.strides, self.padding, self.dilation_rate)
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -257,19 +258,15 @@ class Conv2D(_Weighted):
 
     def linear_forward(self, x, training=False):
         self._require_built()
-        # the CPU kernels keep their prepared copy of x in _saved for the
-        # backward (x is this layer's input, never modified in between)
-        self._saved = {} if training else None
-        z = fastconv._conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
-                             self.dilation_rate, 1, "auto", self._saved)
+        # training: the op keeps x (this layer's input, never modified in
+        # between) and what it prepared from it for the backward
+        z = self._op.forward(x, self.params["kernel"], self.params.get("bias"), keep_for_backward=training)
         self._x = x
         return z
 
     def linear_backward(self, gz):
         self._require_forward()
-        gx, gw, gb = fastconv._conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
-                                               self.dilation_rate, 1, "auto", self.need_input_grad, self._saved)
-        self._saved = None
+        gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
@@ -309,8 +306,7 @@ class MaxPooling2D(Layer):
         self.padding = _padding(padding, "MaxPooling2D")
         self._pads = (0, 0, 0, 0)
         self._implicit = (0, 0)
-        self._idx: Any = None
-        self._xshape: tuple[int, ...] | None = None
+        self._op: Any = None  # fastconv.MaxPool2dOp, made by _build: keeps the forward's argmax indices
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -325,11 +321,13 @@ class MaxPooling2D(Layer):
             top, bottom, left, right = self._pads
             if top == bottom and left == right and top <= kh // 2 and left <= kw // 2:
                 self._implicit, self._pads = (top, left), (0, 0, 0, 0)
+            self._op = fastconv.MaxPool2dOp(self.pool_size, self.strides, self._implicit)
             return (c, oh, ow)
         try:
             p = pool2d_params((1, c, h, w), self.pool_size, self.strides, 0)
         except ValueError as exc:
             raise ValueError(f"MaxPooling2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
+        self._op = fastconv.MaxPool2dOp(self.pool_size, self.strides, self._implicit)
         return (c, p.oh, p.ow)
 
     def forward(self, x, training=False):
@@ -337,19 +335,14 @@ class MaxPooling2D(Layer):
         if any(self._pads):
             top, bottom, left, right = self._pads
             x = self._ops.pad_value(x, top, bottom, left, right, -np.inf)
-        self._xshape = tuple(x.shape)
-        if not training:
-            self._idx = None
-            y = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit)
-        else:
-            y, self._idx = fastconv.max_pool2d(x, self.pool_size, self.strides, self._implicit, return_indices=True)
+        y = self._op.forward(x, need_backward=training)  # training: keeps the argmax indices
         return y
 
     def backward(self, grad):
-        if self._idx is None:
+        if self._op is None or self._op.indices is None:
             raise RuntimeError(f"layer {self.name!r}: backward needs a forward(x, training=True) first")
-        # the indices come from this layer's own forward: no range-check pass
-        gx = fastconv._max_pool2d_backward(grad, self._idx, self._xshape, check_range=False)
+        # the op's own indices: no range-check pass
+        gx = self._op.backward(grad)
         if any(self._pads):
             _, h, w = self.input_shape
             gx = self._ops.crop(gx, self._pads[0], self._pads[2], h, w)

@@ -1,0 +1,462 @@
+"""Convolution plans: the one place where algorithm, layout and tiling are chosen.
+
+``build_plan`` turns a validated ``Conv2dParams``, the compute dtype, the
+backend, the thread count, ``need_input_grad`` and the algorithm request into a
+frozen ``ConvPlan``: which algorithm runs the forward and which the backward,
+in which prepared-buffer layout, with which register tiles, blocks and
+grad_weight segments, how much workspace that takes, and a short reason for
+each choice.  The backends execute a plan and decide nothing themselves
+(the only data-dependent steps, documented where they happen, are the exact
+fallbacks for non-finite values).  ``fastconv.plan_conv2d`` is the public
+front end; ``fastconv.conv2d(..., algorithm="auto")`` executes exactly the plan
+it returns.
+
+Extending: a new CPU algorithm adds its name to ``_params.CONV_ALGORITHMS``,
+a ``_cpu_<name>`` planner here (layouts, tilings, workspace, reasons) and a
+branch in ``_cpu_pass``; a backend-specific section is a frozen dataclass
+field of ``ConvPlan`` defaulting to None (like ``cpu``), filled by that
+backend's planner (``_cuda_plan`` fills only the common fields today).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._params import Conv2dParams
+from .cpu.layout import (
+    TILE_SHAPES,
+    CorrTiling,
+    GradWeightTiling,
+    Layout,
+    batch_inner_layout,
+    column_layout,
+    column_ld,
+    grad_output_layout,
+    mirrored_lead,
+    same_buffer,
+    standard_layout,
+)
+
+__all__ = [
+    "BLOCK",
+    "CHANNEL_BLOCK",
+    "CHANNEL_BLOCK_BATCH_INNER",
+    "COLUMN_BLOCK_BYTES",
+    "COLUMN_WORKSPACE_BYTES",
+    "IN_PLACE_MIN",
+    "LAYOUTS",
+    "SEGMENT",
+    "ConvPlan",
+    "CpuConvPlan",
+    "build_plan",
+    "check_layout",
+    "chunk_images",
+    "use_batch_inner",
+]
+
+# Q elements per correlation task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
+BLOCK = 1024
+# Input channels per pass of the register tiles over a task's block (standard
+# layout): the tile's input rows and weights for 32 channels stay in L1.
+CHANNEL_BLOCK = 32
+# The same in the batch-inner layout: taps are whole pixels (N elements) apart,
+# so a tile's loads for different taps do not share cache lines; 8 channels x
+# 9 taps x 3 vectors stay in L1.
+CHANNEL_BLOCK_BATCH_INNER = 8
+# Q per grad_weight call: its 4 grad_output rows (16 KiB in float32) stay in L1.
+SEGMENT = 1024
+# Column-matrix bytes a GEMM task's block of Q may span: the tiles of a task
+# re-read its block once per output-channel block, so it should stay in L2.
+COLUMN_BLOCK_BYTES = 256 * 1024
+# im2col: column matrix + channel-major grad_output per chunk of images.
+COLUMN_WORKSPACE_BYTES = 64 * 2**20
+# im2col: output pixels per image from which grad_weight reads grad_output in
+# place (one dot product per image row of OH*OW); shorter rows are slower
+# than the channel-major copy.
+IN_PLACE_MIN = 256
+
+
+@dataclass(frozen=True)
+class CpuConvPlan:
+    """The CPU backend's part of a plan.
+
+    ``forward``: the forward correlation's tiling.  ``grad_input``: the tiling
+    of grad_x as a correlation (stride-1 direct, used when the weights are
+    finite; im2col's column gradient), None where grad_x is a scatter (strided
+    direct) or not wanted.  ``grad_weight``: how its dot products walk Q.
+    ``forward_layout`` / ``backward_layout``: x's prepared buffer in each pass
+    (im2col: one chunk's column matrix).  ``images_per_chunk``: im2col's
+    chunks (N for direct).  ``grad_output_in_place``: im2col's grad_weight
+    reads grad_output in place instead of a channel-major copy.
+    ``reuse_prepared_input``: the backward can reuse the forward's prepared x
+    (same x object, see ``fastconv.Conv2dOp``)."""
+
+    forward: CorrTiling
+    grad_input: CorrTiling | None
+    grad_weight: GradWeightTiling
+    forward_layout: Layout
+    backward_layout: Layout
+    images_per_chunk: int
+    grad_output_in_place: bool
+    reuse_prepared_input: bool
+    forward_workspace_bytes: int
+    backward_workspace_bytes: int
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How one convolution runs: forward and backward algorithm and layout,
+    and the backend's details (``cpu``; None on other backends).
+
+    ``reasons``: (choice, why) pairs, read with ``reason(choice)``.  Built by
+    ``fastconv.plan_conv2d``; printed, it reads like "direct · batch-inner
+    layout · 8×3 register tile · workspace 1.2 MiB · because ..."."""
+
+    params: Conv2dParams
+    dtype: str
+    backend: str
+    threads: int
+    need_input_grad: bool
+    algorithm: str
+    layout: str
+    backward_algorithm: str
+    backward_layout: str
+    reasons: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    cpu: CpuConvPlan | None = field(default=None, repr=False)
+
+    def reason(self, choice: str) -> str:
+        """Why ``choice`` ("algorithm", "layout", "tile", ...) was made."""
+        for name, why in self.reasons:
+            if name == choice:
+                return why
+        raise KeyError(f"no reason recorded for {choice!r}; recorded: {[n for n, _ in self.reasons]}")
+
+    def cpu_part(self) -> CpuConvPlan:
+        """The CPU section (a CPU backend's entry point asks for it)."""
+        if self.cpu is None:
+            raise ValueError(f"a {self.backend} plan has no CPU section")
+        return self.cpu
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Scratch bytes of the larger pass (0 where the backend does not say)."""
+        if self.cpu is None:
+            return 0
+        return max(self.cpu.forward_workspace_bytes, self.cpu.backward_workspace_bytes)
+
+    def __repr__(self) -> str:
+        if self.cpu is None:
+            parts = [f"{self.backend}", self.algorithm, f"because {self.reason('algorithm')}"]
+            if self.backward_algorithm != self.algorithm:
+                parts.append(f"backward {self.backward_algorithm}")
+            return "ConvPlan(" + " · ".join(parts) + ")"
+        c = self.cpu
+        fwd = [self.algorithm, f"{self.layout} layout", c.forward.describe(),
+               f"workspace {_mib(c.forward_workspace_bytes)}", f"because {self.reason('layout')}"]
+        bwd = [self.backward_algorithm, f"{self.backward_layout} layout", c.grad_weight.describe() + " for grad_weight",
+               "grad_x " + ("skipped" if not self.need_input_grad else
+                            c.grad_input.describe() if c.grad_input else "by scatter"),
+               f"workspace {_mib(c.backward_workspace_bytes)}"]
+        if c.reuse_prepared_input:
+            bwd.append("reuses the forward's prepared x")
+        return "ConvPlan(" + " · ".join(fwd) + "; backward: " + " · ".join(bwd) + ")"
+
+
+def _mib(n: int) -> str:
+    """Bytes as "1.2 MiB" / "36 KiB"."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
+
+
+LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",)}
+
+
+def check_layout(layout: str | None, algorithm: str, p: Conv2dParams) -> None:
+    """A requested CPU layout must belong to an explicitly requested algorithm."""
+    if layout is None:
+        return
+    if algorithm not in LAYOUTS or layout not in LAYOUTS[algorithm]:
+        raise ValueError(f"layout {layout!r} needs an explicit algorithm it belongs to "
+                         f"({', '.join(f'{a}: {ls}' for a, ls in LAYOUTS.items())}), got algorithm={algorithm!r}")
+    if layout == "batch-inner" and (p.sh, p.sw) != (1, 1):
+        raise ValueError(f"the batch-inner layout needs stride 1, got stride {(p.sh, p.sw)}")
+
+
+@functools.lru_cache(maxsize=1024)
+def build_plan(p: Conv2dParams, dtype: np.dtype, backend: str, threads: int, need_input_grad: bool,
+               algorithm: str, layout: str | None = None) -> ConvPlan:
+    """The plan for validated parameters; ``algorithm`` is "auto" or a name of
+    ``_params.CONV_ALGORITHMS``; ``layout`` (CPU) overrides the layout rule of
+    an explicit algorithm (for comparing layouts; ``check_layout`` first).
+
+    A pure function of its arguments, cached: planning costs tens of
+    microseconds, as much as a whole small convolution."""
+    if backend == "cuda":
+        return _cuda_plan(p, np.dtype(dtype), need_input_grad, algorithm)
+    return _cpu_plan(p, np.dtype(dtype), threads, need_input_grad, algorithm, layout)
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+def _cuda_plan(p: Conv2dParams, dtype: np.dtype, need_input_grad: bool, algorithm: str) -> ConvPlan:
+    """CUDA rule: im2col (implicit GEMM) whenever the per-group GEMM has some
+    depth (C/groups*R*S >= 16 and K/groups >= 8), else direct."""
+    if algorithm != "auto":
+        alg, why = algorithm, "requested"
+    elif p.cg * p.kh * p.kw >= 16 and p.kg >= 8:
+        alg = "im2col"
+        why = f"auto: the per-group GEMM is deep enough (C/g*R*S = {p.cg * p.kh * p.kw} >= 16, K/g = {p.kg} >= 8)"
+    else:
+        alg, why = "direct", f"auto: a shallow per-group GEMM (C/g*R*S = {p.cg * p.kh * p.kw}, K/g = {p.kg})"
+    return ConvPlan(p, dtype.name, "cuda", 0, need_input_grad, alg, "nchw", alg, "nchw", (("algorithm", why),))
+
+
+# --------------------------------------------------------------------------- CPU: algorithm
+
+
+def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> tuple[str, str, str]:
+    """(forward algorithm, backward algorithm, reason).
+
+    auto: the direct kernels (the direct forward reads x once; im2col's runs on
+    the same register tiles but writes and reads a KH*KW times larger buffer),
+    except for a backward that needs no grad_x when the column matrix is no
+    larger than grad_output (C/groups*R*S <= K/groups, e.g. a first layer on
+    1-channel images): im2col then reads grad_output in place, while direct
+    copies it into its padded layout (benchmarks in docs/architecture.md)."""
+    if algorithm != "auto":
+        return algorithm, algorithm, "requested"
+    crs = p.cg * p.kh * p.kw
+    if not need_input_grad and crs <= p.kg:
+        return "direct", "im2col", (f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
+                                    f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
+                                    f"reads grad_output in place")
+    return "direct", "direct", "auto: direct reads x once; im2col would write and read a KH*KW times larger buffer"
+
+
+def use_batch_inner(p: Conv2dParams) -> bool:
+    """The direct algorithm's batch-inner layout: stride 1, a batch of >= 8
+    and at most 3/4 of the standard layout's (H + max pad) x (W + max pad) Q
+    per image (the transposing copies cost more than fewer saved Q)."""
+    if p.sh != 1 or p.sw != 1 or p.n < 8:
+        return False
+    return _bi_q(p) <= 0.75 * _std_q(p)
+
+
+def _bi_q(p: Conv2dParams) -> int:
+    return (p.oh - 1) * (p.w + p.pw + p.pw_end) + p.ow
+
+
+def _std_q(p: Conv2dParams) -> int:
+    return (p.h + max(p.ph, p.ph_end)) * (p.w + max(p.pw, p.pw_end))
+
+
+def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str,
+              layout: str | None) -> ConvPlan:
+    fwd_alg, bwd_alg, why_alg = _cpu_algorithms(p, need_input_grad, algorithm)
+    fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
+    bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
+    reuse = fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and \
+        same_buffer(fwd.forward_layout, bwd.backward_layout)
+    cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
+                      bwd.images_per_chunk, bwd.grad_output_in_place, reuse, fwd.forward_workspace_bytes,
+                      bwd.backward_workspace_bytes)
+    why_reuse = ("the forward's prepared x is the backward's layout" if reuse else
+                 "the backward prepares x in another layout" if fwd_alg == bwd_alg == "direct" else
+                 "forward and backward run different algorithms")
+    reasons = (("algorithm", why_alg), ("layout", fwd.why_layout), ("backward_layout", bwd.why_layout),
+               ("tile", fwd.why_tile), ("grad_weight", bwd.why_grad_weight), ("grad_input", bwd.why_grad_input),
+               ("reuse_prepared_input", why_reuse))
+    return ConvPlan(p, dtype.name, "cpu", threads, need_input_grad, fwd_alg, fwd.layout_kind, bwd_alg,
+                    bwd.layout_kind, reasons, cpu)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One algorithm's choices for both passes (the plan takes the forward's
+    from the forward algorithm and the backward's from the backward one)."""
+
+    layout_kind: str
+    forward: CorrTiling
+    grad_input: CorrTiling | None
+    grad_weight: GradWeightTiling
+    forward_layout: Layout
+    backward_layout: Layout
+    images_per_chunk: int
+    grad_output_in_place: bool
+    forward_workspace_bytes: int
+    backward_workspace_bytes: int
+    why_layout: str
+    why_tile: str
+    why_grad_weight: str
+    why_grad_input: str
+
+
+def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+              layout: str | None) -> _Pass:
+    if algorithm == "im2col":
+        return _cpu_im2col(p, dtype, threads, need_input_grad)
+    if layout == "batch-inner" or (layout is None and use_batch_inner(p)):
+        return _cpu_batch_inner(p, dtype, threads, need_input_grad, layout is not None)
+    return _cpu_standard(p, dtype, threads, need_input_grad, layout is not None)
+
+
+# --------------------------------------------------------------------------- CPU: tilings
+
+
+def _tile(kout_g: int) -> tuple[int, int, str]:
+    """(output channels per tile, 512-bit vectors per tile row, reason)."""
+    if kout_g >= 8:
+        return 8, TILE_SHAPES[8][1], f"{kout_g} output channels per group >= 8: the 8×3 tile (24 accumulators)"
+    if kout_g >= 4:
+        return 4, TILE_SHAPES[4][1], f"{kout_g} output channels per group: the 4×4 tile"
+    return 1, 0, f"{kout_g} output channels per group < 4: a 1-channel vector loop wastes no lanes"
+
+
+def _block(qn: int, tasks_per_block: int, threads: int) -> int:
+    """Q per correlation task: BLOCK, smaller if that leaves threads idle."""
+    blk = BLOCK
+    want = 4 * threads
+    while blk > 64 and tasks_per_block * -(-qn // blk) < want:
+        blk //= 2
+    return blk
+
+
+def _corr_standard(kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout, itemsize: int,
+                   threads: int) -> CorrTiling:
+    """Tiling of a correlation over a standard layout into out (N, OH, OW):
+    per-image tiles (skipping the padding rows between images) when that
+    makes fewer tiles than covering the images' Q contiguously."""
+    n, oh, ow = out_shape
+    kt, nv, _ = _tile(kout_g)
+    pack = max(4, kt)
+    qn = (n - 1) * lay.plane + (oh - 1) * lay.pitch + ow
+    blk = _block(qn, groups * -(-kout_g // pack), threads)
+    img_tiles = 0
+    tw = TILE_SHAPES[pack][1] * 64 // itemsize
+    span = (oh - 1) * lay.pitch + ow  # an image's Q from its first output pixel to its last
+    if kout_g >= 4 and n > 1 and lay.plane <= blk:
+        per_img = -(-span // tw)
+        nimg = blk // lay.plane
+        if nimg * per_img < -(-(nimg * lay.plane) // tw):
+            img_tiles, blk = per_img, nimg * lay.plane
+    return CorrTiling(kt, nv, blk, CHANNEL_BLOCK, img_tiles)
+
+
+def _corr_batch_inner(kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout,
+                      threads: int) -> CorrTiling:
+    n, oh, ow = out_shape
+    kt, nv, _ = _tile(kout_g)
+    qn = (oh - 1) * lay.pitch + ow * n
+    blk = _block(qn, groups * -(-kout_g // max(4, kt)), threads)
+    return CorrTiling(kt, nv, blk, CHANNEL_BLOCK_BATCH_INNER)
+
+
+def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
+    """Tiling of a GEMM over a column matrix, ``rows_read`` rows per task:
+    blocks whose column bytes stay in L2, a multiple of 48 in [96, 1024]."""
+    kt, nv, _ = _tile(kout_g)
+    blk = max(96, min(1024, COLUMN_BLOCK_BYTES // (rows_read * itemsize) // 48 * 48))
+    return CorrTiling(kt, nv, blk, CHANNEL_BLOCK)
+
+
+def _partials_bytes(p: Conv2dParams, work: int, threads: int) -> int:
+    return max(1, min(work, threads)) * p.k * p.cg * p.kh * p.kw * 8
+
+
+# --------------------------------------------------------------------------- CPU: algorithms
+
+
+def _grad_x_lead(p: Conv2dParams, lay: Layout) -> int:
+    return mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step)
+
+
+def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
+    isz = dtype.itemsize
+    pads = (p.ph, p.pw, p.ph_end, p.pw_end)
+    fwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow,
+                              compact=True)
+    bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
+    fwd = _corr_standard(p.kg, p.groups, (p.n, p.oh, p.ow), fwd_lay, isz, threads)
+    # grad_weight: per-image segments (skip the padding rows between images)
+    # when they cover fewer Q and several images fit one SEGMENT; a multiple
+    # of 16, so no scalar tails
+    span = -(-((p.oh - 1) * bwd_lay.pitch + p.ow) // 16) * 16
+    per_image = p.n > 1 and span <= bwd_lay.plane - 16 and 2 * span <= SEGMENT
+    gw = GradWeightTiling("per-image" if per_image else "contiguous", SEGMENT, threads, span if per_image else 0)
+    qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
+    gx = None
+    lead = 0
+    if need_input_grad and p.sh == p.sw == 1:
+        gx = _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
+        lead = _grad_x_lead(p, bwd_lay)
+    gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
+    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads)
+    why_gw = (f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane" if per_image else
+              "contiguous segments: " + ("one image" if p.n == 1 else
+                                         "images' padding rows are few or an image exceeds half a segment"))
+    why_gx = ("skipped (need_input_grad=False)" if not need_input_grad else
+              "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)" if gx else
+              "scatter: a strided transposed convolution")
+    why_layout = "standard: " + ("requested" if requested else "stride > 1" if p.sh * p.sw > 1 else
+                                 f"batch {p.n} < 8" if p.n < 8 else
+                                 f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)")
+    return _Pass("standard", fwd, gx, gw, fwd_lay, bwd_lay, p.n, False, fwd_lay.size * isz, bwd_bytes,
+                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx)
+
+
+def _image_tiles_note(t: CorrTiling) -> str:
+    return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
+
+
+def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+                     requested: bool) -> _Pass:
+    isz = dtype.itemsize
+    hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
+    lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
+    fwd = _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
+    gw = GradWeightTiling("contiguous", SEGMENT, threads)
+    gx = _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads) if need_input_grad else None
+    gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
+    qn = (p.oh - 1) * lay.pitch + p.ow * p.n
+    bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads)
+    why_layout = ("batch-inner: requested" if requested else
+                  f"batch-inner: stride 1, batch {p.n} >= 8 and {_bi_q(p)} Q per image instead of {_std_q(p)} "
+                  f"(<= 3/4): no padding rows computed")
+    why_gx = ("skipped (need_input_grad=False)" if gx is None else
+              "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)")
+    return _Pass("batch-inner", fwd, gx, gw, lay, lay, p.n, False, lay.size * isz, bwd_bytes, why_layout,
+                 _tile(p.kg)[2], "contiguous segments over the batch-inner Q", why_gx)
+
+
+def chunk_images(p: Conv2dParams, itemsize: int) -> int:
+    """im2col: images per chunk so that the column matrix and the channel-major
+    grad_output stay within COLUMN_WORKSPACE_BYTES (at least 1)."""
+    per_image = (p.c * p.kh * p.kw + p.k) * p.oh * p.ow * itemsize
+    return max(1, min(p.n, COLUMN_WORKSPACE_BYTES // per_image))
+
+
+def _cpu_im2col(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+    isz = dtype.itemsize
+    ntap, plane = p.kh * p.kw, p.oh * p.ow
+    nb = chunk_images(p, isz)
+    ld = column_ld(nb * plane, isz)
+    lay = column_layout(nb, p.c * ntap, ntap, ld, p.oh, p.ow)
+    fwd = _corr_column(p.kg, p.cg * ntap, isz)
+    # decided by the shape alone, so grad_weight is the same with or without grad_x
+    in_place = plane >= IN_PLACE_MIN
+    if in_place:
+        gw = GradWeightTiling("rows", 0, threads)
+        why_gw = f"grad_output read in place, image by image ({plane} >= {IN_PLACE_MIN} pixels per image)"
+    else:
+        gw = GradWeightTiling("contiguous", SEGMENT, threads)
+        why_gw = f"over a channel-major copy of grad_output ({plane} < {IN_PLACE_MIN} pixels per image)"
+    gx = _corr_column(p.cg * ntap, p.kg, isz) if need_input_grad else None
+    gyc = p.k * ld if need_input_grad or not in_place else 0
+    bwd_bytes = (lay.size + gyc) * isz + _partials_bytes(p, nb if in_place else nb * plane, threads)
+    why_layout = f"column: {nb} image(s) per chunk within {COLUMN_WORKSPACE_BYTES // 2**20} MiB"
+    why_gx = "skipped (need_input_grad=False)" if gx is None else "column gradient GEMM, then col2im"
+    return _Pass("column", fwd, gx, gw, lay, lay, nb, in_place, lay.size * isz, bwd_bytes, why_layout,
+                 _tile(p.kg)[2], why_gw, why_gx)

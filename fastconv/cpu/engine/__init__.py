@@ -1,0 +1,27 @@
+"""The CPU engine: register-tile micro-kernels over prepared buffers.
+
+The algorithms (``fastconv.cpu.conv_direct``, ``conv_direct_bi``,
+``conv_im2col``) build a prepared buffer of some ``fastconv.cpu.layout.Layout``
+and call the engine with the tilings their plan chose; the engine never
+decides anything.
+
+* ``prepare``: copies NCHW arrays into prepared buffers.
+* ``correlate``: forward / grad_x / im2col GEMM correlations.
+* ``grad_weight``: grad_weight dot products.
+* ``simd``: the 512-bit register tiles, as LLVM IR.
+"""
+
+from .correlate import correlate, pack_weights
+from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_weight_rows
+from .prepare import Prepared, prepare_batch_inner, prepare_standard
+
+__all__ = [
+           "Prepared",
+           "correlate",
+           "grad_weight_contiguous",
+           "grad_weight_per_image",
+           "grad_weight_rows",
+           "pack_weights",
+           "prepare_batch_inner",
+           "prepare_standard",
+]
