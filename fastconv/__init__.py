@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _dispatch, reference
+from . import _dispatch, _threads, reference
 from ._params import (
     check_algorithm,
     check_bool,
@@ -25,12 +25,15 @@ from ._params import (
     pool_input_shape,
     pool_scatter_params,
 )
+from ._threads import get_num_threads, set_num_threads, show_config, threads
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "__version__"]
+__all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "reference", "__version__",
+           "set_num_threads", "get_num_threads", "threads", "show_config"]
 
 
+@_threads.guarded
 def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto") -> Any:
     """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
@@ -64,6 +67,7 @@ def _conv2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation:
     return be.conv2d_forward(x, weight, bias, p, _dispatch.conv2d_algorithm(algorithm, p, name), saved)
 
 
+@_threads.guarded
 def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
                     dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
                     need_input_grad: bool = True) -> tuple[Any, Any, Any]:
@@ -98,6 +102,7 @@ def _conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding
     return be.conv2d_backward(gy, x, weight, p, alg, need_input_grad, saved)
 
 
+@_threads.guarded
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                ceil_mode: bool = False, return_indices: bool = False) -> Any:
     """2-D max pooling, ``torch.nn.functional.max_pool2d`` semantics.
@@ -118,6 +123,7 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, d
     return be.max_pool2d_forward(be.ascompute(x, dtype), p, return_indices)
 
 
+@_threads.guarded
 def max_pool2d_backward(grad_output: Any, indices: Any, input_shape: Any) -> Any:
     """Gradient of ``max_pool2d``: grad_output (N, C, OH, OW) scattered to the
     argmax ``indices`` (int64, as returned by ``max_pool2d``) and summed where
