@@ -1,24 +1,28 @@
-"""Thread pools: one knob for fastconv's threads, and the guard that keeps BLAS
+"""Thread pools: one knob for fastconv's threads, and the guards that keep BLAS
 worker threads off the cores while fastconv's kernels run.
 
-Why the guard exists: after a multi-threaded call, OpenBLAS's (pthreads) worker
+Why the guards exist: after a multi-threaded call, OpenBLAS's (pthreads) worker
 threads keep spinning for a while (2**28 CPU cycles by default) before they
 sleep.  On a machine with as many cores as Numba threads, a spinning worker
 takes a core from the next Numba parallel region, whose threads then wait for
 each other at every barrier.  Lowering OpenBLAS's thread count does not stop a
-worker that already spins, so on entry the outermost guarded call
+worker that already spins, and OpenBLAS reads its spin timeout only when it
+starts.  What does stop it is ``blas_thread_shutdown_``, the routine OpenBLAS
+itself runs before every ``fork``: the idle workers exit, and OpenBLAS starts
+them again, lazily, at its next multi-threaded call (or thread-count change).
 
-1. sets every BLAS pool with more than one thread to one thread, so BLAS calls
-   inside fastconv (the Dense layers of ``fastconv.nn``) wake no worker, and
-2. when the process runs a single Python thread (so no other BLAS call can be
-   in flight), stops OpenBLAS's idle workers with ``blas_thread_shutdown_``,
-   the routine OpenBLAS itself runs before every ``fork``; OpenBLAS starts
-   them again on its next multi-threaded call.
+- ``guarded`` (the functional ops, which call no BLAS): stops the idle workers
+  of every OpenBLAS pool that has more than one thread; changes no count.
+- ``blas_limited`` (``fastconv.nn``'s fit/evaluate/predict/train_on_batch, whose
+  Dense layers call BLAS): sets every BLAS pool with more than one thread to one
+  thread, so those calls wake no worker, then stops the idle workers; restores
+  every count it changed when the call ends (also after an exception), so code
+  outside fastconv keeps its BLAS threads.  Concurrent calls from several
+  Python threads share one limit: the first one in sets it, the last one out
+  restores it.
 
-On exit it restores every count it changed (also after an exception), so code
-outside fastconv keeps its BLAS threads.  Concurrent guarded calls from several
-Python threads share one limit: the first one in sets it, the last one out
-restores it.  Measurements: ``benchmarks/results/default-env-*.md``.
+Workers are stopped only while the process runs a single Python thread: then no
+other BLAS call can be in flight.  Measurements: ``benchmarks/results/default-env-*.md``.
 """
 
 from __future__ import annotations
@@ -39,14 +43,14 @@ import threadpoolctl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Stop OpenBLAS's idle workers on entry (step 2 above); a switch for measuring
-# the limit alone.
+# Stop OpenBLAS's idle workers on entry; a switch for measuring the limit alone.
 STOP_IDLE_BLAS_WORKERS = True
 
 _lock = threading.Lock()
-_active = 0                               # guarded calls in flight, all Python threads
+_active = 0                               # blas_limited calls in flight, all Python threads
 _restore: list[tuple[Any, int]] = []      # (library controller, count) set by the outermost entry
 _pools: list[Any] = []                    # BLAS library controllers, cached
+_stoppable: list[tuple[Any, Any]] = []    # (controller, blas_thread_shutdown_) of OpenBLAS pthreads pools
 _pools_key = -1                           # len(sys.modules) when _pools was built
 
 
@@ -57,28 +61,46 @@ def _controller() -> threadpoolctl.ThreadpoolController:
     return threadpoolctl.ThreadpoolController()
 
 
+def _shutdown_routine(lib: Any) -> Any:
+    if lib.internal_api != "openblas" or getattr(lib, "threading_layer", None) != "pthreads":
+        return None
+    return getattr(lib.dynlib, "blas_thread_shutdown_", None)
+
+
 def _blas_pools() -> list[Any]:
     """The BLAS library controllers of the process, cached: scanning the loaded
     libraries costs far more than a fastconv call's bookkeeping should, and a
     new BLAS library only arrives with an import, which grows sys.modules."""
-    global _pools, _pools_key
+    global _pools, _stoppable, _pools_key
     key = len(sys.modules)
     if key != _pools_key:
         _pools = [lib for lib in _controller().lib_controllers if lib.user_api == "blas"]
+        _stoppable = [(lib, f) for lib in _pools if (f := _shutdown_routine(lib)) is not None]
         _pools_key = key
     return _pools
 
 
-def _stop_idle_workers(lib: Any) -> None:
-    """Let an OpenBLAS (pthreads) pool's workers exit; OpenBLAS restarts them lazily."""
-    if lib.internal_api != "openblas" or getattr(lib, "threading_layer", None) != "pthreads":
+def stop_idle_blas_workers() -> None:
+    """Let the idle workers of every multi-threaded OpenBLAS (pthreads) pool exit,
+    if this process runs a single Python thread; OpenBLAS restarts them lazily."""
+    if not STOP_IDLE_BLAS_WORKERS or threading.active_count() != 1:
         return
-    shutdown = getattr(lib.dynlib, "blas_thread_shutdown_", None)
-    if shutdown is not None:
-        shutdown()
+    _blas_pools()
+    for lib, shutdown in _stoppable:
+        if lib.get_num_threads() > 1:
+            shutdown()
 
 
-# --------------------------------------------------------------------------- the guard
+# --------------------------------------------------------------------------- the guards
+
+
+def guarded(fn: F) -> F:
+    """Decorator for functions that call no BLAS: stop idle OpenBLAS workers first."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        stop_idle_blas_workers()
+        return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _enter() -> None:
@@ -93,10 +115,12 @@ def _enter() -> None:
             if n is not None and n > 1:
                 lib.set_num_threads(1)
                 restore.append((lib, n))
-        if restore and STOP_IDLE_BLAS_WORKERS and threading.active_count() == 1:
-            for lib, _ in restore:
-                _stop_idle_workers(lib)
         _restore = restore
+        # after the limit: a count change restarts stopped workers
+        if restore and STOP_IDLE_BLAS_WORKERS and threading.active_count() == 1:
+            for lib, shutdown in _stoppable:
+                if any(lib is r for r, _ in restore):
+                    shutdown()
 
 
 def _exit() -> None:
@@ -111,9 +135,9 @@ def _exit() -> None:
 
 
 @contextlib.contextmanager
-def quiet_blas() -> Iterator[None]:
-    """Context: BLAS pools at one thread and OpenBLAS's idle workers stopped
-    (see the module docstring); every changed count restored on exit."""
+def single_thread_blas() -> Iterator[None]:
+    """Context: BLAS pools at one thread and OpenBLAS's idle workers stopped;
+    every changed count restored on exit (see the module docstring)."""
     _enter()
     try:
         yield
@@ -121,8 +145,8 @@ def quiet_blas() -> Iterator[None]:
         _exit()
 
 
-def guarded(fn: F) -> F:
-    """Decorator: run ``fn`` inside ``quiet_blas()``."""
+def blas_limited(fn: F) -> F:
+    """Decorator: run ``fn`` inside ``single_thread_blas()``."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _enter()
@@ -266,8 +290,8 @@ def config_lines() -> list[str]:
         f"(NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})",
         "thread pools (threadpoolctl):",
         *_pool_lines(),
-        "during fastconv calls: BLAS at 1 thread, idle OpenBLAS workers stopped"
-        + ("" if STOP_IDLE_BLAS_WORKERS else " (off)") + "; counts restored after",
+        "fastconv: stops idle OpenBLAS workers before its kernels" + ("" if STOP_IDLE_BLAS_WORKERS else " (off)")
+        + "; fastconv.nn runs BLAS on 1 thread during fit/evaluate/predict (counts restored after)",
         f"CUDA: {_cuda_line()}",
     ]
     env = {v: os.environ[v] for v in sorted(os.environ) if v.endswith("_NUM_THREADS") or v in (

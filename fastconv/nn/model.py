@@ -421,7 +421,7 @@ class Sequential:
         else:
             self.build(_seed=seed)
 
-    @_threads.guarded
+    @_threads.blas_limited
     def train_on_batch(self, x: Any, y: Any) -> list[float]:
         """One optimizer step on (x, y); returns [loss, accuracy] of that batch (before the step)."""
         self._ensure_compiled("train_on_batch")
@@ -450,7 +450,7 @@ class Sequential:
         if self.optimizer is None or self.loss is None:
             raise RuntimeError(f"{what}: call model.compile(optimizer, loss) first")
 
-    @_threads.guarded
+    @_threads.blas_limited
     def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32, validation_data: Any = None,
             validation_split: float = 0.0, shuffle: bool = True, verbose: int = 1, seed: int | None = None) -> History:
         """Train for ``epochs`` passes over (x, y) in batches; returns a History.
@@ -545,7 +545,7 @@ class Sequential:
             correct += int(np.count_nonzero(np.argmax(out, axis=1) == labels[lo:hi]))
         return total / len(x), correct / len(x)
 
-    @_threads.guarded
+    @_threads.blas_limited
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> list[float]:
         """[loss, accuracy] over (x, y), in inference mode (no dropout)."""
         self._ensure_compiled("evaluate")
@@ -559,7 +559,7 @@ class Sequential:
             print(f"loss: {loss:.4f} - accuracy: {acc:.4f}")
         return [loss, acc]
 
-    @_threads.guarded
+    @_threads.blas_limited
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Model outputs for x (probabilities after a softmax layer), as a host array."""
         self._require_built("predict")
