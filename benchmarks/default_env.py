@@ -23,6 +23,9 @@ Cases:
 - loop: ``fastconv.conv2d`` (64,32,13,13) -> 64 3x3 alternating with a user's
   NumPy matmul (256x256 float32) -- the fastconv time, the matmul time and the
   whole loop.
+- spin: the CPU time OpenBLAS's workers burn in the 150 ms after a user's 256x256
+  matmul: left alone, with BLAS set to one thread (does it stop them?), and with
+  ``stop_idle_blas_workers`` (the guards' way); independent of the variant.
 - guard: what the guards cost per call, with no BLAS call in between: the
   functional ops' (``stop_idle_blas_workers``) and fastconv.nn's (limit + restore).
 
@@ -60,7 +63,7 @@ VARIANTS = {  # name: (extra environment, guard mode)
     "default-workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, "on"),
 }
 DEFAULT_VARIANTS = ("tuned", "default", "default-limit", "default-unguarded")
-CASES = ("mnist", "loop", "guard")
+CASES = ("mnist", "loop", "guard", "spin")
 
 
 # --------------------------------------------------------------------------- the child process
@@ -154,12 +157,46 @@ def child_guard(iters: int = 2000) -> dict[str, Any]:
     return {"op_guard_s": cost(_threads.stop_idle_blas_workers), "nn_guard_s": cost(limited)}
 
 
+def _other_threads_cpu_s() -> float:
+    """CPU time of this process's threads other than the calling one, exited ones included."""
+    return time.process_time() - time.thread_time()
+
+
+def child_spin(trials: int = 5, window: float = 0.15) -> dict[str, Any]:
+    """CPU time that BLAS worker threads burn in the ``window`` after a user's matmul,
+    when nothing is done, when BLAS is limited to one thread, when fastconv stops them."""
+    import numpy as np
+
+    from fastconv import _threads
+
+    a = np.ones((256, 256), np.float32)
+    libs = _threads._blas_pools()
+    actions = {"spin_nothing_s": lambda: None,
+               "spin_limit_s": lambda: [lib.set_num_threads(1) for lib in libs],
+               "spin_stop_s": _threads.stop_idle_blas_workers}
+    counts = [lib.get_num_threads() for lib in libs]
+    got: dict[str, list[float]] = {k: [] for k in actions}
+    for _ in range(trials):
+        for name, action in actions.items():
+            a @ a
+            c0 = _other_threads_cpu_s()
+            action()
+            time.sleep(window)
+            got[name].append(_other_threads_cpu_s() - c0)
+            for lib, n in zip(libs, counts):
+                lib.set_num_threads(n)
+            time.sleep(0.3)  # let the restarted workers fall asleep
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
 def child(case: str, mode: str, images: int, iters: int) -> dict[str, Any]:
     _set_guard(mode)
     if case == "mnist":
         return child_mnist(images)
     if case == "loop":
         return child_loop(iters)
+    if case == "spin":
+        return child_spin()
     return child_guard()
 
 
@@ -204,7 +241,8 @@ def run_child(case: str, variant: str, images: int, iters: int, timeout: float,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-METRICS = {"mnist": ("fit_s", "evaluate_s", "fit_cpu_s"), "loop": ("conv_s", "matmul_s", "loop_s", "loop_cpu_s"), "guard": ("op_guard_s", "nn_guard_s")}
+METRICS = {"mnist": ("fit_s", "evaluate_s", "fit_cpu_s"), "loop": ("conv_s", "matmul_s", "loop_s", "loop_cpu_s"), "guard": ("op_guard_s", "nn_guard_s"),
+           "spin": ("spin_nothing_s", "spin_limit_s", "spin_stop_s")}
 
 
 def measure(cases: Sequence[str], variants: Sequence[str], repeats: int, images: int, iters: int,
@@ -246,6 +284,8 @@ def machine() -> dict[str, Any]:
 
 
 def _fmt(s: float, metric: str) -> str:
+    if metric.startswith("spin"):
+        return f"{s * 1e3:.1f} ms CPU"
     return f"{s * 1e6:.1f} µs" if metric.endswith("guard_s") else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
 
