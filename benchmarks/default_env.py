@@ -12,8 +12,9 @@ A/B/A/B over the repeats, medians reported:
                     thread (does not stop the idle OpenBLAS workers)
 - default-unguarded: no thread variable, fastconv's guard switched off (fastconv
                     before issue 17)
-- default-workqueue: as default, with Numba's workqueue threading layer (not in
-                    the default set: ``--variants`` picks it)
+- default-workqueue, tuned-workqueue: as default / tuned, with Numba's workqueue
+                    threading layer instead of OpenMP (not in the default set:
+                    ``--variants`` picks them)
 
 Cases:
 - mnist: the Keras-book convnet (``fastconv.nn.zoo.keras_mnist_convnet``),
@@ -61,6 +62,7 @@ VARIANTS = {  # name: (extra environment, guard mode)
     "default-limit": ({}, "limit"),
     "default-unguarded": ({}, "off"),
     "default-workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, "on"),
+    "tuned-workqueue": ({"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}, "on"),
 }
 DEFAULT_VARIANTS = ("tuned", "default", "default-limit", "default-unguarded")
 CASES = ("mnist", "loop", "guard", "spin")
