@@ -184,7 +184,7 @@ def child_spin(trials: int = 5, window: float = 0.15) -> dict[str, Any]:
             c0 = _other_threads_cpu_s()
             action()
             time.sleep(window)
-            got[name].append(_other_threads_cpu_s() - c0)
+            got[name].append(max(0.0, _other_threads_cpu_s() - c0))
             for lib, n in zip(libs, counts):
                 lib.set_num_threads(n)
             time.sleep(0.3)  # let the restarted workers fall asleep
@@ -300,7 +300,7 @@ def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
     lines += ["", "Each sample is a fresh process whose environment has no thread variable ("
               + ", ".join(THREAD_VARS[:5]) + ", ...); *tuned* adds `OPENBLAS_NUM_THREADS=1`. "
               f"Median of {meta['repeats']} samples per cell, variants interleaved; "
-              "ratio = time / tuned time (≤ 1.10 is the issue's goal). *fit_cpu* and *loop_cpu* are the "
+              "ratio = time / tuned time, mnist and loop rows (≤ 1.10 is the issue's goal). *fit_cpu* and *loop_cpu* are the "
               "process's CPU time (all its threads) over the same span: the cores it kept busy, spinning "
               "included, which a shared machine's load distorts less than wall time.", "",
               "| case | metric | " + " | ".join(meta["variants"]) + " |",
@@ -311,7 +311,8 @@ def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
             cells = []
             for v in meta["variants"]:
                 r = by.get((case, metric, v))
-                ratio = "" if r is None or r["vs_tuned"] is None or v == "tuned" else f" ({r['vs_tuned']:.2f}×)"
+                timed = case in ("mnist", "loop") and v != "tuned"
+                ratio = f" ({r['vs_tuned']:.2f}×)" if timed and r is not None and r["vs_tuned"] else ""
                 cells.append("—" if r is None else _fmt(r["median_s"], metric) + ratio)
             lines.append(f"| {case} | {metric[:-2]} | " + " | ".join(cells) + " |")
     info = {r["case"]: r["info"] for r in rows}
