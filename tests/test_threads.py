@@ -73,7 +73,7 @@ def test_functional_ops_leave_blas_counts_unchanged(two_blas_threads, rng, monke
 
     monkeypatch.setattr(cpu_backend, "conv2d_forward", spy)
     y = fastconv.conv2d(x, w)
-    gx, gw, gb = fastconv.conv2d_backward(np.ones_like(y), x, w)
+    fastconv.conv2d_backward(np.ones_like(y), x, w)
     p, idx = fastconv.max_pool2d(x, 2, return_indices=True)
     fastconv.max_pool2d_backward(np.ones_like(p), idx, x.shape)
     assert seen == [two_blas_threads]
@@ -203,9 +203,8 @@ def test_set_num_threads_rejects(bad, exc, msg):
     before = (fastconv.get_num_threads(), blas_counts())
     with pytest.raises(exc, match=msg.replace("(", r"\(").replace(".", r"\.")):
         fastconv.set_num_threads(bad)
-    with pytest.raises(exc):
-        with fastconv.threads(bad):
-            pass
+    with pytest.raises(exc), fastconv.threads(bad):
+        pass
     assert (fastconv.get_num_threads(), blas_counts()) == before
 
 
@@ -238,9 +237,8 @@ def test_threads_context_nests_and_restores():
 
 def test_threads_context_restores_after_exception():
     before = (fastconv.get_num_threads(), blas_counts())
-    with pytest.raises(KeyError):
-        with fastconv.threads(1):
-            raise KeyError("inside")
+    with pytest.raises(KeyError), fastconv.threads(1):
+        raise KeyError("inside")
     assert (fastconv.get_num_threads(), blas_counts()) == before
 
 
