@@ -161,7 +161,7 @@ def blas_limited(fn: F) -> F:
 
 
 def _check_threads(n: Any) -> int:
-    limit = numba.config.NUMBA_NUM_THREADS
+    limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     if isinstance(n, bool):
         raise TypeError(f"n must be a positive int, got {n!r}")
     try:
@@ -287,7 +287,7 @@ def config_lines() -> list[str]:
         + (f", torch {torch.__version__} (intra-op threads {torch.get_num_threads()})" if torch else ""),
         f"CPU: {_cpu_name()}, {_usable_cpus()} usable of {os.cpu_count()}",
         f"numba threading layer: {_threading_layer()}; threads {numba.get_num_threads()} "
-        f"(NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})",
+        f"(NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})",  # type: ignore[attr-defined]
         "thread pools (threadpoolctl):",
         *_pool_lines(),
         "fastconv: stops idle OpenBLAS workers before its kernels" + ("" if STOP_IDLE_BLAS_WORKERS else " (off)")
