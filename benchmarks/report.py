@@ -307,6 +307,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="write the PNG chart")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--default-env", action="store_true",
+                    help="instead: fastconv in fresh processes with no thread variable set vs the tuned "
+                         "OPENBLAS_NUM_THREADS=1 (benchmarks/default_env.py; writes default-env-<cpu>.md)")
     args = ap.parse_args(argv)
     args.only = [f.strip() for f in args.only.split(",") if f.strip()]
     bad = [f for f in args.only if f not in FAMILIES]
@@ -464,6 +467,10 @@ def write_outputs(result: dict[str, Any], out_dir: Path, make_plot: bool = True)
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        if args.default_env:
+            from . import default_env
+
+            return default_env.main(["--out", str(args.out), *(f"--note={n}" for n in args.note)])
         args.argv = list(argv) if argv is not None else None
         result = run(args)
     except ValueError as exc:  # a user error (e.g. an --impls pattern that matches nothing)

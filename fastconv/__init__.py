@@ -18,7 +18,7 @@ from typing import Any, Literal, overload
 
 from numpy.typing import ArrayLike, NDArray
 
-from . import reference
+from . import _threads, reference
 from ._params import check_bool
 from ._plan import ConvPlan
 from .ops import (
@@ -29,6 +29,7 @@ from .ops import (
     pool_backward_args,
     pool_scatter,
 )
+from ._threads import get_num_threads, set_num_threads, show_config, threads
 
 __version__ = "0.1.0"
 
@@ -43,9 +44,14 @@ __all__ = [
     "max_pool2d_backward",
     "plan_conv2d",
     "reference",
+    "get_num_threads",
+    "set_num_threads",
+    "show_config",
+    "threads",
 ]
 
 
+@_threads.guarded
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto") -> NDArray[Any]:
     """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
@@ -59,6 +65,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     return op.forward(x, weight, bias, keep_for_backward=False)
 
 
+@_threads.guarded
 def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1, padding: Any = 0,
                     dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
                     need_input_grad: bool = True) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
@@ -94,6 +101,7 @@ def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = ..., padding: Any =
                ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]: ...
 
 
+@_threads.guarded
 def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                ceil_mode: bool = False, return_indices: bool = False
                ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
@@ -109,6 +117,7 @@ def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any 
     return (y, op.indices) if return_indices else y
 
 
+@_threads.guarded
 def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Any) -> NDArray[Any]:
     """Gradient of ``max_pool2d``: grad_output (N, C, OH, OW) scattered to the
     argmax ``indices`` (int64, as returned by ``max_pool2d``) and summed where

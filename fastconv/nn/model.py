@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import _threads
 from . import _ops_cpu, losses, optimizers, persistence, training
 from .callbacks import Callback, History, check_callbacks
 from .layers import Layer, internal_shape, keras_shape
@@ -389,6 +390,7 @@ class Sequential:
         data, val = self._validation(self._data(x, y), validation_data, validation_split)
         return training.run_fit(self, data, val, cfg, callbacks)
 
+    @_threads.blas_limited
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> list[float]:
         """[loss, accuracy] over (x, y), in inference mode (no dropout)."""
         self._ensure_compiled("evaluate")
@@ -400,6 +402,7 @@ class Sequential:
             print(f"loss: {loss:.4f} - accuracy: {acc:.4f}")
         return [loss, acc]
 
+    @_threads.blas_limited
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Model outputs for x (probabilities after a softmax layer), as a host array."""
         self._require_built("predict")
