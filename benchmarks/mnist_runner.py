@@ -62,7 +62,7 @@ class MnistRunner:
     def _build_fastconv(self, device: str | None) -> None:
         from fastconv.nn.zoo import keras_mnist_convnet
 
-        model, optimizer, _ = keras_mnist_convnet(device="cpu" if device is None else device)
+        model, optimizer, _ = keras_mnist_convnet(device="cpu" if device is None else device, seed=0)
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.model = model
         self.step = self._fastconv_step

@@ -12,7 +12,16 @@ import html
 
 import numpy as np
 
-from .explain import Bars, Grid, Panel, Report, Scale, data_uri, fmt_value, picture
+from ._explain_figure import (
+    Bars,
+    Grid,
+    Panel,
+    Report,
+    Scale,
+    data_uri,
+    fmt_value,
+    picture,
+)
 
 _CSS = """
 *{box-sizing:border-box}

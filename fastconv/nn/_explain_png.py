@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .explain import Bars, Grid, Panel, Report, fmt_value
+from ._explain_figure import Bars, Grid, Panel, Report, fmt_value
 
 _W = 12.8  # inches; at 100 dpi the figure is 1280 pixels wide
 _DPI = 100
