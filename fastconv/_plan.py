@@ -50,6 +50,7 @@ __all__ = [
     "LAYOUTS",
     "SEGMENT",
     "ConvPlan",
+    "SubPixelPhase",
     "CpuConvPlan",
     "build_plan",
     "check_layout",
@@ -104,6 +105,29 @@ class CpuConvPlan:
     reuse_prepared_input: bool
     forward_workspace_bytes: int
     backward_workspace_bytes: int
+    # strided direct grad_x as stride-1 correlations on the sub-pixel grids
+    # (used when the weights are finite; scatter otherwise); None: not planned
+    grad_input_phases: tuple[SubPixelPhase, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SubPixelPhase:
+    """One sub-pixel grid of a strided grad_x: grad_x rows ``row0::sh`` and
+    columns ``col0::sw`` (``rows`` x ``cols`` of them) are a stride-1
+    correlation of grad_output rows ``gy_row0 : gy_row0 + plan.params.h`` and
+    columns ``gy_col0 : ...`` with the taps ``tap_r0::sh``, ``tap_s0::sw``
+    mirrored (``plan``: that correlation's forward; None when no tap or no
+    grad_output pixel reaches the grid: zeros)."""
+
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    tap_r0: int
+    tap_s0: int
+    gy_row0: int
+    gy_col0: int
+    plan: ConvPlan | None
 
 
 @dataclass(frozen=True)
@@ -152,7 +176,9 @@ class ConvPlan:
                f"workspace {_mib(c.forward_workspace_bytes)}", f"because {self.reason('layout')}"]
         bwd = [self.backward_algorithm, f"{self.backward_layout} layout", c.grad_weight.describe() + " for grad_weight",
                "grad_x " + ("skipped" if not self.need_input_grad else
-                            c.grad_input.describe() if c.grad_input else "by scatter"),
+                            c.grad_input.describe() if c.grad_input else
+                            f"{len(c.grad_input_phases)} sub-pixel correlations" if c.grad_input_phases else
+                            "by scatter"),
                f"workspace {_mib(c.backward_workspace_bytes)}"]
         if c.reuse_prepared_input:
             bwd.append("reuses the forward's prepared x")
@@ -227,6 +253,9 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
         return "direct", "im2col", (f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
                                     f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
                                     f"reads grad_output in place")
+    if need_input_grad and (p.sh, p.sw) != (1, 1) and (p.dh, p.dw) != (1, 1):
+        return "direct", "im2col", ("auto: direct forward; a strided and dilated grad_x has no sub-pixel "
+                                    "correlation here, and im2col's column gradient beats direct's scatter")
     return "direct", "direct", "auto: direct reads x once; im2col would write and read a KH*KW times larger buffer"
 
 
@@ -256,7 +285,7 @@ def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: b
         same_buffer(fwd.forward_layout, bwd.backward_layout)
     cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
                       bwd.images_per_chunk, bwd.grad_output_in_place, reuse, fwd.forward_workspace_bytes,
-                      bwd.backward_workspace_bytes)
+                      bwd.backward_workspace_bytes, bwd.grad_input_phases)
     why_reuse = ("the forward's prepared x is the backward's layout" if reuse else
                  "the backward prepares x in another layout" if fwd_alg == bwd_alg == "direct" else
                  "forward and backward run different algorithms")
@@ -286,6 +315,7 @@ class _Pass:
     why_tile: str
     why_grad_weight: str
     why_grad_input: str
+    grad_input_phases: tuple[SubPixelPhase, ...] | None = None
 
 
 def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
@@ -386,19 +416,23 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     if need_input_grad and p.sh == p.sw == 1:
         gx = _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
         lead = _grad_x_lead(p, bwd_lay)
+    phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
-    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads)
+    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads) + \
+        _phases_bytes(phases)
     why_gw = (f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane" if per_image else
               "contiguous segments: " + ("one image" if p.n == 1 else
                                          "images' padding rows are few or an image exceeds half a segment"))
     why_gx = ("skipped (need_input_grad=False)" if not need_input_grad else
               "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)" if gx else
-              "scatter: a strided transposed convolution")
+              f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "
+              f"sub-pixel grid of grad_x (weights finite; scatter otherwise)" if phases else
+              "scatter: a strided and dilated transposed convolution")
     why_layout = "standard: " + ("requested" if requested else "stride > 1" if p.sh * p.sw > 1 else
                                  f"batch {p.n} < 8" if p.n < 8 else
                                  f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)")
     return _Pass("standard", fwd, gx, gw, fwd_lay, bwd_lay, p.n, False, fwd_lay.size * isz, bwd_bytes,
-                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx)
+                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx, phases)
 
 
 def _image_tiles_note(t: CorrTiling) -> str:
@@ -454,3 +488,60 @@ def _cpu_im2col(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad:
     why_gx = "skipped (need_input_grad=False)" if gx is None else "column gradient GEMM, then col2im"
     return _Pass("column", fwd, gx, gw, lay, lay, nb, in_place, lay.size * isz, bwd_bytes, why_layout,
                  _tile(p.kg)[2], why_gw, why_gx)
+
+
+# --------------------------------------------------------------------------- CPU: strided grad_x
+
+
+def _phase_axis(a: int, stride: int, k: int, pad: int, size: int, out: int) -> tuple[int, ...] | None:
+    """Phase ``a`` of one axis of a stride-``stride`` grad_x (dilation 1):
+    (first grad_x index, count, taps, first grad_output index, grad_output
+    length, zeros before, zeros after) of the stride-1 correlation that makes
+    it, or None when no grad_x index lies in this phase.
+
+    grad_x index i = stride*u + a - pad receives grad_output[u - j] * tap
+    a + stride*j; with the taps mirrored that is a correlation over
+    grad_output shifted by taps - 1 - u_first (cropped where negative)."""
+    u_lo = -(-(pad - a) // stride)
+    u_hi = (size - 1 + pad - a) // stride
+    count = u_hi - u_lo + 1
+    if count <= 0:
+        return None
+    taps = -(-(k - a) // stride) if a < k else 0
+    before = taps - 1 - u_lo
+    g0 = max(0, -before)
+    before = max(0, before)
+    need = count + taps - 1 - before
+    length = min(need, out - g0)
+    return stride * u_lo + a - pad, count, taps, g0, length, before, need - length
+
+
+def _subpixel_phases(p: Conv2dParams, dtype: np.dtype, threads: int) -> tuple[SubPixelPhase, ...]:
+    """The sh*sw sub-pixel grids of a strided grad_x (dilation 1), each with
+    the plan of its stride-1 correlation (the direct forward)."""
+    phases = []
+    for a in range(p.sh):
+        rows = _phase_axis(a, p.sh, p.kh, p.ph, p.h, p.oh)
+        for b in range(p.sw):
+            cols = _phase_axis(b, p.sw, p.kw, p.pw, p.w, p.ow)
+            if rows is None or cols is None:
+                continue
+            (r0, nr, jr, g0, lr, br, ar), (c0, nc, js, g1, lc, bc, ac) = rows, cols
+            plan = None
+            if min(jr, js, lr, lc) > 0:
+                sp = Conv2dParams(p.n, p.k, lr, lc, p.c, jr, js, p.groups, 1, 1, br, bc, ar, ac, 1, 1, nr, nc)
+                plan = _cpu_plan(sp, dtype, threads, False, "direct", None)
+            phases.append(SubPixelPhase(r0, c0, nr, nc, a, b, g0, g1, plan))
+    return tuple(phases)
+
+
+def _phases_bytes(phases: tuple[SubPixelPhase, ...] | None) -> int:
+    """Scratch of the largest phase: its cropped grad_output, mirrored
+    sub-kernel and output, and its correlation's prepared buffer."""
+    most = 0
+    for ph in phases or ():
+        if ph.plan is not None:
+            sp, isz = ph.plan.params, np.dtype(ph.plan.dtype).itemsize
+            extra = (sp.n * sp.c * sp.h * sp.w + sp.k * sp.cg * sp.kh * sp.kw + sp.n * sp.k * sp.oh * sp.ow) * isz
+            most = max(most, extra + ph.plan.cpu.forward_workspace_bytes)
+    return most
