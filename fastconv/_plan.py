@@ -50,8 +50,8 @@ __all__ = [
     "LAYOUTS",
     "SEGMENT",
     "ConvPlan",
-    "SubPixelPhase",
     "CpuConvPlan",
+    "SubPixelPhase",
     "build_plan",
     "check_layout",
     "chunk_images",
@@ -540,7 +540,7 @@ def _phases_bytes(phases: tuple[SubPixelPhase, ...] | None) -> int:
     sub-kernel and output, and its correlation's prepared buffer."""
     most = 0
     for ph in phases or ():
-        if ph.plan is not None:
+        if ph.plan is not None and ph.plan.cpu is not None:
             sp, isz = ph.plan.params, np.dtype(ph.plan.dtype).itemsize
             extra = (sp.n * sp.c * sp.h * sp.w + sp.k * sp.cg * sp.kh * sp.kw + sp.n * sp.k * sp.oh * sp.ow) * isz
             most = max(most, extra + ph.plan.cpu.forward_workspace_bytes)
