@@ -52,8 +52,10 @@ __all__ = [
     "ConvPlan",
     "CpuConvPlan",
     "SubPixelPhase",
+    "WinogradPlan",
     "build_plan",
     "check_layout",
+    "check_winograd",
     "chunk_images",
     "use_batch_inner",
 ]
@@ -108,6 +110,20 @@ class CpuConvPlan:
     # strided direct grad_x as stride-1 correlations on the sub-pixel grids
     # (used when the weights are finite; scatter otherwise); None: not planned
     grad_input_phases: tuple[SubPixelPhase, ...] | None = None
+    winograd: WinogradPlan | None = None
+
+
+@dataclass(frozen=True)
+class WinogradPlan:
+    """Winograd F(m×m, 3×3) (``cpu/conv_winograd.py``): output tile ``m``,
+    tiles per chunk (the transformed input and the GEMM output of a chunk
+    bound the workspace), tiles per transform task, and the direct plan
+    (need_input_grad=False) that computes grad_weight and grad_bias."""
+
+    m: int
+    tiles_per_chunk: int
+    transform_block: int
+    grad_weight_plan: ConvPlan
 
 
 @dataclass(frozen=True)
@@ -190,7 +206,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
 
 
-LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",)}
+LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",), "winograd": ("transformed",)}
 
 
 def check_layout(layout: str | None, algorithm: str, p: Conv2dParams) -> None:
@@ -213,6 +229,8 @@ def build_plan(p: Conv2dParams, dtype: np.dtype, backend: str, threads: int, nee
 
     A pure function of its arguments, cached: planning costs tens of
     microseconds, as much as a whole small convolution."""
+    if algorithm == "winograd":
+        check_winograd(p, backend)
     if backend == "cuda":
         return _cuda_plan(p, np.dtype(dtype), need_input_grad, algorithm)
     return _cpu_plan(p, np.dtype(dtype), threads, need_input_grad, algorithm, layout)
@@ -285,7 +303,7 @@ def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: b
         same_buffer(fwd.forward_layout, bwd.backward_layout)
     cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
                       bwd.images_per_chunk, bwd.grad_output_in_place, reuse, fwd.forward_workspace_bytes,
-                      bwd.backward_workspace_bytes, bwd.grad_input_phases)
+                      bwd.backward_workspace_bytes, bwd.grad_input_phases, fwd.winograd or bwd.winograd)
     why_reuse = ("the forward's prepared x is the backward's layout" if reuse else
                  "the backward prepares x in another layout" if fwd_alg == bwd_alg == "direct" else
                  "forward and backward run different algorithms")
@@ -316,12 +334,15 @@ class _Pass:
     why_grad_weight: str
     why_grad_input: str
     grad_input_phases: tuple[SubPixelPhase, ...] | None = None
+    winograd: WinogradPlan | None = None
 
 
 def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
               layout: str | None) -> _Pass:
     if algorithm == "im2col":
         return _cpu_im2col(p, dtype, threads, need_input_grad)
+    if algorithm == "winograd":
+        return _cpu_winograd(p, dtype, threads, need_input_grad)
     if layout == "batch-inner" or (layout is None and use_batch_inner(p)):
         return _cpu_batch_inner(p, dtype, threads, need_input_grad, layout is not None)
     return _cpu_standard(p, dtype, threads, need_input_grad, layout is not None)
@@ -545,3 +566,60 @@ def _phases_bytes(phases: tuple[SubPixelPhase, ...] | None) -> int:
             extra = (sp.n * sp.c * sp.h * sp.w + sp.k * sp.cg * sp.kh * sp.kw + sp.n * sp.k * sp.oh * sp.ow) * isz
             most = max(most, extra + ph.plan.cpu.forward_workspace_bytes)
     return most
+
+
+# --------------------------------------------------------------------------- CPU: Winograd
+
+# Winograd: workspace of one chunk (transformed input + GEMM output); smaller
+# than im2col's bound so a chunk's V stays closer to the caches.
+WINOGRAD_CHUNK_BYTES = 16 * 2**20
+# Winograd: tiles per transform task.
+WINOGRAD_TRANSFORM_BLOCK = 32
+
+
+def check_winograd(p: Conv2dParams, backend: str) -> None:
+    """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
+    if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
+        raise ValueError(f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
+                         f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}")
+    if backend != "cpu":
+        raise ValueError(f"algorithm='winograd' runs on the CPU only, got {backend} arrays")
+
+
+def winograd_tile(p: Conv2dParams) -> tuple[int, str]:
+    """(m, reason): F(4×4, 3×3) unless F(2×2, 3×3) needs no more transformed
+    points for these output planes (small planes waste F(4)'s tile edges;
+    F(2) is also the more accurate one, so it wins ties)."""
+    cost4 = 36 * -(-p.oh // 4) * -(-p.ow // 4)
+    cost2 = 16 * -(-p.oh // 2) * -(-p.ow // 2)
+    if cost2 <= cost4:
+        return 2, f"F(2×2, 3×3): {cost2} transformed points per plane vs {cost4} for F(4×4)"
+    return 4, f"F(4×4, 3×3): {cost4} transformed points per plane vs {cost2} for F(2×2)"
+
+
+def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+    isz = dtype.itemsize
+    m, why_m = winograd_tile(p)
+    a2 = (m + 2) ** 2
+    total = p.n * -(-p.oh // m) * -(-p.ow // m)
+    if need_input_grad:  # grad_x's tiles cover x's planes
+        total = max(total, p.n * -(-p.h // m) * -(-p.w // m))
+    per_tile = a2 * (p.c + p.k) * isz
+    tc = max(16, min(total, WINOGRAD_CHUNK_BYTES // per_tile))
+    ld = column_ld(tc, isz)
+    wplan = _cpu_plan(p, dtype, threads, False, "direct", None)
+    assert wplan.cpu is not None
+    wino = WinogradPlan(m, tc, WINOGRAD_TRANSFORM_BLOCK, wplan)
+    fwd_lay = column_layout(1, a2 * p.c, 1, ld, 1, tc)
+    bwd_lay = column_layout(1, a2 * p.k, 1, ld, 1, tc)
+    fwd = _corr_column(p.kg, p.cg, isz)
+    gx = _corr_column(p.cg, p.kg, isz) if need_input_grad else None
+    ws = a2 * (p.c + p.k) * ld * isz + a2 * p.k * p.cg * isz
+    bwd_bytes = max(wplan.cpu.backward_workspace_bytes, ws if need_input_grad else 0)
+    why_layout = (f"transformed: {why_m}; {tc} tiles per chunk ({_mib(ws)} of transformed input and GEMM "
+                  f"output); the {a2} transformed points' GEMMs run as one engine call")
+    why_gx = ("skipped (need_input_grad=False)" if gx is None else
+              f"Winograd F({m}×{m}, 3×3) of grad_output with the rotated kernel (a full correlation)")
+    return _Pass("transformed", fwd, gx, wplan.cpu.grad_weight, fwd_lay, bwd_lay, p.n, False, ws, bwd_bytes,
+                 why_layout, _tile(p.kg)[2], "the direct path's: " + wplan.reason("grad_weight"), why_gx,
+                 winograd=wino)

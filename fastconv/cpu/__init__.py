@@ -32,6 +32,7 @@ _ALGORITHM_MODULES = {
     ("direct", "standard"): "conv_direct",
     ("direct", "batch-inner"): "conv_direct_bi",
     ("im2col", "column"): "conv_im2col",
+    ("winograd", "transformed"): "conv_winograd",
 }
 
 

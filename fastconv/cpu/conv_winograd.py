@@ -1,0 +1,219 @@
+"""Winograd convolution F(m×m, 3×3) on the CPU (m = 4 or 2; stride 1, dilation 1).
+
+Lavin & Gray (2016): an m×m output tile of a 3×3 correlation is
+``A^T [(G g G^T) ⊙ (B^T d B)] A`` for the (m+2)×(m+2) input patch d, so the
+α² = (m+2)² transformed points are independent: per point ξ a GEMM
+``M[ξ] (K×T) = U[ξ] (K×C) · V[ξ] (C×T)`` over the T tiles.  All α² GEMMs (and
+all groups) run as ONE call of the engine's register-tile correlation over a
+column buffer: each (ξ, group) is a "group" of the correlation, its C/groups
+rows of V are the input channels, one tap at offset 0 and Q = the tile index.
+
+Tiles are processed in chunks of ``plan.cpu.winograd.tiles_per_chunk``
+(V and M of a chunk within the plan's workspace bound).  The input transform
+reads x with implicit zero padding (any top/left padding, negative = a crop),
+so grad_x -- a full correlation of grad_output with the rotated kernel read
+as (C, K) -- is the same code with padding 2 - ph.  grad_weight and grad_bias
+come from the direct path (its plan in ``plan.cpu.winograd.grad_weight_plan``).
+
+NaN/Inf: the transforms multiply every element of a patch by every
+coefficient (zeros included), so a non-finite value in a tile's input patch
+makes every output of that tile (all channels) NaN, and a non-finite weight
+makes its output channel NaN.  Where PyTorch has a NaN or Inf this path has
+NaN (never a finite value); it may also have NaN where PyTorch has ±Inf or a
+finite value next to the non-finite input.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _alloc
+from .common import FASTMATH, empty_bias
+from .engine import correlate, pack_weights
+from .layout import column_layout, column_ld
+
+if TYPE_CHECKING:
+    from .._params import Conv2dParams
+    from .._plan import ConvPlan
+
+__all__ = ["backward", "forward", "transform_matrices", "winograd_correlate"]
+
+_ZERO_TAP = np.zeros(1, np.int64)
+
+
+def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T (α×α), G (α×3), A^T (m×α)) of F(m×m, 3×3), points 0, ±1, (±2,) ∞."""
+    if m == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif m == 4:
+        bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+              [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+        g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+             [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f"Winograd tile m must be 2 or 4, got {m}")
+    return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, bt, v, ld, blk):
+    """v[(ξ*C + c), j] = (B^T d B)[ξ] of tile t0 + j of x (N, C, H, W), d its
+    α×α patch from (th*m - top, tw*m - left), zeros outside x; row tails
+    past nt zeroed.  Parallel over (channel, block of blk tiles)."""
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    a = bt.shape[0]
+    nblk = -(-nt // blk)
+    btd = bt.astype(x.dtype)
+    for task in prange(c_n * nblk):
+        c = task // nblk
+        j0 = (task - c * nblk) * blk
+        d = np.empty((a, a), x.dtype)
+        tmp = np.empty((a, a), x.dtype)
+        for j in range(j0, min(nt, j0 + blk)):
+            t = t0 + j
+            n = t // (th_n * tw_n)
+            r_ = t - n * th_n * tw_n
+            th = r_ // tw_n
+            h0 = th * m - top
+            w0 = (r_ - th * tw_n) * m - left
+            for r in range(a):
+                for s in range(a):
+                    hh, ww = h0 + r, w0 + s
+                    d[r, s] = x[n, c, hh, ww] if 0 <= hh < h and 0 <= ww < w else 0
+            for i in range(a):  # tmp = B^T d
+                for s in range(a):
+                    acc = d[0, s] * btd[i, 0]
+                    for r in range(1, a):
+                        acc += btd[i, r] * d[r, s]
+                    tmp[i, s] = acc
+            for i in range(a):  # (B^T d) B
+                for k in range(a):
+                    acc = tmp[i, 0] * btd[k, 0]
+                    for s in range(1, a):
+                        acc += tmp[i, s] * btd[k, s]
+                    v[(i * a + k) * c_n + c, j] = acc
+        if j0 + blk >= nt:
+            for xi in range(a * a):
+                v[xi * c_n + c, nt:ld] = 0
+    return v
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _output_transform(mm, t0, nt, th_n, tw_n, at, bias, y, blk):
+    """y tile t0 + j <- A^T M A (+ bias), M[ξ] = mm[ξ*K + k, j]; only the
+    pixels inside y (N, K, OH, OW).  Parallel over (channel, block of tiles)."""
+    k_n, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    m, a = at.shape[0], at.shape[1]
+    nblk = -(-nt // blk)
+    atd = at.astype(y.dtype)
+    for task in prange(k_n * nblk):
+        k = task // nblk
+        j0 = (task - k * nblk) * blk
+        mt = np.empty((a, a), y.dtype)
+        tmp = np.empty((m, a), y.dtype)
+        b = bias[k] if bias.shape[0] else 0
+        for j in range(j0, min(nt, j0 + blk)):
+            t = t0 + j
+            n = t // (th_n * tw_n)
+            r_ = t - n * th_n * tw_n
+            th = r_ // tw_n
+            h0 = th * m
+            w0 = (r_ - th * tw_n) * m
+            for xi in range(a):
+                for nu in range(a):
+                    mt[xi, nu] = mm[(xi * a + nu) * k_n + k, j]
+            for i in range(m):  # A^T M
+                for nu in range(a):
+                    acc = atd[i, 0] * mt[0, nu]
+                    for xi in range(1, a):
+                        acc += atd[i, xi] * mt[xi, nu]
+                    tmp[i, nu] = acc
+            for i in range(m):
+                if h0 + i >= oh:
+                    break
+                for q in range(m):
+                    if w0 + q >= ow:
+                        break
+                    acc = tmp[i, 0] * atd[q, 0]
+                    for nu in range(1, a):
+                        acc += tmp[i, nu] * atd[q, nu]
+                    y[n, k, h0 + i, w0 + q] = acc + b
+    return y
+
+
+def _packed_transformed_weights(w: np.ndarray, groups: int, g_mat: np.ndarray, tiling) -> np.ndarray:
+    """U = G g G^T of w (Kout, Cin/groups, 3, 3) as the engine's packed weights
+    of α²*groups correlation groups: (α²*G, Kout/G, Cin/G, 1 tap)."""
+    ko, ci = w.shape[0], w.shape[1]
+    u = np.einsum("ar,kcrs,bs->abkc", g_mat, w.astype(np.float64), g_mat)  # (α, α, Kout, Cin/G)
+    a = g_mat.shape[0]
+    u = u.reshape(a * a * groups, ko // groups, ci, 1).astype(w.dtype)
+    return pack_weights(u, tiling)
+
+
+def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, groups: int, top: int, left: int,
+                       out: np.ndarray, plan: ConvPlan, grad: bool = False) -> np.ndarray:
+    """out (N, Kout, OH, OW) <- bias + 3×3 correlation of x (N, Cin, H, W) with
+    w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside."""
+    wp = plan.cpu.winograd
+    m = wp.m
+    bt, g_mat, at = transform_matrices(m)
+    a2 = (m + 2) ** 2
+    n, cin = x.shape[0], x.shape[1]
+    kout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    th_n, tw_n = -(-oh // m), -(-ow // m)
+    total = n * th_n * tw_n
+    tiling = plan.cpu.grad_input if grad else plan.cpu.forward
+    wpk = _packed_transformed_weights(w, groups, g_mat, tiling)
+    b = empty_bias(x.dtype) if bias is None else bias
+    tc = min(wp.tiles_per_chunk, total)
+    ld = column_ld(tc, x.dtype.itemsize)
+    v = _alloc.empty((a2 * cin, ld), x.dtype)
+    mm = _alloc.empty((a2 * kout, ld), x.dtype)
+    for t0 in range(0, total, tc):
+        nt = min(tc, total - t0)
+        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, bt, v, ld, wp.transform_block)
+        lay = column_layout(1, a2 * cin, 1, ld, 1, nt)
+        correlate(v.reshape(-1), lay, _ZERO_TAP, wpk, empty_bias(x.dtype), _gemm_out(mm, nt), tiling)
+        _output_transform(mm, t0, nt, th_n, tw_n, at, b, out, wp.transform_block)
+    return out
+
+
+def _gemm_out(mm: np.ndarray, nt: int) -> np.ndarray:
+    """mm's first nt columns as the (1, rows, 1, nt) view the engine writes."""
+    return mm[:, :nt].reshape(1, mm.shape[0], 1, nt)
+
+
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, None]:
+    """(y (N, K, OH, OW), None: nothing kept for the backward)."""
+    p = plan.params
+    y = _alloc.empty(p.y_shape, x.dtype)
+    return winograd_correlate(x, weight, bias, p.groups, p.ph, p.pw, y, plan), None
+
+
+def _rotated(weight: np.ndarray, p: Conv2dParams) -> np.ndarray:
+    """(C, K/groups, 3, 3): the kernel rotated by 180°, in/out channels swapped per group."""
+    w5 = weight.reshape(p.groups, p.kg, p.cg, 3, 3)[..., ::-1, ::-1]
+    return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(p.c, p.kg, 3, 3)
+
+
+def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
+             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gx, gw, gb): grad_x by Winograd (a full correlation with the rotated
+    kernel), grad_weight and grad_bias by the direct path's plan."""
+    from . import _module
+
+    p = plan.params
+    wplan = plan.cpu.winograd.grad_weight_plan
+    _, gw, gb = _module(wplan.backward_algorithm, wplan.backward_layout).backward(gy, x, weight, wplan)
+    if not plan.need_input_grad:
+        return None, gw, gb
+    gx = _alloc.empty(p.x_shape, x.dtype)
+    winograd_correlate(gy, _rotated(weight, p), None, p.groups, 2 - p.ph, 2 - p.pw, gx, plan, grad=True)
+    return gx, gw, gb
