@@ -61,89 +61,114 @@ def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
 
 
+@njit(fastmath=FASTMATH, inline="always")
+def _bt(m, v, o, st, nb):
+    """Rows o + i*st (i < α) of v (rows of length >= nb) <- B^T of them,
+    lane by lane (a loop LLVM vectorises), written out sparsely: every output
+    that depends on an input still gets it, so non-finite values reach every
+    output whose window holds them."""
+    for q in range(nb):
+        d0, d1, d2, d3 = v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q]
+        if m == 2:
+            v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+            continue
+        d4, d5 = v[o + 4 * st, q], v[o + 5 * st, q]
+        v[o, q] = 4 * d0 - 5 * d2 + d4
+        v[o + st, q] = d3 + d4 - 4 * (d1 + d2)
+        v[o + 2 * st, q] = 4 * (d1 - d2) + d4 - d3
+        v[o + 3 * st, q] = 2 * (d3 - d1) + d4 - d2
+        v[o + 4 * st, q] = 2 * (d1 - d3) + d4 - d2
+        v[o + 5 * st, q] = 4 * d1 - 5 * d3 + d5
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _at(m, v, o, st, nb):
+    """Rows o + i*st (i < m) of v <- A^T of rows o + ξ*st (ξ < α), lane by lane."""
+    for q in range(nb):
+        m0, m1, m2, m3 = v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q]
+        if m == 2:
+            v[o, q], v[o + st, q] = m0 + m1 + m2, m1 - m2 - m3
+            continue
+        m4, m5 = v[o + 4 * st, q], v[o + 5 * st, q]
+        v[o, q] = m0 + m1 + m2 + m3 + m4
+        v[o + st, q] = m1 - m2 + 2 * (m3 - m4)
+        v[o + 2 * st, q] = m1 + m2 + 4 * (m3 + m4)
+        v[o + 3 * st, q] = m1 - m2 + 8 * (m3 - m4) + m5
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _tile_origin(t, th_n, tw_n, m):
+    """(image, first row, first column) of output tile t."""
+    n = t // (th_n * tw_n)
+    r_ = t - n * th_n * tw_n
+    th = r_ // tw_n
+    return n, th * m, (r_ - th * tw_n) * m
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, bt, v, ld, blk):
+def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld, blk):
     """v[(ξ*C + c), j] = (B^T d B)[ξ] of tile t0 + j of x (N, C, H, W), d its
     α×α patch from (th*m - top, tw*m - left), zeros outside x; row tails
-    past nt zeroed.  Parallel over (channel, block of blk tiles)."""
+    past nt zeroed.  Parallel over (channel, block of blk tiles); a block's
+    patches are transformed side by side, tile index innermost."""
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = bt.shape[0]
+    a = m + 2
     nblk = -(-nt // blk)
-    btd = bt.astype(x.dtype)
     for task in prange(c_n * nblk):
         c = task // nblk
         j0 = (task - c * nblk) * blk
-        d = np.empty((a, a), x.dtype)
-        tmp = np.empty((a, a), x.dtype)
-        for j in range(j0, min(nt, j0 + blk)):
-            t = t0 + j
-            n = t // (th_n * tw_n)
-            r_ = t - n * th_n * tw_n
-            th = r_ // tw_n
-            h0 = th * m - top
-            w0 = (r_ - th * tw_n) * m - left
+        nb = min(blk, nt - j0)
+        d = np.empty((a * a, blk), x.dtype)
+        for q in range(nb):
+            n, h0, w0 = _tile_origin(t0 + j0 + q, th_n, tw_n, m)
+            h0 -= top
+            w0 -= left
+            if h0 >= 0 and w0 >= 0 and h0 + a <= h and w0 + a <= w:  # inside x: no tests
+                xc = x[n, c]
+                for r in range(a):
+                    for s in range(a):
+                        d[r * a + s, q] = xc[h0 + r, w0 + s]
+                continue
             for r in range(a):
+                hh = h0 + r
                 for s in range(a):
-                    hh, ww = h0 + r, w0 + s
-                    d[r, s] = x[n, c, hh, ww] if 0 <= hh < h and 0 <= ww < w else 0
-            for i in range(a):  # tmp = B^T d
-                for s in range(a):
-                    acc = d[0, s] * btd[i, 0]
-                    for r in range(1, a):
-                        acc += btd[i, r] * d[r, s]
-                    tmp[i, s] = acc
-            for i in range(a):  # (B^T d) B
-                for k in range(a):
-                    acc = tmp[i, 0] * btd[k, 0]
-                    for s in range(1, a):
-                        acc += tmp[i, s] * btd[k, s]
-                    v[(i * a + k) * c_n + c, j] = acc
-        if j0 + blk >= nt:
-            for xi in range(a * a):
+                    ww = w0 + s
+                    d[r * a + s, q] = x[n, c, hh, ww] if 0 <= hh < h and 0 <= ww < w else 0
+        for s in range(a):
+            _bt(m, d, s, a, nb)
+        for r in range(a):
+            _bt(m, d, r * a, 1, nb)
+        for xi in range(a * a):
+            v[xi * c_n + c, j0:j0 + nb] = d[xi, :nb]
+            if j0 + nb == nt:
                 v[xi * c_n + c, nt:ld] = 0
     return v
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _output_transform(mm, t0, nt, th_n, tw_n, at, bias, y, blk):
+def _output_transform(mm, t0, nt, th_n, tw_n, m, bias, y, blk):
     """y tile t0 + j <- A^T M A (+ bias), M[ξ] = mm[ξ*K + k, j]; only the
     pixels inside y (N, K, OH, OW).  Parallel over (channel, block of tiles)."""
     k_n, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    m, a = at.shape[0], at.shape[1]
+    a = m + 2
     nblk = -(-nt // blk)
-    atd = at.astype(y.dtype)
     for task in prange(k_n * nblk):
         k = task // nblk
         j0 = (task - k * nblk) * blk
-        mt = np.empty((a, a), y.dtype)
-        tmp = np.empty((m, a), y.dtype)
+        nb = min(blk, nt - j0)
+        mt = np.empty((a * a, blk), y.dtype)
         b = bias[k] if bias.shape[0] else 0
-        for j in range(j0, min(nt, j0 + blk)):
-            t = t0 + j
-            n = t // (th_n * tw_n)
-            r_ = t - n * th_n * tw_n
-            th = r_ // tw_n
-            h0 = th * m
-            w0 = (r_ - th * tw_n) * m
-            for xi in range(a):
-                for nu in range(a):
-                    mt[xi, nu] = mm[(xi * a + nu) * k_n + k, j]
-            for i in range(m):  # A^T M
-                for nu in range(a):
-                    acc = atd[i, 0] * mt[0, nu]
-                    for xi in range(1, a):
-                        acc += atd[i, xi] * mt[xi, nu]
-                    tmp[i, nu] = acc
-            for i in range(m):
-                if h0 + i >= oh:
-                    break
-                for q in range(m):
-                    if w0 + q >= ow:
-                        break
-                    acc = tmp[i, 0] * atd[q, 0]
-                    for nu in range(1, a):
-                        acc += tmp[i, nu] * atd[q, nu]
-                    y[n, k, h0 + i, w0 + q] = acc + b
+        for xi in range(a * a):
+            mt[xi, :nb] = mm[xi * k_n + k, j0:j0 + nb]
+        for nu in range(a):
+            _at(m, mt, nu, a, nb)
+        for i in range(m):
+            _at(m, mt, i * a, 1, nb)
+        for q in range(nb):
+            n, h0, w0 = _tile_origin(t0 + j0 + q, th_n, tw_n, m)
+            for i in range(min(m, oh - h0)):
+                for s in range(min(m, ow - w0)):
+                    y[n, k, h0 + i, w0 + s] = mt[i * a + s, q] + b
     return y
 
 
@@ -163,7 +188,7 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, gr
     w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside."""
     wp = plan.cpu.winograd
     m = wp.m
-    bt, g_mat, at = transform_matrices(m)
+    g_mat = transform_matrices(m)[1]
     a2 = (m + 2) ** 2
     n, cin = x.shape[0], x.shape[1]
     kout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
@@ -178,10 +203,10 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, gr
     mm = _alloc.empty((a2 * kout, ld), x.dtype)
     for t0 in range(0, total, tc):
         nt = min(tc, total - t0)
-        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, bt, v, ld, wp.transform_block)
+        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld, wp.transform_block)
         lay = column_layout(1, a2 * cin, 1, ld, 1, nt)
         correlate(v.reshape(-1), lay, _ZERO_TAP, wpk, empty_bias(x.dtype), _gemm_out(mm, nt), tiling)
-        _output_transform(mm, t0, nt, th_n, tw_n, at, b, out, wp.transform_block)
+        _output_transform(mm, t0, nt, th_n, tw_n, m, b, out, wp.transform_block)
     return out
 
 
