@@ -186,7 +186,9 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, gr
                        out: np.ndarray, plan: ConvPlan, grad: bool = False) -> np.ndarray:
     """out (N, Kout, OH, OW) <- bias + 3×3 correlation of x (N, Cin, H, W) with
     w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside."""
-    wp = plan.cpu.winograd
+    c = plan.cpu
+    assert c is not None and c.winograd is not None, "a Winograd CPU plan"
+    wp = c.winograd
     m = wp.m
     g_mat = transform_matrices(m)[1]
     a2 = (m + 2) ** 2
@@ -194,7 +196,8 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, gr
     kout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     th_n, tw_n = -(-oh // m), -(-ow // m)
     total = n * th_n * tw_n
-    tiling = plan.cpu.grad_input if grad else plan.cpu.forward
+    tiling = c.grad_input if grad else c.forward
+    assert tiling is not None
     wpk = _packed_transformed_weights(w, groups, g_mat, tiling)
     b = empty_bias(x.dtype) if bias is None else bias
     tc = min(wp.tiles_per_chunk, total)
@@ -234,8 +237,9 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     kernel), grad_weight and grad_bias by the direct path's plan."""
     from . import _module
 
-    p = plan.params
-    wplan = plan.cpu.winograd.grad_weight_plan
+    p, c = plan.params, plan.cpu
+    assert c is not None and c.winograd is not None, "a Winograd CPU plan"
+    wplan = c.winograd.grad_weight_plan
     _, gw, gb = _module(wplan.backward_algorithm, wplan.backward_layout).backward(gy, x, weight, wplan)
     if not plan.need_input_grad:
         return None, gw, gb
