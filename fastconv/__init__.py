@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 from numpy.typing import ArrayLike, NDArray
 
 from . import reference
+from ._benchmark_mode import set_benchmark
 from ._params import check_bool
 from ._plan import ConvPlan
 from .ops import (
@@ -43,6 +44,7 @@ __all__ = [
     "max_pool2d_backward",
     "plan_conv2d",
     "reference",
+    "set_benchmark",
 ]
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "build_plan",
     "check_layout",
     "check_winograd",
+    "cpu_plan_for",
     "chunk_images",
     "use_batch_inner",
 ]
@@ -166,6 +167,8 @@ class ConvPlan:
     backward_layout: str
     reasons: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     cpu: CpuConvPlan | None = field(default=None, repr=False)
+    # the algorithms are the winners of a timing run (fastconv.set_benchmark)
+    measured: bool = field(default=False, repr=False)
 
     def reason(self, choice: str) -> str:
         """Why ``choice`` ("algorithm", "layout", "tile", ...) was made."""
@@ -188,7 +191,7 @@ class ConvPlan:
                 parts.append(f"backward {self.backward_algorithm}")
             return "ConvPlan(" + " · ".join(parts) + ")"
         c = self.cpu
-        fwd = [self.algorithm, f"{self.layout} layout", c.forward.describe(),
+        fwd = ["measured: " * self.measured + self.algorithm, f"{self.layout} layout", c.forward.describe(),
                f"workspace {_mib(c.forward_workspace_bytes)}", f"because {self.reason('layout')}"]
         bwd = [self.backward_algorithm, f"{self.backward_layout} layout", c.grad_weight.describe() + " for grad_weight",
                "grad_x " + ("skipped" if not self.need_input_grad else
@@ -296,7 +299,14 @@ def _std_q(p: Conv2dParams) -> int:
 
 def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str,
               layout: str | None) -> ConvPlan:
-    fwd_alg, bwd_alg, why_alg = _cpu_algorithms(p, need_input_grad, algorithm)
+    return cpu_plan_for(p, dtype, threads, need_input_grad, _cpu_algorithms(p, need_input_grad, algorithm), layout)
+
+
+def cpu_plan_for(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+                 algorithms: tuple[str, str, str], layout: str | None = None) -> ConvPlan:
+    """The CPU plan for given (forward algorithm, backward algorithm, reason)
+    (``_cpu_algorithms``' rule, or the winners of ``fastconv.set_benchmark``)."""
+    fwd_alg, bwd_alg, why_alg = algorithms
     fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
     reuse = fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and \
