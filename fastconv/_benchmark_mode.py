@@ -185,16 +185,13 @@ def measured_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     """The CPU plan whose algorithms won the timing for these parameters
     (timed now unless memory or the cache file already has the winners)."""
     key = _key(p, dtype, threads, need_input_grad)
-    entry = _memory.get(key)
-    if entry is None:
+    if key not in _memory:
         stored = _read(cache_dir() / FILE_NAME).get(key)
-        if _valid(stored, p):
-            entry = stored
-        else:
-            entry = _measure(p, dtype, threads, need_input_grad)
-            _write(key, entry)
-        _memory[key] = entry
-    return _plan_from(p, dtype, threads, need_input_grad, entry)
+        if not _valid(stored, p):
+            stored = _measure(p, dtype, threads, need_input_grad)
+            _write(key, stored)
+        _memory[key] = stored
+    return _plan_from(p, dtype, threads, need_input_grad, _memory[key])
 
 
 def _plan_from(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
