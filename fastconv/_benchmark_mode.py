@@ -186,7 +186,7 @@ def measured_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     (timed now unless memory or the cache file already has the winners)."""
     key = _key(p, dtype, threads, need_input_grad)
     if key not in _memory:
-        stored = _read(cache_dir() / FILE_NAME).get(key)
+        stored: Any = _read(cache_dir() / FILE_NAME).get(key)
         if not _valid(stored, p):
             stored = _measure(p, dtype, threads, need_input_grad)
             _write(key, stored)
