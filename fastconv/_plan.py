@@ -583,6 +583,9 @@ def _phases_bytes(phases: tuple[SubPixelPhase, ...] | None) -> int:
 # Winograd: workspace of one chunk (transformed input + GEMM output); smaller
 # than im2col's bound so a chunk's V stays closer to the caches.
 WINOGRAD_CHUNK_BYTES = 16 * 2**20
+# Winograd: longest sum (C/g*9) up to which F(4×4, 3×3)'s float32 error was
+# measured within 1e-5 of the float64 reference (docs/winograd.md).
+WINOGRAD_F4_MAX_DEPTH = 4608
 # Winograd: tiles per transform task.
 WINOGRAD_TRANSFORM_BLOCK = 32
 
@@ -602,6 +605,10 @@ def winograd_tile(p: Conv2dParams) -> tuple[int, str]:
     F(2) is also the more accurate one, so it wins ties)."""
     cost4 = 36 * -(-p.oh // 4) * -(-p.ow // 4)
     cost2 = 16 * -(-p.oh // 2) * -(-p.ow // 2)
+    depth = 9 * max(p.cg, p.kg)  # the longest sum (forward: C/g*9, grad_x: K/g*9)
+    if depth > WINOGRAD_F4_MAX_DEPTH:
+        return 2, (f"F(2×2, 3×3): F(4×4)'s float32 error was measured <= 1e-5 only up to "
+                   f"{WINOGRAD_F4_MAX_DEPTH} products per output, here {depth}")
     if cost2 <= cost4:
         return 2, f"F(2×2, 3×3): {cost2} transformed points per plane vs {cost4} for F(4×4)"
     return 4, f"F(4×4, 3×3): {cost4} transformed points per plane vs {cost2} for F(2×2)"

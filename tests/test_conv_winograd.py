@@ -204,3 +204,9 @@ def test_nan_inf_never_finite_where_reference_is_not(where, m, dtype, rng):
             assert ok.sum() > 0.3 * ok.size, f"{what}: non-finite values spread too far"
         if ok.any():
             assert rel_err(g[ok], r[ok]) <= TOL[np.dtype(dtype)], what
+
+
+def test_deep_sums_take_the_small_tile():
+    """Beyond the C·R·S measured for F(4×4)'s accuracy the plan takes F(2×2)."""
+    plan = fastconv.plan_conv2d((1, 1024, 16, 16), (8, 1024, 3, 3), algorithm="winograd")
+    assert plan.cpu.winograd.m == 2 and "9216" in plan.reason("layout")
