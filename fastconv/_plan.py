@@ -587,7 +587,7 @@ WINOGRAD_CHUNK_BYTES = 16 * 2**20
 # measured within 1e-5 of the float64 reference (docs/winograd.md).
 WINOGRAD_F4_MAX_DEPTH = 4608
 # Winograd: tiles per transform task.
-WINOGRAD_TRANSFORM_BLOCK = 32
+WINOGRAD_TRANSFORM_BLOCK = 64
 
 
 def check_winograd(p: Conv2dParams, backend: str) -> None:

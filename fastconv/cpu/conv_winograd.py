@@ -63,37 +63,43 @@ def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @njit(fastmath=FASTMATH, inline="always")
 def _bt(m, v, o, st, nb):
-    """Rows o + i*st (i < α) of v (rows of length >= nb) <- B^T of them,
-    lane by lane (a loop LLVM vectorises), written out sparsely: every output
-    that depends on an input still gets it, so non-finite values reach every
+    """Rows o + i*st (i < α) of v (α² rows of tiles) <- B^T of them, lane
+    by lane (loops LLVM vectorises), written out sparsely: every output that
+    depends on an input still gets it, so non-finite values reach every
     output whose window holds them."""
+    r0, r1, r2, r3 = v[o, :nb], v[o + st, :nb], v[o + 2 * st, :nb], v[o + 3 * st, :nb]
+    if m == 2:
+        for q in range(nb):
+            d0, d1, d2, d3 = r0[q], r1[q], r2[q], r3[q]
+            r0[q], r1[q], r2[q], r3[q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+        return
+    r4, r5 = v[o + 4 * st, :nb], v[o + 5 * st, :nb]
     for q in range(nb):
-        d0, d1, d2, d3 = v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q]
-        if m == 2:
-            v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-            continue
-        d4, d5 = v[o + 4 * st, q], v[o + 5 * st, q]
-        v[o, q] = 4 * d0 - 5 * d2 + d4
-        v[o + st, q] = d3 + d4 - 4 * (d1 + d2)
-        v[o + 2 * st, q] = 4 * (d1 - d2) + d4 - d3
-        v[o + 3 * st, q] = 2 * (d3 - d1) + d4 - d2
-        v[o + 4 * st, q] = 2 * (d1 - d3) + d4 - d2
-        v[o + 5 * st, q] = 4 * d1 - 5 * d3 + d5
+        d0, d1, d2, d3, d4, d5 = r0[q], r1[q], r2[q], r3[q], r4[q], r5[q]
+        r0[q] = 4 * d0 - 5 * d2 + d4
+        r1[q] = d3 + d4 - 4 * (d1 + d2)
+        r2[q] = 4 * (d1 - d2) + d4 - d3
+        r3[q] = 2 * (d3 - d1) + d4 - d2
+        r4[q] = 2 * (d1 - d3) + d4 - d2
+        r5[q] = 4 * d1 - 5 * d3 + d5
 
 
 @njit(fastmath=FASTMATH, inline="always")
 def _at(m, v, o, st, nb):
     """Rows o + i*st (i < m) of v <- A^T of rows o + ξ*st (ξ < α), lane by lane."""
+    r0, r1, r2, r3 = v[o, :nb], v[o + st, :nb], v[o + 2 * st, :nb], v[o + 3 * st, :nb]
+    if m == 2:
+        for q in range(nb):
+            m0, m1, m2, m3 = r0[q], r1[q], r2[q], r3[q]
+            r0[q], r1[q] = m0 + m1 + m2, m1 - m2 - m3
+        return
+    r4, r5 = v[o + 4 * st, :nb], v[o + 5 * st, :nb]
     for q in range(nb):
-        m0, m1, m2, m3 = v[o, q], v[o + st, q], v[o + 2 * st, q], v[o + 3 * st, q]
-        if m == 2:
-            v[o, q], v[o + st, q] = m0 + m1 + m2, m1 - m2 - m3
-            continue
-        m4, m5 = v[o + 4 * st, q], v[o + 5 * st, q]
-        v[o, q] = m0 + m1 + m2 + m3 + m4
-        v[o + st, q] = m1 - m2 + 2 * (m3 - m4)
-        v[o + 2 * st, q] = m1 + m2 + 4 * (m3 + m4)
-        v[o + 3 * st, q] = m1 - m2 + 8 * (m3 - m4) + m5
+        m0, m1, m2, m3, m4, m5 = r0[q], r1[q], r2[q], r3[q], r4[q], r5[q]
+        r0[q] = m0 + m1 + m2 + m3 + m4
+        r1[q] = m1 - m2 + 2 * (m3 - m4)
+        r2[q] = m1 + m2 + 4 * (m3 + m4)
+        r3[q] = m1 - m2 + 8 * (m3 - m4) + m5
 
 
 @njit(fastmath=FASTMATH, inline="always")
