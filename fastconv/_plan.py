@@ -56,8 +56,8 @@ __all__ = [
     "build_plan",
     "check_layout",
     "check_winograd",
-    "cpu_plan_for",
     "chunk_images",
+    "cpu_plan_for",
     "use_batch_inner",
 ]
 
@@ -118,12 +118,12 @@ class CpuConvPlan:
 class WinogradPlan:
     """Winograd F(m×m, 3×3) (``cpu/conv_winograd.py``): output tile ``m``,
     tiles per chunk (the transformed input and the GEMM output of a chunk
-    bound the workspace), tiles per transform task, and the direct plan
-    (need_input_grad=False) that computes grad_weight and grad_bias."""
+    bound the workspace; the module rounds it down to whole rows of tiles,
+    at least one), and the direct plan (need_input_grad=False) that computes
+    grad_weight and grad_bias."""
 
     m: int
     tiles_per_chunk: int
-    transform_block: int
     grad_weight_plan: ConvPlan
 
 
@@ -586,8 +586,6 @@ WINOGRAD_CHUNK_BYTES = 16 * 2**20
 # Winograd: longest sum (C/g*9) up to which F(4×4, 3×3)'s float32 error was
 # measured within 1e-5 of the float64 reference (docs/winograd.md).
 WINOGRAD_F4_MAX_DEPTH = 4608
-# Winograd: tiles per transform task.
-WINOGRAD_TRANSFORM_BLOCK = 64
 
 
 def check_winograd(p: Conv2dParams, backend: str) -> None:
@@ -626,7 +624,7 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     ld = column_ld(tc, isz)
     wplan = _cpu_plan(p, dtype, threads, False, "direct", None)
     assert wplan.cpu is not None
-    wino = WinogradPlan(m, tc, WINOGRAD_TRANSFORM_BLOCK, wplan)
+    wino = WinogradPlan(m, tc, wplan)
     fwd_lay = column_layout(1, a2 * p.c, 1, ld, 1, tc)
     bwd_lay = column_layout(1, a2 * p.k, 1, ld, 1, tc)
     fwd = _corr_column(p.kg, p.cg, isz)

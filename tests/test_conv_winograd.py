@@ -129,10 +129,10 @@ def test_matches_reference(xs, ws, opts, dtype, m, need_input_grad, threads, rng
 
 @pytest.mark.parametrize("m", [2, 4])
 def test_many_chunks(m, rng):
-    """Chunks of 16 tiles (the smallest), so a plane spans several chunks."""
+    """Chunks of 16 tiles (rounded down to whole rows of tiles), so the batch spans several chunks."""
     xs, ws, opts = (3, 5, 19, 21), (7, 5, 3, 3), {"padding": 1}
     x, wt, b, gy = _inputs(rng, xs, ws, opts, np.float64)
-    plan = _plan(xs, ws, opts, np.float64, m, tiles_per_chunk=16, transform_block=5)
+    plan = _plan(xs, ws, opts, np.float64, m, tiles_per_chunk=16)
     op = fastconv.Conv2dOp.from_plan(plan)
     _close(op.forward(x, wt, b), reference.conv2d(x, wt, b, **opts), np.float64, "y")
     _close(op.backward(gy)[0], reference.conv2d_backward(gy, x, wt, **opts)[0], np.float64, "grad_x")

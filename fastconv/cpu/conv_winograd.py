@@ -102,79 +102,77 @@ def _at(m, v, o, st, nb):
         r3[q] = m1 - m2 + 8 * (m3 - m4) + m5
 
 
-@njit(fastmath=FASTMATH, inline="always")
-def _tile_origin(t, th_n, tw_n, m):
-    """(image, first row, first column) of output tile t."""
-    n = t // (th_n * tw_n)
-    r_ = t - n * th_n * tw_n
-    th = r_ // tw_n
-    return n, th * m, (r_ - th * tw_n) * m
-
-
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld, blk):
+def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld):
     """v[(ξ*C + c), j] = (B^T d B)[ξ] of tile t0 + j of x (N, C, H, W), d its
     α×α patch from (th*m - top, tw*m - left), zeros outside x; row tails
-    past nt zeroed.  Parallel over (channel, block of blk tiles); a block's
-    patches are transformed side by side, tile index innermost."""
+    past nt zeroed.  t0 and nt are whole rows of tiles.  Parallel over
+    (channel, row of tiles): the row's α input rows are copied once into a
+    zero-padded strip, its tiles transformed side by side (tile innermost)."""
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     a = m + 2
-    nblk = -(-nt // blk)
-    for task in prange(c_n * nblk):
-        c = task // nblk
-        j0 = (task - c * nblk) * blk
-        nb = min(blk, nt - j0)
-        d = np.empty((a * a, blk), x.dtype)
-        for q in range(nb):
-            n, h0, w0 = _tile_origin(t0 + j0 + q, th_n, tw_n, m)
-            h0 -= top
-            w0 -= left
-            if h0 >= 0 and w0 >= 0 and h0 + a <= h and w0 + a <= w:  # inside x: no tests
-                xc = x[n, c]
-                for r in range(a):
-                    for s in range(a):
-                        d[r * a + s, q] = xc[h0 + r, w0 + s]
-                continue
-            for r in range(a):
-                hh = h0 + r
-                for s in range(a):
-                    ww = w0 + s
-                    d[r * a + s, q] = x[n, c, hh, ww] if 0 <= hh < h and 0 <= ww < w else 0
-        for s in range(a):
-            _bt(m, d, s, a, nb)
+    rows = nt // tw_n
+    width = tw_n * m + 2
+    for task in prange(c_n * rows):
+        c = task // rows
+        tr = task - c * rows
+        t = t0 + tr * tw_n
+        n = t // (th_n * tw_n)
+        h0 = (t // tw_n - n * th_n) * m - top
+        strip = np.zeros((a, width), x.dtype)
+        lo, hi = max(0, left), min(w + left, width)  # strip columns inside x
         for r in range(a):
-            _bt(m, d, r * a, 1, nb)
+            if 0 <= h0 + r < h and hi > lo:
+                strip[r, lo:hi] = x[n, c, h0 + r, lo - left:hi - left]
+        d = np.empty((a * a, tw_n), x.dtype)
+        for r in range(a):
+            for s_ in range(a):
+                dr = d[r * a + s_]
+                sr = strip[r]
+                for q in range(tw_n):
+                    dr[q] = sr[q * m + s_]
+        for s_ in range(a):
+            _bt(m, d, s_, a, tw_n)
+        for r in range(a):
+            _bt(m, d, r * a, 1, tw_n)
+        j0 = tr * tw_n
         for xi in range(a * a):
-            v[xi * c_n + c, j0:j0 + nb] = d[xi, :nb]
-            if j0 + nb == nt:
+            v[xi * c_n + c, j0:j0 + tw_n] = d[xi]
+            if j0 + tw_n == nt:
                 v[xi * c_n + c, nt:ld] = 0
     return v
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _output_transform(mm, t0, nt, th_n, tw_n, m, bias, y, blk):
+def _output_transform(mm, t0, nt, th_n, tw_n, m, bias, y):
     """y tile t0 + j <- A^T M A (+ bias), M[ξ] = mm[ξ*K + k, j]; only the
-    pixels inside y (N, K, OH, OW).  Parallel over (channel, block of tiles)."""
+    pixels inside y (N, K, OH, OW).  Parallel over (channel, row of tiles)."""
     k_n, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     a = m + 2
-    nblk = -(-nt // blk)
-    for task in prange(k_n * nblk):
-        k = task // nblk
-        j0 = (task - k * nblk) * blk
-        nb = min(blk, nt - j0)
-        mt = np.empty((a * a, blk), y.dtype)
+    rows = nt // tw_n
+    for task in prange(k_n * rows):
+        k = task // rows
+        tr = task - k * rows
+        t = t0 + tr * tw_n
+        n = t // (th_n * tw_n)
+        h0 = (t // tw_n - n * th_n) * m
+        j0 = tr * tw_n
+        mt = np.empty((a * a, tw_n), y.dtype)
         b = bias[k] if bias.shape[0] else 0
         for xi in range(a * a):
-            mt[xi, :nb] = mm[xi * k_n + k, j0:j0 + nb]
+            mt[xi] = mm[xi * k_n + k, j0:j0 + tw_n]
         for nu in range(a):
-            _at(m, mt, nu, a, nb)
+            _at(m, mt, nu, a, tw_n)
         for i in range(m):
-            _at(m, mt, i * a, 1, nb)
-        for q in range(nb):
-            n, h0, w0 = _tile_origin(t0 + j0 + q, th_n, tw_n, m)
-            for i in range(min(m, oh - h0)):
-                for s in range(min(m, ow - w0)):
-                    y[n, k, h0 + i, w0 + s] = mt[i * a + s, q] + b
+            _at(m, mt, i * a, 1, tw_n)
+        for i in range(min(m, oh - h0)):
+            yr = y[n, k, h0 + i]
+            for s_ in range(m):
+                src = mt[i * a + s_]
+                for q in range(tw_n):
+                    col = q * m + s_
+                    if col < ow:
+                        yr[col] = src[q] + b
     return y
 
 
@@ -206,16 +204,16 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, gr
     assert tiling is not None
     wpk = _packed_transformed_weights(w, groups, g_mat, tiling)
     b = empty_bias(x.dtype) if bias is None else bias
-    tc = min(wp.tiles_per_chunk, total)
+    tc = min(max(1, wp.tiles_per_chunk // tw_n) * tw_n, total)  # whole rows of tiles
     ld = column_ld(tc, x.dtype.itemsize)
     v = _alloc.empty((a2 * cin, ld), x.dtype)
     mm = _alloc.empty((a2 * kout, ld), x.dtype)
     for t0 in range(0, total, tc):
         nt = min(tc, total - t0)
-        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld, wp.transform_block)
+        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld)
         lay = column_layout(1, a2 * cin, 1, ld, 1, nt)
         correlate(v.reshape(-1), lay, _ZERO_TAP, wpk, empty_bias(x.dtype), _gemm_out(mm, nt), tiling)
-        _output_transform(mm, t0, nt, th_n, tw_n, m, b, out, wp.transform_block)
+        _output_transform(mm, t0, nt, th_n, tw_n, m, b, out)
     return out
 
 
