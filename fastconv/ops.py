@@ -82,8 +82,9 @@ def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtyp
 
 def _auto_plan(p: Conv2dParams, dtype: np.dtype, name: str, threads: int, need_input_grad: bool,
                algorithm: str) -> ConvPlan:
-    """build_plan, or with ``fastconv.set_benchmark(True)`` the measured plan of a CPU "auto"."""
-    if algorithm == "auto" and name == "cpu" and _benchmark_mode.benchmark_enabled():
+    """build_plan, or with ``fastconv.set_benchmark(True)`` the measured plan of a CPU "auto"
+    (timed with the current thread count, so only for a plan made for it)."""
+    if algorithm == "auto" and name == "cpu" and _benchmark_mode.benchmark_enabled() and threads == _threads(name):
         return _benchmark_mode.measured_plan(p, dtype, threads, need_input_grad)
     return build_plan(p, dtype, name, threads, need_input_grad, algorithm)
 
