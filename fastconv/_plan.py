@@ -274,9 +274,10 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
         return "direct", "im2col", (f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
                                     f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
                                     f"reads grad_output in place")
-    if need_input_grad and (p.sh, p.sw) != (1, 1) and (p.dh, p.dw) != (1, 1):
-        return "direct", "im2col", ("auto: direct forward; a strided and dilated grad_x has no sub-pixel "
-                                    "correlation here, and im2col's column gradient beats direct's scatter")
+    if (p.sh, p.sw) != (1, 1):  # with or without grad_x, so grad_weight is the same either way
+        return "direct", "im2col", ("auto: direct forward; strided backward by im2col: with 2 threads its column "
+                                    "gradient measured faster than direct's sub-pixel correlations (and direct's "
+                                    "strided and dilated grad_x is a scatter), docs/winograd.md")
     return "direct", "direct", "auto: direct reads x once; im2col would write and read a KH*KW times larger buffer"
 
 
