@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 from numpy.typing import ArrayLike, NDArray
 
 from . import _threads, reference
+from ._benchmark_mode import set_benchmark
 from ._params import check_bool
 from ._plan import ConvPlan
 from .ops import (
@@ -48,6 +49,7 @@ __all__ = [
     "set_num_threads",
     "show_config",
     "threads",
+    "set_benchmark",
 ]
 
 

@@ -248,7 +248,7 @@ def check_grad_output(shape: tuple[int, ...], expected: tuple[int, ...], name: s
         )
 
 
-CONV_ALGORITHMS = ("auto", "direct", "im2col")
+CONV_ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
 
 def check_algorithm(algorithm: Any) -> str:

@@ -51,9 +51,13 @@ __all__ = [
     "SEGMENT",
     "ConvPlan",
     "CpuConvPlan",
+    "SubPixelPhase",
+    "WinogradPlan",
     "build_plan",
     "check_layout",
+    "check_winograd",
     "chunk_images",
+    "cpu_plan_for",
     "use_batch_inner",
 ]
 
@@ -104,6 +108,43 @@ class CpuConvPlan:
     reuse_prepared_input: bool
     forward_workspace_bytes: int
     backward_workspace_bytes: int
+    # strided direct grad_x as stride-1 correlations on the sub-pixel grids
+    # (used when the weights are finite; scatter otherwise); None: not planned
+    grad_input_phases: tuple[SubPixelPhase, ...] | None = None
+    winograd: WinogradPlan | None = None
+
+
+@dataclass(frozen=True)
+class WinogradPlan:
+    """Winograd F(m×m, 3×3) (``cpu/conv_winograd.py``): output tile ``m``,
+    tiles per chunk (the transformed input and the GEMM output of a chunk
+    bound the workspace; the module rounds it down to whole rows of tiles,
+    at least one), and the direct plan (need_input_grad=False) that computes
+    grad_weight and grad_bias."""
+
+    m: int
+    tiles_per_chunk: int
+    grad_weight_plan: ConvPlan
+
+
+@dataclass(frozen=True)
+class SubPixelPhase:
+    """One sub-pixel grid of a strided grad_x: grad_x rows ``row0::sh`` and
+    columns ``col0::sw`` (``rows`` x ``cols`` of them) are a stride-1
+    correlation of grad_output rows ``gy_row0 : gy_row0 + plan.params.h`` and
+    columns ``gy_col0 : ...`` with the taps ``tap_r0::sh``, ``tap_s0::sw``
+    mirrored (``plan``: that correlation's forward; None when no tap or no
+    grad_output pixel reaches the grid: zeros)."""
+
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    tap_r0: int
+    tap_s0: int
+    gy_row0: int
+    gy_col0: int
+    plan: ConvPlan | None
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,8 @@ class ConvPlan:
     backward_layout: str
     reasons: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     cpu: CpuConvPlan | None = field(default=None, repr=False)
+    # the algorithms are the winners of a timing run (fastconv.set_benchmark)
+    measured: bool = field(default=False, repr=False)
 
     def reason(self, choice: str) -> str:
         """Why ``choice`` ("algorithm", "layout", "tile", ...) was made."""
@@ -154,11 +197,13 @@ class ConvPlan:
                 parts.append(f"backward {self.backward_algorithm}")
             return "ConvPlan(" + " · ".join(parts) + ")"
         c = self.cpu
-        fwd = [self.algorithm, f"{self.layout} layout", c.forward.describe(),
+        fwd = ["measured: " * self.measured + self.algorithm, f"{self.layout} layout", c.forward.describe(),
                f"workspace {_mib(c.forward_workspace_bytes)}", f"because {self.reason('layout')}"]
         bwd = [self.backward_algorithm, f"{self.backward_layout} layout", c.grad_weight.describe() + " for grad_weight",
                "grad_x " + ("skipped" if not self.need_input_grad else
-                            c.grad_input.describe() if c.grad_input else "by scatter"),
+                            c.grad_input.describe() if c.grad_input else
+                            f"{len(c.grad_input_phases)} sub-pixel correlations" if c.grad_input_phases else
+                            "by scatter"),
                f"workspace {_mib(c.backward_workspace_bytes)}"]
         if c.reuse_prepared_input:
             bwd.append("reuses the forward's prepared x")
@@ -170,7 +215,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
 
 
-LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",)}
+LAYOUTS = {"direct": ("standard", "batch-inner"), "im2col": ("column",), "winograd": ("transformed",)}
 
 
 def check_layout(layout: str | None, algorithm: str, p: Conv2dParams) -> None:
@@ -193,6 +238,8 @@ def build_plan(p: Conv2dParams, dtype: np.dtype, backend: str, threads: int, nee
 
     A pure function of its arguments, cached: planning costs tens of
     microseconds, as much as a whole small convolution."""
+    if algorithm == "winograd":
+        check_winograd(p, backend)
     if backend == "cuda":
         return _cuda_plan(p, np.dtype(dtype), need_input_grad, algorithm)
     return _cpu_plan(p, np.dtype(dtype), threads, need_input_grad, algorithm, layout)
@@ -233,6 +280,10 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
         return "direct", "im2col", (f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
                                     f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
                                     f"reads grad_output in place")
+    if (p.sh, p.sw) != (1, 1):  # with or without grad_x, so grad_weight is the same either way
+        return "direct", "im2col", ("auto: direct forward; strided backward by im2col: with 2 threads its column "
+                                    "gradient measured faster than direct's sub-pixel correlations (and direct's "
+                                    "strided and dilated grad_x is a scatter), docs/winograd.md")
     return "direct", "direct", "auto: direct reads x once; im2col would write and read a KH*KW times larger buffer"
 
 
@@ -255,14 +306,21 @@ def _std_q(p: Conv2dParams) -> int:
 
 def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str,
               layout: str | None) -> ConvPlan:
-    fwd_alg, bwd_alg, why_alg = _cpu_algorithms(p, need_input_grad, algorithm)
+    return cpu_plan_for(p, dtype, threads, need_input_grad, _cpu_algorithms(p, need_input_grad, algorithm), layout)
+
+
+def cpu_plan_for(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
+                 algorithms: tuple[str, str, str], layout: str | None = None) -> ConvPlan:
+    """The CPU plan for given (forward algorithm, backward algorithm, reason)
+    (``_cpu_algorithms``' rule, or the winners of ``fastconv.set_benchmark``)."""
+    fwd_alg, bwd_alg, why_alg = algorithms
     fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
     reuse = fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and \
         same_buffer(fwd.forward_layout, bwd.backward_layout)
     cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
                       bwd.images_per_chunk, bwd.grad_output_in_place, reuse, fwd.forward_workspace_bytes,
-                      bwd.backward_workspace_bytes)
+                      bwd.backward_workspace_bytes, bwd.grad_input_phases, fwd.winograd or bwd.winograd)
     why_reuse = ("the forward's prepared x is the backward's layout" if reuse else
                  "the backward prepares x in another layout" if fwd_alg == bwd_alg == "direct" else
                  "forward and backward run different algorithms")
@@ -292,12 +350,16 @@ class _Pass:
     why_tile: str
     why_grad_weight: str
     why_grad_input: str
+    grad_input_phases: tuple[SubPixelPhase, ...] | None = None
+    winograd: WinogradPlan | None = None
 
 
 def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
               layout: str | None) -> _Pass:
     if algorithm == "im2col":
         return _cpu_im2col(p, dtype, threads, need_input_grad)
+    if algorithm == "winograd":
+        return _cpu_winograd(p, dtype, threads, need_input_grad)
     if layout == "batch-inner" or (layout is None and use_batch_inner(p)):
         return _cpu_batch_inner(p, dtype, threads, need_input_grad, layout is not None)
     return _cpu_standard(p, dtype, threads, need_input_grad, layout is not None)
@@ -392,19 +454,23 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     if need_input_grad and p.sh == p.sw == 1:
         gx = _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
         lead = _grad_x_lead(p, bwd_lay)
+    phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
-    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads)
+    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads) + \
+        _phases_bytes(phases)
     why_gw = (f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane" if per_image else
               "contiguous segments: " + ("one image" if p.n == 1 else
                                          "images' padding rows are few or an image exceeds half a segment"))
     why_gx = ("skipped (need_input_grad=False)" if not need_input_grad else
               "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)" if gx else
-              "scatter: a strided transposed convolution")
+              f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "
+              f"sub-pixel grid of grad_x (weights finite; scatter otherwise)" if phases else
+              "scatter: a strided and dilated transposed convolution")
     why_layout = "standard: " + ("requested" if requested else "stride > 1" if p.sh * p.sw > 1 else
                                  f"batch {p.n} < 8" if p.n < 8 else
                                  f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)")
     return _Pass("standard", fwd, gx, gw, fwd_lay, bwd_lay, p.n, False, fwd_lay.size * isz, bwd_bytes,
-                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx)
+                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx, phases)
 
 
 def _image_tiles_note(t: CorrTiling) -> str:
@@ -460,3 +526,122 @@ def _cpu_im2col(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad:
     why_gx = "skipped (need_input_grad=False)" if gx is None else "column gradient GEMM, then col2im"
     return _Pass("column", fwd, gx, gw, lay, lay, nb, in_place, lay.size * isz, bwd_bytes, why_layout,
                  _tile(p.kg)[2], why_gw, why_gx)
+
+
+# --------------------------------------------------------------------------- CPU: strided grad_x
+
+
+def _phase_axis(a: int, stride: int, k: int, pad: int, size: int, out: int) -> tuple[int, ...] | None:
+    """Phase ``a`` of one axis of a stride-``stride`` grad_x (dilation 1):
+    (first grad_x index, count, taps, first grad_output index, grad_output
+    length, zeros before, zeros after) of the stride-1 correlation that makes
+    it, or None when no grad_x index lies in this phase.
+
+    grad_x index i = stride*u + a - pad receives grad_output[u - j] * tap
+    a + stride*j; with the taps mirrored that is a correlation over
+    grad_output shifted by taps - 1 - u_first (cropped where negative)."""
+    u_lo = -(-(pad - a) // stride)
+    u_hi = (size - 1 + pad - a) // stride
+    count = u_hi - u_lo + 1
+    if count <= 0:
+        return None
+    taps = -(-(k - a) // stride) if a < k else 0
+    before = taps - 1 - u_lo
+    g0 = max(0, -before)
+    before = max(0, before)
+    need = count + taps - 1 - before
+    length = min(need, out - g0)
+    return stride * u_lo + a - pad, count, taps, g0, length, before, need - length
+
+
+def _subpixel_phases(p: Conv2dParams, dtype: np.dtype, threads: int) -> tuple[SubPixelPhase, ...]:
+    """The sh*sw sub-pixel grids of a strided grad_x (dilation 1), each with
+    the plan of its stride-1 correlation (the direct forward)."""
+    phases = []
+    for a in range(p.sh):
+        rows = _phase_axis(a, p.sh, p.kh, p.ph, p.h, p.oh)
+        for b in range(p.sw):
+            cols = _phase_axis(b, p.sw, p.kw, p.pw, p.w, p.ow)
+            if rows is None or cols is None:
+                continue
+            (r0, nr, jr, g0, lr, br, ar), (c0, nc, js, g1, lc, bc, ac) = rows, cols
+            plan = None
+            if min(jr, js, lr, lc) > 0:
+                sp = Conv2dParams(p.n, p.k, lr, lc, p.c, jr, js, p.groups, 1, 1, br, bc, ar, ac, 1, 1, nr, nc)
+                plan = _cpu_plan(sp, dtype, threads, False, "direct", None)
+            phases.append(SubPixelPhase(r0, c0, nr, nc, a, b, g0, g1, plan))
+    return tuple(phases)
+
+
+def _phases_bytes(phases: tuple[SubPixelPhase, ...] | None) -> int:
+    """Scratch of the largest phase: its cropped grad_output, mirrored
+    sub-kernel and output, and its correlation's prepared buffer."""
+    most = 0
+    for ph in phases or ():
+        if ph.plan is not None and ph.plan.cpu is not None:
+            sp, isz = ph.plan.params, np.dtype(ph.plan.dtype).itemsize
+            extra = (sp.n * sp.c * sp.h * sp.w + sp.k * sp.cg * sp.kh * sp.kw + sp.n * sp.k * sp.oh * sp.ow) * isz
+            most = max(most, extra + ph.plan.cpu.forward_workspace_bytes)
+    return most
+
+
+# --------------------------------------------------------------------------- CPU: Winograd
+
+# Winograd: workspace of one chunk (transformed input + GEMM output); smaller
+# than im2col's bound so a chunk's V stays closer to the caches.
+WINOGRAD_CHUNK_BYTES = 16 * 2**20
+# Winograd: longest sum (C/g*9) up to which F(4×4, 3×3)'s float32 error was
+# measured within 1e-5 of the float64 reference (docs/winograd.md).
+WINOGRAD_F4_MAX_DEPTH = 4608
+
+
+def check_winograd(p: Conv2dParams, backend: str) -> None:
+    """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
+    if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
+        raise ValueError(f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
+                         f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}")
+    if backend != "cpu":
+        raise ValueError(f"algorithm='winograd' runs on the CPU only, got {backend} arrays")
+
+
+def winograd_tile(p: Conv2dParams) -> tuple[int, str]:
+    """(m, reason): F(4×4, 3×3) unless F(2×2, 3×3) needs no more transformed
+    points for these output planes (small planes waste F(4)'s tile edges;
+    F(2) is also the more accurate one, so it wins ties)."""
+    cost4 = 36 * -(-p.oh // 4) * -(-p.ow // 4)
+    cost2 = 16 * -(-p.oh // 2) * -(-p.ow // 2)
+    depth = 9 * max(p.cg, p.kg)  # the longest sum (forward: C/g*9, grad_x: K/g*9)
+    if depth > WINOGRAD_F4_MAX_DEPTH:
+        return 2, (f"F(2×2, 3×3): F(4×4)'s float32 error was measured <= 1e-5 only up to "
+                   f"{WINOGRAD_F4_MAX_DEPTH} products per output, here {depth}")
+    if cost2 <= cost4:
+        return 2, f"F(2×2, 3×3): {cost2} transformed points per plane vs {cost4} for F(4×4)"
+    return 4, f"F(4×4, 3×3): {cost4} transformed points per plane vs {cost2} for F(2×2)"
+
+
+def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+    isz = dtype.itemsize
+    m, why_m = winograd_tile(p)
+    a2 = (m + 2) ** 2
+    total = p.n * -(-p.oh // m) * -(-p.ow // m)
+    if need_input_grad:  # grad_x's tiles cover x's planes
+        total = max(total, p.n * -(-p.h // m) * -(-p.w // m))
+    per_tile = a2 * (p.c + p.k) * isz
+    tc = max(16, min(total, WINOGRAD_CHUNK_BYTES // per_tile))
+    ld = column_ld(tc, isz)
+    wplan = _cpu_plan(p, dtype, threads, False, "direct", None)
+    assert wplan.cpu is not None
+    wino = WinogradPlan(m, tc, wplan)
+    fwd_lay = column_layout(1, a2 * p.c, 1, ld, 1, tc)
+    bwd_lay = column_layout(1, a2 * p.k, 1, ld, 1, tc)
+    fwd = _corr_column(p.kg, p.cg, isz)
+    gx = _corr_column(p.cg, p.kg, isz) if need_input_grad else None
+    ws = a2 * (p.c + p.k) * ld * isz + a2 * p.k * p.cg * isz
+    bwd_bytes = max(wplan.cpu.backward_workspace_bytes, ws if need_input_grad else 0)
+    why_layout = (f"transformed: {why_m}; {tc} tiles per chunk ({_mib(ws)} of transformed input and GEMM "
+                  f"output); the {a2} transformed points' GEMMs run as one engine call")
+    why_gx = ("skipped (need_input_grad=False)" if gx is None else
+              f"Winograd F({m}×{m}, 3×3) of grad_output with the rotated kernel (a full correlation)")
+    return _Pass("transformed", fwd, gx, wplan.cpu.grad_weight, fwd_lay, bwd_lay, p.n, False, ws, bwd_bytes,
+                 why_layout, _tile(p.kg)[2], "the direct path's: " + wplan.reason("grad_weight"), why_gx,
+                 winograd=wino)

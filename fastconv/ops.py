@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from . import _benchmark_mode
 from ._dispatch import backend, backend_name
 from ._params import (
     Conv2dParams,
@@ -74,7 +75,18 @@ def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtyp
         threads = _threads(backend)
     elif backend == "cpu" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int, got {threads!r}")
+    if layout is None:
+        return _auto_plan(p, dt, backend, threads, need_input_grad, algorithm)
     return build_plan(p, dt, backend, threads, need_input_grad, algorithm, layout)
+
+
+def _auto_plan(p: Conv2dParams, dtype: np.dtype, name: str, threads: int, need_input_grad: bool,
+               algorithm: str) -> ConvPlan:
+    """build_plan, or with ``fastconv.set_benchmark(True)`` the measured plan of a CPU "auto"
+    (timed with the current thread count, so only for a plan made for it)."""
+    if algorithm == "auto" and name == "cpu" and _benchmark_mode.benchmark_enabled() and threads == _threads(name):
+        return _benchmark_mode.measured_plan(p, dtype, threads, need_input_grad)
+    return build_plan(p, dtype, name, threads, need_input_grad, algorithm)
 
 
 class Conv2dOp:
@@ -134,7 +146,7 @@ class Conv2dOp:
         if last is not None and (last.params, last.dtype, last.backend, last.need_input_grad, last.threads) == \
                 (p, dtype.name, name, need_input_grad, threads):
             return last
-        self.plan = plan = build_plan(p, dtype, name, threads, need_input_grad, self.algorithm)
+        self.plan = plan = _auto_plan(p, dtype, name, threads, need_input_grad, self.algorithm)
         return plan
 
     def _release(self) -> None:

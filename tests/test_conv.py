@@ -30,7 +30,8 @@ from fastconv.cpu.layout import GradWeightTiling
 from conftest import TOL, assert_close, assert_same_nonfinite, rel_err, run_plan, spy_calls, with_cpu
 
 # every explicit algorithm, so a new one is tested by default
-ALGS = [a for a in CONV_ALGORITHMS if a != "auto"]
+# winograd (3×3, stride 1, dilation 1 only) has its own tests: tests/test_conv_winograd.py
+ALGS = [a for a in CONV_ALGORITHMS if a not in ("auto", "winograd")]
 DTYPES = [np.float32, np.float64]
 
 # (N, C, H, W, K, KH, KW, conv2d keyword arguments, bias?)

@@ -125,7 +125,7 @@ def test_grad_output_shape(shape):
 
 @pytest.mark.parametrize("algorithm", ["fft", "DIRECT", "", None, 1])
 def test_unknown_algorithm(algorithm):
-    both(r"algorithm must be one of \('auto', 'direct', 'im2col'\), got " + re.escape(repr(algorithm)),
+    both(r"algorithm must be one of \('auto', 'direct', 'im2col', 'winograd'\), got " + re.escape(repr(algorithm)),
          algorithm=algorithm)
 
 

@@ -33,6 +33,7 @@ _ALGORITHM_MODULES = {
     ("direct", "standard"): "conv_direct",
     ("direct", "batch-inner"): "conv_direct_bi",
     ("im2col", "column"): "conv_im2col",
+    ("winograd", "transformed"): "conv_winograd",
 }
 
 _cache.install()  # before any kernel module: it picks where their Numba cache lives

@@ -44,6 +44,7 @@ from numba import njit, prange
 from .. import _alloc
 from .._params import Conv2dParams
 from .common import FASTMATH, empty_bias, tap_cols
+from .conv_subpixel import grad_input_subpixel
 from .engine import (
     Prepared,
     correlate,
@@ -118,7 +119,8 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     lay = xp.layout
     # grad_x by correlation (stride 1, finite weights) reads grad_output's
     # buffer at negative tap offsets, down to -lead
-    fast_gx = c.grad_input is not None and bool(np.isfinite(weight).all())
+    finite_w = bool(np.isfinite(weight).all())
+    fast_gx = c.grad_input is not None and finite_w
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True)
     gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
@@ -130,6 +132,8 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
+    if not fast_gx and c.grad_input_phases and finite_w:  # strided: the sub-pixel grids' correlations
+        return grad_input_subpixel(gy, weight, gx, p, c.grad_input_phases), gw, gb
     tiling = c.grad_input
     if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
