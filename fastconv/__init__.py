@@ -18,7 +18,8 @@ from typing import Any, Literal, overload
 
 from numpy.typing import ArrayLike, NDArray
 
-from . import reference
+from . import _surface, reference
+from ._unbatched import check_like, drop, lift, lift_shape
 from ._params import check_bool
 from ._plan import ConvPlan
 from .ops import (
@@ -37,6 +38,8 @@ __all__ = [
     "ConvPlan",
     "MaxPool2dOp",
     "__version__",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "conv2d",
     "conv2d_backward",
     "max_pool2d",
@@ -55,8 +58,9 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     pad at the bottom/right, any stride).  ``algorithm``: "direct", "im2col" or
     "auto"; ``plan_conv2d`` with the same arguments returns the plan this runs.
     """
+    x, unbatched = lift(x, "x")
     op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm)
-    return op.forward(x, weight, bias, keep_for_backward=False)
+    return drop(op.forward(x, weight, bias, keep_for_backward=False), unbatched)
 
 
 def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1, padding: Any = 0,
@@ -69,8 +73,11 @@ def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
     ``need_input_grad=False`` skips grad_x (returned as None), like PyTorch for an
     input that does not require grad, e.g. a network's first layer.
     """
+    x, unbatched = lift(x, "x")
+    grad_output = check_like(grad_output, "grad_output", unbatched, "(K, OH, OW)")
     op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm, need_input_grad=need_input_grad)
-    return op.backward_from(grad_output, x, weight)
+    gx, gw, gb = op.backward_from(grad_output, x, weight)
+    return drop(gx, unbatched), gw, gb
 
 
 @overload
@@ -104,9 +111,10 @@ def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any 
     ties go to the first maximum in row-major window order; NaN propagates.
     """
     return_indices = check_bool(return_indices, "return_indices")
+    x, unbatched = lift(x, "x")
     op = MaxPool2dOp(kernel_size, stride, padding, dilation, ceil_mode)
-    y = op.forward(x, need_backward=return_indices)
-    return (y, op.indices) if return_indices else y
+    y = drop(op.forward(x, need_backward=return_indices), unbatched)
+    return (y, drop(op.indices, unbatched)) if return_indices else y
 
 
 def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape: Any) -> NDArray[Any]:
@@ -115,6 +123,37 @@ def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape:
     windows overlap.  Returns grad_x of ``input_shape``.  Every index is
     checked to lie inside its plane (``MaxPool2dOp.backward`` skips that for
     its own indices)."""
+    input_shape, unbatched = lift_shape(input_shape)
+    grad_output = check_like(grad_output, "grad_output", unbatched, "(C, OH, OW)", "input_shape")
+    indices = check_like(indices, "indices", unbatched, "(C, OH, OW)", "input_shape")
     be, gy, idx, shape, dtype = pool_backward_args(grad_output, indices, input_shape)
     check_indices_in_range(be, idx, shape)
-    return pool_scatter(be, gy, idx, shape, dtype)
+    return drop(pool_scatter(be, gy, idx, shape, dtype), unbatched)
+
+
+def avg_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> NDArray[Any]:
+    """2-D average pooling, ``torch.nn.functional.avg_pool2d`` semantics.
+
+    x (N, C, H, W) or (C, H, W) -> y (N, C, OH, OW) or (C, OH, OW).  Each
+    window's sum over its taps inside the input, divided by
+    ``divisor_override`` if given, else by the window's size counting the zero
+    padding (``count_include_pad``, but not a ceil_mode overhang past it) or
+    only the taps inside the input.  Padding at most half the kernel.
+    """
+    x, unbatched = lift(x, "x")
+    y = _surface.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return drop(y, unbatched)
+
+
+def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Any, kernel_size: Any, stride: Any = None,
+                        padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                        divisor_override: int | None = None) -> NDArray[Any]:
+    """Gradient of ``avg_pool2d`` for ``grad_output`` (N, C, OH, OW) or
+    (C, OH, OW): each output's gradient / its divisor added to every in-input
+    tap of its window.  Returns grad_x of ``input_shape`` (4 or 3 ints)."""
+    input_shape, unbatched = lift_shape(input_shape)
+    grad_output = check_like(grad_output, "grad_output", unbatched, "(C, OH, OW)", "input_shape")
+    gx = _surface.avg_pool2d_backward(grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
+                                      count_include_pad, divisor_override)
+    return drop(gx, unbatched)

@@ -410,3 +410,68 @@ def pool_scatter_params(input_shape: tuple[int, int, int, int], grad_shape: tupl
     geometry is unknown there and set to 1x1, stride 1 (unused by the kernels)."""
     n, c, h, w = input_shape
     return Pool2dParams(n, c, h, w, 1, 1, 1, 1, 0, 0, 1, 1, int(grad_shape[2]), int(grad_shape[3]), False)
+
+
+# --------------------------------------------------------------------------- avg_pool2d
+
+
+@dataclass(frozen=True)
+class AvgPool2dParams:
+    """Validated geometry of one avg_pool2d call (PyTorch semantics).
+
+    ``divisor``: divisor_override, or 0 for "the window's size" (all taps
+    including the padding up to H + ph when ``count_include_pad``, else only
+    the taps inside the input)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+    ceil_mode: bool
+    count_include_pad: bool
+    divisor: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+
+def _divisor_override(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"divisor_override must be None or a non-zero int, got {value!r}")
+    if value == 0:
+        raise ValueError("divisor_override must be None or a non-zero int (PyTorch: divisor must be not zero), got 0")
+    return int(value)
+
+
+def avg_pool2d_params(x_shape: tuple[int, ...], kernel_size: Any, stride: Any = None, padding: Any = 0,
+                      ceil_mode: bool = False, count_include_pad: bool = True,
+                      divisor_override: Any = None) -> AvgPool2dParams:
+    """Validate avg_pool2d arguments (PyTorch semantics) and compute the output size."""
+    check_bool(count_include_pad, "count_include_pad")
+    divisor = _divisor_override(divisor_override)
+    try:
+        q = pool2d_params(x_shape, kernel_size, stride, padding, 1, ceil_mode)
+    except ValueError as exc:  # the shared checks speak of max_pool2d
+        raise ValueError(str(exc).replace("max_pool2d", "avg_pool2d")) from None
+    return AvgPool2dParams(q.n, q.c, q.h, q.w, q.kh, q.kw, q.sh, q.sw, q.ph, q.pw, q.oh, q.ow, q.ceil_mode,
+                           bool(count_include_pad), divisor)
+
+
+def avg_pool_input_shape(input_shape: Any) -> tuple[int, int, int, int]:
+    """Validate the ``input_shape`` argument of avg_pool2d_backward."""
+    return pool_input_shape(input_shape)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._params import (
+    AvgPool2dParams,
     Conv2dParams,
     Pool2dParams,
     as_host_array,
@@ -22,10 +23,12 @@ from ._params import (
     check_pool_indices,
     conv2d_params,
     pool2d_params,
+    avg_pool2d_params,
     pool_input_shape,
 )
+from ._unbatched import check_like, drop, lift, lift_shape
 
-__all__ = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward"]
+__all__ = ["avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward"]
 
 
 def _tap(xp: np.ndarray, p: Conv2dParams, i: int, j: int) -> tuple[slice, slice]:
@@ -132,3 +135,51 @@ def max_pool2d_backward(grad_output: Any, indices: Any, input_shape: Any) -> np.
     rows = np.repeat(np.arange(n * c), gy.shape[2] * gy.shape[3])
     np.add.at(gx, (rows, indices.reshape(-1)), gy.reshape(-1))
     return gx.reshape(shape)
+
+
+# --------------------------------------------------------------------------- avg_pool2d
+
+
+def _avg_windows(p: AvgPool2dParams, oi: int, oj: int) -> tuple[slice, slice, float]:
+    """In-bounds rows and columns of window (oi, oj) and its divisor (PyTorch's rule)."""
+    hs, ws = oi * p.sh - p.ph, oj * p.sw - p.pw
+    he, we = min(hs + p.kh, p.h + p.ph), min(ws + p.kw, p.w + p.pw)
+    pool_size = (he - hs) * (we - ws)
+    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, p.h), min(we, p.w)
+    if p.divisor:
+        div = p.divisor
+    else:
+        div = pool_size if p.count_include_pad else (he - hs) * (we - ws)
+    return slice(hs, he), slice(ws, we), float(div)
+
+
+def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Any = None) -> np.ndarray:
+    """y (N, C, OH, OW): each window's sum over its in-bounds taps / its divisor."""
+    x = as_host_array(x, "x").astype(np.float64)
+    x, unbatched = lift(x, "x")
+    p = avg_pool2d_params(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    y = np.empty(p.y_shape)
+    for oi in range(p.oh):
+        for oj in range(p.ow):
+            rs, cs, div = _avg_windows(p, oi, oj)
+            y[:, :, oi, oj] = x[:, :, rs, cs].sum(axis=(2, 3)) / div
+    return drop(y, unbatched)
+
+
+def avg_pool2d_backward(grad_output: Any, input_shape: Any, kernel_size: Any, stride: Any = None,
+                        padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                        divisor_override: Any = None) -> np.ndarray:
+    """grad_x (input_shape): each output's gradient / divisor added to its window's in-bounds taps."""
+    gy = as_host_array(grad_output, "grad_output").astype(np.float64)
+    shape, unbatched = lift_shape(input_shape)
+    gy = check_like(gy, "grad_output", unbatched, "(C, OH, OW)", "input_shape")
+    p = avg_pool2d_params(pool_input_shape(shape), kernel_size, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override)
+    check_grad_output(gy.shape, p.y_shape)
+    gx = np.zeros(p.x_shape)
+    for oi in range(p.oh):
+        for oj in range(p.ow):
+            rs, cs, div = _avg_windows(p, oi, oj)
+            gx[:, :, rs, cs] += (gy[:, :, oi, oj] / div)[:, :, None, None]
+    return drop(gx, unbatched)

@@ -88,3 +88,15 @@ def max_pool2d_backward(gy: np.ndarray, indices: np.ndarray, p: Pool2dParams) ->
     from .pool import max_pool2d_backward as bwd
 
     return bwd(gy, indices, p)
+
+
+def avg_pool2d_forward(x: np.ndarray, p: Any) -> np.ndarray:
+    from .avg_pool import avg_pool2d_forward as fwd
+
+    return fwd(x, p)
+
+
+def avg_pool2d_backward(gy: np.ndarray, p: Any) -> np.ndarray:
+    from .avg_pool import avg_pool2d_backward as bwd
+
+    return bwd(gy, p)
