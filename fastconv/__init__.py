@@ -40,6 +40,8 @@ __all__ = [
     "__version__",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "conv2d",
     "conv2d_backward",
     "max_pool2d",
@@ -157,3 +159,34 @@ def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Any, kernel_size: A
     gx = _surface.avg_pool2d_backward(grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
                                       count_include_pad, divisor_override)
     return drop(gx, unbatched)
+
+
+def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Any = 1,
+                     padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1, *,
+                     algorithm: str = "auto") -> NDArray[Any]:
+    """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d`` semantics
+    (argument order included).
+
+    x (N, C_in, H, W) or (C_in, H, W), weight (C_in, C_out/groups, R, S), bias
+    (C_out,) -> y (N, C_out, H_out, W_out), H_out = (H-1)*stride - 2*padding +
+    dilation*(R-1) + output_padding + 1; output_padding must be smaller than
+    stride or dilation.  Computed as conv2d's grad_x by conv2d's kernels and
+    plan (on the CPU: the direct algorithm's grad_x), bias added after.
+    """
+    x, unbatched = lift(x, "x", "(C_in, H, W)")
+    y = _surface.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation, algorithm)
+    return drop(y, unbatched)
+
+
+def conv_transpose2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1,
+                              padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1, *,
+                              algorithm: str = "auto", need_input_grad: bool = True
+                              ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
+    """Gradients of ``conv_transpose2d`` for ``grad_output`` (N, C_out, H_out, W_out):
+    ``(grad_x, grad_weight, grad_bias)``; grad_x is conv2d(grad_output, weight)
+    (``algorithm`` chooses its kernels), None when ``need_input_grad`` is False."""
+    x, unbatched = lift(x, "x", "(C_in, H, W)")
+    grad_output = check_like(grad_output, "grad_output", unbatched, "(C_out, H_out, W_out)")
+    gx, gw, gb = _surface.conv_transpose2d_backward(grad_output, x, weight, stride, padding, output_padding, groups,
+                                                    dilation, algorithm, need_input_grad)
+    return drop(gx, unbatched), gw, gb

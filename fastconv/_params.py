@@ -475,3 +475,78 @@ def avg_pool2d_params(x_shape: tuple[int, ...], kernel_size: Any, stride: Any = 
 def avg_pool_input_shape(input_shape: Any) -> tuple[int, int, int, int]:
     """Validate the ``input_shape`` argument of avg_pool2d_backward."""
     return pool_input_shape(input_shape)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+
+@dataclass(frozen=True)
+class ConvTranspose2dParams:
+    """Validated geometry of one conv_transpose2d call, as the conv2d whose
+    grad_x it is: ``conv`` maps the transposed output (N, C_out, H_out, W_out)
+    to (N, C_in, H + extra_h, W + extra_w).  ``extra_h``/``extra_w`` > 0 only
+    when an output_padding >= stride (allowed while < dilation): x then gets
+    that many zero rows/columns appended for the forward, and conv2d's
+    forward (the transposed grad_x) is cropped by as many."""
+
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    conv: Conv2dParams
+    extra_h: int
+    extra_w: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c_in, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return self.conv.x_shape
+
+
+def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
+                            bias_shape: tuple[int, ...] | None, stride: Any = 1, padding: Any = 0,
+                            output_padding: Any = 0, groups: Any = 1, dilation: Any = 1) -> ConvTranspose2dParams:
+    """Validate conv_transpose2d arguments (PyTorch semantics) and compute the output size
+    H_out = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1."""
+    x_shape = tuple(int(v) for v in x_shape)
+    weight_shape = tuple(int(v) for v in weight_shape)
+    _check_ndim(x_shape, "x", "(N, C_in, H, W)")
+    _check_ndim(weight_shape, "weight", "(C_in, C_out/groups, R, S)")
+    groups = _positive_int(groups, "groups")
+    sh, sw = pair(stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        raise TypeError(f"padding must be an int or a pair of ints (conv_transpose2d takes no \"same\"/\"valid\"), "
+                        f"got {padding!r}")
+    ph, pw = pair(padding, "padding", 0)
+    oph, opw = pair(output_padding, "output_padding", 0)
+    n, c, h, w = x_shape
+    cin, cog, kh, kw = weight_shape
+    if min(cin, cog, kh, kw) < 1:
+        raise ValueError(f"weight must have no zero-size dimension, got shape {weight_shape}")
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have C, H, W >= 1, got shape {x_shape}")
+    if cin % groups:
+        raise ValueError(f"weight in_channels ({cin}) must be divisible by groups ({groups}), "
+                         f"got weight of shape {weight_shape}")
+    if c != cin:
+        raise ValueError(f"Given transposed=1, weight of size {list(weight_shape)}, expected input{list(x_shape)} "
+                         f"to have {cin} channels, but got {c} channels instead")
+    cout = cog * groups
+    if bias_shape is not None and tuple(bias_shape) != (cout,):
+        raise ValueError(f"bias must have shape ({cout},) (one value per output channel), got {tuple(bias_shape)}")
+    if (oph >= sh and oph >= dh) or (opw >= sw and opw >= dw):
+        raise ValueError(f"output_padding must be smaller than either stride or dilation (PyTorch's rule), but got "
+                         f"output_padding=({oph}, {opw}), stride=({sh}, {sw}), dilation=({dh}, {dw})")
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"conv_transpose2d output size would be ({ho}, {wo}), which is too small: x of shape "
+                         f"{x_shape}, weight {weight_shape}, stride=({sh}, {sw}), padding=({ph}, {pw}), "
+                         f"dilation=({dh}, {dw}), output_padding=({oph}, {opw})")
+    conv = conv2d_params((n, cout, ho, wo), (cin, cog, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups)
+    return ConvTranspose2dParams(n, cin, h, w, cout, conv, conv.oh - h, conv.ow - w)

@@ -13,9 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from ._dispatch import backend, backend_name
-from ._params import avg_pool2d_params, check_grad_output, compute_dtype, pool_input_shape
+from ._params import (
+    ConvTranspose2dParams,
+    avg_pool2d_params,
+    check_algorithm,
+    check_bool,
+    check_grad_output,
+    compute_dtype,
+    conv_transpose2d_params,
+    pool_input_shape,
+)
+from ._plan import ConvPlan, build_plan
+from .ops import Conv2dOp, _threads
 
-__all__ = ["avg_pool2d", "avg_pool2d_backward"]
+__all__ = ["avg_pool2d", "avg_pool2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
 
 
 def avg_pool2d(x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any, count_include_pad: Any,
@@ -40,3 +51,66 @@ def avg_pool2d_backward(grad_output: Any, input_shape: Any, kernel_size: Any, st
     if p.n == 0:
         return be.zeros(p.x_shape, dtype)
     return be.avg_pool2d_backward(be.ascompute(gy, dtype), p)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+
+def _conv_plan(t: ConvTranspose2dParams, dtype: Any, name: str, algorithm: str) -> ConvPlan:
+    """The plan of the conv2d whose grad_x the transposed forward is.  On the
+    CPU always direct (its grad_x needs no grad_weight pass; im2col computes
+    grad_x inside its grad_weight loop); on CUDA the plan's choice."""
+    alg = "direct" if name == "cpu" else algorithm
+    return build_plan(t.conv, dtype, name, _threads(name), True, alg)
+
+
+def conv_transpose2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, output_padding: Any, groups: Any,
+                     dilation: Any, algorithm: str) -> Any:
+    check_algorithm(algorithm)
+    name = backend_name(x=x, weight=weight, bias=bias)
+    be = backend(name)
+    xa, wa = be.asarray(x, "x"), be.asarray(weight, "weight")
+    ba = None if bias is None else be.asarray(bias, "bias")
+    t = conv_transpose2d_params(xa.shape, wa.shape, None if ba is None else ba.shape, stride, padding,
+                                output_padding, groups, dilation)
+    dtype = compute_dtype(xa.dtype, wa.dtype, None if ba is None else ba.dtype)
+    if t.n == 0:
+        return be.zeros(t.y_shape, dtype)
+    xc, wc = be.ascompute(xa, dtype), be.ascompute(wa, dtype)
+    if t.extra_h or t.extra_w:
+        xc = be.pad_end(xc, t.extra_h, t.extra_w)
+    plan = _conv_plan(t, dtype, name, algorithm)
+    y = be.conv2d_input_grad(xc, wc, plan)
+    return y if ba is None else be.add_bias(y, be.ascompute(ba, dtype))
+
+
+def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding: Any,
+                              output_padding: Any, groups: Any, dilation: Any, algorithm: str,
+                              need_input_grad: Any) -> tuple[Any, Any, Any]:
+    """(grad_x or None, grad_weight, grad_bias): grad_x is conv2d(grad_output,
+    weight), grad_weight conv2d's grad_weight with x as its grad_output and
+    grad_output as its input, grad_bias the channel sums of grad_output."""
+    check_algorithm(algorithm)
+    nig = check_bool(need_input_grad, "need_input_grad")
+    name = backend_name(grad_output=grad_output, x=x, weight=weight)
+    be = backend(name)
+    gya = be.asarray(grad_output, "grad_output")
+    xa, wa = be.asarray(x, "x"), be.asarray(weight, "weight")
+    t = conv_transpose2d_params(xa.shape, wa.shape, None, stride, padding, output_padding, groups, dilation)
+    check_grad_output(gya.shape, t.y_shape)
+    dtype = compute_dtype(gya.dtype, xa.dtype, wa.dtype)
+    if t.n == 0:
+        gx0 = be.zeros(t.x_shape, dtype) if nig else None
+        return gx0, be.zeros(tuple(wa.shape), dtype), be.zeros((t.c_out,), dtype)
+    gy, xc, wc = be.ascompute(gya, dtype), be.ascompute(xa, dtype), be.ascompute(wa, dtype)
+    conv = t.conv
+    geometry = ((conv.sh, conv.sw), (conv.ph, conv.pw), (conv.dh, conv.dw), conv.groups)
+    gx = None
+    if nig:
+        gx = Conv2dOp(*geometry, algorithm=algorithm).forward(gy, wc, None, keep_for_backward=False)
+        if t.extra_h or t.extra_w:
+            gx = be.crop(gx, t.h, t.w)
+    if t.extra_h or t.extra_w:
+        xc = be.pad_end(xc, t.extra_h, t.extra_w)
+    _, gw, _ = Conv2dOp(*geometry, algorithm=algorithm, need_input_grad=False).backward_from(xc, gy, wc)
+    return gx, gw, be.channel_sums(gy)

@@ -100,3 +100,38 @@ def avg_pool2d_backward(gy: np.ndarray, p: Any) -> np.ndarray:
     from .avg_pool import avg_pool2d_backward as bwd
 
     return bwd(gy, p)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d helpers
+
+
+def conv2d_input_grad(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """conv2d's grad_x alone (the transposed convolution), run by ``plan``'s direct backward."""
+    from .conv_transpose import grad_input
+
+    return grad_input(gy, weight, plan)
+
+
+def add_bias(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """y (N, K, H, W) += bias (K,) in place; returns y."""
+    y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def channel_sums(gy: np.ndarray) -> np.ndarray:
+    """(K,) sums of gy (N, K, H, W) over N, H, W (float64 accumulation)."""
+    from .common import bias_grad
+
+    from .. import _alloc
+
+    return bias_grad(gy, _alloc.empty((gy.shape[1],), gy.dtype))
+
+
+def pad_end(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """x (N, C, H, W) with ``rows`` zero rows and ``cols`` zero columns appended."""
+    return np.pad(x, ((0, 0), (0, 0), (0, rows), (0, cols)))
+
+
+def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """C-contiguous a[:, :, :h, :w]."""
+    return np.ascontiguousarray(a[:, :, :h, :w])
