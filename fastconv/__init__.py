@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _surface, reference
 from ._unbatched import check_like, drop, lift, lift_shape
-from ._params import check_bool
+from ._params import check_bool, check_padding_mode
 from ._plan import ConvPlan
 from .ops import (
     Conv2dOp,
@@ -46,37 +46,53 @@ __all__ = [
     "conv2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "plan_conv2d",
     "reference",
 ]
 
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto") -> NDArray[Any]:
+           dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
+           padding_mode: str = "zeros") -> NDArray[Any]:
     """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
 
     x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> y (N, K, OH, OW).
     ``padding``: int, pair, "valid" or "same" (output ceil(H/stride), odd extra
     pad at the bottom/right, any stride).  ``algorithm``: "direct", "im2col" or
     "auto"; ``plan_conv2d`` with the same arguments returns the plan this runs.
+    x may be unbatched (C, H, W) (then y is (K, OH, OW)).  ``padding_mode``
+    (``torch.nn.Conv2d``'s): "zeros", or "reflect", "replicate", "circular" --
+    an explicit pad of x, then the convolution with padding 0.
     """
     x, unbatched = lift(x, "x")
+    if check_padding_mode(padding_mode) != "zeros":
+        y = _surface.conv2d_padded(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm)
+        return drop(y, unbatched)
     op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm)
     return drop(op.forward(x, weight, bias, keep_for_backward=False), unbatched)
 
 
 def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1, padding: Any = 0,
                     dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
-                    need_input_grad: bool = True) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
+                    need_input_grad: bool = True, padding_mode: str = "zeros") -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
     """Gradients of ``conv2d`` for ``grad_output`` (N, K, OH, OW).
 
     Returns ``(grad_x, grad_weight, grad_bias)`` with the shapes of x, weight and
     (K,); grad_bias is the sum of grad_output over N, OH, OW and is always returned.
     ``need_input_grad=False`` skips grad_x (returned as None), like PyTorch for an
     input that does not require grad, e.g. a network's first layer.
+    ``padding_mode`` as in ``conv2d``: the gradient of padded cells is folded
+    back onto the cells they copy.  x may be unbatched (C, H, W), with
+    grad_output (K, OH, OW) and grad_x (C, H, W).
     """
     x, unbatched = lift(x, "x")
     grad_output = check_like(grad_output, "grad_output", unbatched, "(K, OH, OW)")
+    if check_padding_mode(padding_mode) != "zeros":
+        gx, gw, gb = _surface.conv2d_padded_backward(grad_output, x, weight, stride, padding, dilation, groups,
+                                                     padding_mode, algorithm, need_input_grad)
+        return drop(gx, unbatched), gw, gb
     op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm, need_input_grad=need_input_grad)
     gx, gw, gb = op.backward_from(grad_output, x, weight)
     return drop(gx, unbatched), gw, gb
@@ -190,3 +206,30 @@ def conv_transpose2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: Arra
     gx, gw, gb = _surface.conv_transpose2d_backward(grad_output, x, weight, stride, padding, output_padding, groups,
                                                     dilation, algorithm, need_input_grad)
     return drop(gx, unbatched), gw, gb
+
+
+def max_unpool2d(x: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 output_size: Any = None) -> NDArray[Any]:
+    """Partial inverse of ``max_pool2d``, ``torch.nn.functional.max_unpool2d`` semantics.
+
+    x and int64 ``indices`` (N, C, H, W) or (C, H, W) -> y (N, C, OH, OW): zeros
+    except x's values at their indices (flat offsets into each OH*OW plane; a
+    repeated index keeps the last value).  OH = (H-1)*stride - 2*padding +
+    kernel_size unless ``output_size`` ((OH, OW), or a shape ending in them)
+    gives another size strictly within one stride of it.  Indices outside the
+    output plane raise ValueError.
+    """
+    x, unbatched = lift(x, "x")
+    indices = check_like(indices, "indices", unbatched, "(C, H, W)")
+    y = _surface.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
+    return drop(y, unbatched)
+
+
+def max_unpool2d_backward(grad_output: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any = None,
+                          padding: Any = 0, output_size: Any = None) -> NDArray[Any]:
+    """Gradient of ``max_unpool2d``: grad_output (N, C, OH, OW) read at each index;
+    grad_x has the shape of ``indices``."""
+    indices, unbatched = lift(indices, "indices")
+    grad_output = check_like(grad_output, "grad_output", unbatched, "(C, OH, OW)", "indices")
+    gx = _surface.max_unpool2d_backward(grad_output, indices, kernel_size, stride, padding, output_size)
+    return drop(gx, unbatched)

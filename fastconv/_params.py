@@ -550,3 +550,110 @@ def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, .
                          f"dilation=({dh}, {dw}), output_padding=({oph}, {opw})")
     conv = conv2d_params((n, cout, ho, wo), (cin, cog, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups)
     return ConvTranspose2dParams(n, cin, h, w, cout, conv, conv.oh - h, conv.ow - w)
+
+
+# --------------------------------------------------------------------------- max_unpool2d
+
+
+@dataclass(frozen=True)
+class Unpool2dParams:
+    """Validated geometry of one max_unpool2d call: x (N, C, H, W) -> (N, C, OH, OW)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+
+def _unpool_output_size(output_size: Any, default: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """torch's _unpool_output_size: (H, W) or a longer shape ending in them,
+    each strictly between default - stride and default + stride."""
+    if output_size is None:
+        return default
+    try:
+        items = tuple(output_size)
+    except TypeError:
+        raise TypeError(f"output_size must be None or a sequence of ints (H, W), got {output_size!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"output_size must be None or a sequence of ints (H, W), got {output_size!r}")
+    if len(items) not in (2, 3, 4):
+        raise ValueError(f"output_size must have 2 elements (H, W) (or end in them with 3 or 4), "
+                         f"got {len(items)}: {output_size!r}")
+    size = (int(items[-2]), int(items[-1]))
+    for d in range(2):
+        lo, hi = default[d] - stride[d], default[d] + stride[d]
+        if not lo < size[d] < hi:
+            raise ValueError(f'invalid output_size "{tuple(items)}" (dim {d} must be between {lo} and {hi}, '
+                             f"exclusive)")
+    return size
+
+
+def max_unpool2d_params(x_shape: tuple[int, ...], indices_dtype: np.dtype, indices_shape: tuple[int, ...],
+                        kernel_size: Any, stride: Any = None, padding: Any = 0,
+                        output_size: Any = None) -> Unpool2dParams:
+    """Validate max_unpool2d arguments (PyTorch semantics) and compute the output size
+    (H - 1)*stride - 2*padding + kernel_size, or ``output_size``."""
+    x_shape = tuple(int(v) for v in x_shape)
+    _check_ndim(x_shape, "x", "(N, C, H, W)")
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = pair(stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    if np.dtype(indices_dtype) != np.int64:
+        raise TypeError(f"indices must have dtype int64 (as returned by max_pool2d), got {indices_dtype}")
+    if tuple(int(v) for v in indices_shape) != x_shape:
+        raise ValueError(f"indices must have the shape of x {x_shape}, got {tuple(indices_shape)}")
+    n, c, h, w = x_shape
+    default = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+    oh, ow = _unpool_output_size(output_size, default, (sh, sw))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"max_unpool2d output size would be ({oh}, {ow}), which is too small: x of shape "
+                         f"{x_shape}, kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw})")
+    return Unpool2dParams(n, c, h, w, oh, ow)
+
+
+def check_unpool_index_range(lo: int, hi: int, p: Unpool2dParams) -> None:
+    plane = p.oh * p.ow
+    if lo < 0 or hi >= plane:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each {p.oh}x{p.ow} output plane), "
+                         f"found an invalid max index {bad} (values in [{lo}, {hi}])")
+
+
+# --------------------------------------------------------------------------- padding_mode
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def check_padding_mode(padding_mode: Any) -> str:
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def explicit_pads(p: Conv2dParams, padding_mode: str) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of conv2d's padding, checked against the
+    mode's limits (PyTorch: reflect pads < the input size, circular <= it)."""
+    pads = (p.ph, p.pw, p.ph_end, p.pw_end)
+    for axis, size, a, b in (("H", p.h, p.ph, p.ph_end), ("W", p.w, p.pw, p.pw_end)):
+        if padding_mode == "reflect" and max(a, b) >= size:
+            raise ValueError(f'padding_mode="reflect" needs padding smaller than the input: padding ({a}, {b}) '
+                             f"along {axis} of size {size}")
+        if padding_mode == "circular" and max(a, b) > size:
+            raise ValueError(f'padding_mode="circular" needs padding at most the input size (wrapping around '
+                             f"more than once): padding ({a}, {b}) along {axis} of size {size}")
+    return pads
+

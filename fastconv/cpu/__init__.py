@@ -135,3 +135,32 @@ def pad_end(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """C-contiguous a[:, :, :h, :w]."""
     return np.ascontiguousarray(a[:, :, :h, :w])
+
+
+# --------------------------------------------------------------------------- padding modes, unpooling
+
+
+def pad_input(x: np.ndarray, pads: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """x (N, C, H, W) padded by (top, left, bottom, right) in ``mode`` (fastconv.cpu.pad)."""
+    from .pad import pad as _pad
+
+    return _pad(x, pads, mode)
+
+
+def fold_input(gp: np.ndarray, pads: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """The gradient of ``pad``: padded cells' gradients added to their source cells."""
+    from .pad import fold as _fold
+
+    return _fold(gp, pads, mode)
+
+
+def max_unpool2d_forward(x: np.ndarray, indices: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    from .unpool import max_unpool2d_forward as fwd
+
+    return fwd(x, indices, out_hw)
+
+
+def max_unpool2d_backward(gy: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    from .unpool import max_unpool2d_backward as bwd
+
+    return bwd(gy, indices)
