@@ -287,7 +287,7 @@ def max_unpool2d_backward(grad_output: Any, indices: Any, kernel_size: Any, stri
 # --------------------------------------------------------------------------- padding modes
 
 
-_NP_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_NP_PAD_MODES: dict[str, Any] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def pad(x: Any, pads: tuple[int, int, int, int], mode: str = "zeros") -> np.ndarray:
