@@ -12,12 +12,24 @@ for update rules and defaults.
     model.fit(x_train / 255.0, y_train, epochs=1, batch_size=64)
 """
 
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU
+from .layers import (
+    AveragePooling2D,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    MaxPool2D,
+    MaxPooling2D,
+    ReLU,
+)
 from .model import Sequential, load_model, to_categorical
 from .optimizers import SGD, Adadelta, Adam, RMSprop
 
 __all__ = [
     "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "ReLU",
+    "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
     "Sequential", "load_model", "to_categorical",
     "SGD", "RMSprop", "Adam", "Adadelta",
 ]

@@ -31,11 +31,11 @@ import numpy as np
 
 import fastconv
 
-from .._params import conv2d_params, pair, pool2d_params
+from .._params import avg_pool2d_params, conv2d_params, pair, pool2d_params
 from . import _ops_cpu, initializers
 
 __all__ = ["Layer", "Conv2D", "MaxPooling2D", "MaxPool2D", "Flatten", "Dense", "Dropout", "ReLU",
-           "ACTIVATIONS", "LAYER_CLASSES"]
+           "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "ACTIVATIONS", "LAYER_CLASSES"]
 
 ACTIVATIONS = (None, "relu", "sigmoid", "tanh", "softmax")
 
@@ -455,4 +455,107 @@ class ReLU(Layer):
         return self._ops.activation_backward("relu", self._ops.copy(grad), self._y)
 
 
-LAYER_CLASSES = {c.__name__: c for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU)}
+def _same_axis(size: int, k: int, s: int) -> tuple[int, bool, int]:
+    """Keras "same" along one axis as torch avg_pool2d arguments: (padding,
+    ceil_mode needed, leading outputs to drop).  Keras pads total =
+    (ceil(size/s) - 1)*s + k - size <= k - 1, split top = total // 2 and
+    bottom = top or top + 1.  The odd extra pad at the end is a ceil_mode
+    overhang for stride >= 2; at stride 1 (an even kernel) it is padding
+    top + 1 on both sides with the first output dropped."""
+    out = -(-size // s)
+    total = max(0, (out - 1) * s + k - size)
+    top = total // 2
+    if total % 2 == 0:
+        return top, False, 0
+    return (top, True, 0) if s >= 2 else (top + 1, False, 1)
+
+
+class AveragePooling2D(Layer):
+    """Average pooling, Keras' signature and defaults: ``pool_size`` (2, 2),
+    ``strides`` = pool_size, ``padding`` "valid" or "same".
+
+    "same" is Keras'/TensorFlow's: output ceil(H/stride), and a window's
+    average is over its cells inside the input only (padding never counts),
+    which is ``fastconv.avg_pool2d(..., count_include_pad=False)`` with the
+    padding and ceil_mode of ``_same_axis``.
+    """
+
+    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
+                 input_shape: Any = None, name: str | None = None):
+        super().__init__(input_shape=input_shape, name=name)
+        self.pool_size = pair(pool_size, "AveragePooling2D pool_size", 1)
+        self.strides = self.pool_size if strides is None else pair(strides, "AveragePooling2D strides", 1)
+        self.padding = _padding(padding, "AveragePooling2D")
+        self._args: dict[str, Any] = {}
+        self._drop = (0, 0)
+        self._xshape: tuple[int, ...] | None = None
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ValueError(f"AveragePooling2D {self.name!r} needs image input (height, width, channels), got "
+                             f"per-sample shape {keras_shape(input_shape)}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw) = self.pool_size, self.strides
+        pads, ceil, drop = (0, 0), False, (0, 0)
+        if self.padding == "same":
+            (ph, ch, dh), (pw, cw, dw) = _same_axis(h, kh, sh), _same_axis(w, kw, sw)
+            pads, ceil, drop = (ph, pw), ch or cw, (dh, dw)
+        self._args = dict(kernel_size=self.pool_size, stride=self.strides, padding=pads, ceil_mode=ceil,
+                          count_include_pad=False)
+        self._drop = drop
+        try:
+            p = avg_pool2d_params((1, c, h, w), **self._args)
+        except ValueError as exc:
+            raise ValueError(f"AveragePooling2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
+        return (c, p.oh - drop[0], p.ow - drop[1])
+
+    def forward(self, x, training=False):
+        self._require_built()
+        self._xshape = tuple(x.shape)
+        y = fastconv.avg_pool2d(x, **self._args)
+        if any(self._drop):
+            _, oh, ow = self.output_shape
+            y = self._ops.crop(y, self._drop[0], self._drop[1], oh, ow)
+        return y
+
+    def backward(self, grad):
+        if self._xshape is None:
+            raise RuntimeError(f"layer {self.name!r}: backward needs a forward first")
+        if not self.need_input_grad:
+            return None
+        if any(self._drop):
+            grad = self._ops.pad_value(grad, self._drop[0], 0, self._drop[1], 0, 0.0)
+        return fastconv.avg_pool2d_backward(grad, self._xshape, **self._args)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+AvgPool2D = AveragePooling2D
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width of each channel: (N, C, H, W) -> (N, C), Keras' layer."""
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAveragePooling2D {self.name!r} needs image input (height, width, channels), "
+                             f"got per-sample shape {keras_shape(input_shape)}")
+        return (input_shape[0],)
+
+    def forward(self, x, training=False):
+        self._require_built()
+        self._xshape = tuple(x.shape)
+        n, c, h, w = self._xshape
+        return fastconv.avg_pool2d(x, (h, w)).reshape(n, c)
+
+    def backward(self, grad):
+        if not self.need_input_grad:
+            return None
+        n, c, h, w = self._xshape
+        return fastconv.avg_pool2d_backward(grad.reshape(n, c, 1, 1), self._xshape, (h, w))
+
+
+LAYER_CLASSES = {c.__name__: c for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU,
+                                         AveragePooling2D, GlobalAveragePooling2D)}
