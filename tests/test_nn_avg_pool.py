@@ -82,3 +82,26 @@ def test_bad_arguments(rng):
         nn.AveragePooling2D(0)
     with pytest.raises(ValueError, match=r"GlobalAveragePooling2D .* needs image input"):
         nn.GlobalAveragePooling2D().build((5,), rng)
+
+
+def test_conv2d_padding_mode(rng, tmp_path):
+    """Conv2D(padding="same", padding_mode=...) equals the functional conv2d with that mode; saved in its config."""
+    import fastconv
+
+    layer = nn.Conv2D(2, 3, padding="same", padding_mode="reflect", use_bias=False)
+    layer.build((3, 5, 6), rng, np.float64)
+    x = rng.standard_normal((2, 3, 5, 6))
+    w = layer.params["kernel"]
+    y = layer.forward(x, training=True)
+    np.testing.assert_array_equal(y, fastconv.conv2d(x, w, padding="same", padding_mode="reflect"))
+    gy = rng.standard_normal(y.shape)
+    gx = layer.backward(gy)
+    want = fastconv.conv2d_backward(gy, x, w, padding="same", padding_mode="reflect")
+    np.testing.assert_array_equal(gx, want[0])
+    np.testing.assert_array_equal(layer.grads["kernel"], want[1])
+    assert layer.get_config()["padding_mode"] == "reflect"
+    assert "padding_mode" not in nn.Conv2D(2, 3).get_config()
+    with pytest.raises(ValueError, match=r"padding_mode must be one of"):
+        nn.Conv2D(2, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r'padding_mode="reflect" needs padding smaller than the input'):
+        nn.Conv2D(2, 5, padding="same", padding_mode="reflect").build((1, 2, 2), rng)

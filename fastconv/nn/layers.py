@@ -31,7 +31,7 @@ import numpy as np
 
 import fastconv
 
-from .._params import avg_pool2d_params, conv2d_params, pair, pool2d_params
+from .._params import avg_pool2d_params, check_padding_mode, conv2d_params, explicit_pads, pair, pool2d_params
 from . import _ops_cpu, initializers
 
 __all__ = ["Layer", "Conv2D", "MaxPooling2D", "MaxPool2D", "Flatten", "Dense", "Dropout", "ReLU",
@@ -215,17 +215,21 @@ class Conv2D(_Weighted):
 
     Input (N, C, H, W), output (N, filters, OH, OW); padding "valid" or "same"
     (Keras' rule: output ceil(H/stride), odd extra pad bottom/right).
+    ``padding_mode`` (``torch.nn.Conv2d``'s; not a Keras argument): what the
+    "same" padding holds, "zeros" (default), "reflect", "replicate" or "circular".
     """
 
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  dilation_rate: Any = 1, activation: Any = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None):
+                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None,
+                 padding_mode: str = "zeros"):
         super().__init__(activation, use_bias, kernel_initializer, input_shape=input_shape, name=name)
         self.filters = _positive_int(filters, "Conv2D filters")
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size", 1)
         self.strides = pair(strides, "Conv2D strides", 1)
         self.padding = _padding(padding, "Conv2D")
         self.dilation_rate = pair(dilation_rate, "Conv2D dilation_rate", 1)
+        self.padding_mode = check_padding_mode(padding_mode)
         # keeps what its forward prepared (the CPU kernels' padded copy of x) for the backward
         self._op = fastconv.Conv2dOp(self.strides, self.padding, self.dilation_rate)
 
@@ -238,6 +242,7 @@ class Conv2D(_Weighted):
         try:
             p = conv2d_params((1, c, h, w), (self.filters, c, kh, kw), None, self.strides, self.padding,
                               self.dilation_rate, 1)
+            explicit_pads(p, self.padding_mode)
         except ValueError as exc:
             raise ValueError(f"Conv2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
         self._init((self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw, self.filters, rng)
@@ -245,6 +250,11 @@ class Conv2D(_Weighted):
 
     def forward(self, x, training=False, *, logits=False):
         self._require_built()
+        if self.padding_mode != "zeros":  # an explicit pad in the functional API
+            self._x = x
+            z = fastconv.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+                                self.dilation_rate, padding_mode=self.padding_mode)
+            return self._activate(z, logits)
         # training: the op keeps x (this layer's input, never modified in
         # between) and what it prepared from it for the backward
         z = self._op.forward(x, self.params["kernel"], self.params.get("bias"), keep_for_backward=training)
@@ -253,7 +263,12 @@ class Conv2D(_Weighted):
 
     def backward(self, grad, *, logits=False):
         gz = self._activation_grad(grad, logits)
-        gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
+        if self.padding_mode != "zeros":
+            gx, gw, gb = fastconv.conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
+                                                  self.dilation_rate, need_input_grad=self.need_input_grad,
+                                                  padding_mode=self.padding_mode)
+        else:
+            gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
@@ -261,7 +276,8 @@ class Conv2D(_Weighted):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate)}
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {})}
 
     def get_weights(self):
         w = super().get_weights()
