@@ -34,13 +34,14 @@ def _shape(a: Any, name: str) -> tuple[Any, tuple[int, ...] | None]:
     return a, None if shape is None else tuple(int(v) for v in shape)
 
 
-def _reshape(a: Any, shape: tuple[int, ...]) -> Any:
+def _reshape(a: Any, shape: tuple[int, ...], name: str) -> Any:
     if is_device_array(a):
         from . import cuda
 
-        da = cuda.asarray(a, "x")
-        if not da.is_c_contiguous():
-            da = cuda.ascompute(da, da.dtype)
+        da = cuda.asarray(a, name)
+        if not da.is_c_contiguous():  # numba cannot view a strided device array with a new axis
+            raise ValueError(f"{name}: an unbatched (3-D) CUDA array must be C-contiguous, got strides "
+                             f"{tuple(da.strides)} for shape {tuple(da.shape)}; pass a contiguous copy or a 4-D batch")
         return da.reshape(shape)
     return np.asarray(a).reshape(shape)
 
@@ -52,7 +53,7 @@ def lift(a: Any, name: str, layout: str = "(C, H, W)") -> tuple[Any, bool]:
     if shape is None or len(shape) == 4:
         return a, False
     if len(shape) == 3:
-        return _reshape(a, (1,) + shape), True
+        return _reshape(a, (1,) + shape, name), True
     batched = "(N, " + layout[1:]
     raise ValueError(f"{name} must be a 3-D {layout} (unbatched) or 4-D {batched} (batched) array, "
                      f"got a {len(shape)}-D array of shape {shape}")
@@ -67,7 +68,7 @@ def check_like(a: Any, name: str, unbatched: bool, layout: str, like: str = "x")
     if shape is not None and len(shape) != 3:
         raise ValueError(f"{name} must be a 3-D array {layout} like the unbatched {like}, "
                          f"got a {len(shape)}-D array of shape {shape}")
-    return a if shape is None else _reshape(a, (1,) + shape)
+    return a if shape is None else _reshape(a, (1,) + shape, name)
 
 
 def lift_shape(shape: Any, name: str = "input_shape") -> tuple[Any, bool]:

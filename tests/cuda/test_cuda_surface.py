@@ -96,3 +96,9 @@ def test_unbatched(rng):
     assert p.shape == i.shape == (2, 2, 3)
     assert fastconv.max_pool2d_backward(p, i, x.shape).shape == x.shape
     assert fastconv.avg_pool2d(dev(x), 2).shape == (2, 2, 3)
+
+
+def test_unbatched_strided_device_array_is_refused_clearly(rng):
+    x = dev(rng.standard_normal((2, 5, 6)))
+    with pytest.raises(ValueError, match=r"x: an unbatched \(3-D\) CUDA array must be C-contiguous"):
+        fastconv.avg_pool2d(x[:, :, ::2], 2)
