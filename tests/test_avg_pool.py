@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import reference
+from fastconv._params import avg_pool2d_params
 
 from conftest import assert_close, assert_same_nonfinite, check_vjp
 
@@ -124,3 +127,39 @@ def test_bad_ndim_and_grad_output():
         fastconv.avg_pool2d_backward(np.zeros((1, 2, 2, 2)), (2, 5, 5), 2)
     with pytest.raises(TypeError, match=r"input_shape must be a sequence of 4 ints"):
         fastconv.avg_pool2d_backward(np.zeros((1, 2, 2, 2)), 5, 2)
+
+
+@st.composite
+def avg_problems(draw):
+    """Random shapes and every option; seeds for the data (fixed per example)."""
+    shape = (draw(st.integers(0, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    kw = dict(kernel_size=k, stride=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+              padding=(draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2))),
+              ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
+              divisor_override=draw(st.sampled_from([None, None, 1, 3, -2])))
+    return shape, kw, draw(st.sampled_from(DTYPES)), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=avg_problems())
+def test_property_matches_torch_and_reference(problem):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+    shape, kw, dtype, seed = problem
+    try:
+        avg_pool2d_params(shape, **kw)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.avg_pool2d(tx, **kw)
+    gy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    y = fastconv.avg_pool2d(x.astype(dtype), **kw)
+    gx = fastconv.avg_pool2d_backward(gy.astype(dtype), shape, **kw)
+    assert y.shape == tuple(ty.shape) and gx.shape == shape
+    if x.size:
+        assert_close(y, ty.detach().numpy(), dtype, "y")
+        assert_close(gx, tx.grad.numpy(), dtype, "grad_x")
+        assert_close(reference.avg_pool2d(x, **kw), ty.detach().numpy(), np.float64, "reference y")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import fastconv
 import fastconv.cpu
 from fastconv import reference
+from fastconv._params import conv_transpose2d_params
 
 from conftest import assert_close, assert_same_nonfinite, check_vjp, spy_calls
 
@@ -154,3 +157,35 @@ def test_bad_ndim_and_grad_output():
         fastconv.conv_transpose2d(X, W, algorithm="fft")
     with pytest.raises(TypeError, match=r"need_input_grad must be a bool"):
         fastconv.conv_transpose2d_backward(np.zeros((1, 3, 7, 7)), X, W, need_input_grad=None)
+
+
+@st.composite
+def transpose_problems(draw):
+    g = draw(st.sampled_from([1, 1, 2]))
+    cin, cog = g * draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    xs = (draw(st.integers(1, 2)), cin, draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    ws = (cin, cog, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    s, d = (draw(st.integers(1, 3)), draw(st.integers(1, 3))), (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    kw = dict(stride=s, padding=(draw(st.integers(0, 2)), draw(st.integers(0, 2))),
+              output_padding=(draw(st.integers(0, max(s[0], d[0]) - 1)), draw(st.integers(0, max(s[1], d[1]) - 1))),
+              groups=g, dilation=d)
+    return xs, ws, kw, draw(st.sampled_from(ALGORITHMS)), draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(problem=transpose_problems())
+def test_property_matches_torch(problem):
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+    xs, ws, kw, alg, seed = problem
+    try:
+        conv_transpose2d_params(xs, ws, None, **kw)
+    except ValueError:
+        assume(False)
+    x, w, b = _args(np.random.default_rng(seed), xs, ws, kw)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, **kw)
+    gy = np.random.default_rng(seed + 1).standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    assert_close(fastconv.conv_transpose2d(x, w, b, **kw, algorithm=alg), ty.detach().numpy(), np.float64, "y")
+    for g, t, what in zip(fastconv.conv_transpose2d_backward(gy, x, w, **kw, algorithm=alg), (tx, tw, tb), "xwb"):
+        assert_close(g, t.grad.numpy(), np.float64, f"grad_{what}")
