@@ -410,3 +410,250 @@ def pool_scatter_params(input_shape: tuple[int, int, int, int], grad_shape: tupl
     geometry is unknown there and set to 1x1, stride 1 (unused by the kernels)."""
     n, c, h, w = input_shape
     return Pool2dParams(n, c, h, w, 1, 1, 1, 1, 0, 0, 1, 1, int(grad_shape[2]), int(grad_shape[3]), False)
+
+
+# --------------------------------------------------------------------------- avg_pool2d
+
+
+@dataclass(frozen=True)
+class AvgPool2dParams:
+    """Validated geometry of one avg_pool2d call (PyTorch semantics).
+
+    ``divisor``: divisor_override, or 0 for "the window's size" (all taps
+    including the padding up to H + ph when ``count_include_pad``, else only
+    the taps inside the input)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+    ceil_mode: bool
+    count_include_pad: bool
+    divisor: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+
+def _divisor_override(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"divisor_override must be None or a non-zero int, got {value!r}")
+    if value == 0:
+        raise ValueError("divisor_override must be None or a non-zero int (PyTorch: divisor must be not zero), got 0")
+    return int(value)
+
+
+def avg_pool2d_params(x_shape: tuple[int, ...], kernel_size: Any, stride: Any = None, padding: Any = 0,
+                      ceil_mode: bool = False, count_include_pad: bool = True,
+                      divisor_override: Any = None) -> AvgPool2dParams:
+    """Validate avg_pool2d arguments (PyTorch semantics) and compute the output size."""
+    check_bool(count_include_pad, "count_include_pad")
+    divisor = _divisor_override(divisor_override)
+    try:
+        q = pool2d_params(x_shape, kernel_size, stride, padding, 1, ceil_mode)
+    except ValueError as exc:  # the shared checks speak of max_pool2d
+        raise ValueError(str(exc).replace("max_pool2d", "avg_pool2d")) from None
+    return AvgPool2dParams(q.n, q.c, q.h, q.w, q.kh, q.kw, q.sh, q.sw, q.ph, q.pw, q.oh, q.ow, q.ceil_mode,
+                           bool(count_include_pad), divisor)
+
+
+def avg_pool_input_shape(input_shape: Any) -> tuple[int, int, int, int]:
+    """Validate the ``input_shape`` argument of avg_pool2d_backward."""
+    return pool_input_shape(input_shape)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+
+@dataclass(frozen=True)
+class ConvTranspose2dParams:
+    """Validated geometry of one conv_transpose2d call, as the conv2d whose
+    grad_x it is: ``conv`` maps the transposed output (N, C_out, H_out, W_out)
+    to (N, C_in, H + extra_h, W + extra_w).  ``extra_h``/``extra_w`` > 0 only
+    when an output_padding >= stride (allowed while < dilation): x then gets
+    that many zero rows/columns appended for the forward, and conv2d's
+    forward (the transposed grad_x) is cropped by as many."""
+
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    conv: Conv2dParams
+    extra_h: int
+    extra_w: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c_in, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return self.conv.x_shape
+
+
+def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
+                            bias_shape: tuple[int, ...] | None, stride: Any = 1, padding: Any = 0,
+                            output_padding: Any = 0, groups: Any = 1, dilation: Any = 1) -> ConvTranspose2dParams:
+    """Validate conv_transpose2d arguments (PyTorch semantics) and compute the output size
+    H_out = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1."""
+    x_shape = tuple(int(v) for v in x_shape)
+    weight_shape = tuple(int(v) for v in weight_shape)
+    _check_ndim(x_shape, "x", "(N, C_in, H, W)")
+    _check_ndim(weight_shape, "weight", "(C_in, C_out/groups, R, S)")
+    groups = _positive_int(groups, "groups")
+    sh, sw = pair(stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        raise TypeError(f"padding must be an int or a pair of ints (conv_transpose2d takes no \"same\"/\"valid\"), "
+                        f"got {padding!r}")
+    ph, pw = pair(padding, "padding", 0)
+    oph, opw = pair(output_padding, "output_padding", 0)
+    n, c, h, w = x_shape
+    cin, cog, kh, kw = weight_shape
+    if min(cin, cog, kh, kw) < 1:
+        raise ValueError(f"weight must have no zero-size dimension, got shape {weight_shape}")
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have C, H, W >= 1, got shape {x_shape}")
+    if cin % groups:
+        raise ValueError(f"weight in_channels ({cin}) must be divisible by groups ({groups}), "
+                         f"got weight of shape {weight_shape}")
+    if c != cin:
+        raise ValueError(f"Given transposed=1, weight of size {list(weight_shape)}, expected input{list(x_shape)} "
+                         f"to have {cin} channels, but got {c} channels instead")
+    cout = cog * groups
+    if bias_shape is not None and tuple(bias_shape) != (cout,):
+        raise ValueError(f"bias must have shape ({cout},) (one value per output channel), got {tuple(bias_shape)}")
+    if (oph >= sh and oph >= dh) or (opw >= sw and opw >= dw):
+        raise ValueError(f"output_padding must be smaller than either stride or dilation (PyTorch's rule), but got "
+                         f"output_padding=({oph}, {opw}), stride=({sh}, {sw}), dilation=({dh}, {dw})")
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"conv_transpose2d output size would be ({ho}, {wo}), which is too small: x of shape "
+                         f"{x_shape}, weight {weight_shape}, stride=({sh}, {sw}), padding=({ph}, {pw}), "
+                         f"dilation=({dh}, {dw}), output_padding=({oph}, {opw})")
+    conv = conv2d_params((n, cout, ho, wo), (cin, cog, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups)
+    return ConvTranspose2dParams(n, cin, h, w, cout, conv, conv.oh - h, conv.ow - w)
+
+
+# --------------------------------------------------------------------------- max_unpool2d
+
+
+@dataclass(frozen=True)
+class Unpool2dParams:
+    """Validated geometry of one max_unpool2d call: x (N, C, H, W) -> (N, C, OH, OW)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+
+def _unpool_output_size(output_size: Any, default: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """torch's _unpool_output_size: (H, W) or a longer shape ending in them,
+    each strictly between default - stride and default + stride."""
+    if output_size is None:
+        return default
+    try:
+        items = tuple(output_size)
+    except TypeError:
+        raise TypeError(f"output_size must be None or a sequence of ints (H, W), got {output_size!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"output_size must be None or a sequence of ints (H, W), got {output_size!r}")
+    if len(items) not in (2, 3, 4):
+        raise ValueError(f"output_size must have 2 elements (H, W) (or end in them with 3 or 4), "
+                         f"got {len(items)}: {output_size!r}")
+    size = (int(items[-2]), int(items[-1]))
+    for d in range(2):
+        lo, hi = default[d] - stride[d], default[d] + stride[d]
+        if not lo < size[d] < hi:
+            raise ValueError(f'invalid output_size "{tuple(items)}" (dim {d} must be between {lo} and {hi}, '
+                             f"exclusive)")
+    return size
+
+
+def max_unpool2d_params(x_shape: tuple[int, ...], indices_dtype: np.dtype, indices_shape: tuple[int, ...],
+                        kernel_size: Any, stride: Any = None, padding: Any = 0,
+                        output_size: Any = None) -> Unpool2dParams:
+    """Validate max_unpool2d arguments (PyTorch semantics) and compute the output size
+    (H - 1)*stride - 2*padding + kernel_size, or ``output_size``."""
+    x_shape = tuple(int(v) for v in x_shape)
+    _check_ndim(x_shape, "x", "(N, C, H, W)")
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = pair(stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    if np.dtype(indices_dtype) != np.int64:
+        raise TypeError(f"indices must have dtype int64 (as returned by max_pool2d), got {indices_dtype}")
+    if tuple(int(v) for v in indices_shape) != x_shape:
+        raise ValueError(f"indices must have the shape of x {x_shape}, got {tuple(indices_shape)}")
+    n, c, h, w = x_shape
+    default = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+    oh, ow = _unpool_output_size(output_size, default, (sh, sw))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"max_unpool2d output size would be ({oh}, {ow}), which is too small: x of shape "
+                         f"{x_shape}, kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw})")
+    return Unpool2dParams(n, c, h, w, oh, ow)
+
+
+def check_unpool_index_range(lo: int, hi: int, p: Unpool2dParams) -> None:
+    plane = p.oh * p.ow
+    if lo < 0 or hi >= plane:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each {p.oh}x{p.ow} output plane), "
+                         f"found an invalid max index {bad} (values in [{lo}, {hi}])")
+
+
+# --------------------------------------------------------------------------- padding_mode
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def check_padding_mode(padding_mode: Any) -> str:
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def explicit_pads(p: Conv2dParams, padding_mode: str) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of conv2d's padding, checked against the
+    mode's limits (PyTorch: reflect pads < the input size, circular <= it)."""
+    pads = (p.ph, p.pw, p.ph_end, p.pw_end)
+    for axis, size, a, b in (("H", p.h, p.ph, p.ph_end), ("W", p.w, p.pw, p.pw_end)):
+        if padding_mode == "reflect" and max(a, b) >= size:
+            raise ValueError(f'padding_mode="reflect" needs padding smaller than the input: padding ({a}, {b}) '
+                             f"along {axis} of size {size}")
+        if padding_mode == "circular" and max(a, b) > size:
+            raise ValueError(f'padding_mode="circular" needs padding at most the input size (wrapping around '
+                             f"more than once): padding ({a}, {b}) along {axis} of size {size}")
+    return pads
+

@@ -90,3 +90,19 @@ def torch():
     torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
     torch.set_num_threads(2)
     return torch
+
+
+def check_vjp(f, arrays, grads, gy, rng, eps=1e-6, points=6) -> None:
+    """Central finite differences in float64: for ``points`` random coordinates
+    of each array in ``arrays`` (a dict name -> array), d/da sum(f(**arrays) * gy)
+    must match the analytic gradient ``grads[name]`` (the ops checked this way
+    are linear or piecewise linear in each argument, so the bound is tight)."""
+    for name, a in arrays.items():
+        for _ in range(points):
+            i = tuple(int(rng.integers(s)) for s in a.shape)
+            plus, minus = dict(arrays), dict(arrays)
+            plus[name], minus[name] = a.copy(), a.copy()
+            plus[name][i] += eps
+            minus[name][i] -= eps
+            fd = (np.sum(f(**plus) * gy) - np.sum(f(**minus) * gy)) / (2 * eps)
+            assert abs(fd - grads[name][i]) <= 1e-6 * max(1.0, abs(fd)), f"d/d{name}{i}: fd {fd} vs {grads[name][i]}"

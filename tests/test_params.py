@@ -41,8 +41,10 @@ def both(match, exc=ValueError, x=X, weight=W, bias=B, gy=GY, **kw):
 
 
 def test_x_wrong_ndim():
-    both(r"x must be a 4-D array \(N, C, H, W\), got a 3-D array of shape \(4, 8, 8\)", x=X[0])
-    with pytest.raises(ValueError, match=r"x must be a 4-D array .* got a 5-D array"):
+    # a 3-D x is an unbatched input (tests/test_unbatched.py)
+    both(r"x must be a 3-D \(C, H, W\) \(unbatched\) or 4-D \(N, C, H, W\) \(batched\) array, got a 2-D array of "
+         r"shape \(8, 8\)", x=X[0, 0])
+    with pytest.raises(ValueError, match=r"x must be a 3-D .* or 4-D .* got a 5-D array"):
         fastconv.conv2d(X[None], W)
 
 

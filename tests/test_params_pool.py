@@ -33,9 +33,11 @@ def x_(shape=(2, 3, 6, 7), dtype=np.float32):
 
 
 @pytest.mark.parametrize("mod", MODULES, ids=MOD_IDS)
-@pytest.mark.parametrize("shape", [(3, 6, 7), (1, 2, 3, 6, 7)], ids=["3d", "5d"])
+@pytest.mark.parametrize("shape", [(6, 7), (1, 2, 3, 6, 7)], ids=["2d", "5d"])
 def test_wrong_ndim(mod, shape):
-    with pytest.raises(ValueError, match=r"x must be a 4-D array \(N, C, H, W\), got a \d-D array of shape"):
+    # a 3-D x is an unbatched input (tests/test_unbatched.py)
+    with pytest.raises(ValueError, match=r"x must be a 3-D \(C, H, W\) \(unbatched\) or 4-D \(N, C, H, W\) "
+                                         r"\(batched\) array, got a \d-D array of shape"):
         mod.max_pool2d(x_(shape), 2)
 
 
@@ -190,8 +192,8 @@ def test_grad_output_dtype_not_real(mod, dtype):
 
 
 @pytest.mark.parametrize("mod", MODULES, ids=MOD_IDS)
-@pytest.mark.parametrize("bad", [(2, 3, 6), (2, 3, 6, 7, 1), (2, 3, 0, 7), (-1, 3, 6, 7)])
-def test_input_shape_bad_value(mod, bad):
+@pytest.mark.parametrize("bad", [(2, 3, 6, 7, 1), (2, 3, 0, 7), (-1, 3, 6, 7), (3,)])
+def test_input_shape_bad_value(mod, bad):  # 3 ints: an unbatched input_shape (tests/test_unbatched.py)
     gy, idx, _ = bwd_args()
     with pytest.raises(ValueError, match=r"input_shape must be 4 ints \(N, C, H, W\) with C, H, W >= 1, got"):
         mod.max_pool2d_backward(gy, idx, bad)

@@ -92,3 +92,79 @@ def max_pool2d_backward(gy: np.ndarray, indices: np.ndarray, p: Pool2dParams) ->
     from .pool import max_pool2d_backward as bwd
 
     return bwd(gy, indices, p)
+
+
+def avg_pool2d_forward(x: np.ndarray, p: Any) -> np.ndarray:
+    from .avg_pool import avg_pool2d_forward as fwd
+
+    return fwd(x, p)
+
+
+def avg_pool2d_backward(gy: np.ndarray, p: Any) -> np.ndarray:
+    from .avg_pool import avg_pool2d_backward as bwd
+
+    return bwd(gy, p)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d helpers
+
+
+def conv2d_input_grad(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """conv2d's grad_x alone (the transposed convolution), run by ``plan``'s direct backward."""
+    from .conv_transpose import grad_input
+
+    return grad_input(gy, weight, plan)
+
+
+def add_bias(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """y (N, K, H, W) += bias (K,) in place; returns y."""
+    y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def channel_sums(gy: np.ndarray) -> np.ndarray:
+    """(K,) sums of gy (N, K, H, W) over N, H, W (float64 accumulation)."""
+    from .common import bias_grad
+
+    from .. import _alloc
+
+    return bias_grad(gy, _alloc.empty((gy.shape[1],), gy.dtype))
+
+
+def pad_end(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """x (N, C, H, W) with ``rows`` zero rows and ``cols`` zero columns appended."""
+    return np.pad(x, ((0, 0), (0, 0), (0, rows), (0, cols)))
+
+
+def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """C-contiguous a[:, :, :h, :w]."""
+    return np.ascontiguousarray(a[:, :, :h, :w])
+
+
+# --------------------------------------------------------------------------- padding modes, unpooling
+
+
+def pad_input(x: np.ndarray, pads: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """x (N, C, H, W) padded by (top, left, bottom, right) in ``mode`` (fastconv.cpu.pad)."""
+    from .pad import pad as _pad
+
+    return _pad(x, pads, mode)
+
+
+def fold_input(gp: np.ndarray, pads: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """The gradient of ``pad``: padded cells' gradients added to their source cells."""
+    from .pad import fold as _fold
+
+    return _fold(gp, pads, mode)
+
+
+def max_unpool2d_forward(x: np.ndarray, indices: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    from .unpool import max_unpool2d_forward as fwd
+
+    return fwd(x, indices, out_hw)
+
+
+def max_unpool2d_backward(gy: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    from .unpool import max_unpool2d_backward as bwd
+
+    return bwd(gy, indices)

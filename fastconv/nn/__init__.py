@@ -21,12 +21,24 @@ TerminateOnNaN, CSVLogger, History, Callback) have Keras' names and semantics;
 from . import callbacks
 from .callbacks import Callback, CSVLogger, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
 from .explain import LayerOutput, explain
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, MaxPooling2D, ReLU
+from .layers import (
+    AveragePooling2D,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    MaxPool2D,
+    MaxPooling2D,
+    ReLU,
+)
 from .model import Sequential, load_model, to_categorical
 from .optimizers import SGD, Adadelta, Adam, RMSprop
 
 __all__ = [
     "Conv2D", "MaxPool2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "ReLU",
+    "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
     "Sequential", "load_model", "to_categorical",
     "SGD", "RMSprop", "Adam", "Adadelta",
     "callbacks", "Callback", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN", "CSVLogger",

@@ -31,11 +31,11 @@ import numpy as np
 
 import fastconv
 
-from .._params import conv2d_params, pair, pool2d_params
+from .._params import avg_pool2d_params, check_padding_mode, conv2d_params, explicit_pads, pair, pool2d_params
 from . import _ops_cpu, initializers
 
 __all__ = ["Layer", "Conv2D", "MaxPooling2D", "MaxPool2D", "Flatten", "Dense", "Dropout", "ReLU",
-           "ACTIVATIONS", "LAYER_CLASSES"]
+           "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "ACTIVATIONS", "LAYER_CLASSES"]
 
 ACTIVATIONS = (None, "relu", "sigmoid", "tanh", "softmax")
 
@@ -228,17 +228,21 @@ class Conv2D(_Weighted):
 
     Input (N, C, H, W), output (N, filters, OH, OW); padding "valid" or "same"
     (Keras' rule: output ceil(H/stride), odd extra pad bottom/right).
+    ``padding_mode`` (``torch.nn.Conv2d``'s; not a Keras argument): what the
+    "same" padding holds, "zeros" (default), "reflect", "replicate" or "circular".
     """
 
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  dilation_rate: Any = 1, activation: Any = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None):
+                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None,
+                 padding_mode: str = "zeros"):
         super().__init__(activation, use_bias, kernel_initializer, input_shape=input_shape, name=name)
         self.filters = _positive_int(filters, "Conv2D filters")
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size", 1)
         self.strides = pair(strides, "Conv2D strides", 1)
         self.padding = _padding(padding, "Conv2D")
         self.dilation_rate = pair(dilation_rate, "Conv2D dilation_rate", 1)
+        self.padding_mode = check_padding_mode(padding_mode)
         # keeps what its forward prepared (the CPU kernels' padded copy of x) for the backward
         self._op = fastconv.Conv2dOp(self.strides, self.padding, self.dilation_rate)
 
@@ -251,6 +255,7 @@ class Conv2D(_Weighted):
         try:
             p = conv2d_params((1, c, h, w), (self.filters, c, kh, kw), None, self.strides, self.padding,
                               self.dilation_rate, 1)
+            explicit_pads(p, self.padding_mode)
         except ValueError as exc:
             raise ValueError(f"Conv2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
         self._init((self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw, self.filters, rng)
@@ -258,6 +263,11 @@ class Conv2D(_Weighted):
 
     def linear_forward(self, x, training=False):
         self._require_built()
+        if self.padding_mode != "zeros":  # an explicit pad in the functional API
+            self._x = x
+            z = fastconv.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+                                self.dilation_rate, padding_mode=self.padding_mode)
+            return z
         # training: the op keeps x (this layer's input, never modified in
         # between) and what it prepared from it for the backward
         z = self._op.forward(x, self.params["kernel"], self.params.get("bias"), keep_for_backward=training)
@@ -266,7 +276,12 @@ class Conv2D(_Weighted):
 
     def linear_backward(self, gz):
         self._require_forward()
-        gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
+        if self.padding_mode != "zeros":
+            gx, gw, gb = fastconv.conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
+                                                  self.dilation_rate, need_input_grad=self.need_input_grad,
+                                                  padding_mode=self.padding_mode)
+        else:
+            gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
@@ -274,7 +289,8 @@ class Conv2D(_Weighted):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate)}
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {})}
 
     def get_weights(self):
         w = super().get_weights()
@@ -455,4 +471,107 @@ class ReLU(Layer):
         return self._ops.activation_backward("relu", self._ops.copy(grad), self._y)
 
 
-LAYER_CLASSES = {c.__name__: c for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU)}
+def _same_axis(size: int, k: int, s: int) -> tuple[int, bool, int]:
+    """Keras "same" along one axis as torch avg_pool2d arguments: (padding,
+    ceil_mode needed, leading outputs to drop).  Keras pads total =
+    (ceil(size/s) - 1)*s + k - size <= k - 1, split top = total // 2 and
+    bottom = top or top + 1.  The odd extra pad at the end is a ceil_mode
+    overhang for stride >= 2; at stride 1 (an even kernel) it is padding
+    top + 1 on both sides with the first output dropped."""
+    out = -(-size // s)
+    total = max(0, (out - 1) * s + k - size)
+    top = total // 2
+    if total % 2 == 0:
+        return top, False, 0
+    return (top, True, 0) if s >= 2 else (top + 1, False, 1)
+
+
+class AveragePooling2D(Layer):
+    """Average pooling, Keras' signature and defaults: ``pool_size`` (2, 2),
+    ``strides`` = pool_size, ``padding`` "valid" or "same".
+
+    "same" is Keras'/TensorFlow's: output ceil(H/stride), and a window's
+    average is over its cells inside the input only (padding never counts),
+    which is ``fastconv.avg_pool2d(..., count_include_pad=False)`` with the
+    padding and ceil_mode of ``_same_axis``.
+    """
+
+    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
+                 input_shape: Any = None, name: str | None = None):
+        super().__init__(input_shape=input_shape, name=name)
+        self.pool_size = pair(pool_size, "AveragePooling2D pool_size", 1)
+        self.strides = self.pool_size if strides is None else pair(strides, "AveragePooling2D strides", 1)
+        self.padding = _padding(padding, "AveragePooling2D")
+        self._args: dict[str, Any] = {}
+        self._drop = (0, 0)
+        self._xshape: tuple[int, ...] | None = None
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ValueError(f"AveragePooling2D {self.name!r} needs image input (height, width, channels), got "
+                             f"per-sample shape {keras_shape(input_shape)}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw) = self.pool_size, self.strides
+        pads, ceil, drop = (0, 0), False, (0, 0)
+        if self.padding == "same":
+            (ph, ch, dh), (pw, cw, dw) = _same_axis(h, kh, sh), _same_axis(w, kw, sw)
+            pads, ceil, drop = (ph, pw), ch or cw, (dh, dw)
+        self._args = dict(kernel_size=self.pool_size, stride=self.strides, padding=pads, ceil_mode=ceil,
+                          count_include_pad=False)
+        self._drop = drop
+        try:
+            p = avg_pool2d_params((1, c, h, w), **self._args)
+        except ValueError as exc:
+            raise ValueError(f"AveragePooling2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
+        return (c, p.oh - drop[0], p.ow - drop[1])
+
+    def forward(self, x, training=False):
+        self._require_built()
+        self._xshape = tuple(x.shape)
+        y = fastconv.avg_pool2d(x, **self._args)
+        if any(self._drop):
+            _, oh, ow = self.output_shape
+            y = self._ops.crop(y, self._drop[0], self._drop[1], oh, ow)
+        return y
+
+    def backward(self, grad):
+        if self._xshape is None:
+            raise RuntimeError(f"layer {self.name!r}: backward needs a forward first")
+        if not self.need_input_grad:
+            return None
+        if any(self._drop):
+            grad = self._ops.pad_value(grad, self._drop[0], 0, self._drop[1], 0, 0.0)
+        return fastconv.avg_pool2d_backward(grad, self._xshape, **self._args)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+AvgPool2D = AveragePooling2D
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width of each channel: (N, C, H, W) -> (N, C), Keras' layer."""
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAveragePooling2D {self.name!r} needs image input (height, width, channels), "
+                             f"got per-sample shape {keras_shape(input_shape)}")
+        return (input_shape[0],)
+
+    def forward(self, x, training=False):
+        self._require_built()
+        self._xshape = tuple(x.shape)
+        n, c, h, w = self._xshape
+        return fastconv.avg_pool2d(x, (h, w)).reshape(n, c)
+
+    def backward(self, grad):
+        if not self.need_input_grad:
+            return None
+        n, c, h, w = self._xshape
+        return fastconv.avg_pool2d_backward(grad.reshape(n, c, 1, 1), self._xshape, (h, w))
+
+
+LAYER_CLASSES = {c.__name__: c for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU,
+                                         AveragePooling2D, GlobalAveragePooling2D)}

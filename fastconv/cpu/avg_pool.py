@@ -1,0 +1,148 @@
+"""Average pooling on the CPU: ``numba.njit(parallel=True, cache=True)`` kernels.
+
+PyTorch's CPU semantics (aten/src/ATen/native/cpu/AvgPoolKernel.cpp): window
+(i, j) starts at (i*sh - ph, j*sw - pw); its "pool size" runs to at most
+H + ph / W + pw (the ceil-mode overhang past the right padding is not
+counted), its sum only over the taps inside the input; the divisor is
+divisor_override if given, else the pool size with ``count_include_pad``,
+else the number of taps inside the input.  The divisor is separable (a row
+factor times a column factor), so both are precomputed per output row and
+column (``divisors``).  No window is empty: the size rules make every window
+start before the input's end and end after its start.
+
+Forward: the sum is separable, like max pooling's values: a per-thread
+scratch row ``t`` (zeros in the padding columns, so no bounds tests in the
+loops) takes the sum of the window's in-bounds input rows (contiguous,
+vectorised), then each output element sums KW taps of ``t``.  Parallel over
+the P*OH output rows (P = N*C planes), one contiguous chunk per thread.
+
+Backward: race-free by ownership, like max pooling's: parallel over planes,
+one iteration zeroes its grad_x plane and adds each output's gradient /
+divisor to the window's in-bounds taps (row segments, vectorised at stride 1).
+
+No fastmath: NaN and +-Inf propagate as in PyTorch (a sum with a NaN is NaN).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .. import _alloc
+from .._params import AvgPool2dParams
+from .common import tap_cols
+
+__all__ = ["avg_pool2d_backward", "avg_pool2d_forward", "divisors"]
+
+
+def _factors(size: int, k: int, s: int, p: int, out: int, include_pad: bool) -> np.ndarray:
+    start = np.arange(out) * s - p
+    end = np.minimum(start + k, size + p)
+    if include_pad:
+        return (end - start).astype(np.float64)
+    return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float64)
+
+
+def divisors(p: AvgPool2dParams) -> tuple[np.ndarray, np.ndarray]:
+    """(row factors (OH,), column factors (OW,)): window (i, j) is divided by
+    rows[i] * cols[j] (float64, exact integers)."""
+    if p.divisor:
+        return np.full(p.oh, float(p.divisor)), np.ones(p.ow)
+    return (_factors(p.h, p.kh, p.sh, p.ph, p.oh, p.count_include_pad),
+            _factors(p.w, p.kw, p.sw, p.pw, p.ow, p.count_include_pad))
+
+
+@njit(parallel=True, cache=True)
+def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, rdiv, cdiv, nchunk):
+    """y[p, i, j] = sum of window (i, j) / (rdiv[i] * cdiv[j]).  x (P, H, W), y (P, OH, OW)."""
+    np_, h, w = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    tw = max(pw + w, (ow - 1) * sw + kw)
+    rows = np_ * oh
+    nchunk = max(1, min(rows, nchunk))
+    for ch in prange(nchunk):
+        t = np.zeros(tw, dtype=x.dtype)
+        tc = t[pw:pw + w]
+        dv = np.empty(ow, dtype=x.dtype)
+        for r in range(ch * rows // nchunk, (ch + 1) * rows // nchunk):
+            p = r // oh
+            oi = r - p * oh
+            top = oi * sh - ph
+            a0 = max(0, top)
+            a1 = min(h, top + kh)
+            xr = x[p, a0]
+            for j in range(w):
+                tc[j] = xr[j]
+            for ih in range(a0 + 1, a1):
+                xr = x[p, ih]
+                for j in range(w):
+                    tc[j] += xr[j]
+            yr = y[p, oi]
+            for k in range(ow):
+                dv[k] = rdiv[oi] * cdiv[k]
+            if sw == 1:
+                for k in range(ow):
+                    yr[k] = t[k]
+                for b in range(1, kw):
+                    ts = t[b:]
+                    for k in range(ow):
+                        yr[k] += ts[k]
+            else:
+                for k in range(ow):
+                    yr[k] = t[k * sw]
+                for b in range(1, kw):
+                    ts = t[b:]
+                    for k in range(ow):
+                        yr[k] += ts[k * sw]
+            for k in range(ow):
+                yr[k] = yr[k] / dv[k]
+
+
+@njit(parallel=True, cache=True)
+def _avg_bwd(gy, gx, kh, kw, sh, sw, ph, pw, rdiv, cdiv):
+    """gx[p] = sum over windows of gy[p, i, j] / (rdiv[i] * cdiv[j]) on the
+    window's in-bounds taps.  gy (P, OH, OW), gx (P, H, W); one plane per iteration."""
+    np_, h, w = gx.shape
+    oh, ow = gy.shape[1], gy.shape[2]
+    for p in prange(np_):
+        g = np.empty(ow, dtype=gx.dtype)
+        plane = gx[p]
+        for ih in range(h):
+            for j in range(w):
+                plane[ih, j] = 0
+        for oi in range(oh):
+            gr = gy[p, oi]
+            for k in range(ow):
+                g[k] = gr[k] / (rdiv[oi] * cdiv[k])
+            top = oi * sh - ph
+            for ih in range(max(0, top), min(h, top + kh)):
+                xr = plane[ih]
+                for b in range(kw):
+                    off, lo, hi = tap_cols(b, 1, pw, sw, w, ow)
+                    if sw == 1:
+                        xs = xr[lo + off:hi + off]
+                        gs = g[lo:hi]
+                        for k in range(hi - lo):
+                            xs[k] += gs[k]
+                    else:
+                        for k in range(lo, hi):
+                            xr[k * sw + off] += g[k]
+
+
+def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
+    """x (N, C, H, W) C-contiguous float32/float64 -> y (N, C, OH, OW)."""
+    y = _alloc.empty(p.y_shape, x.dtype)
+    rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
+    _avg_fwd(x.reshape(p.n * p.c, p.h, p.w), y.reshape(p.n * p.c, p.oh, p.ow), p.kh, p.kw, p.sh, p.sw,
+             p.ph, p.pw, rdiv, cdiv, numba.get_num_threads())
+    return y
+
+
+def avg_pool2d_backward(gy: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
+    """gy (N, C, OH, OW) -> grad_x (N, C, H, W)."""
+    gx = _alloc.empty(p.x_shape, gy.dtype)
+    rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
+    _avg_bwd(gy.reshape(p.n * p.c, p.oh, p.ow), gx.reshape(p.n * p.c, p.h, p.w), p.kh, p.kw, p.sh, p.sw,
+             p.ph, p.pw, rdiv, cdiv)
+    return gx
