@@ -21,8 +21,10 @@ from numpy.typing import ArrayLike, NDArray
 from . import _surface, _threads, reference
 from ._benchmark_mode import set_benchmark
 from ._params import check_bool, check_padding_mode
-from ._unbatched import check_like, drop, lift, lift_shape
 from ._plan import ConvPlan
+from ._threads import get_num_threads, set_num_threads, show_config, threads
+from ._unbatched import check_like, drop, lift, lift_shape
+from ._version import __version__  # noqa: E402
 from .ops import (
     Conv2dOp,
     MaxPool2dOp,
@@ -31,9 +33,6 @@ from .ops import (
     pool_backward_args,
     pool_scatter,
 )
-from ._threads import get_num_threads, set_num_threads, show_config, threads
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Conv2dOp",
@@ -61,9 +60,18 @@ __all__ = [
 
 
 @_threads.guarded
-def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
-           padding_mode: str = "zeros") -> NDArray[Any]:
+def conv2d(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    *,
+    algorithm: str = "auto",
+    padding_mode: str = "zeros",
+) -> NDArray[Any]:
     """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
 
     x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> y (N, K, OH, OW).
@@ -83,9 +91,19 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
 
 
 @_threads.guarded
-def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1, padding: Any = 0,
-                    dilation: Any = 1, groups: int = 1, *, algorithm: str = "auto",
-                    need_input_grad: bool = True, padding_mode: str = "zeros") -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
+def conv2d_backward(
+    grad_output: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    *,
+    algorithm: str = "auto",
+    need_input_grad: bool = True,
+    padding_mode: str = "zeros",
+) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
     """Gradients of ``conv2d`` for ``grad_output`` (N, K, OH, OW).
 
     Returns ``(grad_x, grad_weight, grad_bias)`` with the shapes of x, weight and
@@ -99,8 +117,9 @@ def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
     x, unbatched = lift(x, "x")
     grad_output = check_like(grad_output, "grad_output", unbatched, "(K, OH, OW)")
     if check_padding_mode(padding_mode) != "zeros":
-        gx, gw, gb = _surface.conv2d_padded_backward(grad_output, x, weight, stride, padding, dilation, groups,
-                                                     padding_mode, algorithm, need_input_grad)
+        gx, gw, gb = _surface.conv2d_padded_backward(
+            grad_output, x, weight, stride, padding, dilation, groups, padding_mode, algorithm, need_input_grad
+        )
         return drop(gx, unbatched), gw, gb
     op = Conv2dOp(stride, padding, dilation, groups, algorithm=algorithm, need_input_grad=need_input_grad)
     gx, gw, gb = op.backward_from(grad_output, x, weight)
@@ -108,30 +127,64 @@ def conv2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, str
 
 
 @overload
-def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-               ceil_mode: bool = ..., return_indices: Literal[False] = ...) -> NDArray[Any]: ...
+def max_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    ceil_mode: bool = ...,
+    return_indices: Literal[False] = ...,
+) -> NDArray[Any]: ...
 
 
 @overload
-def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-               ceil_mode: bool = ..., *, return_indices: Literal[True]) -> tuple[NDArray[Any], NDArray[Any]]: ...
+def max_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    ceil_mode: bool = ...,
+    *,
+    return_indices: Literal[True],
+) -> tuple[NDArray[Any], NDArray[Any]]: ...
 
 
 @overload
-def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
-               return_indices: Literal[True]) -> tuple[NDArray[Any], NDArray[Any]]: ...
+def max_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: bool,
+    return_indices: Literal[True],
+) -> tuple[NDArray[Any], NDArray[Any]]: ...
 
 
 @overload
-def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-               ceil_mode: bool = ..., return_indices: bool = ...
-               ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]: ...
+def max_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    ceil_mode: bool = ...,
+    return_indices: bool = ...,
+) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]: ...
 
 
 @_threads.guarded
-def max_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-               ceil_mode: bool = False, return_indices: bool = False
-               ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
+def max_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
     """2-D max pooling, ``torch.nn.functional.max_pool2d`` semantics.
 
     x (N, C, H, W) -> y (N, C, OH, OW), plus int64 ``indices`` (flat offsets into
@@ -161,8 +214,15 @@ def max_pool2d_backward(grad_output: ArrayLike, indices: ArrayLike, input_shape:
 
 
 @_threads.guarded
-def avg_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: int | None = None) -> NDArray[Any]:
+def avg_pool2d(
+    x: ArrayLike,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> NDArray[Any]:
     """2-D average pooling, ``torch.nn.functional.avg_pool2d`` semantics.
 
     x (N, C, H, W) or (C, H, W) -> y (N, C, OH, OW) or (C, OH, OW).  Each
@@ -177,23 +237,40 @@ def avg_pool2d(x: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any 
 
 
 @_threads.guarded
-def avg_pool2d_backward(grad_output: ArrayLike, input_shape: Any, kernel_size: Any, stride: Any = None,
-                        padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-                        divisor_override: int | None = None) -> NDArray[Any]:
+def avg_pool2d_backward(
+    grad_output: ArrayLike,
+    input_shape: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> NDArray[Any]:
     """Gradient of ``avg_pool2d`` for ``grad_output`` (N, C, OH, OW) or
     (C, OH, OW): each output's gradient / its divisor added to every in-input
     tap of its window.  Returns grad_x of ``input_shape`` (4 or 3 ints)."""
     input_shape, unbatched = lift_shape(input_shape)
     grad_output = check_like(grad_output, "grad_output", unbatched, "(C, OH, OW)", "input_shape")
-    gx = _surface.avg_pool2d_backward(grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
-                                      count_include_pad, divisor_override)
+    gx = _surface.avg_pool2d_backward(
+        grad_output, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
     return drop(gx, unbatched)
 
 
 @_threads.guarded
-def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: Any = 1,
-                     padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1, *,
-                     algorithm: str = "auto") -> NDArray[Any]:
+def conv_transpose2d(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+    *,
+    algorithm: str = "auto",
+) -> NDArray[Any]:
     """2-D transposed convolution, ``torch.nn.functional.conv_transpose2d`` semantics
     (argument order included).
 
@@ -209,23 +286,34 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
 
 
 @_threads.guarded
-def conv_transpose2d_backward(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: Any = 1,
-                              padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1, *,
-                              algorithm: str = "auto", need_input_grad: bool = True
-                              ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
+def conv_transpose2d_backward(
+    grad_output: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+    *,
+    algorithm: str = "auto",
+    need_input_grad: bool = True,
+) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
     """Gradients of ``conv_transpose2d`` for ``grad_output`` (N, C_out, H_out, W_out):
     ``(grad_x, grad_weight, grad_bias)``; grad_x is conv2d(grad_output, weight)
     (``algorithm`` chooses its kernels), None when ``need_input_grad`` is False."""
     x, unbatched = lift(x, "x", "(C_in, H, W)")
     grad_output = check_like(grad_output, "grad_output", unbatched, "(C_out, H_out, W_out)")
-    gx, gw, gb = _surface.conv_transpose2d_backward(grad_output, x, weight, stride, padding, output_padding, groups,
-                                                    dilation, algorithm, need_input_grad)
+    gx, gw, gb = _surface.conv_transpose2d_backward(
+        grad_output, x, weight, stride, padding, output_padding, groups, dilation, algorithm, need_input_grad
+    )
     return drop(gx, unbatched), gw, gb
 
 
 @_threads.guarded
-def max_unpool2d(x: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 output_size: Any = None) -> NDArray[Any]:
+def max_unpool2d(
+    x: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any = None, padding: Any = 0, output_size: Any = None
+) -> NDArray[Any]:
     """Partial inverse of ``max_pool2d``, ``torch.nn.functional.max_unpool2d`` semantics.
 
     x and int64 ``indices`` (N, C, H, W) or (C, H, W) -> y (N, C, OH, OW): zeros
@@ -242,8 +330,14 @@ def max_unpool2d(x: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any
 
 
 @_threads.guarded
-def max_unpool2d_backward(grad_output: ArrayLike, indices: ArrayLike, kernel_size: Any, stride: Any = None,
-                          padding: Any = 0, output_size: Any = None) -> NDArray[Any]:
+def max_unpool2d_backward(
+    grad_output: ArrayLike,
+    indices: ArrayLike,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    output_size: Any = None,
+) -> NDArray[Any]:
     """Gradient of ``max_unpool2d``: grad_output (N, C, OH, OW) read at each index;
     grad_x has the shape of ``indices``."""
     indices, unbatched = lift(indices, "indices")

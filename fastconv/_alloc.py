@@ -35,7 +35,7 @@ def workspace(size: int, dtype: Any, align: int = 64) -> np.ndarray:
     dtype = np.dtype(dtype)
     raw = np.empty(size * dtype.itemsize + align, dtype=np.uint8)
     off = (-raw.ctypes.data) % align
-    a = raw[off:off + size * dtype.itemsize].view(dtype)
+    a = raw[off : off + size * dtype.itemsize].view(dtype)
     if POISON:
         a.fill(poison_value(dtype))
     return a

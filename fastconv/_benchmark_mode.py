@@ -74,8 +74,10 @@ def cache_dir() -> Path:
 
 
 def _key(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> str:
-    return (f"conv2d x{p.x_shape} w{p.weight_shape} s{(p.sh, p.sw)} p{(p.ph, p.pw, p.ph_end, p.pw_end)} "
-            f"d{(p.dh, p.dw)} g{p.groups} {np.dtype(dtype).name} t{threads} gx{int(need_input_grad)}")
+    return (
+        f"conv2d x{p.x_shape} w{p.weight_shape} s{(p.sh, p.sw)} p{(p.ph, p.pw, p.ph_end, p.pw_end)} "
+        f"d{(p.dh, p.dw)} g{p.groups} {np.dtype(dtype).name} t{threads} gx{int(need_input_grad)}"
+    )
 
 
 def candidates(p: Conv2dParams) -> tuple[str, ...]:
@@ -126,16 +128,21 @@ def _read(path: Path) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError):
         return {}
     except OSError as exc:
-        warnings.warn(f"fastconv: cannot read the benchmark cache {path} ({exc}); ignoring it", RuntimeWarning,
-                      stacklevel=4)
+        warnings.warn(
+            f"fastconv: cannot read the benchmark cache {path} ({exc}); ignoring it", RuntimeWarning, stacklevel=4
+        )
         return {}
     try:
         data = json.loads(text)
     except ValueError:
         data = None
     if not (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("entries"), dict)):
-        warnings.warn(f"fastconv: the benchmark cache {path} is corrupt or not fastconv's ({FORMAT}); ignoring it "
-                      f"(it will be rewritten)", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"fastconv: the benchmark cache {path} is corrupt or not fastconv's ({FORMAT}); ignoring it "
+            f"(it will be rewritten)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return {}
     return data["entries"]
 
@@ -177,8 +184,12 @@ def _write(key: str, entry: dict[str, Any]) -> None:
                     os.unlink(tmp)
                 raise
     except OSError as exc:
-        warnings.warn(f"fastconv: cannot write the benchmark cache in {directory} ({exc}); the measured choice "
-                      f"is kept in memory only", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"fastconv: cannot write the benchmark cache in {directory} ({exc}); the measured choice "
+            f"is kept in memory only",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def measured_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> ConvPlan:
@@ -194,8 +205,9 @@ def measured_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     return _plan_from(p, dtype, threads, need_input_grad, _memory[key])
 
 
-def _plan_from(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
-               entry: dict[str, Any]) -> ConvPlan:
+def _plan_from(
+    p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, entry: dict[str, Any]
+) -> ConvPlan:
     times = entry.get("ms") or {}
     detail = ", ".join(f"{a} {v[0]:g}/{v[1]:g} ms" for a, v in times.items() if isinstance(v, list) and len(v) == 2)
     why = f"measured (fastconv.set_benchmark): fastest forward and backward of {detail or 'a cached timing'}"

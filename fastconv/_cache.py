@@ -64,7 +64,7 @@ def _locator_classes() -> tuple[type, type]:
     the user-cache fallback (tried after it)."""
     from numba.core import caching
 
-    class _FastconvCacheLocator(_numba_attr(caching, "UserWideCacheLocator")):
+    class _FastconvCacheLocator(_numba_attr(caching, "UserWideCacheLocator")):  # type: ignore[misc]
         """Numba's user-wide locator, rooted at ``kernel_cache_dir()``."""
 
         def __init__(self, py_func: Any, py_file: str) -> None:
@@ -135,9 +135,12 @@ def _install_notice() -> None:
             self.done = True
             dtype = _float_dtype(ev.data.get("args"))
             what = f" for {dtype}" if dtype else ""
-            print(f"fastconv: compiling CPU kernels{what} — first run only, ~{_NOTICE_SECONDS} s "
-                  f"per new operation (cached afterwards; `python -m fastconv.warmup` compiles all ahead)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"fastconv: compiling CPU kernels{what} — first run only, ~{_NOTICE_SECONDS} s "
+                f"per new operation (cached afterwards; `python -m fastconv.warmup` compiles all ahead)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         def on_end(self, ev: Any) -> None:
             pass

@@ -28,7 +28,7 @@ def is_device_array(a: Any) -> bool:
 
 
 def backend_name(**arrays: Any) -> str:
-    """"cuda" if the array arguments live on a GPU, "cpu" if on the host; mixing is an error."""
+    """ "cuda" if the array arguments live on a GPU, "cpu" if on the host; mixing is an error."""
     on_device = {name: is_device_array(a) for name, a in arrays.items() if a is not None}
     if any(on_device.values()) and not all(on_device.values()):
         dev = [k for k, v in on_device.items() if v]

@@ -47,8 +47,10 @@ def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, (int, np.integer)):
         vals = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value)
     ):
         vals = (int(value[0]), int(value[1]))
     else:
@@ -77,9 +79,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
     if dtype.kind not in "fiu":
-        raise TypeError(
-            f"{name} must have a real numeric dtype (float32/float64 preferred), got dtype {dtype}"
-        )
+        raise TypeError(f"{name} must have a real numeric dtype (float32/float64 preferred), got dtype {dtype}")
 
 
 def as_host_array(a: Any, name: str) -> np.ndarray:
@@ -109,9 +109,7 @@ def compute_dtype(*dtypes: np.dtype | None) -> np.dtype:
 
 def _check_ndim(shape: tuple[int, ...], name: str, layout: str) -> None:
     if len(shape) != 4:
-        raise ValueError(
-            f"{name} must be a 4-D array {layout}, got a {len(shape)}-D array of shape {tuple(shape)}"
-        )
+        raise ValueError(f"{name} must be a 4-D array {layout}, got a {len(shape)}-D array of shape {tuple(shape)}")
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -243,9 +241,7 @@ def conv2d_params(
 
 def check_grad_output(shape: tuple[int, ...], expected: tuple[int, ...], name: str = "grad_output") -> None:
     if tuple(int(v) for v in shape) != tuple(expected):
-        raise ValueError(
-            f"{name} must have the forward output's shape {tuple(expected)}, got {tuple(shape)}"
-        )
+        raise ValueError(f"{name} must have the forward output's shape {tuple(expected)}, got {tuple(shape)}")
 
 
 CONV_ALGORITHMS = ("auto", "direct", "im2col", "winograd")
@@ -386,9 +382,7 @@ def check_pool_indices(
     if np.dtype(indices_dtype) != np.int64:
         raise TypeError(f"indices must have dtype int64 (as returned by max_pool2d), got {indices_dtype}")
     if tuple(indices_shape) != tuple(grad_shape):
-        raise ValueError(
-            f"indices must have the shape of grad_output {tuple(grad_shape)}, got {tuple(indices_shape)}"
-        )
+        raise ValueError(f"indices must have the shape of grad_output {tuple(grad_shape)}, got {tuple(indices_shape)}")
     if tuple(grad_shape[:2]) != tuple(input_shape[:2]):
         raise ValueError(
             f"grad_output must have the (N, C) of input_shape {tuple(input_shape[:2])}, got {tuple(grad_shape[:2])}"
@@ -402,7 +396,6 @@ def check_pool_index_range(lo: int, hi: int, input_shape: tuple[int, ...]) -> No
             f"indices must lie in [0, {plane}) (flat offsets into each {input_shape[2]}x{input_shape[3]} "
             f"input plane), got values in [{lo}, {hi}]"
         )
-
 
 
 def pool_scatter_params(input_shape: tuple[int, int, int, int], grad_shape: tuple[int, ...]) -> Pool2dParams:
@@ -458,9 +451,15 @@ def _divisor_override(value: Any) -> int:
     return int(value)
 
 
-def avg_pool2d_params(x_shape: tuple[int, ...], kernel_size: Any, stride: Any = None, padding: Any = 0,
-                      ceil_mode: bool = False, count_include_pad: bool = True,
-                      divisor_override: Any = None) -> AvgPool2dParams:
+def avg_pool2d_params(
+    x_shape: tuple[int, ...],
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Any = None,
+) -> AvgPool2dParams:
     """Validate avg_pool2d arguments (PyTorch semantics) and compute the output size."""
     check_bool(count_include_pad, "count_include_pad")
     divisor = _divisor_override(divisor_override)
@@ -468,8 +467,23 @@ def avg_pool2d_params(x_shape: tuple[int, ...], kernel_size: Any, stride: Any = 
         q = pool2d_params(x_shape, kernel_size, stride, padding, 1, ceil_mode)
     except ValueError as exc:  # the shared checks speak of max_pool2d
         raise ValueError(str(exc).replace("max_pool2d", "avg_pool2d")) from None
-    return AvgPool2dParams(q.n, q.c, q.h, q.w, q.kh, q.kw, q.sh, q.sw, q.ph, q.pw, q.oh, q.ow, q.ceil_mode,
-                           bool(count_include_pad), divisor)
+    return AvgPool2dParams(
+        q.n,
+        q.c,
+        q.h,
+        q.w,
+        q.kh,
+        q.kw,
+        q.sh,
+        q.sw,
+        q.ph,
+        q.pw,
+        q.oh,
+        q.ow,
+        q.ceil_mode,
+        bool(count_include_pad),
+        divisor,
+    )
 
 
 def avg_pool_input_shape(input_shape: Any) -> tuple[int, int, int, int]:
@@ -507,9 +521,16 @@ class ConvTranspose2dParams:
         return self.conv.x_shape
 
 
-def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
-                            bias_shape: tuple[int, ...] | None, stride: Any = 1, padding: Any = 0,
-                            output_padding: Any = 0, groups: Any = 1, dilation: Any = 1) -> ConvTranspose2dParams:
+def conv_transpose2d_params(
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: Any = 1,
+    dilation: Any = 1,
+) -> ConvTranspose2dParams:
     """Validate conv_transpose2d arguments (PyTorch semantics) and compute the output size
     H_out = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1."""
     x_shape = tuple(int(v) for v in x_shape)
@@ -520,8 +541,9 @@ def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, .
     sh, sw = pair(stride, "stride", 1)
     dh, dw = pair(dilation, "dilation", 1)
     if isinstance(padding, str):
-        raise TypeError(f"padding must be an int or a pair of ints (conv_transpose2d takes no \"same\"/\"valid\"), "
-                        f"got {padding!r}")
+        raise TypeError(
+            f'padding must be an int or a pair of ints (conv_transpose2d takes no "same"/"valid"), got {padding!r}'
+        )
     ph, pw = pair(padding, "padding", 0)
     oph, opw = pair(output_padding, "output_padding", 0)
     n, c, h, w = x_shape
@@ -531,23 +553,30 @@ def conv_transpose2d_params(x_shape: tuple[int, ...], weight_shape: tuple[int, .
     if min(c, h, w) < 1:
         raise ValueError(f"x must have C, H, W >= 1, got shape {x_shape}")
     if cin % groups:
-        raise ValueError(f"weight in_channels ({cin}) must be divisible by groups ({groups}), "
-                         f"got weight of shape {weight_shape}")
+        raise ValueError(
+            f"weight in_channels ({cin}) must be divisible by groups ({groups}), got weight of shape {weight_shape}"
+        )
     if c != cin:
-        raise ValueError(f"Given transposed=1, weight of size {list(weight_shape)}, expected input{list(x_shape)} "
-                         f"to have {cin} channels, but got {c} channels instead")
+        raise ValueError(
+            f"Given transposed=1, weight of size {list(weight_shape)}, expected input{list(x_shape)} "
+            f"to have {cin} channels, but got {c} channels instead"
+        )
     cout = cog * groups
     if bias_shape is not None and tuple(bias_shape) != (cout,):
         raise ValueError(f"bias must have shape ({cout},) (one value per output channel), got {tuple(bias_shape)}")
     if (oph >= sh and oph >= dh) or (opw >= sw and opw >= dw):
-        raise ValueError(f"output_padding must be smaller than either stride or dilation (PyTorch's rule), but got "
-                         f"output_padding=({oph}, {opw}), stride=({sh}, {sw}), dilation=({dh}, {dw})")
+        raise ValueError(
+            f"output_padding must be smaller than either stride or dilation (PyTorch's rule), but got "
+            f"output_padding=({oph}, {opw}), stride=({sh}, {sw}), dilation=({dh}, {dw})"
+        )
     ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
     wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
     if ho < 1 or wo < 1:
-        raise ValueError(f"conv_transpose2d output size would be ({ho}, {wo}), which is too small: x of shape "
-                         f"{x_shape}, weight {weight_shape}, stride=({sh}, {sw}), padding=({ph}, {pw}), "
-                         f"dilation=({dh}, {dw}), output_padding=({oph}, {opw})")
+        raise ValueError(
+            f"conv_transpose2d output size would be ({ho}, {wo}), which is too small: x of shape "
+            f"{x_shape}, weight {weight_shape}, stride=({sh}, {sw}), padding=({ph}, {pw}), "
+            f"dilation=({dh}, {dw}), output_padding=({oph}, {opw})"
+        )
     conv = conv2d_params((n, cout, ho, wo), (cin, cog, kh, kw), None, (sh, sw), (ph, pw), (dh, dw), groups)
     return ConvTranspose2dParams(n, cin, h, w, cout, conv, conv.oh - h, conv.ow - w)
 
@@ -587,20 +616,26 @@ def _unpool_output_size(output_size: Any, default: tuple[int, int], stride: tupl
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
         raise TypeError(f"output_size must be None or a sequence of ints (H, W), got {output_size!r}")
     if len(items) not in (2, 3, 4):
-        raise ValueError(f"output_size must have 2 elements (H, W) (or end in them with 3 or 4), "
-                         f"got {len(items)}: {output_size!r}")
+        raise ValueError(
+            f"output_size must have 2 elements (H, W) (or end in them with 3 or 4), got {len(items)}: {output_size!r}"
+        )
     size = (int(items[-2]), int(items[-1]))
     for d in range(2):
         lo, hi = default[d] - stride[d], default[d] + stride[d]
         if not lo < size[d] < hi:
-            raise ValueError(f'invalid output_size "{tuple(items)}" (dim {d} must be between {lo} and {hi}, '
-                             f"exclusive)")
+            raise ValueError(f'invalid output_size "{tuple(items)}" (dim {d} must be between {lo} and {hi}, exclusive)')
     return size
 
 
-def max_unpool2d_params(x_shape: tuple[int, ...], indices_dtype: np.dtype, indices_shape: tuple[int, ...],
-                        kernel_size: Any, stride: Any = None, padding: Any = 0,
-                        output_size: Any = None) -> Unpool2dParams:
+def max_unpool2d_params(
+    x_shape: tuple[int, ...],
+    indices_dtype: np.dtype,
+    indices_shape: tuple[int, ...],
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    output_size: Any = None,
+) -> Unpool2dParams:
     """Validate max_unpool2d arguments (PyTorch semantics) and compute the output size
     (H - 1)*stride - 2*padding + kernel_size, or ``output_size``."""
     x_shape = tuple(int(v) for v in x_shape)
@@ -619,8 +654,10 @@ def max_unpool2d_params(x_shape: tuple[int, ...], indices_dtype: np.dtype, indic
     default = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
     oh, ow = _unpool_output_size(output_size, default, (sh, sw))
     if oh < 1 or ow < 1:
-        raise ValueError(f"max_unpool2d output size would be ({oh}, {ow}), which is too small: x of shape "
-                         f"{x_shape}, kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw})")
+        raise ValueError(
+            f"max_unpool2d output size would be ({oh}, {ow}), which is too small: x of shape "
+            f"{x_shape}, kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding=({ph}, {pw})"
+        )
     return Unpool2dParams(n, c, h, w, oh, ow)
 
 
@@ -628,8 +665,10 @@ def check_unpool_index_range(lo: int, hi: int, p: Unpool2dParams) -> None:
     plane = p.oh * p.ow
     if lo < 0 or hi >= plane:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each {p.oh}x{p.ow} output plane), "
-                         f"found an invalid max index {bad} (values in [{lo}, {hi}])")
+        raise ValueError(
+            f"indices must lie in [0, {plane}) (flat offsets into each {p.oh}x{p.ow} output plane), "
+            f"found an invalid max index {bad} (values in [{lo}, {hi}])"
+        )
 
 
 # --------------------------------------------------------------------------- padding_mode
@@ -650,10 +689,13 @@ def explicit_pads(p: Conv2dParams, padding_mode: str) -> tuple[int, int, int, in
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
     for axis, size, a, b in (("H", p.h, p.ph, p.ph_end), ("W", p.w, p.pw, p.pw_end)):
         if padding_mode == "reflect" and max(a, b) >= size:
-            raise ValueError(f'padding_mode="reflect" needs padding smaller than the input: padding ({a}, {b}) '
-                             f"along {axis} of size {size}")
+            raise ValueError(
+                f'padding_mode="reflect" needs padding smaller than the input: padding ({a}, {b}) '
+                f"along {axis} of size {size}"
+            )
         if padding_mode == "circular" and max(a, b) > size:
-            raise ValueError(f'padding_mode="circular" needs padding at most the input size (wrapping around '
-                             f"more than once): padding ({a}, {b}) along {axis} of size {size}")
+            raise ValueError(
+                f'padding_mode="circular" needs padding at most the input size (wrapping around '
+                f"more than once): padding ({a}, {b}) along {axis} of size {size}"
+            )
     return pads
-

@@ -197,14 +197,29 @@ class ConvPlan:
                 parts.append(f"backward {self.backward_algorithm}")
             return "ConvPlan(" + " · ".join(parts) + ")"
         c = self.cpu
-        fwd = ["measured: " * self.measured + self.algorithm, f"{self.layout} layout", c.forward.describe(),
-               f"workspace {_mib(c.forward_workspace_bytes)}", f"because {self.reason('layout')}"]
-        bwd = [self.backward_algorithm, f"{self.backward_layout} layout", c.grad_weight.describe() + " for grad_weight",
-               "grad_x " + ("skipped" if not self.need_input_grad else
-                            c.grad_input.describe() if c.grad_input else
-                            f"{len(c.grad_input_phases)} sub-pixel correlations" if c.grad_input_phases else
-                            "by scatter"),
-               f"workspace {_mib(c.backward_workspace_bytes)}"]
+        fwd = [
+            "measured: " * self.measured + self.algorithm,
+            f"{self.layout} layout",
+            c.forward.describe(),
+            f"workspace {_mib(c.forward_workspace_bytes)}",
+            f"because {self.reason('layout')}",
+        ]
+        bwd = [
+            self.backward_algorithm,
+            f"{self.backward_layout} layout",
+            c.grad_weight.describe() + " for grad_weight",
+            "grad_x "
+            + (
+                "skipped"
+                if not self.need_input_grad
+                else c.grad_input.describe()
+                if c.grad_input
+                else f"{len(c.grad_input_phases)} sub-pixel correlations"
+                if c.grad_input_phases
+                else "by scatter"
+            ),
+            f"workspace {_mib(c.backward_workspace_bytes)}",
+        ]
         if c.reuse_prepared_input:
             bwd.append("reuses the forward's prepared x")
         return "ConvPlan(" + " · ".join(fwd) + "; backward: " + " · ".join(bwd) + ")"
@@ -223,15 +238,24 @@ def check_layout(layout: str | None, algorithm: str, p: Conv2dParams) -> None:
     if layout is None:
         return
     if algorithm not in LAYOUTS or layout not in LAYOUTS[algorithm]:
-        raise ValueError(f"layout {layout!r} needs an explicit algorithm it belongs to "
-                         f"({', '.join(f'{a}: {ls}' for a, ls in LAYOUTS.items())}), got algorithm={algorithm!r}")
+        raise ValueError(
+            f"layout {layout!r} needs an explicit algorithm it belongs to "
+            f"({', '.join(f'{a}: {ls}' for a, ls in LAYOUTS.items())}), got algorithm={algorithm!r}"
+        )
     if layout == "batch-inner" and (p.sh, p.sw) != (1, 1):
         raise ValueError(f"the batch-inner layout needs stride 1, got stride {(p.sh, p.sw)}")
 
 
 @functools.lru_cache(maxsize=1024)
-def build_plan(p: Conv2dParams, dtype: np.dtype, backend: str, threads: int, need_input_grad: bool,
-               algorithm: str, layout: str | None = None) -> ConvPlan:
+def build_plan(
+    p: Conv2dParams,
+    dtype: np.dtype,
+    backend: str,
+    threads: int,
+    need_input_grad: bool,
+    algorithm: str,
+    layout: str | None = None,
+) -> ConvPlan:
     """The plan for validated parameters; ``algorithm`` is "auto" or a name of
     ``_params.CONV_ALGORITHMS``; ``layout`` (CPU) overrides the layout rule of
     an explicit algorithm (for comparing layouts; ``check_layout`` first).
@@ -277,13 +301,25 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
         return algorithm, algorithm, "requested"
     crs = p.cg * p.kh * p.kw
     if not need_input_grad and crs <= p.kg:
-        return "direct", "im2col", (f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
-                                    f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
-                                    f"reads grad_output in place")
+        return (
+            "direct",
+            "im2col",
+            (
+                f"auto: direct forward; no grad_x and the column matrix ({crs} rows per "
+                f"image pixel) is no larger than grad_output ({p.kg}), so im2col's backward "
+                f"reads grad_output in place"
+            ),
+        )
     if (p.sh, p.sw) != (1, 1):  # with or without grad_x, so grad_weight is the same either way
-        return "direct", "im2col", ("auto: direct forward; strided backward by im2col: with 2 threads its column "
-                                    "gradient measured faster than direct's sub-pixel correlations (and direct's "
-                                    "strided and dilated grad_x is a scatter), docs/winograd.md")
+        return (
+            "direct",
+            "im2col",
+            (
+                "auto: direct forward; strided backward by im2col: with 2 threads its column "
+                "gradient measured faster than direct's sub-pixel correlations (and direct's "
+                "strided and dilated grad_x is a scatter), docs/winograd.md"
+            ),
+        )
     return "direct", "direct", "auto: direct reads x once; im2col would write and read a KH*KW times larger buffer"
 
 
@@ -304,31 +340,61 @@ def _std_q(p: Conv2dParams) -> int:
     return (p.h + max(p.ph, p.ph_end)) * (p.w + max(p.pw, p.pw_end))
 
 
-def _cpu_plan(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str,
-              layout: str | None) -> ConvPlan:
+def _cpu_plan(
+    p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str, layout: str | None
+) -> ConvPlan:
     return cpu_plan_for(p, dtype, threads, need_input_grad, _cpu_algorithms(p, need_input_grad, algorithm), layout)
 
 
-def cpu_plan_for(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
-                 algorithms: tuple[str, str, str], layout: str | None = None) -> ConvPlan:
+def cpu_plan_for(
+    p: Conv2dParams,
+    dtype: np.dtype,
+    threads: int,
+    need_input_grad: bool,
+    algorithms: tuple[str, str, str],
+    layout: str | None = None,
+) -> ConvPlan:
     """The CPU plan for given (forward algorithm, backward algorithm, reason)
     (``_cpu_algorithms``' rule, or the winners of ``fastconv.set_benchmark``)."""
     fwd_alg, bwd_alg, why_alg = algorithms
     fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
-    reuse = fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and \
-        same_buffer(fwd.forward_layout, bwd.backward_layout)
-    cpu = CpuConvPlan(fwd.forward, bwd.grad_input, bwd.grad_weight, fwd.forward_layout, bwd.backward_layout,
-                      bwd.images_per_chunk, bwd.grad_output_in_place, reuse, fwd.forward_workspace_bytes,
-                      bwd.backward_workspace_bytes, bwd.grad_input_phases, fwd.winograd or bwd.winograd)
-    why_reuse = ("the forward's prepared x is the backward's layout" if reuse else
-                 "the backward prepares x in another layout" if fwd_alg == bwd_alg == "direct" else
-                 "forward and backward run different algorithms")
-    reasons = (("algorithm", why_alg), ("layout", fwd.why_layout), ("backward_layout", bwd.why_layout),
-               ("tile", fwd.why_tile), ("grad_weight", bwd.why_grad_weight), ("grad_input", bwd.why_grad_input),
-               ("reuse_prepared_input", why_reuse))
-    return ConvPlan(p, dtype.name, "cpu", threads, need_input_grad, fwd_alg, fwd.layout_kind, bwd_alg,
-                    bwd.layout_kind, reasons, cpu)
+    reuse = (
+        fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and same_buffer(fwd.forward_layout, bwd.backward_layout)
+    )
+    cpu = CpuConvPlan(
+        fwd.forward,
+        bwd.grad_input,
+        bwd.grad_weight,
+        fwd.forward_layout,
+        bwd.backward_layout,
+        bwd.images_per_chunk,
+        bwd.grad_output_in_place,
+        reuse,
+        fwd.forward_workspace_bytes,
+        bwd.backward_workspace_bytes,
+        bwd.grad_input_phases,
+        fwd.winograd or bwd.winograd,
+    )
+    why_reuse = (
+        "the forward's prepared x is the backward's layout"
+        if reuse
+        else "the backward prepares x in another layout"
+        if fwd_alg == bwd_alg == "direct"
+        else "forward and backward run different algorithms"
+    )
+    reasons = (
+        ("algorithm", why_alg),
+        ("layout", fwd.why_layout),
+        ("backward_layout", bwd.why_layout),
+        ("tile", fwd.why_tile),
+        ("grad_weight", bwd.why_grad_weight),
+        ("grad_input", bwd.why_grad_input),
+        ("reuse_prepared_input", why_reuse),
+    )
+    return ConvPlan(
+        p, dtype.name, "cpu", threads, need_input_grad, fwd_alg, fwd.layout_kind, bwd_alg, bwd.layout_kind, reasons, cpu
+    )
 
 
 @dataclass(frozen=True)
@@ -354,8 +420,9 @@ class _Pass:
     winograd: WinogradPlan | None = None
 
 
-def _cpu_pass(algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
-              layout: str | None) -> _Pass:
+def _cpu_pass(
+    algorithm: str, p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, layout: str | None
+) -> _Pass:
     if algorithm == "im2col":
         return _cpu_im2col(p, dtype, threads, need_input_grad)
     if algorithm == "winograd":
@@ -386,8 +453,9 @@ def _block(qn: int, tasks_per_block: int, threads: int) -> int:
     return blk
 
 
-def _corr_standard(kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout, itemsize: int,
-                   threads: int) -> CorrTiling:
+def _corr_standard(
+    kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout, itemsize: int, threads: int
+) -> CorrTiling:
     """Tiling of a correlation over a standard layout into out (N, OH, OW):
     per-image tiles (skipping the padding rows between images) when that
     makes fewer tiles than covering the images' Q contiguously."""
@@ -407,8 +475,9 @@ def _corr_standard(kout_g: int, groups: int, out_shape: tuple[int, int, int], la
     return CorrTiling(kt, nv, blk, CHANNEL_BLOCK, img_tiles)
 
 
-def _corr_batch_inner(kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout,
-                      threads: int) -> CorrTiling:
+def _corr_batch_inner(
+    kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout, threads: int
+) -> CorrTiling:
     n, oh, ow = out_shape
     kt, nv, _ = _tile(kout_g)
     qn = (oh - 1) * lay.pitch + ow * n
@@ -438,8 +507,7 @@ def _grad_x_lead(p: Conv2dParams, lay: Layout) -> int:
 def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
     isz = dtype.itemsize
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
-    fwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow,
-                              compact=True)
+    fwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow, compact=True)
     bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
     fwd = _corr_standard(p.kg, p.groups, (p.n, p.oh, p.ow), fwd_lay, isz, threads)
     # grad_weight: per-image segments (skip the padding rows between images)
@@ -456,29 +524,60 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         lead = _grad_x_lead(p, bwd_lay)
     phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
-    bwd_bytes = (bwd_lay.size + gy_lay.size) * isz + _partials_bytes(p, p.n if per_image else qn, threads) + \
-        _phases_bytes(phases)
-    why_gw = (f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane" if per_image else
-              "contiguous segments: " + ("one image" if p.n == 1 else
-                                         "images' padding rows are few or an image exceeds half a segment"))
-    why_gx = ("skipped (need_input_grad=False)" if not need_input_grad else
-              "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)" if gx else
-              f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "
-              f"sub-pixel grid of grad_x (weights finite; scatter otherwise)" if phases else
-              "scatter: a strided and dilated transposed convolution")
-    why_layout = "standard: " + ("requested" if requested else "stride > 1" if p.sh * p.sw > 1 else
-                                 f"batch {p.n} < 8" if p.n < 8 else
-                                 f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)")
-    return _Pass("standard", fwd, gx, gw, fwd_lay, bwd_lay, p.n, False, fwd_lay.size * isz, bwd_bytes,
-                 why_layout, _tile(p.kg)[2] + _image_tiles_note(fwd), why_gw, why_gx, phases)
+    bwd_bytes = (
+        (bwd_lay.size + gy_lay.size) * isz
+        + _partials_bytes(p, p.n if per_image else qn, threads)
+        + _phases_bytes(phases)
+    )
+    why_gw = (
+        f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane"
+        if per_image
+        else "contiguous segments: "
+        + ("one image" if p.n == 1 else "images' padding rows are few or an image exceeds half a segment")
+    )
+    why_gx = (
+        "skipped (need_input_grad=False)"
+        if not need_input_grad
+        else "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)"
+        if gx
+        else f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "
+        f"sub-pixel grid of grad_x (weights finite; scatter otherwise)"
+        if phases
+        else "scatter: a strided and dilated transposed convolution"
+    )
+    why_layout = "standard: " + (
+        "requested"
+        if requested
+        else "stride > 1"
+        if p.sh * p.sw > 1
+        else f"batch {p.n} < 8"
+        if p.n < 8
+        else f"the batch-inner layout saves too few Q ({_bi_q(p)} vs {_std_q(p)} per image)"
+    )
+    return _Pass(
+        "standard",
+        fwd,
+        gx,
+        gw,
+        fwd_lay,
+        bwd_lay,
+        p.n,
+        False,
+        fwd_lay.size * isz,
+        bwd_bytes,
+        why_layout,
+        _tile(p.kg)[2] + _image_tiles_note(fwd),
+        why_gw,
+        why_gx,
+        phases,
+    )
 
 
 def _image_tiles_note(t: CorrTiling) -> str:
     return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
 
 
-def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool,
-                     requested: bool) -> _Pass:
+def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
     isz = dtype.itemsize
     hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
@@ -488,13 +587,33 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
     bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads)
-    why_layout = ("batch-inner: requested" if requested else
-                  f"batch-inner: stride 1, batch {p.n} >= 8 and {_bi_q(p)} Q per image instead of {_std_q(p)} "
-                  f"(<= 3/4): no padding rows computed")
-    why_gx = ("skipped (need_input_grad=False)" if gx is None else
-              "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)")
-    return _Pass("batch-inner", fwd, gx, gw, lay, lay, p.n, False, lay.size * isz, bwd_bytes, why_layout,
-                 _tile(p.kg)[2], "contiguous segments over the batch-inner Q", why_gx)
+    why_layout = (
+        "batch-inner: requested"
+        if requested
+        else f"batch-inner: stride 1, batch {p.n} >= 8 and {_bi_q(p)} Q per image instead of {_std_q(p)} "
+        f"(<= 3/4): no padding rows computed"
+    )
+    why_gx = (
+        "skipped (need_input_grad=False)"
+        if gx is None
+        else "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)"
+    )
+    return _Pass(
+        "batch-inner",
+        fwd,
+        gx,
+        gw,
+        lay,
+        lay,
+        p.n,
+        False,
+        lay.size * isz,
+        bwd_bytes,
+        why_layout,
+        _tile(p.kg)[2],
+        "contiguous segments over the batch-inner Q",
+        why_gx,
+    )
 
 
 def chunk_images(p: Conv2dParams, itemsize: int) -> int:
@@ -524,8 +643,22 @@ def _cpu_im2col(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad:
     bwd_bytes = (lay.size + gyc) * isz + _partials_bytes(p, nb if in_place else nb * plane, threads)
     why_layout = f"column: {nb} image(s) per chunk within {COLUMN_WORKSPACE_BYTES // 2**20} MiB"
     why_gx = "skipped (need_input_grad=False)" if gx is None else "column gradient GEMM, then col2im"
-    return _Pass("column", fwd, gx, gw, lay, lay, nb, in_place, lay.size * isz, bwd_bytes, why_layout,
-                 _tile(p.kg)[2], why_gw, why_gx)
+    return _Pass(
+        "column",
+        fwd,
+        gx,
+        gw,
+        lay,
+        lay,
+        nb,
+        in_place,
+        lay.size * isz,
+        bwd_bytes,
+        why_layout,
+        _tile(p.kg)[2],
+        why_gw,
+        why_gx,
+    )
 
 
 # --------------------------------------------------------------------------- CPU: strided grad_x
@@ -598,8 +731,10 @@ WINOGRAD_F4_MAX_DEPTH = 4608
 def check_winograd(p: Conv2dParams, backend: str) -> None:
     """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
     if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
-        raise ValueError(f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
-                         f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}")
+        raise ValueError(
+            f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
+            f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}"
+        )
     if backend != "cpu":
         raise ValueError(f"algorithm='winograd' runs on the CPU only, got {backend} arrays")
 
@@ -612,8 +747,10 @@ def winograd_tile(p: Conv2dParams) -> tuple[int, str]:
     cost2 = 16 * -(-p.oh // 2) * -(-p.ow // 2)
     depth = 9 * max(p.cg, p.kg)  # the longest sum (forward: C/g*9, grad_x: K/g*9)
     if depth > WINOGRAD_F4_MAX_DEPTH:
-        return 2, (f"F(2×2, 3×3): F(4×4)'s float32 error was measured <= 1e-5 only up to "
-                   f"{WINOGRAD_F4_MAX_DEPTH} products per output, here {depth}")
+        return 2, (
+            f"F(2×2, 3×3): F(4×4)'s float32 error was measured <= 1e-5 only up to "
+            f"{WINOGRAD_F4_MAX_DEPTH} products per output, here {depth}"
+        )
     if cost2 <= cost4:
         return 2, f"F(2×2, 3×3): {cost2} transformed points per plane vs {cost4} for F(4×4)"
     return 4, f"F(4×4, 3×3): {cost4} transformed points per plane vs {cost2} for F(2×2)"
@@ -638,10 +775,29 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gx = _corr_column(p.cg, p.kg, isz) if need_input_grad else None
     ws = a2 * (p.c + p.k) * ld * isz + a2 * p.k * p.cg * isz
     bwd_bytes = max(wplan.cpu.backward_workspace_bytes, ws if need_input_grad else 0)
-    why_layout = (f"transformed: {why_m}; {tc} tiles per chunk ({_mib(ws)} of transformed input and GEMM "
-                  f"output); the {a2} transformed points' GEMMs run as one engine call")
-    why_gx = ("skipped (need_input_grad=False)" if gx is None else
-              f"Winograd F({m}×{m}, 3×3) of grad_output with the rotated kernel (a full correlation)")
-    return _Pass("transformed", fwd, gx, wplan.cpu.grad_weight, fwd_lay, bwd_lay, p.n, False, ws, bwd_bytes,
-                 why_layout, _tile(p.kg)[2], "the direct path's: " + wplan.reason("grad_weight"), why_gx,
-                 winograd=wino)
+    why_layout = (
+        f"transformed: {why_m}; {tc} tiles per chunk ({_mib(ws)} of transformed input and GEMM "
+        f"output); the {a2} transformed points' GEMMs run as one engine call"
+    )
+    why_gx = (
+        "skipped (need_input_grad=False)"
+        if gx is None
+        else f"Winograd F({m}×{m}, 3×3) of grad_output with the rotated kernel (a full correlation)"
+    )
+    return _Pass(
+        "transformed",
+        fwd,
+        gx,
+        wplan.cpu.grad_weight,
+        fwd_lay,
+        bwd_lay,
+        p.n,
+        False,
+        ws,
+        bwd_bytes,
+        why_layout,
+        _tile(p.kg)[2],
+        "the direct path's: " + wplan.reason("grad_weight"),
+        why_gx,
+        winograd=wino,
+    )

@@ -32,12 +32,21 @@ from ._params import (
 from ._plan import ConvPlan, build_plan
 from .ops import Conv2dOp, _threads
 
-__all__ = ["avg_pool2d", "avg_pool2d_backward", "conv2d_padded", "conv2d_padded_backward", "conv_transpose2d",
-           "conv_transpose2d_backward", "max_unpool2d", "max_unpool2d_backward"]
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d_padded",
+    "conv2d_padded_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
+]
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any, count_include_pad: Any,
-               divisor_override: Any) -> Any:
+def avg_pool2d(
+    x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any, count_include_pad: Any, divisor_override: Any
+) -> Any:
     be = backend(backend_name(x=x))
     xa = be.asarray(x, "x")
     p = avg_pool2d_params(xa.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -47,12 +56,21 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: A
     return be.avg_pool2d_forward(be.ascompute(xa, dtype), p)
 
 
-def avg_pool2d_backward(grad_output: Any, input_shape: Any, kernel_size: Any, stride: Any, padding: Any,
-                        ceil_mode: Any, count_include_pad: Any, divisor_override: Any) -> Any:
+def avg_pool2d_backward(
+    grad_output: Any,
+    input_shape: Any,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: Any,
+    count_include_pad: Any,
+    divisor_override: Any,
+) -> Any:
     be = backend(backend_name(grad_output=grad_output))
     gy = be.asarray(grad_output, "grad_output")
-    p = avg_pool2d_params(pool_input_shape(input_shape), kernel_size, stride, padding, ceil_mode,
-                          count_include_pad, divisor_override)
+    p = avg_pool2d_params(
+        pool_input_shape(input_shape), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
     check_grad_output(gy.shape, p.y_shape)
     dtype = compute_dtype(gy.dtype)
     if p.n == 0:
@@ -71,15 +89,25 @@ def _conv_plan(t: ConvTranspose2dParams, dtype: Any, name: str, algorithm: str) 
     return build_plan(t.conv, dtype, name, _threads(name), True, alg)
 
 
-def conv_transpose2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, output_padding: Any, groups: Any,
-                     dilation: Any, algorithm: str) -> Any:
+def conv_transpose2d(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    output_padding: Any,
+    groups: Any,
+    dilation: Any,
+    algorithm: str,
+) -> Any:
     check_algorithm(algorithm)
     name = backend_name(x=x, weight=weight, bias=bias)
     be = backend(name)
     xa, wa = be.asarray(x, "x"), be.asarray(weight, "weight")
     ba = None if bias is None else be.asarray(bias, "bias")
-    t = conv_transpose2d_params(xa.shape, wa.shape, None if ba is None else ba.shape, stride, padding,
-                                output_padding, groups, dilation)
+    t = conv_transpose2d_params(
+        xa.shape, wa.shape, None if ba is None else ba.shape, stride, padding, output_padding, groups, dilation
+    )
     dtype = compute_dtype(xa.dtype, wa.dtype, None if ba is None else ba.dtype)
     if t.n == 0:
         return be.zeros(t.y_shape, dtype)
@@ -91,9 +119,18 @@ def conv_transpose2d(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     return y if ba is None else be.add_bias(y, be.ascompute(ba, dtype))
 
 
-def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding: Any,
-                              output_padding: Any, groups: Any, dilation: Any, algorithm: str,
-                              need_input_grad: Any) -> tuple[Any, Any, Any]:
+def conv_transpose2d_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: Any,
+    padding: Any,
+    output_padding: Any,
+    groups: Any,
+    dilation: Any,
+    algorithm: str,
+    need_input_grad: Any,
+) -> tuple[Any, Any, Any]:
     """(grad_x or None, grad_weight, grad_bias): grad_x is conv2d(grad_output,
     weight), grad_weight conv2d's grad_weight with x as its grad_output and
     grad_output as its input, grad_bias the channel sums of grad_output."""
@@ -126,8 +163,9 @@ def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any
 # --------------------------------------------------------------------------- max_unpool2d
 
 
-def _unpool_args(x: Any, indices: Any, kernel_size: Any, stride: Any, padding: Any, output_size: Any
-                 ) -> tuple[Any, Any, Any, Unpool2dParams]:
+def _unpool_args(
+    x: Any, indices: Any, kernel_size: Any, stride: Any, padding: Any, output_size: Any
+) -> tuple[Any, Any, Any, Unpool2dParams]:
     be = backend(backend_name(x=x, indices=indices))
     xa, idx = be.asarray(x, "x"), be.asarray(indices, "indices")
     p = max_unpool2d_params(xa.shape, idx.dtype, idx.shape, kernel_size, stride, padding, output_size)
@@ -145,8 +183,9 @@ def max_unpool2d(x: Any, indices: Any, kernel_size: Any, stride: Any, padding: A
     return be.max_unpool2d_forward(be.ascompute(xa, dtype), idx, (p.oh, p.ow))
 
 
-def max_unpool2d_backward(grad_output: Any, indices: Any, kernel_size: Any, stride: Any, padding: Any,
-                          output_size: Any) -> Any:
+def max_unpool2d_backward(
+    grad_output: Any, indices: Any, kernel_size: Any, stride: Any, padding: Any, output_size: Any
+) -> Any:
     """grad_x (the shape of indices): grad_output read at each index."""
     be = backend(backend_name(grad_output=grad_output, indices=indices))
     gya, idx = be.asarray(grad_output, "grad_output"), be.asarray(indices, "indices")
@@ -164,8 +203,9 @@ def max_unpool2d_backward(grad_output: Any, indices: Any, kernel_size: Any, stri
 # --------------------------------------------------------------------------- conv2d with a padding mode
 
 
-def _padded_conv(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
-                 padding_mode: str) -> tuple[Any, Any, Conv2dParams, tuple[int, int, int, int], Any]:
+def _padded_conv(
+    x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any, padding_mode: str
+) -> tuple[Any, Any, Conv2dParams, tuple[int, int, int, int], Any]:
     """(backend, x as a compute array, conv2d's params, the explicit pads, the
     dtype) of conv2d with a non-zeros padding mode."""
     be = backend(backend_name(x=x, weight=weight, bias=bias))
@@ -177,8 +217,17 @@ def _padded_conv(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dila
     return be, be.ascompute(xa, dtype), p, pads, dtype
 
 
-def conv2d_padded(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
-                  padding_mode: str, algorithm: str) -> Any:
+def conv2d_padded(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    padding_mode: str,
+    algorithm: str,
+) -> Any:
     """conv2d after an explicit pad in ``padding_mode`` ("reflect", "replicate", "circular")."""
     check_algorithm(algorithm)
     be, xc, p, pads, dtype = _padded_conv(x, weight, bias, stride, padding, dilation, groups, padding_mode)
@@ -188,9 +237,18 @@ def conv2d_padded(x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dil
     return op.forward(be.pad_input(xc, pads, padding_mode), weight, bias, keep_for_backward=False)
 
 
-def conv2d_padded_backward(grad_output: Any, x: Any, weight: Any, stride: Any, padding: Any, dilation: Any,
-                           groups: Any, padding_mode: str, algorithm: str, need_input_grad: Any
-                           ) -> tuple[Any, Any, Any]:
+def conv2d_padded_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    padding_mode: str,
+    algorithm: str,
+    need_input_grad: Any,
+) -> tuple[Any, Any, Any]:
     """conv2d_backward on the padded input, grad_x folded back (padded cells to their sources)."""
     check_algorithm(algorithm)
     nig = check_bool(need_input_grad, "need_input_grad")

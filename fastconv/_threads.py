@@ -47,11 +47,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 STOP_IDLE_BLAS_WORKERS = True
 
 _lock = threading.Lock()
-_active = 0                               # blas_limited calls in flight, all Python threads
-_restore: list[tuple[Any, int]] = []      # (library controller, count) set by the outermost entry
-_pools: list[Any] = []                    # BLAS library controllers, cached
-_stoppable: list[tuple[Any, Any]] = []    # (controller, blas_thread_shutdown_) of OpenBLAS pthreads pools
-_pools_key = -1                           # len(sys.modules) when _pools was built
+_active = 0  # blas_limited calls in flight, all Python threads
+_restore: list[tuple[Any, int]] = []  # (library controller, count) set by the outermost entry
+_pools: list[Any] = []  # BLAS library controllers, cached
+_stoppable: list[tuple[Any, Any]] = []  # (controller, blas_thread_shutdown_) of OpenBLAS pthreads pools
+_pools_key = -1  # len(sys.modules) when _pools was built
 
 
 # --------------------------------------------------------------------------- the loaded pools
@@ -96,10 +96,12 @@ def stop_idle_blas_workers() -> None:
 
 def guarded(fn: F) -> F:
     """Decorator for functions that call no BLAS: stop idle OpenBLAS workers first."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         stop_idle_blas_workers()
         return fn(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -147,6 +149,7 @@ def single_thread_blas() -> Iterator[None]:
 
 def blas_limited(fn: F) -> F:
     """Decorator: run ``fn`` inside ``single_thread_blas()``."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _enter()
@@ -154,6 +157,7 @@ def blas_limited(fn: F) -> F:
             return fn(*args, **kwargs)
         finally:
             _exit()
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -169,8 +173,10 @@ def _check_threads(n: Any) -> int:
     except TypeError:
         raise TypeError(f"n must be a positive int, got {type(n).__name__} {n!r}") from None
     if not 1 <= n <= limit:
-        raise ValueError(f"n must be between 1 and {limit} (Numba's NUMBA_NUM_THREADS, fixed when "
-                         f"Numba starts its thread pool), got {n}")
+        raise ValueError(
+            f"n must be between 1 and {limit} (Numba's NUMBA_NUM_THREADS, fixed when "
+            f"Numba starts its thread pool), got {n}"
+        )
     return n
 
 
@@ -252,6 +258,7 @@ def _threading_layer() -> str:
     """Numba's threading layer, started if no parallel region has started it yet."""
     try:
         from numba.np.ufunc.parallel import _launch_threads
+
         _launch_threads()
         return numba.threading_layer()
     except Exception as e:  # the report must print whatever Numba's state
@@ -261,6 +268,7 @@ def _threading_layer() -> str:
 def _cuda_line() -> str:
     try:
         from . import cuda
+
         reason = cuda._unavailable_reason()
     except Exception as e:  # an import failure is itself the answer
         reason = f"{type(e).__name__}: {e}"
@@ -271,14 +279,17 @@ def _pool_lines() -> list[str]:
     lines = []
     for info in threadpoolctl.threadpool_info():
         extra = f", {info['threading_layer']}" if info.get("threading_layer") else ""
-        lines.append(f"  {info['user_api']:<7} {info['internal_api']} {info.get('version') or '?'}{extra}: "
-                     f"{info['num_threads']} threads  ({info['filepath']})")
+        lines.append(
+            f"  {info['user_api']:<7} {info['internal_api']} {info.get('version') or '?'}{extra}: "
+            f"{info['num_threads']} threads  ({info['filepath']})"
+        )
     return lines or ["  (none loaded)"]
 
 
 def config_lines() -> list[str]:
     """The lines ``show_config`` prints."""
-    from . import __version__
+    from ._version import __version__
+
     torch = _torch()
     lines = [
         f"fastconv {__version__}",
@@ -290,12 +301,17 @@ def config_lines() -> list[str]:
         f"(NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})",  # type: ignore[attr-defined]
         "thread pools (threadpoolctl):",
         *_pool_lines(),
-        "fastconv: stops idle OpenBLAS workers before its kernels" + ("" if STOP_IDLE_BLAS_WORKERS else " (off)")
+        "fastconv: stops idle OpenBLAS workers before its kernels"
+        + ("" if STOP_IDLE_BLAS_WORKERS else " (off)")
         + "; fastconv.nn runs BLAS on 1 thread during fit/evaluate/predict (counts restored after)",
         f"CUDA: {_cuda_line()}",
     ]
-    env = {v: os.environ[v] for v in sorted(os.environ) if v.endswith("_NUM_THREADS") or v in (
-        "NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")}
+    env = {
+        v: os.environ[v]
+        for v in sorted(os.environ)
+        if v.endswith("_NUM_THREADS")
+        or v in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")
+    }
     lines.append("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "no thread variables set"))
     return lines
 

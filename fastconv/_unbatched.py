@@ -40,8 +40,10 @@ def _reshape(a: Any, shape: tuple[int, ...], name: str) -> Any:
 
         da = cuda.asarray(a, name)
         if not da.is_c_contiguous():  # numba cannot view a strided device array with a new axis
-            raise ValueError(f"{name}: an unbatched (3-D) CUDA array must be C-contiguous, got strides "
-                             f"{tuple(da.strides)} for shape {tuple(da.shape)}; pass a contiguous copy or a 4-D batch")
+            raise ValueError(
+                f"{name}: an unbatched (3-D) CUDA array must be C-contiguous, got strides "
+                f"{tuple(da.strides)} for shape {tuple(da.shape)}; pass a contiguous copy or a 4-D batch"
+            )
         return da.reshape(shape)
     return np.asarray(a).reshape(shape)
 
@@ -55,8 +57,10 @@ def lift(a: Any, name: str, layout: str = "(C, H, W)") -> tuple[Any, bool]:
     if len(shape) == 3:
         return _reshape(a, (1,) + shape, name), True
     batched = "(N, " + layout[1:]
-    raise ValueError(f"{name} must be a 3-D {layout} (unbatched) or 4-D {batched} (batched) array, "
-                     f"got a {len(shape)}-D array of shape {shape}")
+    raise ValueError(
+        f"{name} must be a 3-D {layout} (unbatched) or 4-D {batched} (batched) array, "
+        f"got a {len(shape)}-D array of shape {shape}"
+    )
 
 
 def check_like(a: Any, name: str, unbatched: bool, layout: str, like: str = "x") -> Any:
@@ -66,8 +70,10 @@ def check_like(a: Any, name: str, unbatched: bool, layout: str, like: str = "x")
         return a
     a, shape = _shape(a, name)
     if shape is not None and len(shape) != 3:
-        raise ValueError(f"{name} must be a 3-D array {layout} like the unbatched {like}, "
-                         f"got a {len(shape)}-D array of shape {shape}")
+        raise ValueError(
+            f"{name} must be a 3-D array {layout} like the unbatched {like}, "
+            f"got a {len(shape)}-D array of shape {shape}"
+        )
     return a if shape is None else _reshape(a, (1,) + shape, name)
 
 

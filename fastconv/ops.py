@@ -48,10 +48,21 @@ def _threads(backend_name: str) -> int:
     return numba.get_num_threads()
 
 
-def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtype: DTypeLike = "float32",
-                stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1, algorithm: str = "auto",
-                need_input_grad: bool = True, backend: str = "cpu", threads: int | None = None,
-                layout: str | None = None) -> ConvPlan:
+def plan_conv2d(
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    *,
+    dtype: DTypeLike = "float32",
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    algorithm: str = "auto",
+    need_input_grad: bool = True,
+    backend: str = "cpu",
+    threads: int | None = None,
+    layout: str | None = None,
+) -> ConvPlan:
     """The plan ``conv2d``/``conv2d_backward`` run for these shapes and options.
 
     ``dtype``: the inputs' dtype (the plan is for the compute dtype: float32 or
@@ -80,8 +91,9 @@ def plan_conv2d(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, dtyp
     return build_plan(p, dt, backend, threads, need_input_grad, algorithm, layout)
 
 
-def _auto_plan(p: Conv2dParams, dtype: np.dtype, name: str, threads: int, need_input_grad: bool,
-               algorithm: str) -> ConvPlan:
+def _auto_plan(
+    p: Conv2dParams, dtype: np.dtype, name: str, threads: int, need_input_grad: bool, algorithm: str
+) -> ConvPlan:
     """build_plan, or with ``fastconv.set_benchmark(True)`` the measured plan of a CPU "auto"
     (timed with the current thread count, so only for a plan made for it)."""
     if algorithm == "auto" and name == "cpu" and _benchmark_mode.benchmark_enabled() and threads == _threads(name):
@@ -105,8 +117,16 @@ class Conv2dOp:
     ``dataclasses.replace``), for inputs of its shapes and dtype.
     """
 
-    def __init__(self, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
-                 algorithm: str = "auto", need_input_grad: bool = True):
+    def __init__(
+        self,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        *,
+        algorithm: str = "auto",
+        need_input_grad: bool = True,
+    ):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.algorithm = check_algorithm(algorithm)
         self.need_input_grad = check_bool(need_input_grad, "need_input_grad")
@@ -122,29 +142,43 @@ class Conv2dOp:
         """An op that runs exactly ``plan`` (inputs must match its shapes, dtype and backend)."""
         p = plan.params
         padding = (p.ph, p.pw) if (p.ph, p.pw) == (p.ph_end, p.pw_end) else "same"
-        op = cls((p.sh, p.sw), padding, (p.dh, p.dw), p.groups, algorithm=plan.algorithm,
-                 need_input_grad=plan.need_input_grad)
+        op = cls(
+            (p.sh, p.sw),
+            padding,
+            (p.dh, p.dw),
+            p.groups,
+            algorithm=plan.algorithm,
+            need_input_grad=plan.need_input_grad,
+        )
         op._fixed = plan
         return op
 
-    def _params(self, x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
-                bias_shape: tuple[int, ...] | None) -> Conv2dParams:
+    def _params(
+        self, x_shape: tuple[int, ...], weight_shape: tuple[int, ...], bias_shape: tuple[int, ...] | None
+    ) -> Conv2dParams:
         return conv2d_params(x_shape, weight_shape, bias_shape, self.stride, self.padding, self.dilation, self.groups)
 
     def _plan_for(self, p: Conv2dParams, dtype: np.dtype, name: str, need_input_grad: bool) -> ConvPlan:
         if self._fixed is not None:
             f = self._fixed
             if (p, dtype.name, name, need_input_grad) != (f.params, f.dtype, f.backend, f.need_input_grad):
-                raise ValueError(f"this Conv2dOp runs a fixed plan for x {f.params.x_shape}, weight "
-                                 f"{f.params.weight_shape}, {f.dtype} on {f.backend}, need_input_grad="
-                                 f"{f.need_input_grad}; got x {p.x_shape}, weight {p.weight_shape}, {dtype.name} "
-                                 f"on {name}, need_input_grad={need_input_grad}")
+                raise ValueError(
+                    f"this Conv2dOp runs a fixed plan for x {f.params.x_shape}, weight "
+                    f"{f.params.weight_shape}, {f.dtype} on {f.backend}, need_input_grad="
+                    f"{f.need_input_grad}; got x {p.x_shape}, weight {p.weight_shape}, {dtype.name} "
+                    f"on {name}, need_input_grad={need_input_grad}"
+                )
             self.plan = f
             return f
         threads = _threads(name)
         last = self.plan
-        if last is not None and (last.params, last.dtype, last.backend, last.need_input_grad, last.threads) == \
-                (p, dtype.name, name, need_input_grad, threads):
+        if last is not None and (last.params, last.dtype, last.backend, last.need_input_grad, last.threads) == (
+            p,
+            dtype.name,
+            name,
+            need_input_grad,
+            threads,
+        ):
             return last
         self.plan = plan = _auto_plan(p, dtype, name, threads, need_input_grad, self.algorithm)
         return plan
@@ -152,8 +186,9 @@ class Conv2dOp:
     def _release(self) -> None:
         self._inputs = self._x_compute = self._kept = self._kept_params = None
 
-    def forward(self, x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
-                keep_for_backward: bool = True) -> NDArray[Any]:
+    def forward(
+        self, x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *, keep_for_backward: bool = True
+    ) -> NDArray[Any]:
         """y (N, K, OH, OW) = conv2d(x, weight, bias).  ``keep_for_backward=False``
         (inference) retains nothing, and ``backward`` then needs a new forward."""
         self._release()
@@ -186,8 +221,9 @@ class Conv2dOp:
         self._kept = None  # used once; the retained inputs stay for another backward
         return grads
 
-    def backward_from(self, grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, *,
-                      need_input_grad: bool | None = None) -> Grads:
+    def backward_from(
+        self, grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, *, need_input_grad: bool | None = None
+    ) -> Grads:
         """(grad_x, grad_weight, grad_bias) of conv2d for ``grad_output``
         (N, K, OH, OW) and explicit inputs x, weight (``fastconv.conv2d_backward``)."""
         nig = check_bool(self.need_input_grad if need_input_grad is None else need_input_grad, "need_input_grad")
@@ -221,8 +257,9 @@ class MaxPool2dOp:
     (inference) computes no indices.
     """
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                 ceil_mode: bool = False):
+    def __init__(
+        self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False
+    ):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode = dilation, ceil_mode
         self.indices: Any = None
@@ -256,8 +293,9 @@ class MaxPool2dOp:
         return pool_scatter(be, gy, indices, shape, dtype)
 
 
-def pool_backward_args(grad_output: ArrayLike, indices: ArrayLike, input_shape: Any
-                       ) -> tuple[Any, Any, Any, tuple[int, int, int, int], np.dtype]:
+def pool_backward_args(
+    grad_output: ArrayLike, indices: ArrayLike, input_shape: Any
+) -> tuple[Any, Any, Any, tuple[int, int, int, int], np.dtype]:
     """Validated (backend, grad_output, indices, input shape, compute dtype) of a max-pool backward."""
     name = backend_name(grad_output=grad_output, indices=indices)
     be = backend(name)

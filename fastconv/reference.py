@@ -18,24 +18,36 @@ from ._params import (
     Conv2dParams,
     Pool2dParams,
     as_host_array,
+    avg_pool2d_params,
     check_grad_output,
+    check_padding_mode,
     check_pool_index_range,
     check_pool_indices,
-    conv2d_params,
-    pool2d_params,
-    avg_pool2d_params,
-    check_padding_mode,
     check_unpool_index_range,
+    conv2d_params,
     conv_transpose2d_params,
     explicit_pads,
     max_unpool2d_params,
+    pool2d_params,
     pool_input_shape,
 )
 from ._unbatched import check_like, drop, lift, lift_shape
 
-__all__ = ["avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "conv2d_padded",
-           "conv2d_padded_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
-           "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward", "pad"]
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_padded",
+    "conv2d_padded_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
+    "pad",
+]
 
 
 def _tap(xp: np.ndarray, p: Conv2dParams, i: int, j: int) -> tuple[slice, slice]:
@@ -48,8 +60,9 @@ def _pad(x: np.ndarray, p: Conv2dParams) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (p.ph, p.ph_end), (p.pw, p.pw_end)))
 
 
-def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, groups: Any = 1) -> np.ndarray:
+def conv2d(
+    x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: Any = 1
+) -> np.ndarray:
     """y (N, K, OH, OW) = cross-correlation of x (N, C, H, W) with weight (K, C/groups, R, S)."""
     x, unbatched = lift(as_host_array(x, "x").astype(np.float64), "x")
     weight = as_host_array(weight, "weight").astype(np.float64)
@@ -68,8 +81,9 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     return drop(y, unbatched)
 
 
-def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
-                    dilation: Any = 1, groups: Any = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv2d_backward(
+    grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: Any = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(grad_x, grad_weight, grad_bias) of conv2d for grad_output (N, K, OH, OW)."""
     x, unbatched = lift(as_host_array(x, "x").astype(np.float64), "x")
     weight = as_host_array(weight, "weight").astype(np.float64)
@@ -87,7 +101,7 @@ def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padd
                 rs, cs = _tap(xp, p, i, j)
                 gw[ks, :, i, j] = np.einsum("nkhw,nchw->kc", gy[:, ks], xp[:, xs, rs, cs])
                 gxp[:, xs, rs, cs] += np.einsum("nkhw,kc->nchw", gy[:, ks], weight[ks, :, i, j])
-    gx = gxp[:, :, p.ph:p.ph + p.h, p.pw:p.pw + p.w].copy()
+    gx = gxp[:, :, p.ph : p.ph + p.h, p.pw : p.pw + p.w].copy()
     return drop(gx, unbatched), gw, gy.sum(axis=(0, 2, 3))
 
 
@@ -98,8 +112,15 @@ def _pool_windows(p: Pool2dParams, oi: int, oj: int) -> tuple[list[int], list[in
     return [r for r in rows if 0 <= r < p.h], [c for c in cols if 0 <= c < p.w]
 
 
-def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-               ceil_mode: bool = False, return_indices: bool = False):
+def max_pool2d(
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
     """y (N, C, OH, OW), and int64 indices into each H*W plane if ``return_indices``.
 
     Scan order is row-major within the window; a value replaces the running
@@ -165,8 +186,15 @@ def _avg_windows(p: AvgPool2dParams, oi: int, oj: int) -> tuple[slice, slice, fl
     return slice(hs, he), slice(ws, we), float(div)
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: Any = None) -> np.ndarray:
+def avg_pool2d(
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Any = None,
+) -> np.ndarray:
     """y (N, C, OH, OW): each window's sum over its in-bounds taps / its divisor."""
     x = as_host_array(x, "x").astype(np.float64)
     x, unbatched = lift(x, "x")
@@ -179,15 +207,23 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, c
     return drop(y, unbatched)
 
 
-def avg_pool2d_backward(grad_output: Any, input_shape: Any, kernel_size: Any, stride: Any = None,
-                        padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-                        divisor_override: Any = None) -> np.ndarray:
+def avg_pool2d_backward(
+    grad_output: Any,
+    input_shape: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: Any = None,
+) -> np.ndarray:
     """grad_x (input_shape): each output's gradient / divisor added to its window's in-bounds taps."""
     gy = as_host_array(grad_output, "grad_output").astype(np.float64)
     shape, unbatched = lift_shape(input_shape)
     gy = check_like(gy, "grad_output", unbatched, "(C, OH, OW)", "input_shape")
-    p = avg_pool2d_params(pool_input_shape(shape), kernel_size, stride, padding, ceil_mode, count_include_pad,
-                          divisor_override)
+    p = avg_pool2d_params(
+        pool_input_shape(shape), kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
     check_grad_output(gy.shape, p.y_shape)
     gx = np.zeros(p.x_shape)
     for oi in range(p.oh):
@@ -200,16 +236,25 @@ def avg_pool2d_backward(grad_output: Any, input_shape: Any, kernel_size: Any, st
 # --------------------------------------------------------------------------- conv_transpose2d
 
 
-def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                     output_padding: Any = 0, groups: Any = 1, dilation: Any = 1) -> np.ndarray:
+def conv_transpose2d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: Any = 1,
+    dilation: Any = 1,
+) -> np.ndarray:
     """y (N, C_out, H_out, W_out): every input pixel scatters its weighted kernel
     (weight (C_in, C_out/groups, R, S)) to the output, then the padding is cut off."""
     x = as_host_array(x, "x").astype(np.float64)
     x, unbatched = lift(x, "x")
     weight = as_host_array(weight, "weight").astype(np.float64)
     b = None if bias is None else as_host_array(bias, "bias").astype(np.float64)
-    t = conv_transpose2d_params(x.shape, weight.shape, None if b is None else b.shape, stride, padding,
-                                output_padding, groups, dilation)
+    t = conv_transpose2d_params(
+        x.shape, weight.shape, None if b is None else b.shape, stride, padding, output_padding, groups, dilation
+    )
     p = t.conv
     # the full (uncropped) output: rows -ph .. of the padded conv input
     yp = np.zeros((t.n, t.c_out, p.h + 2 * p.ph + p.sh, p.w + 2 * p.pw + p.sw))
@@ -222,15 +267,22 @@ def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, pad
                 rs = slice(r0, r0 + p.sh * (t.h - 1) + 1, p.sh)
                 cs = slice(c0, c0 + p.sw * (t.w - 1) + 1, p.sw)
                 yp[:, ys, rs, cs] += np.einsum("nkhw,kc->nchw", x[:, xs], weight[xs, :, i, j])
-    y = yp[:, :, p.ph:p.ph + p.h, p.pw:p.pw + p.w].copy()
+    y = yp[:, :, p.ph : p.ph + p.h, p.pw : p.pw + p.w].copy()
     if b is not None:
         y += b[None, :, None, None]
     return drop(y, unbatched)
 
 
-def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
-                              output_padding: Any = 0, groups: Any = 1, dilation: Any = 1
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv_transpose2d_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: Any = 1,
+    dilation: Any = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(grad_x, grad_weight, grad_bias) of conv_transpose2d: grad_x is conv2d of
     grad_output (cut to x's size), grad_weight conv2d's grad_weight with the roles
     of x and grad_output swapped."""
@@ -243,7 +295,7 @@ def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any
     check_grad_output(gy.shape, t.y_shape)
     p = t.conv
     geometry = ((p.sh, p.sw), (p.ph, p.pw), (p.dh, p.dw), p.groups)
-    gx = conv2d(gy, weight, None, *geometry)[:, :, :t.h, :t.w].copy()
+    gx = conv2d(gy, weight, None, *geometry)[:, :, : t.h, : t.w].copy()
     xe = np.pad(x, ((0, 0), (0, 0), (0, t.extra_h), (0, t.extra_w)))
     _, gw, _ = conv2d_backward(xe, gy, weight, *geometry)
     return drop(gx, unbatched), gw, gy.sum(axis=(0, 2, 3))
@@ -252,8 +304,9 @@ def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: Any
 # --------------------------------------------------------------------------- max_unpool2d
 
 
-def max_unpool2d(x: Any, indices: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 output_size: Any = None) -> np.ndarray:
+def max_unpool2d(
+    x: Any, indices: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, output_size: Any = None
+) -> np.ndarray:
     """y (N, C, OH, OW): zeros, x's values written at their flat indices in order."""
     x = as_host_array(x, "x").astype(np.float64)
     x, unbatched = lift(x, "x")
@@ -268,8 +321,9 @@ def max_unpool2d(x: Any, indices: Any, kernel_size: Any, stride: Any = None, pad
     return drop(y.reshape(p.y_shape), unbatched)
 
 
-def max_unpool2d_backward(grad_output: Any, indices: Any, kernel_size: Any, stride: Any = None,
-                          padding: Any = 0, output_size: Any = None) -> np.ndarray:
+def max_unpool2d_backward(
+    grad_output: Any, indices: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, output_size: Any = None
+) -> np.ndarray:
     """grad_x (the shape of indices): grad_output read at each index."""
     idx = np.asarray(indices)
     idx, unbatched = lift(idx, "indices")
@@ -297,8 +351,16 @@ def pad(x: Any, pads: tuple[int, int, int, int], mode: str = "zeros") -> np.ndar
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=_NP_PAD_MODES[check_padding_mode(mode)])
 
 
-def conv2d_padded(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
-                  groups: Any = 1, padding_mode: str = "zeros") -> np.ndarray:
+def conv2d_padded(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+    padding_mode: str = "zeros",
+) -> np.ndarray:
     """conv2d with ``torch.nn.Conv2d``'s padding_mode: pad, then convolve with padding 0."""
     x = as_host_array(x, "x").astype(np.float64)
     w = as_host_array(weight, "weight")
@@ -307,9 +369,16 @@ def conv2d_padded(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddin
     return conv2d(pad(x, pads, padding_mode), w, bias, stride, 0, dilation, groups)
 
 
-def conv2d_padded_backward(grad_output: Any, x: Any, weight: Any, stride: Any = 1, padding: Any = 0,
-                           dilation: Any = 1, groups: Any = 1, padding_mode: str = "zeros"
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv2d_padded_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+    padding_mode: str = "zeros",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """conv2d_backward on the padded input; grad_x is the padded gradient folded
     back: the gradient of the linear map ``pad``, taken column by column."""
     x = as_host_array(x, "x").astype(np.float64)

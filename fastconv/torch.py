@@ -33,8 +33,8 @@ try:
     import torch
 except ImportError:  # one line, no chained traceback: the fix is an install
     raise ImportError(
-        "fastconv.torch needs PyTorch, which is not installed: pip install 'fastconv[torch]' "
-        "(or pip install torch)") from None
+        "fastconv.torch needs PyTorch, which is not installed: pip install 'fastconv[torch]' (or pip install torch)"
+    ) from None
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,14 +109,20 @@ def _check_tensors(op: str, **tensors: torch.Tensor | None) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"fastconv.torch.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"fastconv.torch.{op}: {name} has dtype {t.dtype}; fastconv computes in "
-                            f"torch.float32 and torch.float64 only (cast the model with .float() or .double())")
+            raise TypeError(
+                f"fastconv.torch.{op}: {name} has dtype {t.dtype}; fastconv computes in "
+                f"torch.float32 and torch.float64 only (cast the model with .float() or .double())"
+            )
         if t.dtype != first.dtype:
-            raise TypeError(f"fastconv.torch.{op}: {name} has dtype {t.dtype} but {first_name} has "
-                            f"{first.dtype}; they must be equal (as in torch)")
+            raise TypeError(
+                f"fastconv.torch.{op}: {name} has dtype {t.dtype} but {first_name} has "
+                f"{first.dtype}; they must be equal (as in torch)"
+            )
         if t.device != first.device:
-            raise TypeError(f"fastconv.torch.{op}: {name} is on {t.device} but {first_name} is on "
-                            f"{first.device}; they must be on the same device")
+            raise TypeError(
+                f"fastconv.torch.{op}: {name} is on {t.device} but {first_name} is on "
+                f"{first.device}; they must be on the same device"
+            )
     _io(first.device)
 
 
@@ -128,11 +134,26 @@ class Conv2dFunction(torch.autograd.Function):
     ``fastconv.conv2d_backward`` with ``need_input_grad`` from ``ctx``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: Any, padding: Any, dilation: Any, groups: int) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+    ) -> torch.Tensor:
         io = _io(x.device)
-        y = fastconv.conv2d(io.to_array(x), io.to_array(weight), None if bias is None else io.to_array(bias),
-                            stride, padding, dilation, groups)
+        y = fastconv.conv2d(
+            io.to_array(x),
+            io.to_array(weight),
+            None if bias is None else io.to_array(bias),
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
         ctx.save_for_backward(x, weight)
         ctx.options = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
@@ -146,18 +167,30 @@ class Conv2dFunction(torch.autograd.Function):
         gx = gw = gb = None
         if need_x or need_w:
             io = _io(x.device)
-            gx, gw, gb = fastconv.conv2d_backward(io.to_array(grad_output), io.to_array(x), io.to_array(weight),
-                                                  *ctx.options, need_input_grad=bool(need_x))
-            gx = io.to_tensor(gx, x.device) if need_x else None
-            gw = io.to_tensor(gw, x.device) if need_w else None
-            gb = io.to_tensor(gb, x.device) if need_b and ctx.has_bias else None
+            gx_a, gw_a, gb_a = fastconv.conv2d_backward(
+                io.to_array(grad_output),
+                io.to_array(x),
+                io.to_array(weight),
+                *ctx.options,
+                need_input_grad=bool(need_x),
+            )
+            gx = io.to_tensor(gx_a, x.device) if need_x else None
+            gw = io.to_tensor(gw_a, x.device) if need_w else None
+            gb = io.to_tensor(gb_a, x.device) if need_b and ctx.has_bias else None
         elif need_b and ctx.has_bias:  # neither x nor weight: grad_bias is a plain sum, no kernel
             gb = grad_output.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None, None, None
 
 
-def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1,
-           padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     """``torch.nn.functional.conv2d`` on fastconv's kernels (differentiable once).
 
     input (N, C, H, W) or unbatched (C, H, W); ``padding="same"`` is accepted
@@ -179,16 +212,26 @@ class MaxPool2dFunction(torch.autograd.Function):
     when asked for or needed by the backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                ceil_mode: bool, need_indices: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        kernel_size: Any,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        ceil_mode: bool,
+        need_indices: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         io = _io(x.device)
         ctx.set_materialize_grads(False)  # else autograd builds a zero grad_indices as large as y
         if not need_indices:
-            return io.to_tensor(fastconv.max_pool2d(io.to_array(x), kernel_size, stride, padding, dilation,
-                                                    ceil_mode), x.device), None
-        y, idx = fastconv.max_pool2d(io.to_array(x), kernel_size, stride, padding, dilation, ceil_mode,
-                                     return_indices=True)
-        idx = io.to_tensor(idx, x.device)
+            return io.to_tensor(
+                fastconv.max_pool2d(io.to_array(x), kernel_size, stride, padding, dilation, ceil_mode), x.device
+            ), None
+        y, idx_a = fastconv.max_pool2d(
+            io.to_array(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True
+        )
+        idx = io.to_tensor(idx_a, x.device)
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(idx)  # an output: torch's version counter guards it against in-place edits
         ctx.x_shape = tuple(x.shape)
@@ -205,16 +248,24 @@ class MaxPool2dFunction(torch.autograd.Function):
         return io.to_tensor(gx, idx.device), None, None, None, None, None, None
 
 
-def max_pool2d(input: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-               ceil_mode: bool = False, return_indices: bool = False) -> Any:
+def max_pool2d(
+    input: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Any:
     """``torch.nn.functional.max_pool2d`` on fastconv's kernels: y, or (y, indices)
     with ``return_indices``; input (N, C, H, W) or unbatched (C, H, W)."""
     _check_tensors("max_pool2d", input=input)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     need_grad = torch.is_grad_enabled() and x.requires_grad
-    y, idx = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                     bool(return_indices) or need_grad)
+    y, idx = MaxPool2dFunction.apply(
+        x, kernel_size, stride, padding, dilation, ceil_mode, bool(return_indices) or need_grad
+    )
     if unbatched:
         y, idx = y[0], None if idx is None else idx[0]
     return (y, idx) if return_indices else y
@@ -247,14 +298,28 @@ class Conv2d(torch.nn.Conv2d):
     constructor, initialisation, parameters and state_dict keys; only
     ``padding_mode="zeros"`` (anything else is a ``ValueError`` naming it)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         if padding_mode != "zeros":  # before torch builds anything: the error names the option
-            raise ValueError(f'fastconv.torch.Conv2d: padding_mode="{padding_mode}" is not supported; '
-                             f'fastconv pads with zeros only (padding_mode="zeros")')
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         "zeros", device, dtype)
+            raise ValueError(
+                f'fastconv.torch.Conv2d: padding_mode="{padding_mode}" is not supported; '
+                f'fastconv pads with zeros only (padding_mode="zeros")'
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, "zeros", device, dtype
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":  # changed after construction
@@ -266,8 +331,9 @@ class MaxPool2d(torch.nn.MaxPool2d):
     """``torch.nn.MaxPool2d`` whose forward runs fastconv's kernels (every option)."""
 
     def forward(self, input: torch.Tensor) -> Any:
-        return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                          self.ceil_mode, self.return_indices)
+        return max_pool2d(
+            input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices
+        )
 
 
 # --------------------------------------------------------------------------- convert
@@ -288,9 +354,13 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-_CONV_LIKE = (torch.nn.modules.conv._ConvNd, torch.nn.modules.pooling._MaxPoolNd,
-              torch.nn.modules.pooling._AvgPoolNd, torch.nn.modules.pooling._AdaptiveMaxPoolNd,
-              torch.nn.modules.pooling._AdaptiveAvgPoolNd)
+_CONV_LIKE = (
+    torch.nn.modules.conv._ConvNd,
+    torch.nn.modules.pooling._MaxPoolNd,
+    torch.nn.modules.pooling._AvgPoolNd,
+    torch.nn.modules.pooling._AdaptiveMaxPoolNd,
+    torch.nn.modules.pooling._AdaptiveAvgPoolNd,
+)
 
 
 def _swap_target(m: torch.nn.Module) -> tuple[type | None, str | None]:

@@ -77,8 +77,9 @@ def _conv_backward(dtype: str, algorithm: str) -> None:
         x = _rand(shape, dtype)
         gy = fastconv.conv2d(x, w, stride=stride, padding=padding, algorithm=algorithm)
         for need_input_grad in (True, False):
-            fastconv.conv2d_backward(gy, x, w, stride=stride, padding=padding, algorithm=algorithm,
-                                     need_input_grad=need_input_grad)
+            fastconv.conv2d_backward(
+                gy, x, w, stride=stride, padding=padding, algorithm=algorithm, need_input_grad=need_input_grad
+            )
     x = _rand((2, 4, 7, 7), dtype)
     wg = _rand((4, 1, 3, 3), dtype)
     gy = fastconv.conv2d(x, wg, groups=4, algorithm=algorithm)
@@ -125,11 +126,13 @@ def _tasks() -> list[Task]:
     """Every task, longest chains first so the parallel runs start on them."""
     out = []
     for dt in DTYPES:
-        out += [Task(f"{dt}:conv2d-direct"),
-                Task(f"{dt}:max-pool2d"),
-                Task(f"{dt}:conv2d-backward-direct", (f"{dt}:conv2d-direct",)),
-                Task(f"{dt}:conv2d-im2col", (f"{dt}:conv2d-direct",)),
-                Task(f"{dt}:conv2d-backward-im2col", (f"{dt}:conv2d-backward-direct",))]
+        out += [
+            Task(f"{dt}:conv2d-direct"),
+            Task(f"{dt}:max-pool2d"),
+            Task(f"{dt}:conv2d-backward-direct", (f"{dt}:conv2d-direct",)),
+            Task(f"{dt}:conv2d-im2col", (f"{dt}:conv2d-direct",)),
+            Task(f"{dt}:conv2d-backward-im2col", (f"{dt}:conv2d-backward-direct",)),
+        ]
     ops = ("conv2d-direct", "max-pool2d", "conv2d-backward-direct", "conv2d-im2col", "conv2d-backward-im2col")
     out.append(Task("float32:nn", tuple(f"float32:{op}" for op in ops)))
     return out
@@ -189,8 +192,13 @@ def _child_env() -> dict[str, str]:
 def _run_child(names: list[str]) -> dict[str, Any]:
     """Run tasks in a fresh interpreter; raises RuntimeError with its stderr if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fastconv.warmup", "--run-here", ",".join(names)],
-                          env=_child_env(), capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastconv.warmup", "--run-here", ",".join(names)],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"warm-up task {', '.join(names)} failed (exit {proc.returncode}):\n{tail}")
@@ -206,7 +214,7 @@ def _schedule(tasks: list[Task], jobs: int, report: Callable[[Task, dict[str, An
     running: dict[Future, Task] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            for task in [t for t in pending if set(t.after) <= done][:jobs - len(running)]:
+            for task in [t for t in pending if set(t.after) <= done][: jobs - len(running)]:
                 pending.remove(task)
                 running[pool.submit(_run_child, [task.name])] = task
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -221,8 +229,10 @@ def warm_up(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None, quiet: bo
     tasks = tasks_for(dtypes)
     jobs = max(1, jobs or os.cpu_count() or 1)
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True))
-    say(f"fastconv.warmup: compiling the CPU kernels for {', '.join(dtypes)} "
-        f"({len(tasks)} tasks, {jobs} processes; each kernel is cached once compiled)")
+    say(
+        f"fastconv.warmup: compiling the CPU kernels for {', '.join(dtypes)} "
+        f"({len(tasks)} tasks, {jobs} processes; each kernel is cached once compiled)"
+    )
     t0 = time.perf_counter()
     count = [0]
 
@@ -235,9 +245,14 @@ def warm_up(dtypes: tuple[str, ...] = DTYPES, jobs: int | None = None, quiet: bo
     _schedule(tasks, jobs, report)
     check = _run_child([t.name for t in tasks])
     missed = len(check["compiled"])
-    say(f"fastconv.warmup: done in {time.perf_counter() - t0:.1f} s; check: "
-        + ("every kernel loads from the cache" if not missed else
-           f"{missed} kernels were missing and are now compiled ({', '.join(sorted(set(check['compiled'])))})"))
+    say(
+        f"fastconv.warmup: done in {time.perf_counter() - t0:.1f} s; check: "
+        + (
+            "every kernel loads from the cache"
+            if not missed
+            else f"{missed} kernels were missing and are now compiled ({', '.join(sorted(set(check['compiled'])))})"
+        )
+    )
     return missed
 
 

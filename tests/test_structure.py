@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastconv"
 # Subtrees not held to the size limits yet (being restructured); remove an entry when it complies.
-LIMITS_EXCLUDED = ["cuda"]
+LIMITS_EXCLUDED: list[str] = []
 MAX_FUNCTION_LINES = 100
 MAX_PARAMETERS = 14
 

@@ -15,8 +15,6 @@ layout (``conv_direct``, ``conv_direct_bi``, ``conv_im2col``), ``pool``.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,17 +22,10 @@ import numpy as np
 from .. import _cache
 from .._params import Pool2dParams, as_host_array
 from .layout import same_buffer
+from .registry import algorithm_module
 
 if TYPE_CHECKING:
     from .._plan import ConvPlan
-
-# (algorithm, layout) of a plan -> the module that runs it
-_ALGORITHM_MODULES = {
-    ("direct", "standard"): "conv_direct",
-    ("direct", "batch-inner"): "conv_direct_bi",
-    ("im2col", "column"): "conv_im2col",
-    ("winograd", "transformed"): "conv_winograd",
-}
 
 _cache.install()  # before any kernel module: it picks where their Numba cache lives
 
@@ -60,26 +51,24 @@ def index_range(indices: np.ndarray) -> tuple[int, int]:
     return rng(indices)
 
 
-def _module(algorithm: str, layout: str) -> ModuleType:
-    return importlib.import_module(f"{__name__}.{_ALGORITHM_MODULES[algorithm, layout]}")
-
-
-def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
-                   ) -> tuple[np.ndarray, Any]:
+def conv2d_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
+) -> tuple[np.ndarray, Any]:
     """(y, the prepared x if the plan's backward can reuse it, else None)."""
-    y, prepared = _module(plan.algorithm, plan.layout).forward(x, weight, bias, plan)
+    y, prepared = algorithm_module(plan.algorithm, plan.layout).forward(x, weight, bias, plan)
     return y, prepared if plan.cpu_part().reuse_prepared_input else None
 
 
-def conv2d_backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Any = None
-                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def conv2d_backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Any = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb); gx is None (never computed) when the plan needs no input
     gradient.  ``kept``: the forward's prepared x (``conv2d_forward``) of this
     very x, used when it is the buffer this plan's backward would build."""
     c = plan.cpu_part()
     if kept is not None and not (c.reuse_prepared_input and same_buffer(kept.layout, c.backward_layout)):
         kept = None
-    return _module(plan.backward_algorithm, plan.backward_layout).backward(gy, x, weight, plan, kept)
+    return algorithm_module(plan.backward_algorithm, plan.backward_layout).backward(gy, x, weight, plan, kept)
 
 
 def max_pool2d_forward(x: np.ndarray, p: Pool2dParams, return_indices: bool) -> Any:
@@ -124,9 +113,8 @@ def add_bias(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def channel_sums(gy: np.ndarray) -> np.ndarray:
     """(K,) sums of gy (N, K, H, W) over N, H, W (float64 accumulation)."""
-    from .common import bias_grad
-
     from .. import _alloc
+    from .common import bias_grad
 
     return bias_grad(gy, _alloc.empty((gy.shape[1],), gy.dtype))
 

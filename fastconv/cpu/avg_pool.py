@@ -49,8 +49,10 @@ def divisors(p: AvgPool2dParams) -> tuple[np.ndarray, np.ndarray]:
     rows[i] * cols[j] (float64, exact integers)."""
     if p.divisor:
         return np.full(p.oh, float(p.divisor)), np.ones(p.ow)
-    return (_factors(p.h, p.kh, p.sh, p.ph, p.oh, p.count_include_pad),
-            _factors(p.w, p.kw, p.sw, p.pw, p.ow, p.count_include_pad))
+    return (
+        _factors(p.h, p.kh, p.sh, p.ph, p.oh, p.count_include_pad),
+        _factors(p.w, p.kw, p.sw, p.pw, p.ow, p.count_include_pad),
+    )
 
 
 @njit(parallel=True, cache=True)
@@ -63,7 +65,7 @@ def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, rdiv, cdiv, nchunk):
     nchunk = max(1, min(rows, nchunk))
     for ch in prange(nchunk):
         t = np.zeros(tw, dtype=x.dtype)
-        tc = t[pw:pw + w]
+        tc = t[pw : pw + w]
         dv = np.empty(ow, dtype=x.dtype)
         for r in range(ch * rows // nchunk, (ch + 1) * rows // nchunk):
             p = r // oh
@@ -121,7 +123,7 @@ def _avg_bwd(gy, gx, kh, kw, sh, sw, ph, pw, rdiv, cdiv):
                 for b in range(kw):
                     off, lo, hi = tap_cols(b, 1, pw, sw, w, ow)
                     if sw == 1:
-                        xs = xr[lo + off:hi + off]
+                        xs = xr[lo + off : hi + off]
                         gs = g[lo:hi]
                         for k in range(hi - lo):
                             xs[k] += gs[k]
@@ -134,8 +136,19 @@ def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """x (N, C, H, W) C-contiguous float32/float64 -> y (N, C, OH, OW)."""
     y = _alloc.empty(p.y_shape, x.dtype)
     rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
-    _avg_fwd(x.reshape(p.n * p.c, p.h, p.w), y.reshape(p.n * p.c, p.oh, p.ow), p.kh, p.kw, p.sh, p.sw,
-             p.ph, p.pw, rdiv, cdiv, numba.get_num_threads())
+    _avg_fwd(
+        x.reshape(p.n * p.c, p.h, p.w),
+        y.reshape(p.n * p.c, p.oh, p.ow),
+        p.kh,
+        p.kw,
+        p.sh,
+        p.sw,
+        p.ph,
+        p.pw,
+        rdiv,
+        cdiv,
+        numba.get_num_threads(),
+    )
     return y
 
 
@@ -143,6 +156,16 @@ def avg_pool2d_backward(gy: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """gy (N, C, OH, OW) -> grad_x (N, C, H, W)."""
     gx = _alloc.empty(p.x_shape, gy.dtype)
     rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
-    _avg_bwd(gy.reshape(p.n * p.c, p.oh, p.ow), gx.reshape(p.n * p.c, p.h, p.w), p.kh, p.kw, p.sh, p.sw,
-             p.ph, p.pw, rdiv, cdiv)
+    _avg_bwd(
+        gy.reshape(p.n * p.c, p.oh, p.ow),
+        gx.reshape(p.n * p.c, p.h, p.w),
+        p.kh,
+        p.kw,
+        p.sh,
+        p.sw,
+        p.ph,
+        p.pw,
+        rdiv,
+        cdiv,
+    )
     return gx

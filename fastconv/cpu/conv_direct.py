@@ -73,8 +73,7 @@ def standard_tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
     return tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, strides=(p.sh, p.sw), phase_stride=lay.phase_stride)
 
 
-def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
-            ) -> tuple[np.ndarray, Prepared]:
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x) for x (N, C, H, W), weight (K, C/groups, KH, KW)."""
     p, c = plan.params, plan.cpu_part()
     xp = prepare_standard(x, c.forward_layout)
@@ -89,27 +88,41 @@ def grad_weight_exact(gy: np.ndarray, xp: Prepared, p: Conv2dParams, threads: in
     """float64 grad_weight (K, C/groups, T) over exact output rows of gy (N, K,
     OH, OW), read in place, with x prepared in a standard layout."""
     lay = xp.layout
-    gw64, _ = grad_weight_rows(gy.reshape(-1), (0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow), xp.buf, lay.cstride,
-                               standard_tap_offsets(p, lay), lay.plane, lay.pitch, (p.n, p.oh, p.ow), p.groups,
-                               (p.k, p.cg, p.kh * p.kw), GradWeightTiling("rows", 0, threads))
+    gw64, _ = grad_weight_rows(
+        gy.reshape(-1),
+        (0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow),
+        xp.buf,
+        lay.cstride,
+        standard_tap_offsets(p, lay),
+        lay.plane,
+        lay.pitch,
+        (p.n, p.oh, p.ow),
+        p.groups,
+        (p.k, p.cg, p.kh * p.kw),
+        GradWeightTiling("rows", 0, threads),
+    )
     return gw64
 
 
-def _grad_weight(gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams,
-                 tiling: GradWeightTiling) -> np.ndarray:
+def _grad_weight(
+    gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
+) -> np.ndarray:
     """float64 grad_weight from grad_output copied into x's layout."""
     lay, glay = xp.layout, gyf.layout
     shape = (p.k, p.cg, p.kh * p.kw)
     if tiling.mode == "per-image":
-        return grad_weight_per_image(gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n,
-                                     p.groups, shape, tiling)
+        return grad_weight_per_image(
+            gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n, p.groups, shape, tiling
+        )
     qn = (p.n - 1) * lay.plane + (p.oh - 1) * lay.pitch + p.ow
-    return grad_weight_contiguous(gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, qn, p.groups, shape,
-                                  tiling)
+    return grad_weight_contiguous(
+        gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, qn, p.groups, shape, tiling
+    )
 
 
-def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Prepared | None = None
-             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Prepared | None = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when the plan needs no input gradient.
     ``kept``: the forward's prepared x of this very x, if the caller kept it."""
@@ -187,7 +200,7 @@ def _gx_scatter(gy, w, gx, sh, sw, ph, pw, dh, dw):
                         grow = gy[n, k, oh]
                         xrow = plane[ih]
                         if sw == 1:
-                            xs = xrow[lo + off:hi + off]
+                            xs = xrow[lo + off : hi + off]
                             gs = grow[lo:hi]
                             for i in range(hi - lo):
                                 xs[i] += wv * gs[i]

@@ -58,8 +58,7 @@ def _tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
     return tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, step=lay.step)
 
 
-def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan
-            ) -> tuple[np.ndarray, Prepared]:
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x), stride 1, batch-inner layout."""
     p, c = plan.params, plan.cpu_part()
     xb = prepare_batch_inner(x, c.forward_layout)
@@ -76,8 +75,9 @@ def _grad_weight_exact(gy: np.ndarray, x: np.ndarray, p: Conv2dParams, threads: 
     return grad_weight_exact(gy, prepare_standard(x, lay), p, threads)
 
 
-def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Prepared | None = None
-             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: Prepared | None = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx or None, gw, gb) as ``conv_direct.backward``, stride 1, batch-inner
     layout.  ``kept``: the forward's prepared x of this very x, if kept."""
     p, c = plan.params, plan.cpu_part()
@@ -91,8 +91,18 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead))
     offs = _tap_offsets(p, lay)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
-    gw64 = grad_weight_contiguous(gyb.buf, lead, gyb.layout.cstride, xb.buf, lay.cstride, offs, qn, p.groups,
-                                  (p.k, p.cg, p.kh * p.kw), c.grad_weight)
+    gw64 = grad_weight_contiguous(
+        gyb.buf,
+        lead,
+        gyb.layout.cstride,
+        xb.buf,
+        lay.cstride,
+        offs,
+        qn,
+        p.groups,
+        (p.k, p.cg, p.kh * p.kw),
+        c.grad_weight,
+    )
     if np.isnan(gw64).any():
         gw64 = _grad_weight_exact(gy, x, p, c.grad_weight.threads)
     gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
@@ -103,8 +113,9 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
     tiling = c.grad_input
     if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
-    offs_gx = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step,
-                          origin=lead + p.ph * lay.pitch + p.pw * lay.step)
+    offs_gx = tap_offsets(
+        p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step, origin=lead + p.ph * lay.pitch + p.pw * lay.step
+    )
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
     correlate(gyb.buf, gyb.layout, offs_gx, pack_weights(w4, tiling), empty_bias(dtype), gx, tiling)
     return gx, gw, gb

@@ -171,11 +171,11 @@ def _out_to_cols(gy, n0, nb, gyc):
         i = t // k_n
         k = t - i * k_n
         if i == nb - 1:
-            tail = gyc[k, nb * plane:]
+            tail = gyc[k, nb * plane :]
             for j in range(tail.shape[0]):
                 tail[j] = 0
         src = g3[n0 + i, k]
-        dst = gyc[k, i * plane:(i + 1) * plane]
+        dst = gyc[k, i * plane : (i + 1) * plane]
         for j in range(plane):
             dst[j] = src[j]
     return gyc
@@ -197,7 +197,7 @@ class _Columns:
         """col <- chunk n0..n0+m of x; (its layout, tap offsets)."""
         p = self.p
         ld = column_ld(m * p.oh * p.ow, self.buf.itemsize)
-        col = self.buf[:self.rows * ld].reshape(self.rows, ld)
+        col = self.buf[: self.rows * ld].reshape(self.rows, ld)
         # rows split so there are >= 8 tasks per thread
         nsplit = max(1, min(m, -(-8 * self.threads // self.rows)))
         _im2col(x, n0, m, _geometry(p), col, nsplit)
@@ -216,12 +216,13 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     for n0 in range(0, p.n, c.images_per_chunk):
         m = min(c.images_per_chunk, p.n - n0)
         lay, offs = cols.fill(x, n0, m)
-        correlate(cols.buf, lay, offs, wpk, b, y[n0:n0 + m], c.forward)
+        correlate(cols.buf, lay, offs, wpk, b, y[n0 : n0 + m], c.forward)
     return y, None
 
 
-def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
-             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb) of conv2d for gy (N, K, OH, OW); shapes of x, weight and (K,).
     gx is None (not computed) when the plan needs no input gradient."""
     p, c = plan.params, plan.cpu_part()
@@ -245,19 +246,31 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, 
         m = min(nb, p.n - n0)
         lay, offs = cols.fill(x, n0, m)
         if in_place:  # grad_output read in place, one image's K rows of OH*OW at a time
-            gwc, gsum = grad_weight_rows(gy.reshape(-1), (n0 * p.k * plane, plane, p.k * plane, 0), cols.buf,
-                                         lay.cstride, offs, plane, plane, (m, 1, plane), p.groups, shape, c.grad_weight)
+            gwc, gsum = grad_weight_rows(
+                gy.reshape(-1),
+                (n0 * p.k * plane, plane, p.k * plane, 0),
+                cols.buf,
+                lay.cstride,
+                offs,
+                plane,
+                plane,
+                (m, 1, plane),
+                p.groups,
+                shape,
+                c.grad_weight,
+            )
             gb64 += gsum
         ldm = lay.cstride // ntap
         if need_gx or not in_place:
-            _out_to_cols(gy, n0, m, gycbuf[:p.k * ldm].reshape(p.k, ldm))
+            _out_to_cols(gy, n0, m, gycbuf[: p.k * ldm].reshape(p.k, ldm))
         if not in_place:
-            gwc = grad_weight_contiguous(gycbuf, 0, ldm, cols.buf, lay.cstride, offs, m * plane, p.groups, shape,
-                                         c.grad_weight)
+            gwc = grad_weight_contiguous(
+                gycbuf, 0, ldm, cols.buf, lay.cstride, offs, m * plane, p.groups, shape, c.grad_weight
+            )
         gw64 += gwc
         if gx is not None and gx_tiling is not None and wpk_t is not None:  # all three when need_gx
             # column gradient over col (no longer needed), as (m, C*T, OH, OW)
-            gcol = cols.buf[:m * cols.rows * plane].reshape(m, cols.rows, p.oh, p.ow)
+            gcol = cols.buf[: m * cols.rows * plane].reshape(m, cols.rows, p.oh, p.ow)
             gy_lay = column_layout(m, p.k, 1, ldm, p.oh, p.ow)
             correlate(gycbuf, gy_lay, _ROW_TAP, wpk_t, empty_bias(dtype), gcol, gx_tiling)
             _col2im(gcol, n0, _geometry(p)[:8], gx)

@@ -30,24 +30,26 @@ __all__ = ["grad_input_subpixel"]
 
 def _sub_kernel(weight: np.ndarray, p: Conv2dParams, tap_r0: int, tap_s0: int) -> np.ndarray:
     """(C, K/groups, J, L): taps tap_r0::sh, tap_s0::sw, mirrored, in/out channels swapped per group."""
-    w5 = weight.reshape(p.groups, p.kg, p.cg, p.kh, p.kw)[:, :, :, tap_r0::p.sh, tap_s0::p.sw][..., ::-1, ::-1]
+    w5 = weight.reshape(p.groups, p.kg, p.cg, p.kh, p.kw)[:, :, :, tap_r0 :: p.sh, tap_s0 :: p.sw][..., ::-1, ::-1]
     j, l_ = w5.shape[3], w5.shape[4]
     return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(p.c, p.kg, j, l_)
 
 
-def grad_input_subpixel(gy: np.ndarray, weight: np.ndarray, gx: np.ndarray, p: Conv2dParams,
-                        phases: tuple[SubPixelPhase, ...]) -> np.ndarray:
+def grad_input_subpixel(
+    gy: np.ndarray, weight: np.ndarray, gx: np.ndarray, p: Conv2dParams, phases: tuple[SubPixelPhase, ...]
+) -> np.ndarray:
     """gx (N, C, H, W) <- grad_x of a strided convolution, grid by grid."""
-    from . import _module  # the algorithm modules are imported lazily
+    from .registry import algorithm_module
 
     for ph in phases:
-        grid = gx[:, :, ph.row0::p.sh, ph.col0::p.sw]
+        grid = gx[:, :, ph.row0 :: p.sh, ph.col0 :: p.sw]
         if ph.plan is None:
             grid[...] = 0
             continue
         sp = ph.plan.params
-        g = np.ascontiguousarray(gy[:, :, ph.gy_row0:ph.gy_row0 + sp.h, ph.gy_col0:ph.gy_col0 + sp.w])
-        y, _ = _module(ph.plan.algorithm, ph.plan.layout).forward(g, _sub_kernel(weight, p, ph.tap_r0, ph.tap_s0),
-                                                                  None, ph.plan)
+        g = np.ascontiguousarray(gy[:, :, ph.gy_row0 : ph.gy_row0 + sp.h, ph.gy_col0 : ph.gy_col0 + sp.w])
+        y, _ = algorithm_module(ph.plan.algorithm, ph.plan.layout).forward(
+            g, _sub_kernel(weight, p, ph.tap_r0, ph.tap_s0), None, ph.plan
+        )
         grid[...] = y
     return gx

@@ -41,8 +41,9 @@ def grad_input(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray
     if plan.backward_layout == "batch-inner":
         lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step)
         gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead))
-        offs = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step,
-                           origin=lead + p.ph * lay.pitch + p.pw * lay.step)
+        offs = tap_offsets(
+            p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step, origin=lead + p.ph * lay.pitch + p.pw * lay.step
+        )
         correlate(gyb.buf, gyb.layout, offs, wpk, empty_bias(dtype), gx, tiling)
         return gx
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch)

@@ -48,13 +48,25 @@ def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B^T (α×α), G (α×3), A^T (m×α)) of F(m×m, 3×3), points 0, ±1, (±2,) ∞."""
     if m == 2:
         bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-        g = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
+        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
         at = [[1, 1, 1, 0], [0, 1, -1, -1]]
     elif m == 4:
-        bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-              [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
-        g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-             [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+        bt = [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ]
+        g = [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
         at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
     else:
         raise ValueError(f"Winograd tile m must be 2 or 4, got {m}")
@@ -123,7 +135,7 @@ def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld):
         lo, hi = max(0, left), min(w + left, width)  # strip columns inside x
         for r in range(a):
             if 0 <= h0 + r < h and hi > lo:
-                strip[r, lo:hi] = x[n, c, h0 + r, lo - left:hi - left]
+                strip[r, lo:hi] = x[n, c, h0 + r, lo - left : hi - left]
         d = np.empty((a * a, tw_n), x.dtype)
         for r in range(a):
             for s_ in range(a):
@@ -137,7 +149,7 @@ def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld):
             _bt(m, d, r * a, 1, tw_n)
         j0 = tr * tw_n
         for xi in range(a * a):
-            v[xi * c_n + c, j0:j0 + tw_n] = d[xi]
+            v[xi * c_n + c, j0 : j0 + tw_n] = d[xi]
             if j0 + tw_n == nt:
                 v[xi * c_n + c, nt:ld] = 0
     return v
@@ -160,7 +172,7 @@ def _output_transform(mm, t0, nt, th_n, tw_n, m, bias, y):
         mt = np.empty((a * a, tw_n), y.dtype)
         b = bias[k] if bias.shape[0] else 0
         for xi in range(a * a):
-            mt[xi] = mm[xi * k_n + k, j0:j0 + tw_n]
+            mt[xi] = mm[xi * k_n + k, j0 : j0 + tw_n]
         for nu in range(a):
             _at(m, mt, nu, a, tw_n)
         for i in range(m):
@@ -186,8 +198,17 @@ def _packed_transformed_weights(w: np.ndarray, groups: int, g_mat: np.ndarray, t
     return pack_weights(u, tiling)
 
 
-def winograd_correlate(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, groups: int, top: int, left: int,
-                       out: np.ndarray, plan: ConvPlan, grad: bool = False) -> np.ndarray:
+def winograd_correlate(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    groups: int,
+    top: int,
+    left: int,
+    out: np.ndarray,
+    plan: ConvPlan,
+    grad: bool = False,
+) -> np.ndarray:
     """out (N, Kout, OH, OW) <- bias + 3×3 correlation of x (N, Cin, H, W) with
     w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside."""
     c = plan.cpu
@@ -235,16 +256,17 @@ def _rotated(weight: np.ndarray, p: Conv2dParams) -> np.ndarray:
     return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(p.c, p.kg, 3, 3)
 
 
-def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
-             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb): grad_x by Winograd (a full correlation with the rotated
     kernel), grad_weight and grad_bias by the direct path's plan."""
-    from . import _module
+    from .registry import algorithm_module
 
     p, c = plan.params, plan.cpu
     assert c is not None and c.winograd is not None, "a Winograd CPU plan"
     wplan = c.winograd.grad_weight_plan
-    _, gw, gb = _module(wplan.backward_algorithm, wplan.backward_layout).backward(gy, x, weight, wplan)
+    _, gw, gb = algorithm_module(wplan.backward_algorithm, wplan.backward_layout).backward(gy, x, weight, wplan)
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, x.dtype)

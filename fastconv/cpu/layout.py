@@ -101,17 +101,24 @@ def odd_lines(elements: int, itemsize: int) -> int:
     return (lines + 1 - lines % 2) * line
 
 
-def phase_geometry(h: int, w: int, top: int, left: int, bottom: int, right: int,
-                   sh: int, sw: int) -> tuple[int, int]:
+def phase_geometry(h: int, w: int, top: int, left: int, bottom: int, right: int, sh: int, sw: int) -> tuple[int, int]:
     """(Hq, Wq): the size of each of the sh*sw phase planes of a plane padded by
     (top, bottom) x (left, right)."""
     hp, wp = h + top + bottom, w + left + right
     return -(-hp // sh), -(-wp // sw)
 
 
-def standard_layout(shape: tuple[int, int, int, int], pads: tuple[int, int, int, int], itemsize: int, *,
-                    strides: tuple[int, int] = (1, 1), rows_min: int = 0, pitch_min: int = 0,
-                    compact: bool = False, lead: int = 0) -> Layout:
+def standard_layout(
+    shape: tuple[int, int, int, int],
+    pads: tuple[int, int, int, int],
+    itemsize: int,
+    *,
+    strides: tuple[int, int] = (1, 1),
+    rows_min: int = 0,
+    pitch_min: int = 0,
+    compact: bool = False,
+    lead: int = 0,
+) -> Layout:
     """The standard layout of an (N, C, H, W) array padded by ``pads`` = (top,
     left, bottom, right); ``rows_min``/``pitch_min`` enlarge the phase planes
     (an output larger than the padded input's phase, or another buffer's
@@ -139,16 +146,18 @@ def standard_layout(shape: tuple[int, int, int, int], pads: tuple[int, int, int,
     return Layout("standard", n, c, pitch, plane, cstride, lead, size, 1, rows, hq, n * plane, top, left, sh, sw)
 
 
-def batch_inner_layout(shape: tuple[int, int, int, int], hp: int, wp: int, itemsize: int, *,
-                       top: int = 0, left: int = 0, lead: int = 0) -> Layout:
+def batch_inner_layout(
+    shape: tuple[int, int, int, int], hp: int, wp: int, itemsize: int, *, top: int = 0, left: int = 0, lead: int = 0
+) -> Layout:
     """The batch-inner layout of an (N, C, H, W) array in (hp, wp) planes, its
     pixel (i, j) at padded position (i + top, j + left)."""
     n, c = shape[0], shape[1]
     pitch = wp * n
     plane = hp * pitch
     cstride = odd_lines(plane, itemsize)
-    return Layout("batch-inner", n, c, pitch, plane, cstride, lead, lead + c * cstride + OVERRUN, n, hp, hp, 0,
-                  top, left)
+    return Layout(
+        "batch-inner", n, c, pitch, plane, cstride, lead, lead + c * cstride + OVERRUN, n, hp, hp, 0, top, left
+    )
 
 
 def column_layout(n: int, rows: int, ntap: int, ld: int, oh: int, ow: int) -> Layout:
@@ -162,8 +171,21 @@ def same_buffer(a: Layout, b: Layout) -> bool:
     """True when two layouts describe the same buffer contents: the forward's
     compact layout equals the backward's plain padded one when no row or
     column is shared (the rows it leaves out of ``hq`` are zeros either way)."""
-    return (a.kind, a.n, a.c, a.pitch, a.plane, a.cstride, a.lead, a.size, a.rows, a.top, a.left, a.sh, a.sw) == \
-        (b.kind, b.n, b.c, b.pitch, b.plane, b.cstride, b.lead, b.size, b.rows, b.top, b.left, b.sh, b.sw)
+    return (a.kind, a.n, a.c, a.pitch, a.plane, a.cstride, a.lead, a.size, a.rows, a.top, a.left, a.sh, a.sw) == (
+        b.kind,
+        b.n,
+        b.c,
+        b.pitch,
+        b.plane,
+        b.cstride,
+        b.lead,
+        b.size,
+        b.rows,
+        b.top,
+        b.left,
+        b.sh,
+        b.sw,
+    )
 
 
 def column_ld(q: int, itemsize: int) -> int:
@@ -172,8 +194,18 @@ def column_ld(q: int, itemsize: int) -> int:
     return odd_lines(q + OVERRUN, itemsize)
 
 
-def tap_offsets(kh: int, kw: int, dh: int, dw: int, pitch: int, *, step: int = 1, strides: tuple[int, int] = (1, 1),
-                phase_stride: int = 0, origin: int = 0) -> np.ndarray:
+def tap_offsets(
+    kh: int,
+    kw: int,
+    dh: int,
+    dw: int,
+    pitch: int,
+    *,
+    step: int = 1,
+    strides: tuple[int, int] = (1, 1),
+    phase_stride: int = 0,
+    origin: int = 0,
+) -> np.ndarray:
     """Offset of kernel tap (r, s) (row-major order) from a channel's start:
     ``origin + (a*sw + b)*phase_stride + i*pitch + j*step`` where (i, a) =
     divmod(r*dh, sh) and (j, b) = divmod(s*dw, sw) (row shift i inside phase
@@ -235,8 +267,9 @@ class GradWeightTiling:
     span: int = 0
 
     def describe(self) -> str:
-        return {"contiguous": "contiguous segments", "per-image": "per-image segments",
-                "rows": "exact output rows"}[self.mode]
+        return {"contiguous": "contiguous segments", "per-image": "per-image segments", "rows": "exact output rows"}[
+            self.mode
+        ]
 
 
 def mirrored_lead(kh: int, kw: int, dh: int, dw: int, ph: int, pw: int, pitch: int, step: int = 1) -> int:
@@ -253,5 +286,11 @@ def grad_output_layout(x_layout: Layout, y_shape: tuple[int, int, int, int], ite
     if x_layout.kind == "batch-inner":
         return batch_inner_layout(y_shape, x_layout.rows, x_layout.pitch // x_layout.n, itemsize, lead=lead)
     _, _, oh, ow = y_shape
-    return standard_layout(y_shape, (0, 0, x_layout.rows - oh, x_layout.pitch - ow), itemsize,
-                           rows_min=x_layout.rows, pitch_min=x_layout.pitch, lead=-(-lead // 16) * 16)
+    return standard_layout(
+        y_shape,
+        (0, 0, x_layout.rows - oh, x_layout.pitch - ow),
+        itemsize,
+        rows_min=x_layout.rows,
+        pitch_min=x_layout.pitch,
+        lead=-(-lead // 16) * 16,
+    )

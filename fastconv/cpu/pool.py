@@ -105,7 +105,7 @@ def _pool_fwd(x, y, kh, kw, sh, sw, ph, pw, dh, dw, nchunk):
         t = np.empty(tw, dtype=x.dtype)
         for j in range(tw):
             t[j] = _NEG_INF
-        tc = t[pw:pw + w]
+        tc = t[pw : pw + w]
         for r in range(ch * rows // nchunk, (ch + 1) * rows // nchunk):
             p = r // oh
             oi = r - p * oh
@@ -150,7 +150,7 @@ def _pool_fwd(x, y, kh, kw, sh, sw, ph, pw, dh, dw, nchunk):
                 for k in range(ow):
                     yr[k] = t[k * sw]
                 for b in range(1, kw):
-                    ts = t[b * dw:]
+                    ts = t[b * dw :]
                     if sw == 1:
                         for k in range(ow):
                             v = ts[k]
@@ -190,7 +190,7 @@ def _row_k2s2(xp, yr, ir, code, top, pw, lo, hi):
     x0 = xp[top, c0:]
     x1 = xp[top + 1, c0:]
     ys = yr[lo:hi]
-    cz = code[:hi - lo]
+    cz = code[: hi - lo]
     d1, dw0, dw1 = np.int32(1), np.int32(w), np.int32(w + 1)
     for k in range(hi - lo):
         c = 2 * k
@@ -222,7 +222,7 @@ def _row_k3s2(xp, yr, ir, code, top, pw, lo, hi):
     x1 = xp[top + 1, c0:]
     x2 = xp[top + 2, c0:]
     ys = yr[lo:hi]
-    cz = code[:hi - lo]
+    cz = code[: hi - lo]
     d01, d02 = np.int32(1), np.int32(2)
     d10, d11, d12 = np.int32(w), np.int32(w + 1), np.int32(w + 2)
     d20, d21, d22 = np.int32(2 * w), np.int32(2 * w + 1), np.int32(2 * w + 2)
@@ -289,7 +289,7 @@ def _row_generic(xp, yr, ir, code, rel0, top, kh, kw, sw, pw, dh, dw):
             cb, tlo, thi = tap_cols(b, dw, pw, sw, w, ow)
             if thi == tlo:
                 continue
-            xs = xp[ih, tlo * sw + cb:]
+            xs = xp[ih, tlo * sw + cb :]
             ys = yr[tlo:thi]
             cz = code[tlo:thi]
             rel = np.int32(a * dh * w + b * dw)
@@ -398,7 +398,7 @@ def _index_range(a, nchunk):
     lo = np.empty(nchunk, dtype=np.int64)
     hi = np.empty(nchunk, dtype=np.int64)
     for ch in prange(nchunk):
-        s = a[ch * n // nchunk:(ch + 1) * n // nchunk]
+        s = a[ch * n // nchunk : (ch + 1) * n // nchunk]
         mn = s[0]
         mx = s[0]
         for j in range(s.size):

@@ -57,8 +57,7 @@ __all__ = [
 def unavailable_reason() -> str | None:
     """None if kernels can run (a GPU, or numba-cuda's simulator), else why not."""
     if importlib.util.find_spec("numba_cuda") is None:
-        return ("numba-cuda is not installed (pip install 'numba-cuda[cu12]' or "
-                "'numba-cuda[cu13]' to match your driver)")
+        return "numba-cuda is not installed (pip install 'numba-cuda[cu12]' or 'numba-cuda[cu13]' to match your driver)"
     try:
         from numba import cuda
     except Exception as exc:  # e.g. cuda-bindings missing
@@ -69,9 +68,11 @@ def unavailable_reason() -> str | None:
     except Exception as exc:  # pragma: no cover - driver errors
         return f"numba.cuda.is_available() failed: {type(exc).__name__}: {exc}"
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "0")
-    return ("numba.cuda.is_available() is False: no usable NVIDIA GPU/driver was found"
-            + ("" if sim not in ("", "0") else
-               " (for testing without a GPU set NUMBA_ENABLE_CUDASIM=1 before numba is imported)"))
+    return "numba.cuda.is_available() is False: no usable NVIDIA GPU/driver was found" + (
+        ""
+        if sim not in ("", "0")
+        else " (for testing without a GPU set NUMBA_ENABLE_CUDASIM=1 before numba is imported)"
+    )
 
 
 _unavailable_reason = unavailable_reason  # the name before it was public
@@ -133,8 +134,9 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, p: Any, algorithm: str) -> An
         return conv2d_forward_im2col(x, weight, bias, p)
 
 
-def conv2d_backward(gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True
-                    ) -> tuple[Any, Any, Any]:
+def conv2d_backward(
+    gy: Any, x: Any, weight: Any, p: Any, algorithm: str, need_input_grad: bool = True
+) -> tuple[Any, Any, Any]:
     """(gx, gw, gb); gx is None (no allocation, no launch) when ``need_input_grad`` is False."""
     from . import _streams
 
@@ -164,6 +166,7 @@ def max_pool2d_backward(gy: Any, indices: Any, p: Any) -> Any:
 
     with _streams.on_inputs(grad_output=gy, indices=indices):
         return bwd(gy, indices, p)
+
 
 # --------------------------------------------------------------------------- surface ops (issue 15)
 

@@ -24,6 +24,7 @@ from ._geometry import split3
 from ._launch_plan import ELEMWISE_MAX_BLOCKS, ELEMWISE_TPB, elemwise_blocks  # noqa: F401
 from ._streams import launch
 
+
 def elemwise_grid(size: int) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over ``size`` elements."""
     return elemwise_blocks(size), ELEMWISE_TPB
@@ -104,8 +105,7 @@ def _index_minmax(idx, out):
 
 def device_array(shape: tuple[int, ...], dtype: Any):
     """Uninitialised array on the current device, carrying the current call's stream."""
-    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype),
-                             stream=_streams.current_stream())
+    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype), stream=_streams.current_stream())
 
 
 def fill(a, value) -> None:
@@ -176,8 +176,7 @@ def asarray(a: Any, name: str):
             arr = _wrap_interface(a)
         except Exception as exc:  # e.g. torch bfloat16: no typestr numba understands
             raise TypeError(
-                f"{name} must be a CUDA array numba can view (__cuda_array_interface__), "
-                f"got {type(a).__name__}: {exc}"
+                f"{name} must be a CUDA array numba can view (__cuda_array_interface__), got {type(a).__name__}: {exc}"
             ) from None
     else:
         raise TypeError(
@@ -212,8 +211,7 @@ def index_range(indices) -> tuple[int, int]:
     """(min, max) of an int64 device array, reduced on the device; only the two
     results are copied to the host (a synchronisation: see docs/cuda.md)."""
     with _streams.on_inputs(indices=indices) as stream:
-        out = cuda.to_device(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min], dtype=np.int64),
-                             stream=stream)
+        out = cuda.to_device(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min], dtype=np.int64), stream=stream)
         if indices.size:
             src = indices if indices.is_c_contiguous() else ascompute(indices, np.int64)
             blocks, tpb = elemwise_grid(indices.size)

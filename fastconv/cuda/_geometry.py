@@ -63,15 +63,57 @@ class PoolGeom(NamedTuple):
 
 
 def forward(p: Conv2dParams, has_bias: bool) -> ConvGeom:
-    return ConvGeom(p.n, p.c, p.h, p.w, p.k, p.oh, p.ow, p.cg, p.kg, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw,
-                    p.dh, p.dw, 1, 1, 0, int(has_bias))
+    return ConvGeom(
+        p.n,
+        p.c,
+        p.h,
+        p.w,
+        p.k,
+        p.oh,
+        p.ow,
+        p.cg,
+        p.kg,
+        p.kh,
+        p.kw,
+        p.sh,
+        p.sw,
+        p.ph,
+        p.pw,
+        p.dh,
+        p.dw,
+        1,
+        1,
+        0,
+        int(has_bias),
+    )
 
 
 def input_grad(p: Conv2dParams) -> ConvGeom:
     """grad_x as a forward convolution of grad_output: lhs dilation by the stride, weights
     transposed and flipped, padding (R-1)*dh - ph (a gather, never a scatter)."""
-    return ConvGeom(p.n, p.k, p.oh, p.ow, p.c, p.h, p.w, p.kg, p.cg, p.kh, p.kw, 1, 1,
-                    (p.kh - 1) * p.dh - p.ph, (p.kw - 1) * p.dw - p.pw, p.dh, p.dw, p.sh, p.sw, 1, 0)
+    return ConvGeom(
+        p.n,
+        p.k,
+        p.oh,
+        p.ow,
+        p.c,
+        p.h,
+        p.w,
+        p.kg,
+        p.cg,
+        p.kh,
+        p.kw,
+        1,
+        1,
+        (p.kh - 1) * p.dh - p.ph,
+        (p.kw - 1) * p.dw - p.pw,
+        p.dh,
+        p.dw,
+        p.sh,
+        p.sw,
+        1,
+        0,
+    )
 
 
 def pool(p: Pool2dParams, with_idx: bool) -> PoolGeom:

@@ -88,8 +88,9 @@ def check_grid_rows(groups: int, rows: int, tile_rows: int) -> int:
     return gy
 
 
-def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split: int,
-            unit: str = "slabs") -> tuple[int, int, str]:
+def split_k(
+    base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split: int, unit: str = "slabs"
+) -> tuple[int, int, str]:
     """(splits, slabs per split, reason) so that ``base_blocks`` output tiles fill MIN_WAVES waves."""
     wave = SMS * per_sm
     if slabs == 0:  # an empty reduction (zero batch): one launch writes the zeros
@@ -102,10 +103,22 @@ def split_k(base_blocks: int, slabs: int, per_sm: int, min_slabs: int, max_split
     per = cdiv(slabs, split)
     split = cdiv(slabs, per)
     if split == 1:
-        return 1, slabs, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves, but the reduction "
-                          f"({slabs} {unit}) is too short to split")
-    return split, per, (f"{base_blocks} tiles = {base_blocks / wave:.2f} waves < {MIN_WAVES}: "
-                        f"split-K x{split} ({per} {unit} each), fixed-order sum")
+        return (
+            1,
+            slabs,
+            (
+                f"{base_blocks} tiles = {base_blocks / wave:.2f} waves, but the reduction "
+                f"({slabs} {unit}) is too short to split"
+            ),
+        )
+    return (
+        split,
+        per,
+        (
+            f"{base_blocks} tiles = {base_blocks / wave:.2f} waves < {MIN_WAVES}: "
+            f"split-K x{split} ({per} {unit} each), fixed-order sum"
+        ),
+    )
 
 
 def igemm(rows: int, groups: int, ncols: int, red: int, out_bytes: int) -> LaunchPlan:
@@ -175,9 +188,16 @@ def direct(g: ConvGeom, itemsize: int) -> tuple[LaunchPlan, DirectTile | None]:
     groups = g.cout // g.cout_g
     if g.cout_g <= THIN_MAX:
         blocks = elemwise_blocks(g.n * g.cout * g.oh * g.ow)
-        return LaunchPlan("thin", (1, 1, g.cin_g * g.kh * g.kw), (blocks, 1, 1), 1, 0, 0,
-                          blocks * ELEMWISE_TPB / (SMS * 2048),
-                          f"{g.cout_g} output channels per group <= {THIN_MAX}: one thread per output"), None
+        return LaunchPlan(
+            "thin",
+            (1, 1, g.cin_g * g.kh * g.kw),
+            (blocks, 1, 1),
+            1,
+            0,
+            0,
+            blocks * ELEMWISE_TPB / (SMS * 2048),
+            f"{g.cout_g} output channels per group <= {THIN_MAX}: one thread per output",
+        ), None
     tile = direct_tile(g)
     if tile is None:
         plan = igemm_for(g, itemsize)
@@ -186,9 +206,16 @@ def direct(g: ConvGeom, itemsize: int) -> tuple[LaunchPlan, DirectTile | None]:
     chunks = cdiv(g.cin_g, tile.cc)
     room = max(1, SPLIT_WORKSPACE_BYTES // max(g.n * g.cout * g.oh * g.ow * itemsize, 1))
     split, per, why = split_k(base[0] * base[1], chunks, DIRECT_BLOCKS_PER_SM, 1, room, "channel chunks")
-    plan = LaunchPlan("direct", (TK, tile.th * tile.tw, tile.cc), base + (split,), split, chunks, per,
-                      base[0] * base[1] * split / (SMS * DIRECT_BLOCKS_PER_SM),
-                      f"{tile.th}x{tile.tw}-pixel tiles, {tile.cc} channels staged per chunk; {why}")
+    plan = LaunchPlan(
+        "direct",
+        (TK, tile.th * tile.tw, tile.cc),
+        base + (split,),
+        split,
+        chunks,
+        per,
+        base[0] * base[1] * split / (SMS * DIRECT_BLOCKS_PER_SM),
+        f"{tile.th}x{tile.tw}-pixel tiles, {tile.cc} channels staged per chunk; {why}",
+    )
     return plan, tile._replace(cps=per * tile.cc)
 
 
@@ -200,8 +227,9 @@ def forced_direct(plan: LaunchPlan, tile: DirectTile, splits: int) -> tuple[Laun
 
 def igemm_for(g: ConvGeom, itemsize: int) -> LaunchPlan:
     """``igemm`` for a geometry (forward or grad_x)."""
-    return igemm(g.cout_g, g.cout // g.cout_g, g.n * g.oh * g.ow, g.cin_g * g.kh * g.kw,
-                 g.n * g.cout * g.oh * g.ow * itemsize)
+    return igemm(
+        g.cout_g, g.cout // g.cout_g, g.n * g.oh * g.ow, g.cin_g * g.kh * g.kw, g.n * g.cout * g.oh * g.ow * itemsize
+    )
 
 
 def conv_launches(p, algorithm: str, itemsize: int, need_input_grad: bool = True) -> dict[str, LaunchPlan]:
@@ -215,8 +243,9 @@ def conv_launches(p, algorithm: str, itemsize: int, need_input_grad: bool = True
     out = {"forward": pick(geo.forward(p, True))}
     if need_input_grad:
         out["grad_x"] = pick(geo.input_grad(p))
-    out["grad_weight"] = wgrad(p.kg, p.groups, p.cg * p.kh * p.kw, p.n * p.oh * p.ow,
-                               (p.k * p.cg * p.kh * p.kw + p.k) * itemsize)
+    out["grad_weight"] = wgrad(
+        p.kg, p.groups, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, (p.k * p.cg * p.kh * p.kw + p.k) * itemsize
+    )
     return out
 
 
@@ -226,5 +255,10 @@ def forced(plan: LaunchPlan, splits: int) -> LaunchPlan:
     split = cdiv(plan.slabs, per)
     blocks_per_split = plan.grid[0] * plan.grid[1]
     waves = plan.waves * blocks_per_split * split / max(plan.blocks, 1)
-    return plan._replace(grid=(plan.grid[0], plan.grid[1], split), split_k=split, slabs_per_split=per,
-                         waves=waves, reason=f"forced split-K x{split} ({per} slabs of {plan.tile[2]})")
+    return plan._replace(
+        grid=(plan.grid[0], plan.grid[1], split),
+        split_k=split,
+        slabs_per_split=per,
+        waves=waves,
+        reason=f"forced split-K x{split} ({per} slabs of {plan.tile[2]})",
+    )

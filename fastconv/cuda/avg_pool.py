@@ -78,8 +78,7 @@ def avg_pool2d_backward_kernel(gy, gx, h, w, oh, ow, kh, kw, sh, sw, ph, pw, inc
         acc = gy[U(base)] * 0
         for oi in range(o0, o1 + 1):
             for oj in range(p0, p1 + 1):
-                acc += gy[U(base + oi * ow + oj)] / _divisor(oi, oj, h, w, kh, kw, sh, sw, ph, pw,
-                                                              include_pad, divisor)
+                acc += gy[U(base + oi * ow + oj)] / _divisor(oi, oj, h, w, kh, kw, sh, sw, ph, pw, include_pad, divisor)
         gx[U(i)] = acc
         i += step
 

@@ -42,8 +42,8 @@ from numba import cuda
 
 from .._params import Conv2dParams
 from . import _arrays, conv_im2col
-from . import _launch_plan as lp
 from . import _geometry as geo
+from . import _launch_plan as lp
 from ._arrays import flat, launch
 from ._config import device_fn
 from ._geometry import ConvGeom, nchw, split2, split3
@@ -234,8 +234,9 @@ def conv_thin_kernel(x, w, b, y, g):
 # --------------------------------------------------------------------------- host side
 
 
-def launch_conv_direct(x, w, b, y, g: ConvGeom, chosen: tuple[lp.LaunchPlan, lp.DirectTile | None] | None = None
-                       ) -> None:
+def launch_conv_direct(
+    x, w, b, y, g: ConvGeom, chosen: tuple[lp.LaunchPlan, lp.DirectTile | None] | None = None
+) -> None:
     """Launch what ``_launch_plan.direct`` chose (or ``chosen``), writing all of y: the thin-group
     kernel, the tiled kernel (split over input channels when it fills too few waves), or the
     implicit GEMM when the tile does not fit shared memory."""

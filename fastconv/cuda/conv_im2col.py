@@ -434,8 +434,9 @@ def launch_conv_igemm(x, w, b, y, g: ConvGeom, plan: LaunchPlan | None = None) -
         return
     out = y if plan.split_k == 1 else _arrays.device_array((plan.split_k,) + tuple(y.shape), y.dtype)
     bb = flat(b) if b is not None else flat(y)[:1]
-    launch(conv_igemm_kernel, plan.grid, NT, flat(x), flat(w), bb, flat(out), g, g.n * g.oh * g.ow,
-           plan.slabs_per_split)
+    launch(
+        conv_igemm_kernel, plan.grid, NT, flat(x), flat(w), bb, flat(out), g, g.n * g.oh * g.ow, plan.slabs_per_split
+    )
     if plan.split_k > 1:
         sum_splits(out, y, plan.split_k)
 

@@ -166,6 +166,15 @@ def max_pool2d_backward(gy, indices, p: Pool2dParams):
     gx = _arrays.empty(p.x_shape, gy.dtype)
     nplanes = p.n * p.c
     blocks = max(1, min(BWD_MAX_BLOCKS, cdiv(nplanes, PLANES)))
-    launch(max_pool2d_backward_kernel, blocks, BWD_THREADS, flat(gy), flat(indices), flat(gx), nplanes,
-           p.h * p.w, p.oh * p.ow)
+    launch(
+        max_pool2d_backward_kernel,
+        blocks,
+        BWD_THREADS,
+        flat(gy),
+        flat(indices),
+        flat(gx),
+        nplanes,
+        p.h * p.w,
+        p.oh * p.ow,
+    )
     return gx

@@ -197,6 +197,5 @@ def max_unpool2d_forward(x, indices, out_hw: tuple[int, int]):
 def max_unpool2d_backward(gy, indices):
     gx = _arrays.empty(tuple(indices.shape), gy.dtype)
     hw = gy.shape[2] * gy.shape[3]
-    _launch(unpool_backward_kernel, gx.size, flat(gy), flat(indices), flat(gx),
-            indices.shape[2] * indices.shape[3], hw)
+    _launch(unpool_backward_kernel, gx.size, flat(gy), flat(indices), flat(gx), indices.shape[2] * indices.shape[3], hw)
     return gx

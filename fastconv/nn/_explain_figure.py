@@ -15,16 +15,26 @@ import numpy as np
 _NAN_RGB = (230, 230, 230)
 _CMAPS = {
     # anchor colours, evenly spaced from 0 to 1 (matplotlib's maps of the same names)
-    "viridis": ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58",
-                "#fde725"],
-    "RdBu_r": ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582",
-               "#d6604d", "#b2182b", "#67001f"],
+    "viridis": ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#fde725"],
+    "RdBu_r": [
+        "#053061",
+        "#2166ac",
+        "#4393c3",
+        "#92c5de",
+        "#d1e5f0",
+        "#f7f7f7",
+        "#fddbc7",
+        "#f4a582",
+        "#d6604d",
+        "#b2182b",
+        "#67001f",
+    ],
     "gray": ["#000000", "#ffffff"],
 }
 
 
 def _anchors(cmap: str) -> np.ndarray:
-    return np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in _CMAPS[cmap]], dtype=np.float64)
+    return np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in _CMAPS[cmap]], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _zoom(a: np.ndarray, k: int) -> np.ndarray:

@@ -79,8 +79,10 @@ def _legend(scale: Scale, pictures: int) -> str:
     if scale.cmap == "RdBu_r":
         notes.append("white is 0, blue negative, red positive")
     note = f"<span>{_e('; '.join(notes))}</span>" if notes else ""
-    return (f'<div class="legend"><span class="ramp"><span class="bar" style="background:{scale.css_gradient()}">'
-            f'</span><span class="ticks">{ticks}</span></span>{note}</div>')
+    return (
+        f'<div class="legend"><span class="ramp"><span class="bar" style="background:{scale.css_gradient()}">'
+        f'</span><span class="ticks">{ticks}</span></span>{note}</div>'
+    )
 
 
 def _figure(grid: Grid, image: np.ndarray, label: str) -> str:
@@ -88,14 +90,16 @@ def _figure(grid: Grid, image: np.ndarray, label: str) -> str:
     h, w = rgb.shape[:2]
     alt = f"{grid.title} {label}".strip()
     cap = f"<figcaption>{_e(label)}</figcaption>" if label else ""
-    return (f'<figure><img src="{data_uri(rgb)}" width="{w}" height="{h}" alt="{_e(alt)}">{cap}</figure>')
+    return f'<figure><img src="{data_uri(rgb)}" width="{w}" height="{h}" alt="{_e(alt)}">{cap}</figure>'
 
 
 def _grid(grid: Grid) -> str:
     figures = "".join(_figure(grid, img, lab) for img, lab in zip(grid.images, grid.labels))
-    return (f'<div class="grid {_e(grid.kind)}"><p class="gtitle">{_e(grid.title)}</p>'
-            f'<p class="caption">{_e(grid.caption)}</p>{_legend(grid.scale, len(grid.images))}'
-            f'<div class="maps">{figures}</div></div>')
+    return (
+        f'<div class="grid {_e(grid.kind)}"><p class="gtitle">{_e(grid.title)}</p>'
+        f'<p class="caption">{_e(grid.caption)}</p>{_legend(grid.scale, len(grid.images))}'
+        f'<div class="maps">{figures}</div></div>'
+    )
 
 
 def _chart(bars: Bars) -> str:
@@ -106,9 +110,11 @@ def _chart(bars: Bars) -> str:
         value = f"{100 * v:.2f} %" if bars.probabilities else fmt_value(float(v))
         notes = [n for n, on in (("prediction", i == bars.predicted), ("true label", i == bars.label)) if on]
         pred = " pred" if i == bars.predicted else ""
-        rows.append(f'<span class="cls{pred}">{_e(lab)}</span><div class="track{pred}"><div class="fill" '
-                    f'style="width:{width:.2f}%"></div></div><span class="value{pred}">{_e(value)}</span>'
-                    f'<span class="note">{_e(", ".join(notes))}</span>')
+        rows.append(
+            f'<span class="cls{pred}">{_e(lab)}</span><div class="track{pred}"><div class="fill" '
+            f'style="width:{width:.2f}%"></div></div><span class="value{pred}">{_e(value)}</span>'
+            f'<span class="note">{_e(", ".join(notes))}</span>'
+        )
     what = "probability of each class" if bars.probabilities else "output of each unit"
     return f'<div class="bars"><p class="gtitle">{_e(what)}</p><div class="chart">{"".join(rows)}</div></div>'
 
@@ -117,11 +123,13 @@ def _panel(p: Panel) -> str:
     shape = "(" + ", ".join("None" if s is None else str(s) for s in p.shape) + ")"
     grids = "".join(_grid(g) for g in p.grids)
     chart = _chart(p.bars) if p.bars is not None else ""
-    return (f'<section class="card layer" id="layer-{p.index}" data-layer="{_e(p.name)}" '
-            f'data-type="{_e(p.type_name)}"><h2><span>{p.index}. {_e(p.name)}</span>'
-            f'<span class="type">{_e(p.type_name)}</span><span class="shape">output {_e(shape)}</span>'
-            f'<span class="params">{p.params:,} parameters</span></h2>'
-            f'<p class="about">{_e(p.about)}</p><div class="grids">{grids}{chart}</div></section>')
+    return (
+        f'<section class="card layer" id="layer-{p.index}" data-layer="{_e(p.name)}" '
+        f'data-type="{_e(p.type_name)}"><h2><span>{p.index}. {_e(p.name)}</span>'
+        f'<span class="type">{_e(p.type_name)}</span><span class="shape">output {_e(shape)}</span>'
+        f'<span class="params">{p.params:,} parameters</span></h2>'
+        f'<p class="about">{_e(p.about)}</p><div class="grids">{grids}{chart}</div></section>'
+    )
 
 
 def _facts(r: Report) -> str:
@@ -134,17 +142,23 @@ def _facts(r: Report) -> str:
     verdict = ""
     if r.label is not None and r.predicted is not None:
         right = r.label == r.predicted
-        verdict = (f'<p class="verdict {"ok" if right else "bad"}">{"right" if right else "wrong"}: '
-                   f'the network says {_e(r.predicted)}, the label is {_e(r.label)}</p>')
+        verdict = (
+            f'<p class="verdict {"ok" if right else "bad"}">{"right" if right else "wrong"}: '
+            f"the network says {_e(r.predicted)}, the label is {_e(r.label)}</p>"
+        )
     return f'<div class="facts">{"".join(cells)}</div>{verdict}'
 
 
 def _summary_table(r: Report) -> str:
     rows = "".join(
         f'<tr><td><a href="#layer-{p.index}">{p.index}. {_e(p.name)}</a> ({_e(p.type_name)})</td>'
-        f'<td class="mono">{_e(str(p.shape))}</td><td>{p.params:,}</td></tr>' for p in r.panels)
-    return (f'<table><tr><th>Layer (type)</th><th>Output shape</th><th>Param #</th></tr>{rows}'
-            f'<tr><td>Total</td><td></td><td>{r.total_params:,}</td></tr></table>')
+        f'<td class="mono">{_e(str(p.shape))}</td><td>{p.params:,}</td></tr>'
+        for p in r.panels
+    )
+    return (
+        f"<table><tr><th>Layer (type)</th><th>Output shape</th><th>Param #</th></tr>{rows}"
+        f"<tr><td>Total</td><td></td><td>{r.total_params:,}</td></tr></table>"
+    )
 
 
 def render_html(r: Report) -> str:

@@ -33,8 +33,9 @@ def _matplotlib() -> Any:
         import matplotlib
         from matplotlib.figure import Figure
     except ImportError:
-        raise RuntimeError('explain(format="png") needs matplotlib (pip install matplotlib); '
-                           'format="html" needs nothing') from None
+        raise RuntimeError(
+            'explain(format="png") needs matplotlib (pip install matplotlib); format="html" needs nothing'
+        ) from None
     return matplotlib, Figure
 
 
@@ -62,7 +63,7 @@ def _mosaic(grid: Grid) -> np.ndarray:
     out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
     for i, img in enumerate(imgs):
         r, c = divmod(i, cols)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
     return out
 
 
@@ -82,15 +83,15 @@ def _caption_height(text: str) -> float:
     return 0.14 * (text.count("\n") + 1) + 0.08
 
 
-def _draw_grid(cv: _Canvas, grid: Grid, mosaic: np.ndarray, x: float, top: float, size: tuple[float, float],
-               caption: str) -> None:
+def _draw_grid(
+    cv: _Canvas, grid: Grid, mosaic: np.ndarray, x: float, top: float, size: tuple[float, float], caption: str
+) -> None:
     matplotlib = _matplotlib()[0]
     cmap = matplotlib.colormaps[grid.scale.cmap].with_extremes(bad="#e6e6e6")
     cv.text(x, top, caption, fontsize=7.5, color="#333333", linespacing=1.25)
     top += _caption_height(caption)
     ax = cv.axes(x, top, *size)
-    im = ax.imshow(mosaic, cmap=cmap, vmin=grid.scale.lo, vmax=grid.scale.hi, interpolation="nearest",
-                   aspect="equal")
+    im = ax.imshow(mosaic, cmap=cmap, vmin=grid.scale.lo, vmax=grid.scale.hi, interpolation="nearest", aspect="equal")
     ax.set_xticks([])
     ax.set_yticks([])
     cax = cv.axes(x + size[0] + 0.06, top, 0.1, max(size[1], 0.6))
@@ -114,18 +115,29 @@ def _draw_bars(cv: _Canvas, bars: Bars, x: float, top: float, w: float, h: float
     for i, v in enumerate(bars.values):
         text = f"{100 * v:.2f} %" if bars.probabilities else fmt_value(float(v))
         notes = [n for n, on in (("prediction", i == bars.predicted), ("true label", i == bars.label)) if on]
-        ax.text(abs(v) + 0.02 * top_v, i, text + (f"  {', '.join(notes)}" if notes else ""), va="center",
-                fontsize=7.5, fontweight="bold" if i == bars.predicted else "normal")
+        ax.text(
+            abs(v) + 0.02 * top_v,
+            i,
+            text + (f"  {', '.join(notes)}" if notes else ""),
+            va="center",
+            fontsize=7.5,
+            fontweight="bold" if i == bars.predicted else "normal",
+        )
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.set_title("probability of each class" if bars.probabilities else "output of each unit", fontsize=8.5,
-                 loc="left")
+    ax.set_title("probability of each class" if bars.probabilities else "output of each unit", fontsize=8.5, loc="left")
 
 
 def _header(r: Report) -> tuple[float, Draw]:
     def draw(cv: _Canvas, top: float) -> None:
-        cv.text(_LEFT, top, f"Inside the network \u201c{r.model_name}\u201d: one input image and what every layer "
-                "makes of it (fastconv.nn.explain)", fontsize=12, fontweight="bold")
+        cv.text(
+            _LEFT,
+            top,
+            f"Inside the network \u201c{r.model_name}\u201d: one input image and what every layer "
+            "makes of it (fastconv.nn.explain)",
+            fontsize=12,
+            fontweight="bold",
+        )
         g = r.input_grid
         mosaic = _mosaic(g)
         _draw_grid(cv, g, mosaic, _LEFT, top + 0.4, _fit(mosaic, 2.2, 2.2), _caption(g, 2.2))
@@ -156,8 +168,13 @@ def _panel(p: Panel) -> tuple[float, Draw]:
     shape = "(" + ", ".join("None" if s is None else str(s) for s in p.shape) + ")"
 
     def draw(cv: _Canvas, top: float) -> None:
-        cv.text(_LEFT, top, f"{p.index}. {p.name} ({p.type_name})   output {shape}   {p.params:,} parameters",
-                fontsize=10, fontweight="bold")
+        cv.text(
+            _LEFT,
+            top,
+            f"{p.index}. {p.name} ({p.type_name})   output {shape}   {p.params:,} parameters",
+            fontsize=10,
+            fontweight="bold",
+        )
         cv.text(_LEFT, top + 0.26, about, fontsize=8, color="#222222", linespacing=1.3)
         x = _LEFT
         for g, m, size, w, c in zip(p.grids, mosaics, sizes, widths, captions):

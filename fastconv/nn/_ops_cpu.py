@@ -20,10 +20,10 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _cache
+from . import _rules  # plain Python rules: compiled below, after _cache.install()
 
 _cache.install()  # before the kernels below: it picks where their Numba cache lives
 
-from . import _rules
 
 name = "cpu"
 
@@ -149,7 +149,7 @@ def pad_value(x: np.ndarray, top: int, bottom: int, left: int, right: int, value
 
 
 def crop(g: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
-    return g[:, :, top:top + h, left:left + w]
+    return g[:, :, top : top + h, left : left + w]
 
 
 def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: Any) -> np.ndarray:

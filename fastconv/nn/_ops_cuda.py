@@ -153,8 +153,9 @@ def activation_forward(kind: str | None, z: Any) -> Any:
         _softmax_fwd[blocks, tpb](_ncs(z))
         return z
     blocks, tpb = _grid(z.size)
-    _act_fwd[blocks, tpb](A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind],
-                          np.dtype(z.dtype).type(0))
+    _act_fwd[blocks, tpb](
+        A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind], np.dtype(z.dtype).type(0)
+    )
     return z
 
 
@@ -457,11 +458,13 @@ def rmsprop(p, g, a, lr, rho, eps):
 
 def adam(p, g, m, v, alpha, b1, b2, eps):
     blocks, tpb = _grid(p.size)
-    _adam[blocks, tpb](A.flat(p), A.flat(g), A.flat(m), A.flat(v), _t(p, alpha), _t(p, 1 - b1), _t(p, 1 - b2),
-                       _t(p, eps))
+    _adam[blocks, tpb](
+        A.flat(p), A.flat(g), A.flat(m), A.flat(v), _t(p, alpha), _t(p, 1 - b1), _t(p, 1 - b2), _t(p, eps)
+    )
 
 
 def adadelta(p, g, a, b, lr, rho, eps):
     blocks, tpb = _grid(p.size)
-    _adadelta[blocks, tpb](A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, 1 - rho),
-                           _t(p, eps))
+    _adadelta[blocks, tpb](
+        A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps)
+    )

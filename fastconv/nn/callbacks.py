@@ -27,8 +27,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Callback", "CallbackList", "check_callbacks", "History", "ModelCheckpoint", "EarlyStopping", "TerminateOnNaN",
-           "CSVLogger"]
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "check_callbacks",
+    "History",
+    "ModelCheckpoint",
+    "EarlyStopping",
+    "TerminateOnNaN",
+    "CSVLogger",
+]
 
 
 class Callback:
@@ -75,8 +83,9 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
     if callbacks is None:
         return []
     if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
-        raise TypeError(f"callbacks must be a list of fastconv.nn.callbacks.Callback objects, got "
-                        f"{type(callbacks).__name__}")
+        raise TypeError(
+            f"callbacks must be a list of fastconv.nn.callbacks.Callback objects, got {type(callbacks).__name__}"
+        )
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback objects (fastconv.nn.callbacks), got {type(cb).__name__}")
@@ -162,8 +171,15 @@ class ModelCheckpoint(Callback):
     instead of ``save`` (no optimizer state).  Every save is atomic.
     """
 
-    def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss", verbose: int = 0,
-                 save_best_only: bool = False, save_weights_only: bool = False, mode: str = "auto"):
+    def __init__(
+        self,
+        filepath: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+    ):
         super().__init__()
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
@@ -177,8 +193,10 @@ class ModelCheckpoint(Callback):
         try:
             return self.filepath.format(epoch=epoch + 1, **logs)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"ModelCheckpoint cannot format filepath {self.filepath!r} ({type(exc).__name__}: "
-                             f"{exc}); it can use {{epoch}} and the epoch logs {sorted(logs)}") from None
+            raise ValueError(
+                f"ModelCheckpoint cannot format filepath {self.filepath!r} ({type(exc).__name__}: "
+                f"{exc}); it can use {{epoch}} and the epoch logs {sorted(logs)}"
+            ) from None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = logs or {}
@@ -186,16 +204,22 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None:
-                warnings.warn(f"ModelCheckpoint can save the best model only with {self.monitor} available "
-                              f"(the logs have {sorted(logs)}), skipping", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"ModelCheckpoint can save the best model only with {self.monitor} available "
+                    f"(the logs have {sorted(logs)}), skipping",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return
             if not self.monitor_op(current, self.best):
                 if self.verbose:
                     print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
             if self.verbose:
-                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
-                      f"saving model to {path}")
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                    f"saving model to {path}"
+                )
             self.best = current
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
@@ -211,8 +235,16 @@ class EarlyStopping(Callback):
     until the monitored value beats it.  ``restore_best_weights``: when it stops,
     put back the weights of the best epoch."""
 
-    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
-                 mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+    ):
         super().__init__()
         self.monitor = monitor
         self.patience = int(patience)
@@ -239,8 +271,12 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         current = (logs or {}).get(self.monitor)
         if current is None:
-            warnings.warn(f"EarlyStopping conditioned on {self.monitor}, which is not available (the logs have "
-                          f"{sorted(logs or {})})", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"EarlyStopping conditioned on {self.monitor}, which is not available (the logs have "
+                f"{sorted(logs or {})})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
@@ -279,8 +315,11 @@ class TerminateOnNaN(Callback):
     def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            print(f"TerminateOnNaN: the loss is {loss} at epoch {self._epoch + 1}, batch {batch + 1}: "
-                  "training stopped", file=sys.stderr, flush=True)
+            print(
+                f"TerminateOnNaN: the loss is {loss} at epoch {self._epoch + 1}, batch {batch + 1}: training stopped",
+                file=sys.stderr,
+                flush=True,
+            )
             self.model.stop_training = True
 
 

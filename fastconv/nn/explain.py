@@ -32,61 +32,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from ._activations import LayerOutput, layer_activations
 from ._explain_figure import Bars, Grid, Panel, Report, Scale, png_bytes, scale_for
 from .layers import keras_shape
 
 __all__ = ["LayerOutput", "explain", "layer_activations", "png_bytes"]
-
-
-class LayerOutput(NamedTuple):
-    """One layer's output for a batch: ``shape`` is ``summary()``'s (None, H, W, C) or
-    (None, F); ``output`` the host array (N, H, W, C) or (N, F)."""
-
-    name: str
-    type_name: str
-    shape: tuple[int | None, ...]
-    output: np.ndarray
-
-
-# ----------------------------------------------------------------------------- activations
-
-
-def _model_ops(model: Any) -> Any:
-    return model._ops
-
-
-def layer_activations(model: Any, x: Any, batch_size: int = 32) -> list[LayerOutput]:
-    """Every layer's output for the batch ``x`` (``predict``'s input format), in layer order.
-
-    Runs on the model's device; the outputs come back as host arrays in channels-last
-    layout, concatenated over batches of ``batch_size``.
-    """
-    model._require_built("activations")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    x = model._check_x(x)
-    ops = _model_ops(model)
-    chunks: list[list[np.ndarray]] = [[] for _ in model.layers]
-    for lo in range(0, len(x), int(batch_size)):
-        xb = model._batch(x[lo:lo + int(batch_size)])
-        for i, layer in enumerate(model.layers):
-            xb = layer.forward(xb, False)
-            chunks[i].append(_channels_last(ops.to_host(xb)))
-    return [LayerOutput(layer.name, layer.type_name, (None, *keras_shape(layer.output_shape)),
-                        np.concatenate(parts) if len(parts) > 1 else parts[0])
-            for layer, parts in zip(model.layers, chunks)]
-
-
-def _channels_last(a: Any) -> np.ndarray:
-    """A fresh host copy (later layers may reuse the buffer), NCHW -> NHWC."""
-    a = np.asarray(a)
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else np.array(a)
-
-
 
 
 _MAP_PIXELS = 56  # target on-screen size of one feature map
@@ -100,8 +54,14 @@ def _feature_grid(out: np.ndarray) -> Grid:
         h, w, c = out.shape
         n = min(c, _MAX_MAPS)
         caption = f"{c} feature maps of {h}×{w}" + (f" (the first {n} shown)" if n < c else "")
-        return Grid("Output", caption, [out[:, :, i] for i in range(n)], [str(i) for i in range(n)], scale,
-                    max(1, _MAP_PIXELS // max(h, w)))
+        return Grid(
+            "Output",
+            caption,
+            [out[:, :, i] for i in range(n)],
+            [str(i) for i in range(n)],
+            scale,
+            max(1, _MAP_PIXELS // max(h, w)),
+        )
     f = out.size
     cols = min(f, 64)
     rows = -(-f // cols)
@@ -118,41 +78,63 @@ def _first_filters(kernel: np.ndarray) -> Grid:
     for j in range(k):
         img = np.full((kh, c * (kw + 1) - 1), np.nan)
         for ci in range(c):
-            img[:, ci * (kw + 1):ci * (kw + 1) + kw] = kernel[:, :, ci, j]
+            img[:, ci * (kw + 1) : ci * (kw + 1) + kw] = kernel[:, :, ci, j]
         images.append(img)
-    caption = (f"all {k} filters of {kh}×{kw}×{c} weights" + (" (input channels side by side)" if c > 1 else "")
-               + "; red adds, blue subtracts")
-    return Grid("Filters", caption, images, [str(j) for j in range(k)], scale_for(kernel),
-                max(1, 40 // max(kh, c * (kw + 1))), "filters")
+    caption = (
+        f"all {k} filters of {kh}×{kw}×{c} weights"
+        + (" (input channels side by side)" if c > 1 else "")
+        + "; red adds, blue subtracts"
+    )
+    return Grid(
+        "Filters",
+        caption,
+        images,
+        [str(j) for j in range(k)],
+        scale_for(kernel),
+        max(1, 40 // max(kh, c * (kw + 1))),
+        "filters",
+    )
 
 
 def _filter_summary(kernel: np.ndarray) -> Grid:
     """Later convolutions: the L2 norm of each (input channel, filter) kernel as one matrix."""
     kh, kw, c, k = kernel.shape
     norms = np.sqrt(np.sum(np.asarray(kernel, dtype=np.float64) ** 2, axis=(0, 1)))  # (C, K)
-    caption = (f"{k}×{c} kernels of {kh}×{kw}, summarised: the size (L2 norm) of each kernel; "
-               "column = filter (output channel), row = input channel")
-    return Grid("Filters (summary)", caption, [norms], [""], scale_for(norms), max(2, min(12, 320 // max(k, c))),
-                "summary")
+    caption = (
+        f"{k}×{c} kernels of {kh}×{kw}, summarised: the size (L2 norm) of each kernel; "
+        "column = filter (output channel), row = input channel"
+    )
+    return Grid(
+        "Filters (summary)", caption, [norms], [""], scale_for(norms), max(2, min(12, 320 // max(k, c))), "summary"
+    )
 
 
 _ABOUT = {
-    "Conv2D": ("Convolution: each of its {filters} filters ({kh}×{kw}×{c} weights) slides over the input "
-               "(stride {stride}, padding \"{padding}\"); at every position it multiplies the window by its "
-               "weights, adds up and adds a bias. Each output channel maps where its filter's pattern occurs."),
-    "MaxPooling2D": ("Max pooling: keeps the largest value of each {ph}×{pw} window (stride {stride}), so the "
-                     "maps shrink while their strongest responses survive."),
-    "Flatten": ("Flatten: lays the {shape} maps out as one vector of {f} values (row by row, channels "
-                "innermost, as Keras does) so that a dense layer can weigh every value."),
+    "Conv2D": (
+        "Convolution: each of its {filters} filters ({kh}×{kw}×{c} weights) slides over the input "
+        '(stride {stride}, padding "{padding}"); at every position it multiplies the window by its '
+        "weights, adds up and adds a bias. Each output channel maps where its filter's pattern occurs."
+    ),
+    "MaxPooling2D": (
+        "Max pooling: keeps the largest value of each {ph}×{pw} window (stride {stride}), so the "
+        "maps shrink while their strongest responses survive."
+    ),
+    "Flatten": (
+        "Flatten: lays the {shape} maps out as one vector of {f} values (row by row, channels "
+        "innermost, as Keras does) so that a dense layer can weigh every value."
+    ),
     "Dense": "Dense: each of its {units} units adds up all {f} inputs, each times its own weight, plus a bias.",
-    "Dropout": ("Dropout: while training it zeroes a random {rate:.0%} of the values (and scales the rest up); "
-                "when predicting, as here, it passes its input through unchanged."),
+    "Dropout": (
+        "Dropout: while training it zeroes a random {rate:.0%} of the values (and scales the rest up); "
+        "when predicting, as here, it passes its input through unchanged."
+    ),
     "ReLU": "ReLU: replaces every negative value by 0 and keeps the positive ones.",
 }
 _ABOUT_ACTIVATION = {
     "relu": "Then ReLU: negative values become 0.",
-    "softmax": ("Then softmax: the {n} scores become probabilities (positive, summing to 1); "
-                "the largest one is the prediction."),
+    "softmax": (
+        "Then softmax: the {n} scores become probabilities (positive, summing to 1); the largest one is the prediction."
+    ),
     "sigmoid": "Then sigmoid: each value is squashed into (0, 1).",
     "tanh": "Then tanh: each value is squashed into (-1, 1).",
 }
@@ -164,8 +146,14 @@ def describe(layer: Any) -> str:
     ins = keras_shape(layer.input_shape)
     facts: dict[str, Any] = {"f": int(np.prod(ins)), "shape": "×".join(map(str, ins))}
     if t == "Conv2D":
-        facts.update(filters=layer.filters, kh=layer.kernel_size[0], kw=layer.kernel_size[1], c=ins[-1],
-                     stride=_pair_text(layer.strides), padding=layer.padding)
+        facts.update(
+            filters=layer.filters,
+            kh=layer.kernel_size[0],
+            kw=layer.kernel_size[1],
+            c=ins[-1],
+            stride=_pair_text(layer.strides),
+            padding=layer.padding,
+        )
     elif t == "MaxPooling2D":
         facts.update(ph=layer.pool_size[0], pw=layer.pool_size[1], stride=_pair_text(layer.strides))
     elif t == "Dense":
@@ -206,8 +194,14 @@ def _input_grid(image: np.ndarray) -> Grid:
     v = image[np.isfinite(image)]
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
     scale = Scale(lo, hi if hi > lo else lo + 1.0, "gray")
-    return Grid("Input", f"{h}×{w}×{c}", [image[:, :, i] for i in range(c)],
-                [f"channel {i}" if c > 1 else "" for i in range(c)], scale, max(1, 168 // max(h, w)))
+    return Grid(
+        "Input",
+        f"{h}×{w}×{c}",
+        [image[:, :, i] for i in range(c)],
+        [f"channel {i}" if c > 1 else "" for i in range(c)],
+        scale,
+        max(1, 168 // max(h, w)),
+    )
 
 
 def build_report(model: Any, image: np.ndarray, label: int | None) -> Report:
@@ -239,14 +233,18 @@ def _check_model(model: Any) -> None:
         raise ValueError("explain: the model has no layers")
     if not model.built:
         if model.layers[0].input_shape_arg is None:
-            raise RuntimeError("explain: the model is not built yet, so its input shape is unknown: give the first "
-                               "layer input_shape=(28, 28, 1) (say), call model.build((None, 28, 28, 1)), "
-                               "fit it, or load a trained one with fastconv.nn.load_model(path)")
+            raise RuntimeError(
+                "explain: the model is not built yet, so its input shape is unknown: give the first "
+                "layer input_shape=(28, 28, 1) (say), call model.build((None, 28, 28, 1)), "
+                "fit it, or load a trained one with fastconv.nn.load_model(path)"
+            )
         model.build()
     shape = tuple(model.input_shape or ())
     if len(shape) != 3:
-        raise ValueError(f"explain needs a model that takes images (height, width, channels); this one takes "
-                         f"vectors of shape {keras_shape(shape)}")
+        raise ValueError(
+            f"explain needs a model that takes images (height, width, channels); this one takes "
+            f"vectors of shape {keras_shape(shape)}"
+        )
 
 
 def _check_image(model: Any, image: Any) -> np.ndarray:
@@ -261,8 +259,10 @@ def _check_image(model: Any, image: Any) -> np.ndarray:
         img = img[:, :, None]
     if img.shape != (h, w, c):
         forms = f"({h}, {w}, {c})" + (f" or ({h}, {w})" if c == 1 else "") + f" or (1, {h}, {w}, {c})"
-        raise ValueError(f"explain: image must be one image of shape {forms} (channels-last, as the model "
-                         f"{model.name!r} takes it), got shape {np.shape(image)}")
+        raise ValueError(
+            f"explain: image must be one image of shape {forms} (channels-last, as the model "
+            f"{model.name!r} takes it), got shape {np.shape(image)}"
+        )
     return img.astype(np.float64)
 
 
@@ -272,8 +272,10 @@ def _check_label(label: Any, model: Any) -> int | None:
     classes = int(np.prod(model.layers[-1].output_shape))
     ok = isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
     if not ok or not 0 <= int(label) < classes:
-        raise ValueError(f"explain: label must be a class index in [0, {classes}) (the model has {classes} "
-                         f"outputs) or None, got {label!r}")
+        raise ValueError(
+            f"explain: label must be a class index in [0, {classes}) (the model has {classes} "
+            f"outputs) or None, got {label!r}"
+        )
     return int(label)
 
 
@@ -288,8 +290,9 @@ def _check_format(path: str, fmt: str | None) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def explain(model: Any, image: Any, path: str | os.PathLike[str], *, label: int | None = None,
-            format: str | None = None) -> str:
+def explain(
+    model: Any, image: Any, path: str | os.PathLike[str], *, label: int | None = None, format: str | None = None
+) -> str:
     """Write what ``model`` does with one ``image`` to ``path``; returns the path.
 
     ``image``: one sample as the model takes it (channels-last (H, W, C), or (H, W)

@@ -34,8 +34,21 @@ import fastconv
 from .._params import avg_pool2d_params, check_padding_mode, conv2d_params, explicit_pads, pair, pool2d_params
 from . import _ops_cpu, initializers
 
-__all__ = ["Layer", "Conv2D", "MaxPooling2D", "MaxPool2D", "Flatten", "Dense", "Dropout", "ReLU",
-           "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "ACTIVATIONS", "LAYER_CLASSES"]
+__all__ = [
+    "Layer",
+    "Conv2D",
+    "MaxPooling2D",
+    "MaxPool2D",
+    "Flatten",
+    "Dense",
+    "Dropout",
+    "ReLU",
+    "AveragePooling2D",
+    "AvgPool2D",
+    "GlobalAveragePooling2D",
+    "ACTIVATIONS",
+    "LAYER_CLASSES",
+]
 
 ACTIVATIONS = (None, "relu", "sigmoid", "tanh", "softmax")
 
@@ -78,8 +91,10 @@ def internal_shape(shape: Any, what: str = "input_shape") -> tuple[int, ...]:
     except (TypeError, ValueError):
         raise TypeError(f"{what} must be a tuple of ints such as (28, 28, 1), got {shape!r}") from None
     if len(shape) not in (1, 2, 3) or min(shape) < 1:
-        raise ValueError(f"{what} must be (height, width, channels), (height, width) or (features,) "
-                         f"with positive sizes (no batch dimension), got {shape}")
+        raise ValueError(
+            f"{what} must be (height, width, channels), (height, width) or (features,) "
+            f"with positive sizes (no batch dimension), got {shape}"
+        )
     if len(shape) == 2:
         return (1, shape[0], shape[1])
     if len(shape) == 3:
@@ -100,8 +115,9 @@ class Layer:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self.built = False
-        self.input_shape: tuple[int, ...] | None = None  # per sample, internal layout
-        self.output_shape: tuple[int, ...] | None = None
+        # per sample, internal layout; None until built (then tuple[int, ...])
+        self.input_shape: Any = None
+        self.output_shape: Any = None
         self.need_input_grad = True
         self.dtype = np.dtype(np.float32)
         self._ops: Any = _ops_cpu
@@ -155,7 +171,9 @@ class Layer:
         for k, w in zip(keys, weights):
             w = np.asarray(w)
             if w.shape != tuple(self.params[k].shape):
-                raise ValueError(f"layer {self.name!r} {k}: expected shape {tuple(self.params[k].shape)}, got {w.shape}")
+                raise ValueError(
+                    f"layer {self.name!r} {k}: expected shape {tuple(self.params[k].shape)}, got {w.shape}"
+                )
             self.params[k] = self._ops.to_device(w, self.dtype)
 
     def _set_ops(self, ops: Any) -> None:
@@ -167,8 +185,10 @@ class Layer:
 
     def _require_built(self) -> None:
         if not self.built:
-            raise RuntimeError(f"layer {self.name or self.type_name!r} is not built: call build(input_shape, rng) "
-                               "or use it inside a Sequential model")
+            raise RuntimeError(
+                f"layer {self.name or self.type_name!r} is not built: call build(input_shape, rng) "
+                "or use it inside a Sequential model"
+            )
 
     def __repr__(self) -> str:
         return f"<{self.type_name} {self.name!r}>"
@@ -195,8 +215,12 @@ class _Weighted(Layer):
         self.grads = {}
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "activation": self.activation, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer}
+        return {
+            **super().get_config(),
+            "activation": self.activation,
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer,
+        }
 
     def forward(self, x: Any, training: bool = False) -> Any:
         """act(linear(x)); the output is kept for the activation's backward."""
@@ -232,10 +256,20 @@ class Conv2D(_Weighted):
     "same" padding holds, "zeros" (default), "reflect", "replicate" or "circular".
     """
 
-    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
-                 dilation_rate: Any = 1, activation: Any = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None,
-                 padding_mode: str = "zeros"):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: Any,
+        strides: Any = 1,
+        padding: str = "valid",
+        dilation_rate: Any = 1,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        input_shape: Any = None,
+        name: str | None = None,
+        padding_mode: str = "zeros",
+    ):
         super().__init__(activation, use_bias, kernel_initializer, input_shape=input_shape, name=name)
         self.filters = _positive_int(filters, "Conv2D filters")
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size", 1)
@@ -248,13 +282,16 @@ class Conv2D(_Weighted):
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
-            raise ValueError(f"Conv2D {self.name!r} needs image input (height, width, channels), got "
-                             f"per-sample shape {keras_shape(input_shape)}")
+            raise ValueError(
+                f"Conv2D {self.name!r} needs image input (height, width, channels), got "
+                f"per-sample shape {keras_shape(input_shape)}"
+            )
         c, h, w = input_shape
         kh, kw = self.kernel_size
         try:
-            p = conv2d_params((1, c, h, w), (self.filters, c, kh, kw), None, self.strides, self.padding,
-                              self.dilation_rate, 1)
+            p = conv2d_params(
+                (1, c, h, w), (self.filters, c, kh, kw), None, self.strides, self.padding, self.dilation_rate, 1
+            )
             explicit_pads(p, self.padding_mode)
         except ValueError as exc:
             raise ValueError(f"Conv2D {self.name!r} on input {keras_shape(input_shape)}: {exc}") from None
@@ -265,8 +302,15 @@ class Conv2D(_Weighted):
         self._require_built()
         if self.padding_mode != "zeros":  # an explicit pad in the functional API
             self._x = x
-            z = fastconv.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
-                                self.dilation_rate, padding_mode=self.padding_mode)
+            z = fastconv.conv2d(
+                x,
+                self.params["kernel"],
+                self.params.get("bias"),
+                self.strides,
+                self.padding,
+                self.dilation_rate,
+                padding_mode=self.padding_mode,
+            )
             return z
         # training: the op keeps x (this layer's input, never modified in
         # between) and what it prepared from it for the backward
@@ -277,9 +321,16 @@ class Conv2D(_Weighted):
     def linear_backward(self, gz):
         self._require_forward()
         if self.padding_mode != "zeros":
-            gx, gw, gb = fastconv.conv2d_backward(gz, self._x, self.params["kernel"], self.strides, self.padding,
-                                                  self.dilation_rate, need_input_grad=self.need_input_grad,
-                                                  padding_mode=self.padding_mode)
+            gx, gw, gb = fastconv.conv2d_backward(
+                gz,
+                self._x,
+                self.params["kernel"],
+                self.strides,
+                self.padding,
+                self.dilation_rate,
+                need_input_grad=self.need_input_grad,
+                padding_mode=self.padding_mode,
+            )
         else:
             gx, gw, gb = self._op.backward(gz, need_input_grad=self.need_input_grad)
         self.grads["kernel"] = gw
@@ -288,9 +339,15 @@ class Conv2D(_Weighted):
         return gx
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {})}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "dilation_rate": list(self.dilation_rate),
+            **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {}),
+        }
 
     def get_weights(self):
         w = super().get_weights()
@@ -314,8 +371,14 @@ class MaxPooling2D(Layer):
     gradient cropped.
     """
 
-    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
-                 input_shape: Any = None, name: str | None = None):
+    def __init__(
+        self,
+        pool_size: Any = 2,
+        strides: Any = None,
+        padding: str = "valid",
+        input_shape: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(input_shape=input_shape, name=name)
         self.pool_size = pair(pool_size, "MaxPooling2D pool_size", 1)
         self.strides = self.pool_size if strides is None else pair(strides, "MaxPooling2D strides", 1)
@@ -326,8 +389,10 @@ class MaxPooling2D(Layer):
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
-            raise ValueError(f"MaxPooling2D {self.name!r} needs image input (height, width, channels), got "
-                             f"per-sample shape {keras_shape(input_shape)}")
+            raise ValueError(
+                f"MaxPooling2D {self.name!r} needs image input (height, width, channels), got "
+                f"per-sample shape {keras_shape(input_shape)}"
+            )
         c, h, w = input_shape
         (kh, kw), (sh, sw) = self.pool_size, self.strides
         if self.padding == "same":
@@ -365,8 +430,12 @@ class MaxPooling2D(Layer):
         return gx if self.need_input_grad else None
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
-                "padding": self.padding}
+        return {
+            **super().get_config(),
+            "pool_size": list(self.pool_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+        }
 
 
 MaxPool2D = MaxPooling2D
@@ -392,15 +461,24 @@ class Flatten(Layer):
 class Dense(_Weighted):
     """y = act(x @ kernel + bias); x (N, F), kernel (F, units) as in Keras."""
 
-    def __init__(self, units: int, activation: Any = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", input_shape: Any = None, name: str | None = None):
+    def __init__(
+        self,
+        units: int,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        input_shape: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(activation, use_bias, kernel_initializer, input_shape=input_shape, name=name)
         self.units = _positive_int(units, "Dense units")
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 1:
-            raise ValueError(f"Dense {self.name!r} needs a flat input (features,), got per-sample shape "
-                             f"{keras_shape(input_shape)}: add a Flatten() layer before it")
+            raise ValueError(
+                f"Dense {self.name!r} needs a flat input (features,), got per-sample shape "
+                f"{keras_shape(input_shape)}: add a Flatten() layer before it"
+            )
         self._init((input_shape[0], self.units), input_shape[0], self.units, self.units, rng)
         return (self.units,)
 
@@ -411,8 +489,7 @@ class Dense(_Weighted):
 
     def linear_backward(self, gz):
         self._require_forward()
-        gx, gw, gb = self._ops.dense_backward(gz, self._x, self.params["kernel"], self.need_input_grad,
-                                              self.use_bias)
+        gx, gw, gb = self._ops.dense_backward(gz, self._x, self.params["kernel"], self.need_input_grad, self.use_bias)
         self.grads["kernel"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
@@ -496,8 +573,14 @@ class AveragePooling2D(Layer):
     padding and ceil_mode of ``_same_axis``.
     """
 
-    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
-                 input_shape: Any = None, name: str | None = None):
+    def __init__(
+        self,
+        pool_size: Any = 2,
+        strides: Any = None,
+        padding: str = "valid",
+        input_shape: Any = None,
+        name: str | None = None,
+    ):
         super().__init__(input_shape=input_shape, name=name)
         self.pool_size = pair(pool_size, "AveragePooling2D pool_size", 1)
         self.strides = self.pool_size if strides is None else pair(strides, "AveragePooling2D strides", 1)
@@ -508,16 +591,19 @@ class AveragePooling2D(Layer):
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
-            raise ValueError(f"AveragePooling2D {self.name!r} needs image input (height, width, channels), got "
-                             f"per-sample shape {keras_shape(input_shape)}")
+            raise ValueError(
+                f"AveragePooling2D {self.name!r} needs image input (height, width, channels), got "
+                f"per-sample shape {keras_shape(input_shape)}"
+            )
         c, h, w = input_shape
         (kh, kw), (sh, sw) = self.pool_size, self.strides
         pads, ceil, drop = (0, 0), False, (0, 0)
         if self.padding == "same":
             (ph, ch, dh), (pw, cw, dw) = _same_axis(h, kh, sh), _same_axis(w, kw, sw)
             pads, ceil, drop = (ph, pw), ch or cw, (dh, dw)
-        self._args = dict(kernel_size=self.pool_size, stride=self.strides, padding=pads, ceil_mode=ceil,
-                          count_include_pad=False)
+        self._args = dict(
+            kernel_size=self.pool_size, stride=self.strides, padding=pads, ceil_mode=ceil, count_include_pad=False
+        )
         self._drop = drop
         try:
             p = avg_pool2d_params((1, c, h, w), **self._args)
@@ -544,8 +630,12 @@ class AveragePooling2D(Layer):
         return fastconv.avg_pool2d_backward(grad, self._xshape, **self._args)
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
-                "padding": self.padding}
+        return {
+            **super().get_config(),
+            "pool_size": list(self.pool_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+        }
 
 
 AvgPool2D = AveragePooling2D
@@ -556,8 +646,10 @@ class GlobalAveragePooling2D(Layer):
 
     def _build(self, input_shape, rng):
         if len(input_shape) != 3:
-            raise ValueError(f"GlobalAveragePooling2D {self.name!r} needs image input (height, width, channels), "
-                             f"got per-sample shape {keras_shape(input_shape)}")
+            raise ValueError(
+                f"GlobalAveragePooling2D {self.name!r} needs image input (height, width, channels), "
+                f"got per-sample shape {keras_shape(input_shape)}"
+            )
         return (input_shape[0],)
 
     def forward(self, x, training=False):
@@ -573,5 +665,7 @@ class GlobalAveragePooling2D(Layer):
         return fastconv.avg_pool2d_backward(grad.reshape(n, c, 1, 1), self._xshape, (h, w))
 
 
-LAYER_CLASSES = {c.__name__: c for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU,
-                                         AveragePooling2D, GlobalAveragePooling2D)}
+LAYER_CLASSES = {
+    c.__name__: c
+    for c in (Conv2D, MaxPooling2D, Flatten, Dense, Dropout, ReLU, AveragePooling2D, GlobalAveragePooling2D)
+}

@@ -41,7 +41,6 @@ from .. import _threads
 from . import _ops_cpu, losses, optimizers, persistence, training
 from .callbacks import Callback, History, check_callbacks
 from .layers import Layer, internal_shape, keras_shape
-from .persistence import load_model
 from .steps import Pipeline, build_pipeline
 
 __all__ = ["Sequential", "History", "load_model", "to_categorical"]
@@ -75,8 +74,9 @@ def _cuda_ops() -> Any:
     if not fc_cuda.is_available():
         reason = getattr(fc_cuda, "unavailable_reason", None) or getattr(fc_cuda, "_unavailable_reason", None)
         why = reason() if callable(reason) else None
-        raise RuntimeError("device='cuda' but no GPU can be used here"
-                           + (f": {why}" if why else "") + "; use device='cpu'")
+        raise RuntimeError(
+            "device='cuda' but no GPU can be used here" + (f": {why}" if why else "") + "; use device='cpu'"
+        )
     from . import _ops_cuda
 
     return _ops_cuda
@@ -88,8 +88,15 @@ class Sequential:
     ``Sequential(layers=None, device="cpu", *, name="sequential", dtype="float32", seed=None)``.
     """
 
-    def __init__(self, layers: list[Layer] | None = None, device: str = "cpu", *, name: str = "sequential",
-                 dtype: Any = "float32", seed: int | None = None):
+    def __init__(
+        self,
+        layers: list[Layer] | None = None,
+        device: str = "cpu",
+        *,
+        name: str = "sequential",
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ):
         self.name = name
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -99,7 +106,7 @@ class Sequential:
         self._names: set[str] = set()
         self._counts: dict[str, int] = {}
         self.built = False
-        self.input_shape: tuple[int, ...] | None = None  # per sample, internal layout
+        self.input_shape: Any = None  # per sample, internal layout (a tuple once built)
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: Any = None
         self.device = "cpu"
@@ -120,8 +127,10 @@ class Sequential:
 
     def add(self, layer: Layer) -> None:
         if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add expects a fastconv.nn layer (Conv2D, MaxPool2D, Flatten, Dense, "
-                            f"Dropout, ReLU), got {type(layer).__name__}")
+            raise TypeError(
+                f"Sequential.add expects a fastconv.nn layer (Conv2D, MaxPool2D, Flatten, Dense, "
+                f"Dropout, ReLU), got {type(layer).__name__}"
+            )
         if layer.name is None:
             base = layer.default_name
             k = self._counts.get(base, 0)
@@ -153,8 +162,10 @@ class Sequential:
         elif self._layers[0].input_shape_arg is not None:
             shape = self._layers[0].input_shape_arg
         else:
-            raise RuntimeError("the model is not built yet (its input shape is unknown): give the first layer "
-                               "input_shape=..., call model.build((None, H, W, C)) or fit the model first")
+            raise RuntimeError(
+                "the model is not built yet (its input shape is unknown): give the first layer "
+                "input_shape=..., call model.build((None, H, W, C)) or fit the model first"
+            )
         rng = np.random.default_rng(self.seed if self.seed is not None else _seed)
         self.input_shape = shape
         for i, layer in enumerate(self._layers):
@@ -206,8 +217,10 @@ class Sequential:
             if self._layers and self._layers[0].input_shape_arg is not None:
                 self.build()
                 return
-            raise RuntimeError(f"{what}: the model is not built yet (its input shape is unknown): give the first "
-                               "layer input_shape=..., call model.build((None, H, W, C)) or fit the model first")
+            raise RuntimeError(
+                f"{what}: the model is not built yet (its input shape is unknown): give the first "
+                "layer input_shape=..., call model.build((None, H, W, C)) or fit the model first"
+            )
 
     # ------------------------------------------------------------------ summary
     def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
@@ -259,8 +272,14 @@ class Sequential:
             ok = (x.ndim == 4 and x.shape[1:] == (h, w, c)) or (c == 1 and x.ndim == 3 and x.shape[1:] == (h, w))
             if not ok:
                 expect = f"(N, {h}, {w}, {c})" + (f" or (N, {h}, {w})" if c == 1 else "")
-                hint = (" -- this looks like NCHW; fastconv.nn takes Keras' channels-last layout, pass "
-                        "x.transpose(0, 2, 3, 1)") if x.ndim == 4 and x.shape[1:] == shape else ""
+                hint = (
+                    (
+                        " -- this looks like NCHW; fastconv.nn takes Keras' channels-last layout, pass "
+                        "x.transpose(0, 2, 3, 1)"
+                    )
+                    if x.ndim == 4 and x.shape[1:] == shape
+                    else ""
+                )
                 raise ValueError(f"{what} must have shape {expect} (channels-last, as in Keras), got {x.shape}{hint}")
         elif x.ndim != 2 or x.shape[1] != shape[0]:
             raise ValueError(f"{what} must have shape (N, {shape[0]}), got {x.shape}")
@@ -278,30 +297,44 @@ class Sequential:
             if y.ndim == 2 and y.shape[1] == 1:
                 y = y[:, 0]
             if y.ndim != 1:
-                raise ValueError(f"{what} must be integer class labels of shape (N,) for {self.loss.name}, got shape "
-                                 f"{y.shape}; for one-hot labels use loss='categorical_crossentropy'")
+                raise ValueError(
+                    f"{what} must be integer class labels of shape (N,) for {self.loss.name}, got shape "
+                    f"{y.shape}; for one-hot labels use loss='categorical_crossentropy'"
+                )
             if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
                 raise ValueError(f"{what} must hold integer class labels for {self.loss.name}, got dtype {y.dtype}")
             lo, hi = y.min(), y.max()
             if lo < 0 or hi >= classes:
-                raise ValueError(f"{what} labels must lie in [0, {classes}) (the model has {classes} outputs), "
-                                 f"got values in [{lo:g}, {hi:g}]")
+                raise ValueError(
+                    f"{what} labels must lie in [0, {classes}) (the model has {classes} outputs), "
+                    f"got values in [{lo:g}, {hi:g}]"
+                )
             labels = y.astype(np.int64)
             return labels, labels
         if y.ndim != 2 or y.shape[1] != classes:
-            hint = (" -- these look like integer labels: use to_categorical(y, num_classes) or "
-                    "loss='sparse_categorical_crossentropy'") if y.ndim == 1 else ""
-            raise ValueError(f"{what} must be one-hot targets of shape (N, {classes}) for {self.loss.name}, "
-                             f"got shape {y.shape}{hint}")
+            hint = (
+                (
+                    " -- these look like integer labels: use to_categorical(y, num_classes) or "
+                    "loss='sparse_categorical_crossentropy'"
+                )
+                if y.ndim == 1
+                else ""
+            )
+            raise ValueError(
+                f"{what} must be one-hot targets of shape (N, {classes}) for {self.loss.name}, "
+                f"got shape {y.shape}{hint}"
+            )
         if y.dtype.kind not in "iuf":
             raise TypeError(f"{what} must be numeric, got dtype {y.dtype}")
         return y, np.argmax(y, axis=1)
 
     def _check_output(self) -> None:
         if len(self._layers[-1].output_shape) != 1:
-            raise ValueError(f"{self.loss.name} needs a model output of shape (None, classes), but the last layer "
-                             f"{self._layers[-1].name!r} gives {self.output_shape}: end the model with "
-                             "Flatten()/Dense(classes, activation='softmax')")
+            raise ValueError(
+                f"{self.loss.name} needs a model output of shape (None, classes), but the last layer "
+                f"{self._layers[-1].name!r} gives {self.output_shape}: end the model with "
+                "Flatten()/Dense(classes, activation='softmax')"
+            )
 
     def _batch(self, x: np.ndarray) -> Any:
         """One channels-last host batch -> contiguous NCHW of the model dtype, on the model's device."""
@@ -333,8 +366,9 @@ class Sequential:
         targets, labels = self._check_y(y, len(x), f"{what}y".strip())
         return training.Data(x, targets, labels)
 
-    def _validation(self, data: training.Data, validation_data: Any,
-                    validation_split: Any) -> tuple[training.Data, training.Data | None]:
+    def _validation(
+        self, data: training.Data, validation_data: Any, validation_split: Any
+    ) -> tuple[training.Data, training.Data | None]:
         """(training data, validation data or None): ``validation_data`` wins; a split takes the last samples."""
         split_fraction = _fraction(validation_split)
         if validation_data is not None:
@@ -347,8 +381,9 @@ class Sequential:
             return data, None
         split = int(len(data) * (1.0 - split_fraction))
         if split == 0 or split == len(data):
-            raise ValueError(f"validation_split={split_fraction} leaves an empty training or validation "
-                             f"set for {len(data)} samples")
+            raise ValueError(
+                f"validation_split={split_fraction} leaves an empty training or validation set for {len(data)} samples"
+            )
         return data.rows(slice(0, split)), data.rows(slice(split, None))
 
     def _ensure_compiled(self, what: str) -> None:
@@ -364,9 +399,20 @@ class Sequential:
         loss, correct = training.train_step(self, self._pipeline(with_loss=True), data)
         return [loss, correct / len(data)]
 
-    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32, validation_data: Any = None,
-            validation_split: float = 0.0, shuffle: bool = True, verbose: int = 1, seed: int | None = None,
-            callbacks: list[Callback] | None = None, initial_epoch: int = 0) -> History:
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data: Any = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        verbose: int = 1,
+        seed: int | None = None,
+        callbacks: list[Callback] | None = None,
+        initial_epoch: int = 0,
+    ) -> History:
         """Train for epochs ``initial_epoch .. epochs-1`` over (x, y) in batches; returns a History.
 
         ``validation_split`` holds out the *last* fraction of x/y before shuffling (Keras'
@@ -377,10 +423,14 @@ class Sequential:
         Ctrl-C stops after the current batch (see ``nn/training.py``).
         """
         self._ensure_compiled("fit")
-        cfg = training.FitConfig(epochs=_int_arg(epochs, "epochs", 0),
-                                 initial_epoch=_int_arg(initial_epoch, "initial_epoch", 0),
-                                 batch_size=_int_arg(batch_size, "batch_size", 1), shuffle=bool(shuffle),
-                                 verbose=verbose, seed=seed)
+        cfg = training.FitConfig(
+            epochs=_int_arg(epochs, "epochs", 0),
+            initial_epoch=_int_arg(initial_epoch, "initial_epoch", 0),
+            batch_size=_int_arg(batch_size, "batch_size", 1),
+            shuffle=bool(shuffle),
+            verbose=verbose,
+            seed=seed,
+        )
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         _fraction(validation_split)
@@ -411,7 +461,7 @@ class Sequential:
         pipeline = self._pipeline(with_loss=False)
         outs = []
         for lo in range(0, len(x), batch_size):
-            out = pipeline.forward(self._batch(x[lo:lo + batch_size]), False)
+            out = pipeline.forward(self._batch(x[lo : lo + batch_size]), False)
             outs.append(np.array(self._ops.to_host(out)))
         y = np.concatenate(outs)
         return y.transpose(0, 2, 3, 1).copy() if y.ndim == 4 else y  # image outputs back to channels-last
@@ -420,7 +470,7 @@ class Sequential:
         """Every layer's output for ``x`` (``predict``'s input), in layer order, as host arrays
         in channels-last layout: a list of ``LayerOutput(name, type_name, shape, output)`` with
         the names and shapes ``summary()`` prints (see ``fastconv.nn.explain``)."""
-        from .explain import layer_activations
+        from ._activations import layer_activations
 
         return layer_activations(self, x, batch_size)
 
@@ -472,3 +522,12 @@ def _fraction(v: Any) -> float:
     if not 0.0 <= f < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {v!r}")
     return f
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu") -> Sequential:
+    """Rebuild a model written by ``Sequential.save`` (never unpickles anything).
+
+    Its predictions are bit-identical to the saved model's; a compiled model
+    comes back compiled, with the optimizer state and training state when they
+    were saved (``fit(..., initial_epoch=k)`` then continues exactly)."""
+    return persistence.load_model(path, device, model_class=Sequential)

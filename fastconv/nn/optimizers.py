@@ -108,8 +108,9 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0
+    ):
         super().__init__(learning_rate, weight_decay)
         self.momentum = _unit(momentum, "momentum")
         self.nesterov = bool(nesterov)
@@ -126,8 +127,9 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
 
-    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, epsilon: float = 1e-7,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, learning_rate: float = 0.001, rho: float = 0.9, epsilon: float = 1e-7, weight_decay: float = 0.0
+    ):
         super().__init__(learning_rate, weight_decay)
         self.rho = _unit(rho, "rho")
         self.epsilon = _nonneg(epsilon, "epsilon")
@@ -144,8 +146,14 @@ class Adam(Optimizer):
 
     name = "adam"
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(learning_rate, weight_decay)
         self.beta_1 = _unit(beta_1, "beta_1")
         self.beta_2 = _unit(beta_2, "beta_2")
@@ -156,7 +164,7 @@ class Adam(Optimizer):
 
     def _update(self, p, g, st):
         t = self.iterations
-        alpha = self.learning_rate * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        alpha = self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         self._ops.adam(p, g, st[0], st[1], alpha, self.beta_1, self.beta_2, self.epsilon)
 
 
@@ -169,8 +177,9 @@ class Adadelta(Optimizer):
 
     name = "adadelta"
 
-    def __init__(self, learning_rate: float = 0.001, rho: float = 0.95, epsilon: float = 1e-7,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, learning_rate: float = 0.001, rho: float = 0.95, epsilon: float = 1e-7, weight_decay: float = 0.0
+    ):
         super().__init__(learning_rate, weight_decay)
         self.rho = _unit(rho, "rho")
         self.epsilon = _nonneg(epsilon, "epsilon")
@@ -191,8 +200,10 @@ def get(opt: Any) -> Optimizer:
         return opt
     if isinstance(opt, str) and opt.lower() in _ALL:
         return _ALL[opt.lower()]()
-    raise ValueError(f"unknown optimizer {opt!r}; expected one of {NAMES} or an optimizer object "
-                     "(fastconv.nn.SGD, RMSprop, Adam, Adadelta)")
+    raise ValueError(
+        f"unknown optimizer {opt!r}; expected one of {NAMES} or an optimizer object "
+        "(fastconv.nn.SGD, RMSprop, Adam, Adadelta)"
+    )
 
 
 def from_config(cfg: dict[str, Any]) -> Optimizer:

@@ -121,8 +121,9 @@ def model_config(model: Any, include_optimizer: bool) -> dict[str, Any]:
         "dtype": model.dtype.name,
         "input_shape": list(keras_shape(model.input_shape)),
         "layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in model.layers],
-        "compile": None if model.loss is None else {
-            "loss": model.loss.get_config(), "optimizer": model.optimizer.get_config()},
+        "compile": None
+        if model.loss is None
+        else {"loss": model.loss.get_config(), "optimizer": model.optimizer.get_config()},
         "optimizer_state": None,
         "training": None,
     }
@@ -172,8 +173,10 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             raise ValueError(f"{path} is not a fastconv model file (a single .npy array, not an .npz)")
         with loaded as f:
             if ARCH_KEY not in f.files:
-                raise ValueError(f"{path} is not a fastconv model file (no architecture entry; arrays: "
-                                 f"{f.files[:5]}{'...' if len(f.files) > 5 else ''})")
+                raise ValueError(
+                    f"{path} is not a fastconv model file (no architecture entry; arrays: "
+                    f"{f.files[:5]}{'...' if len(f.files) > 5 else ''})"
+                )
             cfg = json.loads(str(f[ARCH_KEY]))
             arrays = {k: f[k] for k in f.files if k != ARCH_KEY}
     except ValueError as exc:
@@ -194,8 +197,10 @@ def _check_format(path: str, cfg: Any) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"{path}: malformed fastconv model file (format version {version!r})")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path} has fastconv model format version {version}, newer than the version "
-                         f"{FORMAT_VERSION} this fastconv reads: upgrade fastconv to load it")
+        raise ValueError(
+            f"{path} has fastconv model format version {version}, newer than the version "
+            f"{FORMAT_VERSION} this fastconv reads: upgrade fastconv to load it"
+        )
 
 
 def _expected(model: Any, cfg: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -214,8 +219,10 @@ def check_arrays(path: str, model: Any, cfg: dict[str, Any], arrays: dict[str, n
     expect = _expected(model, cfg)
     for key in arrays:
         if key not in expect:
-            raise ValueError(f"{path}: unexpected array {key!r} (the architecture has {len(expect)} arrays, "
-                             f"e.g. {next(iter(expect), None)!r})")
+            raise ValueError(
+                f"{path}: unexpected array {key!r} (the architecture has {len(expect)} arrays, "
+                f"e.g. {next(iter(expect), None)!r})"
+            )
     for key, (shape, dtype) in expect.items():
         if key not in arrays:
             what = "optimizer slot" if key.startswith(_OPT_PREFIX) else "weight"
@@ -225,9 +232,7 @@ def check_arrays(path: str, model: Any, cfg: dict[str, Any], arrays: dict[str, n
             raise ValueError(f"{path}: array {key!r} has {a.dtype} {a.shape}, expected {np.dtype(dtype)} {shape}")
 
 
-def _build(path: str, cfg: dict[str, Any]) -> Any:
-    from .model import Sequential
-
+def _build(path: str, cfg: dict[str, Any], model_class: Any) -> Any:
     try:
         layers = []
         for spec in cfg["layers"]:
@@ -235,11 +240,12 @@ def _build(path: str, cfg: dict[str, Any]) -> Any:
             if cls is None:
                 raise ValueError(f"{path}: unknown layer class {spec['class']!r} (known: {sorted(LAYER_CLASSES)})")
             layers.append(cls.from_config(dict(spec["config"])))
-        model = Sequential(layers, name=cfg.get("name", "sequential"), dtype=cfg["dtype"])
+        model = model_class(layers, name=cfg.get("name", "sequential"), dtype=cfg["dtype"])
         model.build((None, *cfg["input_shape"]))
         if cfg.get("compile"):
-            model.compile(optimizers.from_config(cfg["compile"]["optimizer"]),
-                          losses.from_config(cfg["compile"]["loss"]))
+            model.compile(
+                optimizers.from_config(cfg["compile"]["optimizer"]), losses.from_config(cfg["compile"]["loss"])
+            )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: malformed fastconv model architecture ({type(exc).__name__}: {exc})") from None
     return model
@@ -261,15 +267,16 @@ def _restore_training(path: str, model: Any, cfg: dict[str, Any], arrays: dict[s
         raise ValueError(f"{path}: malformed training state ({type(exc).__name__}: {exc})") from None
 
 
-def load_model(path: str | os.PathLike[str], device: str = "cpu") -> Any:
-    """Rebuild a model written by ``Sequential.save`` (never unpickles anything).
+def load_model(path: str | os.PathLike[str], device: str = "cpu", *, model_class: Any) -> Any:
+    """Rebuild a model written by ``Sequential.save`` (never unpickles anything) as a
+    ``model_class`` (``fastconv.nn.Sequential``, passed in by ``model.load_model``).
 
     Its predictions are bit-identical to the saved model's; a compiled model
     comes back compiled, with the optimizer state and training state when they
     were saved (``fit(..., initial_epoch=k)`` then continues exactly)."""
     path = os.fspath(path)
     cfg, arrays = _read(path)
-    model = _build(path, cfg)
+    model = _build(path, cfg, model_class)
     check_arrays(path, model, cfg, arrays)
     for key, layer, k in _weight_keys(model):
         layer.params[k] = np.ascontiguousarray(arrays[key])

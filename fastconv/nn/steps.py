@@ -108,8 +108,7 @@ class Pipeline:
 
 def fuses_softmax(layers: list[Layer], loss: Any) -> bool:
     last = layers[-1]
-    return (loss is not None and not loss.from_logits and isinstance(last, _Weighted)
-            and last.activation == "softmax")
+    return loss is not None and not loss.from_logits and isinstance(last, _Weighted) and last.activation == "softmax"
 
 
 def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool = True) -> Pipeline:
@@ -118,8 +117,13 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
     i, last = 0, len(layers) - 1
     while i < last:
         layer, following = layers[i], layers[i + 1]
-        if (fuse_conv_pool and i + 1 < last and isinstance(layer, Conv2D) and layer.activation == "relu"
-                and isinstance(following, MaxPooling2D)):
+        if (
+            fuse_conv_pool
+            and i + 1 < last
+            and isinstance(layer, Conv2D)
+            and layer.activation == "relu"
+            and isinstance(following, MaxPooling2D)
+        ):
             steps.append(ConvReLUPool(layer, following))
             i += 2
         else:

@@ -82,8 +82,11 @@ def _dropouts(model: Any) -> list[Any]:
 
 
 def snapshot(model: Any, rng: np.random.Generator, epoch: int) -> dict[str, Any]:
-    return {"epoch": epoch, "rng": generator_state(rng),
-            "layer_rngs": {layer.name: generator_state(layer.rng) for layer in _dropouts(model)}}
+    return {
+        "epoch": epoch,
+        "rng": generator_state(rng),
+        "layer_rngs": {layer.name: generator_state(layer.rng) for layer in _dropouts(model)},
+    }
 
 
 def _start_rng(model: Any, cfg: FitConfig) -> np.random.Generator:
@@ -112,8 +115,10 @@ class _CtrlC:
         self._previous: Any = None
 
     def __enter__(self) -> "_CtrlC":
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -167,8 +172,12 @@ class _Loop:
         self.model, self.data, self.val, self.cfg = model, data, val, cfg
         self.steps = math.ceil(len(data) / cfg.batch_size)
         self.history = History()
-        self.history.params = {"epochs": cfg.epochs, "steps": self.steps, "batch_size": cfg.batch_size,
-                               "samples": len(data)}
+        self.history.params = {
+            "epochs": cfg.epochs,
+            "steps": self.steps,
+            "batch_size": cfg.batch_size,
+            "samples": len(data),
+        }
         if val is not None:
             self.history.history.update(val_loss=[], val_accuracy=[])
         self.callbacks = CallbackList([self.history, *callbacks], model, self.history.params)
@@ -179,8 +188,12 @@ class _Loop:
     def _warn_nonfinite(self, loss: float, epoch: int, step: int) -> None:
         if not self.warned_nan and not math.isfinite(loss):
             self.warned_nan = True
-            warnings.warn(f"fit: the loss is {loss} at epoch {epoch + 1}, batch {step + 1} (training goes on; "
-                          "pass callbacks=[TerminateOnNaN()] to stop on divergence)", RuntimeWarning, stacklevel=5)
+            warnings.warn(
+                f"fit: the loss is {loss} at epoch {epoch + 1}, batch {step + 1} (training goes on; "
+                "pass callbacks=[TerminateOnNaN()] to stop on divergence)",
+                RuntimeWarning,
+                stacklevel=5,
+            )
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> dict[str, float] | None:
         """Train one epoch; its logs, or None if it was stopped before its last batch."""
@@ -192,8 +205,9 @@ class _Loop:
         for step in range(self.steps):
             lo, hi = step * cfg.batch_size, min(n, (step + 1) * cfg.batch_size)
             self.callbacks.on_batch_begin(step)
-            loss, correct = train_step(self.model, self.pipeline,
-                                       self.data.rows(order[lo:hi] if order is not None else slice(lo, hi)))
+            loss, correct = train_step(
+                self.model, self.pipeline, self.data.rows(order[lo:hi] if order is not None else slice(lo, hi))
+            )
             self._warn_nonfinite(loss, epoch, step)
             self.history.batch_loss.append(loss)
             self.history.batch_accuracy.append(correct / (hi - lo))
@@ -207,8 +221,9 @@ class _Loop:
                 return None
         self.history.epoch_times.append(time.perf_counter() - t0)
         if self.val is not None:
-            logs["val_loss"], logs["val_accuracy"] = evaluate_arrays(self.model, self.pipeline, self.val,
-                                                                     cfg.batch_size)
+            logs["val_loss"], logs["val_accuracy"] = evaluate_arrays(
+                self.model, self.pipeline, self.val, cfg.batch_size
+            )
         bar.close(logs, self.history.epoch_times[-1])
         return logs
 
@@ -243,5 +258,7 @@ def _interrupt_message(loop: _Loop, cfg: FitConfig) -> str:
     else:
         epoch, step = loop.stopped_at
         where = f"in epoch {epoch + 1}/{cfg.epochs} after batch {step}/{loop.steps}"
-    return (f"fit: interrupted (Ctrl-C) {where}; the model holds the weights of that last step, "
-            f"the History has {done} completed epoch(s)")
+    return (
+        f"fit: interrupted (Ctrl-C) {where}; the model holds the weights of that last step, "
+        f"the History has {done} completed epoch(s)"
+    )

@@ -16,12 +16,12 @@ from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_wei
 from .prepare import Prepared, prepare_batch_inner, prepare_standard
 
 __all__ = [
-           "Prepared",
-           "correlate",
-           "grad_weight_contiguous",
-           "grad_weight_per_image",
-           "grad_weight_rows",
-           "pack_weights",
-           "prepare_batch_inner",
-           "prepare_standard",
+    "Prepared",
+    "correlate",
+    "grad_weight_contiguous",
+    "grad_weight_per_image",
+    "grad_weight_rows",
+    "pack_weights",
+    "prepare_batch_inner",
+    "prepare_standard",
 ]

@@ -46,16 +46,35 @@ def pack_weights(w4: np.ndarray, tiling: CorrTiling) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(g, nkb, kt, cig, t).transpose(0, 1, 3, 4, 2))
 
 
-def correlate(buf: np.ndarray, layout: Layout, offs: np.ndarray, wpk: np.ndarray, bias: np.ndarray,
-              out: np.ndarray, tiling: CorrTiling) -> np.ndarray:
+def correlate(
+    buf: np.ndarray,
+    layout: Layout,
+    offs: np.ndarray,
+    wpk: np.ndarray,
+    bias: np.ndarray,
+    out: np.ndarray,
+    tiling: CorrTiling,
+) -> np.ndarray:
     """out (N, Kout, OH, OW) = bias + correlation of ``buf`` (of ``layout``)
     with the packed weights ``wpk`` (``pack_weights``) at tap offsets ``offs``;
     bias (Kout,) or (0,) for none."""
     if layout.kind == "batch-inner":
-        return corr_batch_inner(buf, layout.cstride, offs, layout.pitch, wpk, bias, out, tiling.block,
-                                tiling.channel_block)
-    return corr_standard(buf, layout.cstride, offs, layout.plane, layout.pitch, wpk, bias, out, tiling.block,
-                         tiling.channel_block, tiling.image_tiles)
+        return corr_batch_inner(
+            buf, layout.cstride, offs, layout.pitch, wpk, bias, out, tiling.block, tiling.channel_block
+        )
+    return corr_standard(
+        buf,
+        layout.cstride,
+        offs,
+        layout.plane,
+        layout.pitch,
+        wpk,
+        bias,
+        out,
+        tiling.block,
+        tiling.channel_block,
+        tiling.image_tiles,
+    )
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -73,16 +92,16 @@ def _acc1(inp, base, cstride, cgi, wk, kk, offs, nv, a0):
             o0 = cb + offs[j]
             o1 = cb + offs[j + 1]
             o2 = cb + offs[j + 2]
-            x0 = inp[o0:o0 + ln]
-            x1 = inp[o1:o1 + ln]
-            x2 = inp[o2:o2 + ln]
+            x0 = inp[o0 : o0 + ln]
+            x1 = inp[o1 : o1 + ln]
+            x2 = inp[o2 : o2 + ln]
             u0, u1, u2 = wc[j, kk], wc[j + 1, kk], wc[j + 2, kk]
             for q in range(ln):
                 a0[q] += u0 * x0[q] + u1 * x1[q] + u2 * x2[q]
             j += 3
         while j < ntap:
             o0 = cb + offs[j]
-            x0 = inp[o0:o0 + ln]
+            x0 = inp[o0 : o0 + ln]
             u0 = wc[j, kk]
             for q in range(ln):
                 a0[q] += u0 * x0[q]
@@ -121,7 +140,7 @@ def _block_acc(inp, base, cstride, offs, wk, tiles, nk, ln, cblk, plane, img_til
         acc = np.empty((kt, accn), dtype=inp.dtype)
         for c0 in range(0, cgi, cblk):
             cn = min(cblk, cgi - c0)
-            wkc = wk[c0:c0 + cn]
+            wkc = wk[c0 : c0 + cn]
             for ti in range(ntile):
                 qq = _tile_start(ti, tw, plane, img_tiles)
                 if kt == 8:
@@ -154,8 +173,8 @@ def _copy_out(acc, q0, ln, plane, pitch, out, k0, nk, bias):
                 continue
             for kk in range(nk):
                 k = k0 + kk
-                yr = out[n, k, oh, c0 - rs:c1 - rs]
-                ar = acc[kk, c0 - q0:c1 - q0]
+                yr = out[n, k, oh, c0 - rs : c1 - rs]
+                ar = acc[kk, c0 - q0 : c1 - q0]
                 if has_bias:
                     b = bias[k]
                     for i in range(c1 - c0):
@@ -181,7 +200,7 @@ def _copy_out_bi(acc, q0, ln, nb, wpx, out, k0, nk, bias):
         a0 = pix * nb - q0
         for kk in range(nk):
             k = k0 + kk
-            ar = acc[kk, a0 + n_lo:a0 + n_hi]
+            ar = acc[kk, a0 + n_lo : a0 + n_hi]
             if has_bias:
                 b = bias[k]
                 for i in range(n_hi - n_lo):
@@ -211,8 +230,9 @@ def corr_standard(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, i
         q0 = bi * blk
         ln = min(blk, qn - q0)
         nk = min(kt, kgo - kb * kt)
-        acc = _block_acc(inp, g * cgi * cstride + q0, cstride, offs, wpk[g, kb], kt == 8 or kgo >= 4, nk, ln,
-                         cblk, plane, img_tiles)
+        acc = _block_acc(
+            inp, g * cgi * cstride + q0, cstride, offs, wpk[g, kb], kt == 8 or kgo >= 4, nk, ln, cblk, plane, img_tiles
+        )
         _copy_out(acc, q0, ln, plane, pitch, out, g * kgo + kb * kt, nk, bias)
     return out
 
@@ -234,7 +254,8 @@ def corr_batch_inner(inp, cstride, offs, pitch, wpk, bias, out, blk, cblk):
         q0 = bi * blk
         ln = min(blk, qn - q0)
         nk = min(kt, kgo - kb * kt)
-        acc = _block_acc(inp, g * cgi * cstride + q0, cstride, offs, wpk[g, kb], kt == 8 or kgo >= 4, nk, ln,
-                         cblk, 0, 0)
+        acc = _block_acc(
+            inp, g * cgi * cstride + q0, cstride, offs, wpk[g, kb], kt == 8 or kgo >= 4, nk, ln, cblk, 0, 0
+        )
         _copy_out_bi(acc, q0, ln, n_img, pitch // n_img, out, g * kgo + kb * kt, nk, bias)
     return out

@@ -31,8 +31,14 @@ from ..common import FASTMATH
 from ..layout import GradWeightTiling
 from .simd import dot_tile
 
-__all__ = ["grad_weight_contiguous", "grad_weight_per_image", "grad_weight_rows",
-           "gw_contiguous", "gw_per_image", "gw_rows"]
+__all__ = [
+    "grad_weight_contiguous",
+    "grad_weight_per_image",
+    "grad_weight_rows",
+    "gw_contiguous",
+    "gw_per_image",
+    "gw_rows",
+]
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -61,12 +67,12 @@ def _dot4(gys, gq, gkstride, xs, xq, offs, ln, nseg, sstride, zero, pa):
         s00 = s10 = s20 = s30 = zero
         for sg in range(nseg):
             g = gq + sg * sstride
-            g0 = gys[g:g + ln]
-            g1 = gys[g + gkstride:g + gkstride + ln]
-            g2 = gys[g + 2 * gkstride:g + 2 * gkstride + ln]
-            g3 = gys[g + 3 * gkstride:g + 3 * gkstride + ln]
+            g0 = gys[g : g + ln]
+            g1 = gys[g + gkstride : g + gkstride + ln]
+            g2 = gys[g + 2 * gkstride : g + 2 * gkstride + ln]
+            g3 = gys[g + 3 * gkstride : g + 3 * gkstride + ln]
             o0 = xq + sg * sstride + offs[j]
-            x0 = xs[o0:o0 + ln]
+            x0 = xs[o0 : o0 + ln]
             for q in range(ln):
                 e0 = x0[q]
                 s00 += g0[q] * e0
@@ -85,16 +91,16 @@ def _dot1(gys, gq, xs, xq, offs, ln, nseg, sstride, zero, pa):
     """pa (T,) += dot products for one grad_output row (see ``_dot4``)."""
     ntap = offs.shape[0]
     for sg in range(nseg):
-        g0 = gys[gq + sg * sstride:gq + sg * sstride + ln]
+        g0 = gys[gq + sg * sstride : gq + sg * sstride + ln]
         xb = xq + sg * sstride
         j = 0
         while j + 3 <= ntap:
             o0 = xb + offs[j]
             o1 = xb + offs[j + 1]
             o2 = xb + offs[j + 2]
-            x0 = xs[o0:o0 + ln]
-            x1 = xs[o1:o1 + ln]
-            x2 = xs[o2:o2 + ln]
+            x0 = xs[o0 : o0 + ln]
+            x1 = xs[o1 : o1 + ln]
+            x2 = xs[o2 : o2 + ln]
             s0 = s1 = s2 = zero
             for q in range(ln):
                 f = g0[q]
@@ -107,7 +113,7 @@ def _dot1(gys, gq, xs, xq, offs, ln, nseg, sstride, zero, pa):
             j += 3
         while j < ntap:
             o0 = xb + offs[j]
-            x0 = xs[o0:o0 + ln]
+            x0 = xs[o0 : o0 + ln]
             s0 = zero
             for q in range(ln):
                 s0 += g0[q] * x0[q]
@@ -132,7 +138,7 @@ def _dot_segment(gys, gq, gkstride, xs, xq, cstride, offs, ln, nseg, sstride, gr
             for ci in range(cg):
                 xc = xq + (g * cg + ci) * cstride
                 if nk == 4:
-                    _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, nseg, sstride, zero, pa[k:k + 4, ci])
+                    _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, nseg, sstride, zero, pa[k : k + 4, ci])
                 else:
                     for kk in range(k, k + nk):
                         _dot1(gys, gq + kk * gkstride, xs, xc, offs, ln, nseg, sstride, zero, pa[kk, ci])
@@ -170,8 +176,9 @@ def gw_per_image(gys, gbase, gkstride, xs, cstride, offs, plane, n_img, span, se
         per = max(1, seg // span)
         for n0 in range(ch * n_img // nchunk, (ch + 1) * n_img // nchunk, per):
             cnt = min(per, (ch + 1) * n_img // nchunk - n0)
-            _dot_segment(gys, gbase + n0 * plane, gkstride, xs, n0 * plane, cstride, offs, span, cnt, plane,
-                         groups, zero, pa)
+            _dot_segment(
+                gys, gbase + n0 * plane, gkstride, xs, n0 * plane, cstride, offs, span, cnt, plane, groups, zero, pa
+            )
     return part
 
 
@@ -195,10 +202,9 @@ def gw_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, part, 
             n = row // oh_n
             oh = row - n * oh_n
             g0 = gbase + n * gnstride + oh * gpitch
-            _dot_segment(gys, g0, gkstride, xs, n * plane + oh * pitch, cstride, offs, ow_n, 1, 0, groups, zero,
-                         pa)
+            _dot_segment(gys, g0, gkstride, xs, n * plane + oh * pitch, cstride, offs, ow_n, 1, 0, groups, zero, pa)
             for k in range(kk_n):
-                gr = gys[g0 + k * gkstride:g0 + k * gkstride + ow_n]
+                gr = gys[g0 + k * gkstride : g0 + k * gkstride + ow_n]
                 tot = 0.0
                 for q in range(ow_n):
                     tot += gr[q]

@@ -32,9 +32,9 @@ def prepare_standard(src: np.ndarray, layout: Layout, sums: bool = False) -> Pre
     """``src`` (N, C, H, W) copied into a new buffer of a standard ``layout``."""
     lo = layout
     buf = _alloc.workspace(lo.size, src.dtype)
-    buf[:lo.lead] = 0
+    buf[: lo.lead] = 0
     plane_sums = np.empty(lo.c * lo.sh * lo.sw * lo.n if sums else 0, dtype=np.float64)
-    embed(src, buf[lo.lead:], lo.top, lo.left, lo.sh, lo.sw, lo.hq, lo.pitch, lo.rows, lo.cstride, plane_sums)
+    embed(src, buf[lo.lead :], lo.top, lo.left, lo.sh, lo.sw, lo.hq, lo.pitch, lo.rows, lo.cstride, plane_sums)
     return Prepared(layout, buf, plane_sums)
 
 
@@ -73,16 +73,16 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride, sums):
         a = phase // sw
         b = phase - a * sw
         p0 = c * cstride + (phase * n_img + n) * plane
-        d = dst[p0:p0 + plane]
+        d = dst[p0 : p0 + plane]
         if t % (nph * n_img) == 0:  # one task per channel zeroes the gap after it
-            gap = dst[c * cstride + nph * n_img * plane:(c + 1) * cstride]
+            gap = dst[c * cstride + nph * n_img * plane : (c + 1) * cstride]
             for i in range(gap.shape[0]):
                 gap[i] = 0
         # columns j with 0 <= b + sw*j - left < w
         _, j0, j1 = tap_cols(b, 1, left, sw, w, wq)
         tot = 0.0
         for i in range(rows):
-            row = d[i * wq:(i + 1) * wq]
+            row = d[i * wq : (i + 1) * wq]
             ih = a + sh * i - top
             if i >= hq or ih < 0 or ih >= h or j1 == j0:
                 row[:] = 0
@@ -95,7 +95,7 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride, sums):
             if sw == 1:
                 s0 = b + j0 - left
                 seg = row[j0:j1]
-                sseg = sr[s0:s0 + (j1 - j0)]
+                sseg = sr[s0 : s0 + (j1 - j0)]
                 if want_sums:
                     for j in range(j1 - j0):
                         v = sseg[j]
@@ -113,7 +113,7 @@ def embed(src, dst, top, left, sh, sw, hq, wq, rows, cstride, sums):
             sums[t] = tot
     # explicit loops: an array expression here, outside the prange, would be
     # turned into a parallel region of its own (one launch per statement)
-    tail = dst[c_n * cstride:]
+    tail = dst[c_n * cstride :]
     for i in range(tail.shape[0]):
         tail[i] = 0
     return dst

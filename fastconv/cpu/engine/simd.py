@@ -28,6 +28,7 @@ __all__ = ["corr_tile", "corr_tile8", "dot_tile"]
 
 _I32 = ir.IntType(32)
 
+
 def _vec(context, dtype):
     fty = context.get_value_type(dtype)
     size = context.get_abi_sizeof(fty)
@@ -93,12 +94,15 @@ def _make_corr_tile(kt, nv):
             row = builder.extract_value(acc_a.shape, 1)
             zero = ir.Constant(vty, None)
             slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(kt)]
-            rptrs = [builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(kt)]
+            rptrs = [
+                builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(kt)
+            ]
             with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
                 for k in range(kt):
                     for v in range(nv):
-                        builder.store(_vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size),
-                                      slots[k][v])
+                        builder.store(
+                            _vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size), slots[k][v]
+                        )
             with cgutils.for_range(builder, cgi_v) as lc:
                 cb = builder.add(base_v, builder.mul(lc.index, cs_v))
                 wrow = builder.mul(builder.mul(lc.index, ntap), ir.Constant(i64, kt))
@@ -143,8 +147,19 @@ def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln, nseg, sstride
         return None
     dt = gys.dtype
     ret = types.UniTuple(dt, 12)
-    sig = ret(gys, types.intp, types.intp, xs, types.intp, types.intp, types.intp, types.intp, types.intp,
-              types.intp, types.intp)
+    sig = ret(
+        gys,
+        types.intp,
+        types.intp,
+        xs,
+        types.intp,
+        types.intp,
+        types.intp,
+        types.intp,
+        types.intp,
+        types.intp,
+        types.intp,
+    )
 
     def codegen(context, builder, signature, args):
         g_v, gq_v, gks_v, x_v, xq_v, o0_v, o1_v, o2_v, ln_v, nseg_v, ss_v = args
@@ -154,8 +169,7 @@ def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln, nseg, sstride
         i64 = ir.IntType(64)
         g_a = context.make_array(signature.args[0])(context, builder, g_v)
         x_a = context.make_array(signature.args[3])(context, builder, x_v)
-        gptrs = [builder.gep(g_a.data, [builder.add(gq_v, builder.mul(gks_v, ir.Constant(i64, k)))])
-                 for k in range(4)]
+        gptrs = [builder.gep(g_a.data, [builder.add(gq_v, builder.mul(gks_v, ir.Constant(i64, k)))]) for k in range(4)]
         xptrs = [builder.gep(x_a.data, [builder.add(xq_v, o)]) for o in (o0_v, o1_v, o2_v)]
         slots = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(12)]
         nvec = builder.sdiv(ln_v, ir.Constant(i64, vw))
@@ -173,8 +187,9 @@ def dot_tile(typingctx, gys, gq, gkstride, xs, xq, o0, o1, o2, ln, nseg, sstride
         start = builder.mul(nvec, ir.Constant(i64, vw))
         with cgutils.for_range(builder, nseg_v) as ls:
             so = builder.mul(ls.index, ss_v)
-            with cgutils.for_range_slice(builder, builder.add(so, start), builder.add(so, ln_v),
-                                         ir.Constant(i64, 1)) as (qq, _):
+            with cgutils.for_range_slice(
+                builder, builder.add(so, start), builder.add(so, ln_v), ir.Constant(i64, 1)
+            ) as (qq, _):
                 xv = [builder.load(builder.gep(p, [qq])) for p in xptrs]
                 for k in range(4):
                     gv = builder.load(builder.gep(gptrs[k], [qq]))
