@@ -111,7 +111,8 @@ def _fastconv_impls() -> list[Impl]:
                                                    OPS), algorithm="auto", note='algorithm="auto"', **kw))
         for alg in _fastconv.algorithms():
             out.append(Impl(f"{HEADLINE[dev]}-{alg}", dev, _lazy(lambda a=alg: _fastconv.conv_fns(a), CONV_OPS),
-                            algorithm=alg, note=f'algorithm="{alg}"', **kw))
+                            applies=_fastconv.algorithm_applies(alg, dev), algorithm=alg,
+                            note=f'algorithm="{alg}"', **kw))
     return out
 
 

@@ -95,3 +95,22 @@ def auto_choice(case: Any, op: str) -> str | None:
         return str(_dispatch.conv2d_algorithm("auto", case.params, "cpu", True))
     except Exception:  # an API in flux must not stop a report
         return None
+
+
+def algorithm_applies(algorithm: str, device: str) -> Callable[[str, Any], str | None]:
+    """Skip reason of a forced algorithm on a case it does not support (e.g. Winograd
+    on a 1x1 or strided layer): the reason its plan gives, so the row says why."""
+
+    def applies(op: str, case: Any) -> str | None:
+        import fastconv
+
+        if not op.startswith("conv2d"):
+            return None
+        try:
+            fastconv.plan_conv2d(case.x_shape, case.params.weight_shape, dtype="float32", algorithm=algorithm,
+                                 backend="cuda" if device == "gpu" else "cpu", **case.kwargs)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return applies

@@ -390,6 +390,7 @@ class Sequential:
         if self.optimizer is None or self.loss is None:
             raise RuntimeError(f"{what}: call model.compile(optimizer, loss) first")
 
+    @_threads.blas_limited
     def train_on_batch(self, x: Any, y: Any) -> list[float]:
         """One optimizer step on (x, y); returns [loss, accuracy] of that batch (before the step)."""
         self._ensure_compiled("train_on_batch")
@@ -399,6 +400,7 @@ class Sequential:
         loss, correct = training.train_step(self, self._pipeline(with_loss=True), data)
         return [loss, correct / len(data)]
 
+    @_threads.blas_limited
     def fit(
         self,
         x: Any,
