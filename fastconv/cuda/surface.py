@@ -13,7 +13,6 @@ PyTorch's CUDA kernel (which value wins is unspecified).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -102,6 +101,20 @@ def fold_kernel(gp, gx, h, w, hp, wp, top, left, mode):
 
 
 @cuda.jit(cache=True)
+def channel_sums_kernel(gy, out, k, n, plane):
+    """out[c] = sum of gy[:, c] in a fixed order (images, then pixels), accumulated in
+    float64: deterministic, as conv2d's grad_bias."""
+    c = cuda.grid(1)
+    if c < k:
+        acc = 0.0
+        for i in range(n):
+            base = (i * k + c) * plane
+            for j in range(plane):
+                acc += gy[U(base + j)]
+        out[U(c)] = acc
+
+
+@cuda.jit(cache=True)
 def add_bias_kernel(y, bias, k, plane):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
@@ -163,10 +176,10 @@ def add_bias(y, bias):
 
 def channel_sums(gy):
     """(K,) sums of gy (N, K, H, W) over N, H, W (conv2d's deterministic grad_bias reduction)."""
-    from .conv_im2col import bias_grad
-
     n, k, h, w = gy.shape
-    return bias_grad(gy, SimpleNamespace(n=n, k=k, oh=h, ow=w))
+    out = _arrays.empty((k,), gy.dtype)
+    _launch(channel_sums_kernel, k, flat(gy), out, k, n, h * w)
+    return out
 
 
 def crop(a, h: int, w: int):
@@ -176,14 +189,15 @@ def crop(a, h: int, w: int):
 
 def conv2d_input_grad(gy, weight, plan):
     """conv2d's grad_x alone for grad_output gy, by the plan's backward algorithm's kernel."""
+    from . import _geometry as geo
     from . import conv_direct, conv_im2col
 
     p = plan.params
     gx = _arrays.empty(p.x_shape, gy.dtype)
     if plan.backward_algorithm == "direct":
-        conv_direct.launch_conv_direct(gy, weight, None, gx, True, **conv_im2col.input_grad_args(p))
+        conv_direct.launch_conv_direct(gy, weight, None, gx, geo.input_grad(p))
     else:
-        conv_im2col.launch_conv_igemm(gy, weight, None, gx, True, **conv_im2col.input_grad_args(p))
+        conv_im2col.launch_conv_igemm(gy, weight, None, gx, geo.input_grad(p))
     return gx
 
 
