@@ -104,8 +104,8 @@ def algorithm_applies(algorithm: str, device: str) -> Callable[[str, Any], str |
     def applies(op: str, case: Any) -> str | None:
         import fastconv
 
-        if not op.startswith("conv2d"):
-            return None
+        if not op.startswith("conv2d") or not hasattr(case.params, "weight_shape"):
+            return None  # not a convolution case: the op table says what runs
         try:
             fastconv.plan_conv2d(case.x_shape, case.params.weight_shape, dtype="float32", algorithm=algorithm,
                                  backend="cuda" if device == "gpu" else "cpu", **case.kwargs)
