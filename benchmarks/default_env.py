@@ -277,11 +277,10 @@ def measure(cases: Sequence[str], variants: Sequence[str], repeats: int, images:
 
 
 def machine() -> dict[str, Any]:
-    from .report import _cpu_model, machine_kind
+    from .machine import cpu_model, cpu_slug, usable_cpus
 
-    cpu = _cpu_model()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"cpu_model": cpu, "usable_cpus": usable, "kind": machine_kind(cpu, usable),
+    cpu, usable = cpu_model(), usable_cpus()
+    return {"cpu_model": cpu, "usable_cpus": usable, "kind": cpu_slug(cpu, usable),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
