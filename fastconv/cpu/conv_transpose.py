@@ -5,7 +5,8 @@ The same steps as the grad_x part of ``conv_direct.backward`` and
 (algorithm direct; its layout rule decides standard or batch-inner):
 grad_output copied into the geometry of x's prepared layout with ``lead``
 zeros in front, then the engine's correlation with the mirrored taps; the
-exact scatter kernel for strides > 1 or non-finite weights.  No new kernel.
+stride-1 correlations on the sub-pixel grids for strides > 1 (as
+``conv_direct.backward``), the exact scatter kernel for non-finite weights.  No new kernel.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from .. import _alloc
 from .common import empty_bias
 from .conv_direct import grad_input_scatter
+from .conv_subpixel import grad_input_subpixel
 from .engine import correlate, pack_weights, prepare_batch_inner, prepare_standard
 from .layout import grad_output_layout, mirrored_lead, tap_offsets
 
@@ -33,7 +35,10 @@ def grad_input(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray
     dtype = gy.dtype
     gx = _alloc.empty(p.x_shape, dtype)
     tiling = c.grad_input
-    if tiling is None or plan.backward_algorithm != "direct" or not bool(np.isfinite(weight).all()):
+    finite_w = bool(np.isfinite(weight).all())
+    if tiling is None or plan.backward_algorithm != "direct" or not finite_w:
+        if finite_w and c.grad_input_phases:  # strided: the sub-pixel grids' correlations
+            return grad_input_subpixel(gy, weight, gx, p, c.grad_input_phases)
         return grad_input_scatter(gy, weight, gx, p)
     lay = c.backward_layout
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
