@@ -12,6 +12,8 @@ A/B/A/B over the repeats, medians reported:
                     thread (does not stop the idle OpenBLAS workers)
 - default-unguarded: no thread variable, fastconv's guard switched off (fastconv
                     before issue 17)
+- tuned-longspin:   tuned, with libgomp's default spin (GOMP_SPINCOUNT=300000)
+                    instead of the short one fastconv starts Numba's pool with
 - default-workqueue, tuned-workqueue: as default / tuned, with Numba's workqueue
                     threading layer instead of OpenMP (not in the default set:
                     ``--variants`` picks them)
@@ -61,6 +63,7 @@ VARIANTS = {  # name: (extra environment, guard mode)
     "default": ({}, "on"),
     "default-limit": ({}, "limit"),
     "default-unguarded": ({}, "off"),
+    "tuned-longspin": ({"OPENBLAS_NUM_THREADS": "1", "GOMP_SPINCOUNT": "300000"}, "on"),
     "default-workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, "on"),
     "tuned-workqueue": ({"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}, "on"),
 }

@@ -48,6 +48,7 @@ def backend(name: str) -> ModuleType:
 
         cuda.require_available()
         return cuda
-    from . import cpu
+    from . import _threads, cpu
 
+    _threads.start_numba_threads()  # before the first kernel: Numba's pool with a short spin
     return cpu

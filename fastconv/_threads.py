@@ -22,7 +22,21 @@ them again, lazily, at its next multi-threaded call (or thread-count change).
   restores it.
 
 Workers are stopped only while the process runs a single Python thread: then no
-other BLAS call can be in flight.  Measurements: ``benchmarks/results/default-env-*.md``.
+other BLAS call can be in flight.
+
+The other direction: Numba's OpenMP threads (GNU libgomp, the ``omp`` threading
+layer) spin after each parallel region for ``GOMP_SPINCOUNT`` iterations before
+they sleep -- by default long enough to take a core from the user's next
+multi-threaded BLAS call, whose worker then waits for a time slice.
+``start_numba_threads`` starts Numba's pool, before fastconv's first kernel,
+with a short spin: it sets ``GOMP_SPINCOUNT`` for the moment libgomp reads it
+(when Numba loads it) and restores the environment afterwards, so no library
+loaded later sees it.  A user's own ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``
+wins, and a pool some other code started first is left as it is.  The pool is
+started lazily, when fastconv's first call picks the CPU backend
+(``fastconv._dispatch.backend``), not at import: a process that forks
+before it (multiprocessing) keeps a fork-safe state.
+Measurements: ``benchmarks/results/default-env-*.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +66,12 @@ _restore: list[tuple[Any, int]] = []  # (library controller, count) set by the o
 _pools: list[Any] = []  # BLAS library controllers, cached
 _stoppable: list[tuple[Any, Any]] = []  # (controller, blas_thread_shutdown_) of OpenBLAS pthreads pools
 _pools_key = -1  # len(sys.modules) when _pools was built
+
+# Long enough to bridge the gaps between the parallel regions of one fastconv
+# call, short enough to free the core before the user's next BLAS call.
+NUMBA_OPENMP_SPINCOUNT = "10000"
+_USER_SPIN_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_numba_start = ""  # how Numba's pool was started: "" until start_numba_threads ran
 
 
 # --------------------------------------------------------------------------- the loaded pools
@@ -89,6 +109,44 @@ def stop_idle_blas_workers() -> None:
     for lib, shutdown in _stoppable:
         if lib.get_num_threads() > 1:
             shutdown()
+
+
+# --------------------------------------------------------------------------- Numba's pool
+
+
+def start_numba_threads() -> None:
+    """Start Numba's thread pool, once, with a short OpenMP spin (see the module
+    docstring); a no-op after the first call."""
+    global _numba_start
+    if _numba_start:
+        return
+    with _lock:
+        if not _numba_start:
+            _numba_start = _start_numba_pool()
+
+
+def _start_numba_pool() -> str:
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:
+        return "started before fastconv's first call (its settings stand)"
+    user = [v for v in _USER_SPIN_VARS if v in os.environ]
+    if user:
+        _launch_numba_threads(parallel)
+        return "started by fastconv with the environment's " + ", ".join(f"{v}={os.environ[v]}" for v in user)
+    os.environ["GOMP_SPINCOUNT"] = NUMBA_OPENMP_SPINCOUNT
+    try:
+        _launch_numba_threads(parallel)
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+    return f"started by fastconv with GOMP_SPINCOUNT={NUMBA_OPENMP_SPINCOUNT} (OpenMP layer only)"
+
+
+def _launch_numba_threads(parallel: Any) -> None:
+    try:
+        parallel._launch_threads()
+    except Exception:  # noqa: S110 -- the first kernel raises Numba's own error, as it would without fastconv
+        pass
 
 
 # --------------------------------------------------------------------------- the guards
@@ -255,11 +313,10 @@ def _usable_cpus() -> int:
 
 
 def _threading_layer() -> str:
-    """Numba's threading layer, started if no parallel region has started it yet."""
+    """Numba's threading layer, started (as fastconv's first call would) if no
+    parallel region has started it yet."""
     try:
-        from numba.np.ufunc.parallel import _launch_threads
-
-        _launch_threads()
+        start_numba_threads()
         return numba.threading_layer()
     except Exception as e:  # the report must print whatever Numba's state
         return f"unknown ({type(e).__name__}: {e})"
@@ -299,6 +356,7 @@ def config_lines() -> list[str]:
         f"CPU: {_cpu_name()}, {_usable_cpus()} usable of {os.cpu_count()}",
         f"numba threading layer: {_threading_layer()}; threads {numba.get_num_threads()} "
         f"(NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})",  # type: ignore[attr-defined]
+        f"numba thread pool: {_numba_start or 'not started by fastconv yet'}",
         "thread pools (threadpoolctl):",
         *_pool_lines(),
         "fastconv: stops idle OpenBLAS workers before its kernels"
