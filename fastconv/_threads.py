@@ -26,16 +26,24 @@ other BLAS call can be in flight.
 
 The other direction: Numba's OpenMP threads (GNU libgomp, the ``omp`` threading
 layer) spin after each parallel region for ``GOMP_SPINCOUNT`` iterations before
-they sleep -- by default long enough to take a core from the user's next
-multi-threaded BLAS call, whose worker then waits for a time slice.
-``start_numba_threads`` starts Numba's pool, before fastconv's first kernel,
-with a short spin: it sets ``GOMP_SPINCOUNT`` for the moment libgomp reads it
-(when Numba loads it) and restores the environment afterwards, so no library
-loaded later sees it.  A user's own ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``
-wins, and a pool some other code started first is left as it is.  The pool is
-started lazily, when fastconv's first call picks the CPU backend
-(``fastconv._dispatch.backend``), not at import: a process that forks
-before it (multiprocessing) keeps a fork-safe state.
+they sleep.  Between fastconv's own regions that spin saves a wake-up; but when
+the user's code calls a multi-threaded BLAS between fastconv calls, the spinning
+Numba worker holds the core the BLAS worker needs, and the user's matmul waits
+for a time slice.  libgomp reads the spin count once, when it loads, so the
+choice is made once, by ``start_numba_threads``, before fastconv's first kernel
+(when the first call picks the CPU backend, ``fastconv._dispatch.backend``;
+not at import, so a process that forks before its first call stays fork-safe):
+
+- if a BLAS pool runs more than one thread at that moment (a script without
+  ``OPENBLAS_NUM_THREADS=1`` that calls a functional op first): a short spin,
+  ``GOMP_SPINCOUNT`` set only while Numba loads libgomp, the environment
+  restored at once, so no library loaded later sees it;
+- otherwise (BLAS on one thread: the tuned environment, or inside
+  ``fastconv.nn``'s fit/evaluate/predict, which limit BLAS first): libgomp's
+  default spin, which is what fastconv's back-to-back regions want;
+- a user's own ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` wins, and a pool that
+  other code started first is left as it is.
+
 Measurements: ``benchmarks/results/default-env-*.md``.
 """
 
@@ -68,7 +76,8 @@ _stoppable: list[tuple[Any, Any]] = []  # (controller, blas_thread_shutdown_) of
 _pools_key = -1  # len(sys.modules) when _pools was built
 
 # Long enough to bridge the gaps between the parallel regions of one fastconv
-# call, short enough to free the core before the user's next BLAS call.
+# call, short enough to free the core before the user's next BLAS call
+# (benchmarks/results/default-env-*.md compares it with libgomp's default).
 NUMBA_OPENMP_SPINCOUNT = "10000"
 _USER_SPIN_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _numba_start = ""  # how Numba's pool was started: "" until start_numba_threads ran
@@ -134,12 +143,18 @@ def _start_numba_pool() -> str:
     if user:
         _launch_numba_threads(parallel)
         return "started by fastconv with the environment's " + ", ".join(f"{v}={os.environ[v]}" for v in user)
+    if not any((lib.get_num_threads() or 1) > 1 for lib in _blas_pools()):
+        _launch_numba_threads(parallel)
+        return "started by fastconv with OpenMP's default spin (BLAS on one thread at the start)"
     os.environ["GOMP_SPINCOUNT"] = NUMBA_OPENMP_SPINCOUNT
     try:
         _launch_numba_threads(parallel)
     finally:
         del os.environ["GOMP_SPINCOUNT"]
-    return f"started by fastconv with GOMP_SPINCOUNT={NUMBA_OPENMP_SPINCOUNT} (OpenMP layer only)"
+    return (
+        f"started by fastconv with a short spin, GOMP_SPINCOUNT={NUMBA_OPENMP_SPINCOUNT} (OpenMP layer; "
+        "multi-threaded BLAS at the start)"
+    )
 
 
 def _launch_numba_threads(parallel: Any) -> None:
