@@ -296,7 +296,8 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
     except for a backward that needs no grad_x when the column matrix is no
     larger than grad_output (C/groups*R*S <= K/groups, e.g. a first layer on
     1-channel images): im2col then reads grad_output in place, while direct
-    copies it into its padded layout (benchmarks in docs/architecture.md)."""
+    copies it into its padded layout; and except for every strided backward,
+    which im2col runs (benchmarks in docs/architecture.md and docs/winograd.md)."""
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
     crs = p.cg * p.kh * p.kw
