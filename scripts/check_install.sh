@@ -42,7 +42,7 @@ assert y.shape == (2, 4, 8, 8) and err < 1e-5, (y.shape, err)
 print(f"check_install: installed fastconv {fastconv.__version__} convolves (rel. error {err:.1e})")
 PY
 # A venv is writable, so the kernels cache next to the installed sources (a read-only
-# site-packages would send them to $XDG_CACHE_HOME/fastconv/numba: tests/test_install.py).
+# site-packages would send them to $XDG_CACHE_HOME/fastconv/numba: tests/package/test_install.py).
 if [ -z "$(find "$WORK/venv" "$XDG_CACHE_HOME" -name '*.nbi' -print -quit 2>/dev/null || true)" ]; then
     echo "check_install: the kernels were not cached" >&2
     exit 1

@@ -12,7 +12,7 @@ a training or evaluation pass.  Every step has ``forward(x, training)`` and
   inside windows with no positive value, whose gradient ReLU zeroes either
   way -- unless the incoming gradient is already NaN/Inf there: then the NaN
   lands on another element of that window), with a quarter of the
-  elementwise work for 2x2 pooling.  ``tests/test_nn.py`` checks bit-equality
+  elementwise work for 2x2 pooling.  ``tests/nn/test_layers_and_model.py`` checks bit-equality
   with the plain order.
 - ``SoftmaxCrossEntropy``: a last layer with ``activation="softmax"`` under a
   cross-entropy on probabilities (the Keras idiom) hands its pre-softmax

@@ -23,7 +23,7 @@ import threading
 import numpy as np
 import pytest
 
-from cudahelpers import AVAILABLE, REASON, SIM
+from tests.cuda.cudahelpers import AVAILABLE, REASON, SIM
 
 
 def _make_locked_shared_array():

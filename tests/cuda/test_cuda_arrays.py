@@ -11,7 +11,7 @@ import fastconv._alloc
 import fastconv.cuda
 from fastconv.cuda import _arrays
 
-from cudahelpers import dev, host
+from tests.cuda.cudahelpers import dev, host
 
 
 def test_available_here():

@@ -19,7 +19,8 @@ import fastconv
 from fastconv import reference
 from fastconv._params import conv2d_params
 
-from cudahelpers import assert_close, dev, host
+from tests.cuda.cudahelpers import dev, host
+from tests.helpers import assert_close, check_grads
 
 ALGORITHMS = ["direct", "im2col"]
 DTYPES = [np.float32, np.float64]
@@ -93,22 +94,18 @@ def test_matches_torch(torch, rng, algorithm):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_backward_finite_differences(rng, algorithm):
-    """<gy, conv(x + e*dx, w + e*dw)> changes at the rate <gx, dx> + <gw, dw> + <gb, db>."""
+    """<gy, conv(x + e*dx, w + e*dw, b + e*db)> changes at the rate <gx, dx> + <gw, dw> + <gb, db>."""
     kw = dict(stride=2, padding="same", dilation=(1, 2), groups=2)
     x, w, b = _inputs(rng, (1, 4, 6, 7), (4, 2, 2, 3), np.float64)
     p = conv2d_params(x.shape, w.shape, None, **kw)
     gy = rng.standard_normal(p.y_shape)
-    dx, dw_, db = (rng.standard_normal(a.shape) for a in (x, w, b))
     gx, gw, gb = (host(a) for a in fastconv.conv2d_backward(dev(gy), dev(x), dev(w), algorithm=algorithm, **kw))
 
-    def f(e):
-        y = fastconv.conv2d(dev(x + e * dx), dev(w + e * dw_), dev(b + e * db), algorithm=algorithm, **kw)
-        return float(np.sum(gy * host(y)))
+    def conv(x, w, b):
+        return host(fastconv.conv2d(dev(x), dev(w), dev(b), algorithm=algorithm, **kw))
 
-    eps = 1e-6
-    numeric = (f(eps) - f(-eps)) / (2 * eps)
-    analytic = np.sum(gx * dx) + np.sum(gw * dw_) + np.sum(gb * db)
-    assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (numeric, analytic)
+    check_grads(conv, {"x": x, "w": w, "b": b}, {"x": gx, "w": gw, "b": gb}, gy, rng,
+                directional=True, jointly=True)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -15,7 +15,8 @@ import fastconv
 from fastconv import reference
 from fastconv._params import conv2d_params
 
-from cudahelpers import assert_close, dev, gpu_only, host, tie_free
+from tests.cuda.cudahelpers import dev, gpu_only, host
+from tests.helpers import assert_close, tie_free
 
 pytestmark = [pytest.mark.gpu, gpu_only]
 

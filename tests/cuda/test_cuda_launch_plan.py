@@ -12,7 +12,8 @@ from fastconv._params import conv2d_params
 from fastconv.cuda import _geometry as geo
 from fastconv.cuda import _launch_plan as lp
 
-from cudahelpers import assert_close, dev, host
+from tests.cuda.cudahelpers import dev, host
+from tests.helpers import assert_close
 
 
 @pytest.fixture

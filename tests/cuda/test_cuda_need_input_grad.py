@@ -12,7 +12,8 @@ import fastconv
 from fastconv import reference
 from fastconv._params import conv2d_params
 
-from cudahelpers import assert_close, dev, host
+from tests.cuda.cudahelpers import dev, host
+from tests.helpers import assert_close, spy_calls
 
 ALGORITHMS = ["direct", "im2col"]
 
@@ -29,21 +30,13 @@ def spy(monkeypatch):
     """Records the input-grad launches (transposed=True) and every device allocation's shape."""
     from fastconv.cuda import _arrays, conv_direct, conv_im2col
 
-    log = {"transposed": [], "alloc": []}
+    def transposed(*args, **kwargs):
+        return bool(args[4].transposed)
 
-    def wrap(mod, name, record):
-        real = getattr(mod, name)
-
-        def f(*args, **kwargs):
-            record(args)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(mod, name, f)
-
-    wrap(conv_direct, "launch_conv_direct", lambda a: log["transposed"].append(bool(a[4].transposed)))
-    wrap(conv_im2col, "launch_conv_igemm", lambda a: log["transposed"].append(bool(a[4].transposed)))
-    wrap(_arrays, "empty", lambda a: log["alloc"].append(tuple(a[0])))
-    return log
+    launches = spy_calls(monkeypatch, conv_direct, "launch_conv_direct", record=transposed)
+    spy_calls(monkeypatch, conv_im2col, "launch_conv_igemm", record=transposed, into=launches)
+    allocs = spy_calls(monkeypatch, _arrays, "empty", record=lambda *args, **kwargs: tuple(args[0]))
+    return {"transposed": launches, "alloc": allocs}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

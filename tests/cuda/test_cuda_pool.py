@@ -16,7 +16,8 @@ import fastconv
 from fastconv import reference
 from fastconv._params import pool2d_params
 
-from cudahelpers import assert_close, dev, host, tie_free
+from tests.cuda.cudahelpers import dev, host
+from tests.helpers import assert_close, tie_free
 
 DTYPES = [np.float32, np.float64]
 

@@ -18,7 +18,8 @@ import fastconv
 from fastconv import reference
 from fastconv.cuda import _streams
 
-from cudahelpers import SIM, assert_close, dev, host
+from tests.cuda.cudahelpers import SIM, dev, host
+from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not SIM, reason="fake interface objects need the simulator's host memory")
 

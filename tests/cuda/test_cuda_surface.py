@@ -10,7 +10,8 @@ import pytest
 import fastconv
 from fastconv import reference
 
-from cudahelpers import assert_close, dev, host, tie_free
+from tests.cuda.cudahelpers import dev, host
+from tests.helpers import assert_close, tie_free
 
 DTYPES = [np.float32, np.float64]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cudahelpers import dev, host
+from tests.cuda.cudahelpers import dev, host
 
 from fastconv import nn
 from fastconv.nn import _ops_cpu as C

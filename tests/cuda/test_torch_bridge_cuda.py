@@ -14,7 +14,8 @@ import copy
 
 import numpy as np
 import pytest
-from cudahelpers import SIM, gpu_only
+from tests.cuda.cudahelpers import SIM, gpu_only
+from tests.helpers import spy_calls
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
 
@@ -58,13 +59,15 @@ def conv_and_grads(conv, x, w, b, **opts):
     return (y, *torch.autograd.grad(y, [t for t in (x, w, b) if t is not None and t.requires_grad], gy))
 
 
+def _need_input_grad(*args, **kwargs):
+    """conv2d_backward's need_input_grad, positional (the sixth argument) or keyword."""
+    return args[5] if len(args) > 5 else kwargs.get("need_input_grad")
+
+
 @sim_only
 @pytest.mark.parametrize("opts", [{"padding": 1}, {"stride": 2, "padding": "same"}, {"groups": 2, "dilation": 2}])
 def test_conv2d_through_cuda_backend(sim_io, monkeypatch, opts):
-    calls = []
-    real = fastconv.cuda.conv2d_backward
-    monkeypatch.setattr(fastconv.cuda, "conv2d_backward",
-                        lambda *a, **k: calls.append(a[5] if len(a) > 5 else k.get("need_input_grad")) or real(*a, **k))
+    calls = spy_calls(monkeypatch, fastconv.cuda, "conv2d_backward", record=_need_input_grad)
     x, w, b = randn((2, 4, 6, 6), 1), randn((4, 2 if "groups" in opts else 4, 3, 3), 2), randn((4,), 3)
     got = conv_and_grads(ft.conv2d, x, w, b, **opts)
     monkeypatch.undo()  # the host path below must not go through the simulator adapter
@@ -76,10 +79,7 @@ def test_conv2d_through_cuda_backend(sim_io, monkeypatch, opts):
 
 @sim_only
 def test_conv2d_frozen_input_skips_grad_x_on_device(sim_io, monkeypatch):
-    calls = []
-    real = fastconv.cuda.conv2d_backward
-    monkeypatch.setattr(fastconv.cuda, "conv2d_backward",
-                        lambda *a, **k: calls.append(a[5] if len(a) > 5 else k.get("need_input_grad")) or real(*a, **k))
+    calls = spy_calls(monkeypatch, fastconv.cuda, "conv2d_backward", record=_need_input_grad)
     x, w = randn((1, 2, 5, 5), 1, requires_grad=False), randn((2, 2, 3, 3), 2)
     ft.conv2d(x, w).sum().backward()
     assert calls == [False] and w.grad is not None

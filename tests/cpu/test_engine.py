@@ -1,0 +1,151 @@
+"""The CPU engine as a unit: layouts, prepared buffers, the register-tile
+correlation and the grad_weight dot products against the float64 reference,
+with tilings chosen here (not by the planner), on poisoned buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tests.helpers import assert_close
+
+from fastconv import _alloc, reference
+from fastconv._params import conv2d_params
+from fastconv.cpu.engine import (
+    correlate,
+    grad_weight_contiguous,
+    grad_weight_per_image,
+    grad_weight_rows,
+    pack_weights,
+    prepare_batch_inner,
+    prepare_standard,
+)
+from fastconv.cpu.layout import (
+    CorrTiling,
+    GradWeightTiling,
+    batch_inner_layout,
+    grad_output_layout,
+    odd_lines,
+    same_buffer,
+    standard_layout,
+    tap_offsets,
+)
+
+DTYPES = [np.float32, np.float64]
+# (output channels, vectors) of each tile the engine has, and the 1-channel loop
+TILES = [(8, 3), (4, 4), (1, 0)]
+
+
+def test_odd_lines():
+    for n in range(1, 200):
+        for itemsize in (4, 8):
+            r = odd_lines(n, itemsize)
+            line = 64 // itemsize
+            assert r >= n and r % line == 0 and (r // line) % 2 == 1 and r - n < 2 * line
+
+
+def test_tap_offsets_forms():
+    # standard stride 1: r*dh*pitch + s*dw
+    assert tap_offsets(2, 3, 2, 1, 10).tolist() == [0, 1, 2, 20, 21, 22]
+    # mirrored taps (grad_x) from an origin
+    assert tap_offsets(2, 2, -1, -1, 10, origin=11).tolist() == [11, 10, 1, 0]
+    # batch-inner: column step N
+    assert tap_offsets(1, 3, 1, 2, 40, step=4).tolist() == [0, 8, 16]
+    # column matrix: tap t at t*ld
+    assert tap_offsets(2, 3, 1, 1, 3 * 7, step=7).tolist() == [7 * t for t in range(6)]
+    # polyphase stride 2: tap 1 is in phase 1 (phase_stride apart), tap 2 one column on in phase 0
+    assert tap_offsets(1, 3, 1, 1, 10, strides=(1, 2), phase_stride=100).tolist() == [0, 100, 1]
+
+
+def test_compact_layout_is_the_plain_one_without_shared_padding():
+    plain = standard_layout((2, 3, 9, 9), (0, 0, 0, 0), 4)
+    compact = standard_layout((2, 3, 9, 9), (0, 0, 0, 0), 4, rows_min=7, pitch_min=7, compact=True)
+    assert same_buffer(plain, compact)
+    padded = standard_layout((2, 3, 9, 9), (1, 1, 1, 1), 4)
+    compact1 = standard_layout((2, 3, 9, 9), (1, 1, 1, 1), 4, rows_min=9, pitch_min=9, compact=True)
+    assert not same_buffer(padded, compact1) and compact1.plane < padded.plane
+
+
+def _problem(rng, dtype, shape, opts):
+    n, c, h, w, k, kh, kw = shape
+    groups = opts.get("groups", 1)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // groups, kh, kw)).astype(dtype)
+    return conv2d_params(x.shape, wt.shape, None, **opts), x, wt
+
+
+SHAPES = {
+    "k8": ((3, 4, 7, 9, 8, 3, 3), {"padding": 1}),
+    "k5_groups": ((2, 4, 6, 8, 10, 3, 2), {"groups": 2, "dilation": (1, 2)}),
+    "k2_depthwise": ((2, 3, 7, 7, 6, 3, 3), {"groups": 3, "padding": 2}),
+    "deep_c40": ((2, 40, 5, 6, 9, 3, 3), {}),
+}
+
+
+# the register tiles serve groups of >= 4 output channels, the 1-channel loop smaller ones
+TILE_CASES = [(case, tile) for case in SHAPES for tile in TILES
+              if (tile[0] == 1) == (SHAPES[case][0][4] // SHAPES[case][1].get("groups", 1) < 4)]
+
+
+@pytest.mark.parametrize("case, tile", TILE_CASES, ids=[f"{c}-{t[0]}x{t[1]}" for c, t in TILE_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_correlate_standard(dtype, case, tile, rng):
+    """Every tile, small blocks and channel blocks, contiguous and per-image tiles."""
+    p, x, wt = _problem(rng, dtype, *SHAPES[case])
+    isz = np.dtype(dtype).itemsize
+    lay = standard_layout(p.x_shape, (p.ph, p.pw, p.ph_end, p.pw_end), isz, rows_min=p.oh, pitch_min=p.ow)
+    xp = prepare_standard(x, lay)
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, phase_stride=lay.phase_stride)
+    w4 = wt.reshape(p.groups, p.kg, p.cg, p.kh * p.kw)
+    want = reference.conv2d(x, wt, **SHAPES[case][1])
+    tw = (tile[1] or 4) * 64 // isz
+    per_img = -(-((p.oh - 1) * lay.pitch + p.ow) // tw)
+    for tiling in (CorrTiling(*tile, 64, 3), CorrTiling(*tile, 1024, 32),
+                   CorrTiling(*tile, lay.plane, 5, per_img if tile[0] > 1 else 0)):
+        y = _alloc.empty(p.y_shape, dtype)
+        correlate(xp.buf, lay, offs, pack_weights(w4, tiling), np.zeros(0, dtype), y, tiling)
+        assert_close(y, want, dtype, f"y {tiling}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_correlate_batch_inner_with_bias(dtype, rng):
+    p, x, wt = _problem(rng, dtype, (9, 5, 5, 5, 12, 3, 3), {"padding": (1, 0)})
+    b = rng.standard_normal(p.k).astype(dtype)
+    lay = batch_inner_layout(p.x_shape, p.h + 2 * p.ph, p.w + 2 * p.pw, np.dtype(dtype).itemsize, top=p.ph, left=p.pw)
+    xb = prepare_batch_inner(x, lay)
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, step=lay.step)
+    tiling = CorrTiling(8, 3, 128, 2)
+    y = _alloc.empty(p.y_shape, dtype)
+    correlate(xb.buf, lay, offs, pack_weights(wt.reshape(1, p.k, p.c, 9), tiling), b, y, tiling)
+    assert_close(y, reference.conv2d(x, wt, b, padding=(1, 0)), dtype, "y")
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_grad_weight_walks(dtype, case, rng):
+    """The three ways through Q give the reference's grad_weight and, for exact
+    rows, grad_bias; small segments and odd chunk counts included."""
+    shape, opts = SHAPES[case]
+    p, x, wt = _problem(rng, dtype, shape, opts)
+    isz = np.dtype(dtype).itemsize
+    gy = rng.standard_normal(p.y_shape).astype(dtype)
+    _, want_gw, want_gb = reference.conv2d_backward(gy, x, wt, **opts)
+    lay = standard_layout(p.x_shape, (p.ph, p.pw, p.ph_end, p.pw_end), isz, strides=(p.sh, p.sw))
+    xp = prepare_standard(x, lay)
+    gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, isz, 0))
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, phase_stride=lay.phase_stride)
+    shape3 = (p.k, p.cg, p.kh * p.kw)
+    qn = (p.n - 1) * lay.plane + (p.oh - 1) * lay.pitch + p.ow
+    span = -(-((p.oh - 1) * lay.pitch + p.ow) // 16) * 16
+    for threads in (1, 3):
+        got = grad_weight_contiguous(gyf.buf, 0, gyf.layout.cstride, xp.buf, lay.cstride, offs, qn, p.groups, shape3,
+                                     GradWeightTiling("contiguous", 13, threads))
+        assert_close(got.reshape(p.weight_shape), want_gw, dtype, "contiguous")
+        if span <= lay.plane:
+            got = grad_weight_per_image(gyf.buf, 0, gyf.layout.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n,
+                                        p.groups, shape3, GradWeightTiling("per-image", span, threads, span))
+            assert_close(got.reshape(p.weight_shape), want_gw, dtype, "per-image")
+        got, gsum = grad_weight_rows(gy.reshape(-1), (0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow), xp.buf, lay.cstride,
+                                     offs, lay.plane, lay.pitch, (p.n, p.oh, p.ow), p.groups, shape3,
+                                     GradWeightTiling("rows", 0, threads))
+        assert_close(got.reshape(p.weight_shape), want_gw, dtype, "rows")
+        assert_close(gsum, want_gb, dtype, "rows: grad_bias")
