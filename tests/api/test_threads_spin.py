@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import threadpoolctl
@@ -19,7 +18,7 @@ from numba.np.ufunc import parallel
 
 from fastconv import _threads
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT as ROOT
 
 
 @pytest.fixture
