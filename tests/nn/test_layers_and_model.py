@@ -18,7 +18,7 @@ from fastconv.nn import (SGD, Adadelta, Adam, Conv2D, Dense, Dropout, Flatten, M
 from fastconv.nn import losses as L
 from fastconv.nn import _ops_cpu
 from fastconv.nn.steps import ConvReLUPool, LayerStep, SoftmaxCrossEntropy
-from tests.helpers import numeric_grad, spy_calls
+from tests.helpers import numeric_grad, quadrant_blobs, spy_calls
 
 F64 = np.float64
 
@@ -267,14 +267,7 @@ def test_weight_decay_applies_to_kernels_only():
 
 
 def mnist_like(n=48, seed=0):
-    """A learnable toy problem: class = which quadrant holds the bright blob."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.uniform(0, 0.2, (n, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, s = divmod(int(c), 2)
-        x[i, 4 * r:4 * r + 4, 4 * s:4 * s + 4] += 0.8
-    return x, y
+    return quadrant_blobs(n, seed)
 
 
 def toy_cnn(seed=0, optimizer="adam"):

@@ -17,17 +17,11 @@ import pytest
 
 from fastconv.nn import (SGD, Adadelta, Adam, Conv2D, Dense, Dropout, Flatten, MaxPool2D, RMSprop, Sequential,
                          load_model, persistence)
+from tests.helpers import quadrant_blobs
 
 
 def toy_data(n=40, seed=0):
-    """Class = which quadrant holds the bright blob (learnable, so the weights move)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.uniform(0, 0.2, (n, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, s = divmod(int(c), 2)
-        x[i, 4 * r:4 * r + 4, 4 * s:4 * s + 4] += 0.8
-    return x, y
+    return quadrant_blobs(n, seed)
 
 
 def toy_model(optimizer=None, dtype="float32", seed=1):
