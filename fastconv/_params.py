@@ -256,8 +256,29 @@ def check_algorithm(algorithm: Any) -> str:
 # --------------------------------------------------------------------------- max_pool2d
 
 
+class _ChannelsPassThrough:
+    """x_shape and y_shape of the poolings and the unpooling: channels pass
+    through, (N, C, H, W) -> (N, C, OH, OW).  Not a dataclass: the fields
+    are the subclass's."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oh: int
+    ow: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c, self.oh, self.ow)
+
+
 @dataclass(frozen=True)
-class Pool2dParams:
+class Pool2dParams(_ChannelsPassThrough):
     """Validated geometry of one max_pool2d call; padding is implicit -inf."""
 
     n: int
@@ -275,14 +296,6 @@ class Pool2dParams:
     oh: int
     ow: int
     ceil_mode: bool
-
-    @property
-    def x_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.h, self.w)
-
-    @property
-    def y_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.oh, self.ow)
 
 
 def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
@@ -409,7 +422,7 @@ def pool_scatter_params(input_shape: tuple[int, int, int, int], grad_shape: tupl
 
 
 @dataclass(frozen=True)
-class AvgPool2dParams:
+class AvgPool2dParams(_ChannelsPassThrough):
     """Validated geometry of one avg_pool2d call (PyTorch semantics).
 
     ``divisor``: divisor_override, or 0 for "the window's size" (all taps
@@ -431,14 +444,6 @@ class AvgPool2dParams:
     ceil_mode: bool
     count_include_pad: bool
     divisor: int
-
-    @property
-    def x_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.h, self.w)
-
-    @property
-    def y_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.oh, self.ow)
 
 
 def _divisor_override(value: Any) -> int:
@@ -585,7 +590,7 @@ def conv_transpose2d_params(
 
 
 @dataclass(frozen=True)
-class Unpool2dParams:
+class Unpool2dParams(_ChannelsPassThrough):
     """Validated geometry of one max_unpool2d call: x (N, C, H, W) -> (N, C, OH, OW)."""
 
     n: int
@@ -594,14 +599,6 @@ class Unpool2dParams:
     w: int
     oh: int
     ow: int
-
-    @property
-    def x_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.h, self.w)
-
-    @property
-    def y_shape(self) -> tuple[int, int, int, int]:
-        return (self.n, self.c, self.oh, self.ow)
 
 
 def _unpool_output_size(output_size: Any, default: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
