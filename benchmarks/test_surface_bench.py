@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.conftest import cases_and_impls, run_op
-from benchmarks.shapes import SURFACE_FAMILIES
 
-TESTS = {"test_conv_transpose2d_forward": ("convt", "convt_fwd"), "test_conv_transpose2d_backward": ("convt", "convt_bwd"),
+TESTS = {"test_conv_transpose2d_forward": ("convt", "convt_fwd"),
+         "test_conv_transpose2d_backward": ("convt", "convt_bwd"),
          "test_avg_pool2d_forward": ("avgpool", "avgpool_fwd"), "test_avg_pool2d_backward": ("avgpool", "avgpool_bwd"),
          "test_max_unpool2d_forward": ("unpool", "unpool_fwd"), "test_max_unpool2d_backward": ("unpool", "unpool_bwd")}
 
@@ -19,7 +19,7 @@ TESTS = {"test_conv_transpose2d_forward": ("convt", "convt_fwd"), "test_conv_tra
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
         family, op = TESTS[metafunc.function.__name__]
-        metafunc.parametrize(("case", "impl"), cases_and_impls(metafunc.config, family, SURFACE_FAMILIES[family]))
+        metafunc.parametrize(("case", "impl"), cases_and_impls(metafunc.config, family, (op,)))
 
 
 def test_conv_transpose2d_forward(benchmark, case, impl, full):
