@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from benchmarks import check, impls, inputs
-from benchmarks.shapes import CONV_OPS, conv_flops, pool_bytes, shapes
+from benchmarks.shapes import FLOP_OPS, op_work, shapes, surface_shapes
 from benchmarks.threads import set_threads
 
 
@@ -60,7 +60,7 @@ def full(pytestconfig: pytest.Config) -> bool:
 def cases_and_impls(config: pytest.Config, family: str, ops: tuple[str, ...]) -> list[Any]:
     """pytest params (case, impl name), case-major so one group's tests run together."""
     conv, pool, _ = shapes(full_mode(config))
-    cases = conv if family == "conv" else pool
+    cases = {"conv": conv, "pool": pool, **surface_shapes(full_mode(config))}[family]
     names = impls.impl_names(ops)
     return [pytest.param(c, n, id=f"{c.name}-{n}") for c in cases for n in names]
 
@@ -91,10 +91,7 @@ def run_op(benchmark: Any, op: str, case: Any, impl_name: str, full: bool) -> No
     check.check(op, impl.host(call(0)), ref)  # first call: JIT compile + the one correctness check
     call(1 % len(sets))
     benchmark.group = f"{op} {case.name} {case.label}"
-    if op in CONV_OPS:
-        benchmark.extra_info["flops"] = conv_flops(case, op)
-    else:
-        benchmark.extra_info["bytes"] = pool_bytes(case, op)
+    benchmark.extra_info["flops" if op in FLOP_OPS else "bytes"] = op_work(case, op)[0]
     benchmark.extra_info["input_sets"] = len(sets)
     order = itertools.cycle(range(len(sets)))
     benchmark(lambda: call(next(order)))

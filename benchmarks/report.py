@@ -38,7 +38,7 @@ from benchmarks.threads import configure_threads
 SCHEMA = "fastconv-bench/2"
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"
-FAMILIES = ("conv", "pool", "mnist")
+FAMILIES = ("conv", "pool", "convt", "avgpool", "unpool", "mnist")  # convt, avgpool, unpool: issue 15's ops
 ROW_KEYS = ("family", "op", "case", "shape", "impl", "device", "algorithm", "status", "reason", "median_s",
             "min_s", "samples_s", "loops", "first_call_s", "rel_err", "work", "metric", "throughput",
             "pct_ceiling", "vs_torch", "goal", "misses_goal")
@@ -88,22 +88,22 @@ def _finish_rows(rows: list[dict[str, Any]], ceiling: float | None, use_min: boo
     """Fill throughput, % of ceiling, time / torch and the goal mark for one group's rows.
 
     ``use_min``: the figure is the fastest sample instead of the median (--cpu-time)."""
+    from benchmarks.goals import mark_goal
     from benchmarks.impls import BASELINE
 
     def figure(r: dict[str, Any]) -> float:
         return r["min_s"] if use_min and r.get("min_s") else r["median_s"]
 
-    base = {r["device"]: figure(r) for r in rows if r["status"] == "ok" and r["impl"] == BASELINE[r["device"]]}
+    figures = {(r["device"], r["impl"]): figure(r) for r in rows if r["status"] == "ok"}
     for r in rows:
         if r["status"] != "ok":
             continue
         r["throughput"] = r["work"] / figure(r) / 1e9
         # the measured ceilings are the CPU's; GPU rows have their own report (gpu_bench.py)
         r["pct_ceiling"] = 100.0 * r["throughput"] / ceiling if ceiling and r["device"] == "cpu" else None
-        t = base.get(r["device"])
+        t = figures.get((r["device"], BASELINE[r["device"]]))
         r["vs_torch"] = figure(r) / t if t else None
-        if r.get("goal") is not None and r["vs_torch"] is not None:
-            r["misses_goal"] = r["vs_torch"] > r["goal"]
+        mark_goal(r, figures, figure(r))
 
 
 def _bind_group(op: str, case: Any, impls: Sequence[Any], inputs: Any, base: dict[str, Any], clock: Any,
@@ -151,14 +151,14 @@ def bench_group(family: str, op: str, case: Any, impls: Sequence[Any], repeats: 
     import numpy as np
 
     from benchmarks._timing import interleave
+    from benchmarks.impls import BASELINE
     from benchmarks.impls.fastconv import auto_choice
     from benchmarks.inputs import make_inputs
-    from benchmarks.shapes import CONV_OPS, conv_flops, pool_bytes
+    from benchmarks.shapes import CONV_OPS, op_work
 
     is_conv = op in CONV_OPS
-    work = conv_flops(case, op) if is_conv else pool_bytes(case, op)
-    base = dict(family=family, op=op, case=case.name, shape=case.label, work=work,
-                metric="GFLOP/s" if is_conv else "GB/s")
+    work, metric = op_work(case, op)
+    base = dict(family=family, op=op, case=case.name, shape=case.label, work=work, metric=metric)
     clock = time.process_time if cpu_time else time.perf_counter
     inputs = make_inputs(op, case, np.random.default_rng(seed))
     rows, calls, timings = _bind_group(op, case, impls, inputs, base, clock, log)
@@ -174,6 +174,8 @@ def bench_group(family: str, op: str, case: Any, impls: Sequence[Any], repeats: 
     for r in rows:
         if r["status"] == "ok":
             vs = f"{r['vs_torch']:.2f}x torch" if r["vs_torch"] else ""
+            if r.get("goal_vs") and r["goal_vs"] != BASELINE[r["device"]]:
+                vs += f", {r['goal_ratio']:.2f}x {r['goal_vs']}"
             log(f"  {op:13s} {case.name:15s} {r['impl']:21s} {r['median_s'] * 1e3:10.3f} ms "
                 f"{r['throughput']:8.2f} {r['metric']} {vs}{'  MISSES GOAL' if r.get('misses_goal') else ''}")
     return rows
@@ -293,7 +295,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="process CPU time and the fastest sample instead of wall time and the median: for a "
                          "loaded machine, with --threads 1 (it does not measure parallel scaling)")
     ap.add_argument("--only", default=",".join(FAMILIES),
-                    help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
+                    help=f"comma-separated subset of {','.join(FAMILIES)} (default: all); issue 15's ops alone: "
+                         "--only convt,avgpool,unpool (conv_transpose2d with conv2d's grad_x alone, avg_pool2d, "
+                         "max_unpool2d, forward and backward)")
     ap.add_argument("--impls", default="",
                     help="comma-separated implementation names or shell patterns, e.g. 'fastconv-cpu*,torch-cpu' "
                          "(default: all)")
@@ -375,13 +379,16 @@ def _stem(args: argparse.Namespace, machine: dict[str, Any]) -> str:
 def _timed_rows(args: argparse.Namespace, impls: Sequence[Any], ceilings: dict[str, Any],
                 log: Callable[[str], None]) -> list[dict[str, Any]]:
     from benchmarks.mnist_runner import MNIST_IMPLS
-    from benchmarks.shapes import CONV_OPS, POOL_OPS, shapes
+    from benchmarks.shapes import CONV_OPS, FLOP_OPS, POOL_OPS, SURFACE_FAMILIES, shapes, surface_shapes
 
     conv_cases, pool_cases, mnist_case = shapes(full=not args.quick, fast=args.fast)
+    surface = surface_shapes(full=not args.quick, fast=args.fast)
     rows: list[dict[str, Any]] = []
     seed = args.seed
     families = (("conv", conv_cases, CONV_OPS, ceilings["peak_gflops"]),
-                ("pool", pool_cases, POOL_OPS, ceilings["copy"]["gbs"]))
+                ("pool", pool_cases, POOL_OPS, ceilings["copy"]["gbs"]),
+                *((f, surface[f], ops, ceilings["peak_gflops"] if ops[0] in FLOP_OPS else ceilings["copy"]["gbs"])
+                  for f, ops in SURFACE_FAMILIES.items()))
     for family, cases, ops, ceiling in families:
         if family not in args.only:
             continue
@@ -400,9 +407,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> d
     """Everything but writing files: the result dict (see ``validate_result``)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     configure_threads(args.threads, args.blas_threads)
+    from benchmarks.check import CHECK_TOL
     from benchmarks.impls import select
     from benchmarks.inputs import ROTATE_BYTES
-    from benchmarks.check import CHECK_TOL
     from benchmarks.machine import machine_info
     from benchmarks.threads import set_threads
 

@@ -4,7 +4,10 @@ transposed convolution, max unpooling, padding modes.
 Each function validates into a parameter object (``_params``), picks the
 backend from the array types (``_dispatch``) and runs the backend's entry
 point; ``fastconv/__init__.py`` wraps them with the unbatched handling
-(``_unbatched``).  Transposed convolution runs conv2d's own kernels through
+(``_unbatched``).  An op made of several backend calls runs them inside
+``be.on_inputs(...)`` of the user's arguments, so on CUDA every allocation and
+launch of the op is on the device and stream those arguments choose
+(``fastconv.cuda._streams``).  Transposed convolution runs conv2d's own kernels through
 conv2d's plan (its forward is conv2d's grad_x, its grad_x conv2d's forward).
 """
 
@@ -51,9 +54,10 @@ def avg_pool2d(
     xa = be.asarray(x, "x")
     p = avg_pool2d_params(xa.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     dtype = compute_dtype(xa.dtype)
-    if p.n == 0:
-        return be.zeros(p.y_shape, dtype)
-    return be.avg_pool2d_forward(be.ascompute(xa, dtype), p)
+    with be.on_inputs(x=xa):
+        if p.n == 0:
+            return be.zeros(p.y_shape, dtype)
+        return be.avg_pool2d_forward(be.ascompute(xa, dtype), p)
 
 
 def avg_pool2d_backward(
@@ -73,9 +77,10 @@ def avg_pool2d_backward(
     )
     check_grad_output(gy.shape, p.y_shape)
     dtype = compute_dtype(gy.dtype)
-    if p.n == 0:
-        return be.zeros(p.x_shape, dtype)
-    return be.avg_pool2d_backward(be.ascompute(gy, dtype), p)
+    with be.on_inputs(grad_output=gy):
+        if p.n == 0:
+            return be.zeros(p.x_shape, dtype)
+        return be.avg_pool2d_backward(be.ascompute(gy, dtype), p)
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
@@ -109,14 +114,15 @@ def conv_transpose2d(
         xa.shape, wa.shape, None if ba is None else ba.shape, stride, padding, output_padding, groups, dilation
     )
     dtype = compute_dtype(xa.dtype, wa.dtype, None if ba is None else ba.dtype)
-    if t.n == 0:
-        return be.zeros(t.y_shape, dtype)
-    xc, wc = be.ascompute(xa, dtype), be.ascompute(wa, dtype)
-    if t.extra_h or t.extra_w:
-        xc = be.pad_end(xc, t.extra_h, t.extra_w)
-    plan = _conv_plan(t, dtype, name, algorithm)
-    y = be.conv2d_input_grad(xc, wc, plan)
-    return y if ba is None else be.add_bias(y, be.ascompute(ba, dtype))
+    with be.on_inputs(x=xa, weight=wa, bias=ba):
+        if t.n == 0:
+            return be.zeros(t.y_shape, dtype)
+        xc, wc = be.ascompute(xa, dtype), be.ascompute(wa, dtype)
+        if t.extra_h or t.extra_w:
+            xc = be.pad_end(xc, t.extra_h, t.extra_w)
+        plan = _conv_plan(t, dtype, name, algorithm)
+        y = be.conv2d_input_grad(xc, wc, plan)
+        return y if ba is None else be.add_bias(y, be.ascompute(ba, dtype))
 
 
 def conv_transpose2d_backward(
@@ -143,21 +149,22 @@ def conv_transpose2d_backward(
     t = conv_transpose2d_params(xa.shape, wa.shape, None, stride, padding, output_padding, groups, dilation)
     check_grad_output(gya.shape, t.y_shape)
     dtype = compute_dtype(gya.dtype, xa.dtype, wa.dtype)
-    if t.n == 0:
-        gx0 = be.zeros(t.x_shape, dtype) if nig else None
-        return gx0, be.zeros(tuple(wa.shape), dtype), be.zeros((t.c_out,), dtype)
-    gy, xc, wc = be.ascompute(gya, dtype), be.ascompute(xa, dtype), be.ascompute(wa, dtype)
-    conv = t.conv
-    geometry = ((conv.sh, conv.sw), (conv.ph, conv.pw), (conv.dh, conv.dw), conv.groups)
-    gx = None
-    if nig:
-        gx = Conv2dOp(*geometry, algorithm=algorithm).forward(gy, wc, None, keep_for_backward=False)
+    with be.on_inputs(grad_output=gya, x=xa, weight=wa):
+        if t.n == 0:
+            gx0 = be.zeros(t.x_shape, dtype) if nig else None
+            return gx0, be.zeros(tuple(wa.shape), dtype), be.zeros((t.c_out,), dtype)
+        gy, xc, wc = be.ascompute(gya, dtype), be.ascompute(xa, dtype), be.ascompute(wa, dtype)
+        conv = t.conv
+        geometry = ((conv.sh, conv.sw), (conv.ph, conv.pw), (conv.dh, conv.dw), conv.groups)
+        gx = None
+        if nig:
+            gx = Conv2dOp(*geometry, algorithm=algorithm).forward(gy, wc, None, keep_for_backward=False)
+            if t.extra_h or t.extra_w:
+                gx = be.crop(gx, t.h, t.w)
         if t.extra_h or t.extra_w:
-            gx = be.crop(gx, t.h, t.w)
-    if t.extra_h or t.extra_w:
-        xc = be.pad_end(xc, t.extra_h, t.extra_w)
-    _, gw, _ = Conv2dOp(*geometry, algorithm=algorithm, need_input_grad=False).backward_from(xc, gy, wc)
-    return gx, gw, be.channel_sums(gy)
+            xc = be.pad_end(xc, t.extra_h, t.extra_w)
+        _, gw, _ = Conv2dOp(*geometry, algorithm=algorithm, need_input_grad=False).backward_from(xc, gy, wc)
+        return gx, gw, be.channel_sums(gy)
 
 
 # --------------------------------------------------------------------------- max_unpool2d
@@ -169,18 +176,23 @@ def _unpool_args(
     be = backend(backend_name(x=x, indices=indices))
     xa, idx = be.asarray(x, "x"), be.asarray(indices, "indices")
     p = max_unpool2d_params(xa.shape, idx.dtype, idx.shape, kernel_size, stride, padding, output_size)
+    return be, xa, idx, p
+
+
+def _check_indices(be: Any, idx: Any, p: Unpool2dParams) -> None:
     if idx.size:
         lo, hi = be.index_range(idx)
         check_unpool_index_range(lo, hi, p)
-    return be, xa, be.ascompute(idx, "int64"), p
 
 
 def max_unpool2d(x: Any, indices: Any, kernel_size: Any, stride: Any, padding: Any, output_size: Any) -> Any:
     be, xa, idx, p = _unpool_args(x, indices, kernel_size, stride, padding, output_size)
     dtype = compute_dtype(xa.dtype)
-    if p.n == 0:
-        return be.zeros(p.y_shape, dtype)
-    return be.max_unpool2d_forward(be.ascompute(xa, dtype), idx, (p.oh, p.ow))
+    with be.on_inputs(x=xa, indices=idx):
+        _check_indices(be, idx, p)
+        if p.n == 0:
+            return be.zeros(p.y_shape, dtype)
+        return be.max_unpool2d_forward(be.ascompute(xa, dtype), be.ascompute(idx, "int64"), (p.oh, p.ow))
 
 
 def max_unpool2d_backward(
@@ -191,13 +203,12 @@ def max_unpool2d_backward(
     gya, idx = be.asarray(grad_output, "grad_output"), be.asarray(indices, "indices")
     p = max_unpool2d_params(idx.shape, idx.dtype, idx.shape, kernel_size, stride, padding, output_size)
     check_grad_output(gya.shape, p.y_shape)
-    if idx.size:
-        lo, hi = be.index_range(idx)
-        check_unpool_index_range(lo, hi, p)
     dtype = compute_dtype(gya.dtype)
-    if p.n == 0:
-        return be.zeros(p.x_shape, dtype)
-    return be.max_unpool2d_backward(be.ascompute(gya, dtype), be.ascompute(idx, "int64"))
+    with be.on_inputs(grad_output=gya, indices=idx):
+        _check_indices(be, idx, p)
+        if p.n == 0:
+            return be.zeros(p.x_shape, dtype)
+        return be.max_unpool2d_backward(be.ascompute(gya, dtype), be.ascompute(idx, "int64"))
 
 
 # --------------------------------------------------------------------------- conv2d with a padding mode
@@ -205,16 +216,16 @@ def max_unpool2d_backward(
 
 def _padded_conv(
     x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any, padding_mode: str
-) -> tuple[Any, Any, Conv2dParams, tuple[int, int, int, int], Any]:
-    """(backend, x as a compute array, conv2d's params, the explicit pads, the
-    dtype) of conv2d with a non-zeros padding mode."""
+) -> tuple[Any, dict[str, Any], Conv2dParams, tuple[int, int, int, int], Any]:
+    """(backend, the arrays x, weight, bias as backend arrays, conv2d's params, the
+    explicit pads, the dtype) of conv2d with a non-zeros padding mode."""
     be = backend(backend_name(x=x, weight=weight, bias=bias))
     xa, wa = be.asarray(x, "x"), be.asarray(weight, "weight")
     ba = None if bias is None else be.asarray(bias, "bias")
     p = conv2d_params(xa.shape, wa.shape, None if ba is None else ba.shape, stride, padding, dilation, groups)
     pads = explicit_pads(p, padding_mode)
     dtype = compute_dtype(xa.dtype, wa.dtype, None if ba is None else ba.dtype)
-    return be, be.ascompute(xa, dtype), p, pads, dtype
+    return be, {"x": xa, "weight": wa, "bias": ba}, p, pads, dtype
 
 
 def conv2d_padded(
@@ -230,11 +241,13 @@ def conv2d_padded(
 ) -> Any:
     """conv2d after an explicit pad in ``padding_mode`` ("reflect", "replicate", "circular")."""
     check_algorithm(algorithm)
-    be, xc, p, pads, dtype = _padded_conv(x, weight, bias, stride, padding, dilation, groups, padding_mode)
-    if p.n == 0:
-        return be.zeros(p.y_shape, dtype)
-    op = Conv2dOp(stride, 0, dilation, groups, algorithm=algorithm)
-    return op.forward(be.pad_input(xc, pads, padding_mode), weight, bias, keep_for_backward=False)
+    be, arrays, p, pads, dtype = _padded_conv(x, weight, bias, stride, padding, dilation, groups, padding_mode)
+    with be.on_inputs(**arrays):
+        if p.n == 0:
+            return be.zeros(p.y_shape, dtype)
+        xp = be.pad_input(be.ascompute(arrays["x"], dtype), pads, padding_mode)
+        op = Conv2dOp(stride, 0, dilation, groups, algorithm=algorithm)
+        return op.forward(xp, arrays["weight"], arrays["bias"], keep_for_backward=False)
 
 
 def conv2d_padded_backward(
@@ -252,12 +265,15 @@ def conv2d_padded_backward(
     """conv2d_backward on the padded input, grad_x folded back (padded cells to their sources)."""
     check_algorithm(algorithm)
     nig = check_bool(need_input_grad, "need_input_grad")
-    be, xc, p, pads, dtype = _padded_conv(x, weight, None, stride, padding, dilation, groups, padding_mode)
-    if p.n == 0:
-        gy = be.asarray(grad_output, "grad_output")
-        check_grad_output(gy.shape, p.y_shape)
-        gx0 = be.zeros(p.x_shape, dtype) if nig else None
-        return gx0, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
-    op = Conv2dOp(stride, 0, dilation, groups, algorithm=algorithm, need_input_grad=nig)
-    gxp, gw, gb = op.backward_from(grad_output, be.pad_input(xc, pads, padding_mode), weight)
-    return (None if gxp is None else be.fold_input(gxp, pads, padding_mode)), gw, gb
+    backend_name(grad_output=grad_output, x=x, weight=weight)  # host and device arrays mixed: the usual error
+    be, arrays, p, pads, dtype = _padded_conv(x, weight, None, stride, padding, dilation, groups, padding_mode)
+    gy = be.asarray(grad_output, "grad_output")
+    with be.on_inputs(grad_output=gy, x=arrays["x"], weight=arrays["weight"]):
+        if p.n == 0:
+            check_grad_output(gy.shape, p.y_shape)
+            gx0 = be.zeros(p.x_shape, dtype) if nig else None
+            return gx0, be.zeros(p.weight_shape, dtype), be.zeros((p.k,), dtype)
+        xp = be.pad_input(be.ascompute(arrays["x"], dtype), pads, padding_mode)
+        op = Conv2dOp(stride, 0, dilation, groups, algorithm=algorithm, need_input_grad=nig)
+        gxp, gw, gb = op.backward_from(gy, xp, arrays["weight"])
+        return (None if gxp is None else be.fold_input(gxp, pads, padding_mode)), gw, gb

@@ -1,6 +1,7 @@
 """Every implementation the benchmarks compare, one module per library:
 
-    fastconv.py      fastconv (CPU and CUDA): "auto" plus each forced algorithm
+    fastconv.py      fastconv (CPU and CUDA): "auto" plus each forced algorithm, and
+                     conv2d's grad_x alone in conv_transpose2d's groups
     torch.py         PyTorch (oneDNN on the CPU, cuDNN on a GPU)
     numpy_ref.py     fastconv.reference, the float64 oracle
     numpy_im2col.py  cs231n-style NumPy im2col + BLAS, window-view pooling
@@ -23,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.shapes import CONV_OPS, OPS, POOL_OPS
+from benchmarks.shapes import ALL_OPS, CONV_OPS, OPS, POOL_OPS
 
 from . import cupy as _cupy
 from . import fastconv as _fastconv
@@ -33,6 +34,8 @@ from . import scipy as _scipy
 from . import torch as _torch
 
 HEADLINE = {"cpu": "fastconv-cpu", "gpu": "fastconv-cuda"}  # fastconv with algorithm="auto"
+# conv2d's grad_x alone, in conv_transpose2d's forward groups (issue 15's goal divides by it)
+GRAD_X = {"cpu": "fastconv-cpu-conv2d-gx", "gpu": "fastconv-cuda-conv2d-gx"}
 BASELINE = {"cpu": "torch-cpu", "gpu": "cudnn-torch"}  # what "time / torch" divides by
 
 
@@ -101,14 +104,19 @@ def _lazy(factory: Callable[[], dict[str, Callable[..., Any]]], ops: Sequence[st
 
 
 def _fastconv_impls() -> list[Impl]:
-    """fastconv "auto" (conv and pool) on CPU and GPU, then each forced conv algorithm."""
+    """fastconv "auto" (every op) on CPU and GPU, conv2d's grad_x alone, then each forced
+    conv algorithm."""
     cpu = {"available": _fastconv.available}
     gpu = {"available": _fastconv.cuda_available, "to_native": _fastconv.cuda_to_native,
            "to_host": _fastconv.cuda_to_host, "sync": _fastconv.cuda_sync}
     out = []
     for dev, kw in (("cpu", cpu), ("gpu", gpu)):
-        out.append(Impl(HEADLINE[dev], dev, _lazy(lambda: {**_fastconv.conv_fns("auto"), **_fastconv.pool_fns()},
-                                                   OPS), algorithm="auto", note='algorithm="auto"', **kw))
+        out.append(Impl(HEADLINE[dev], dev, _lazy(lambda: {**_fastconv.conv_fns("auto"), **_fastconv.pool_fns(),
+                                                           **_fastconv.surface_fns()}, ALL_OPS),
+                        algorithm="auto", note='algorithm="auto"', **kw))
+        out.append(Impl(GRAD_X[dev], dev, _lazy(lambda d=dev: _fastconv.grad_x_fns(d), ("convt_fwd",)),
+                        applies=_fastconv.grad_x_applies,
+                        note="conv2d's grad_x alone (the kernel and plan conv_transpose2d runs)", **kw))
         for alg in _fastconv.algorithms():
             out.append(Impl(f"{HEADLINE[dev]}-{alg}", dev, _lazy(lambda a=alg: _fastconv.conv_fns(a), CONV_OPS),
                             applies=_fastconv.algorithm_applies(alg, dev), algorithm=alg,
@@ -121,17 +129,17 @@ def implementations() -> list[Impl]:
     fc = _fastconv_impls()
     return [
         *[i for i in fc if i.device == "cpu"],
-        Impl("numpy-ref", "cpu", _lazy(_numpy_ref.fns, OPS), lambda: None, _numpy_ref.applies,
+        Impl("numpy-ref", "cpu", _lazy(_numpy_ref.fns, ALL_OPS), lambda: None, _numpy_ref.applies,
              note="fastconv.reference, float64"),
         Impl("numpy-im2col", "cpu", _lazy(_numpy_im2col.fns, OPS), lambda: None,
              note="stride tricks + BLAS GEMM (conv); window view + max/argmax, bincount (pool)"),
         Impl("scipy-correlate", "cpu", _lazy(_scipy.fns, CONV_OPS), lambda: None, _scipy.applies),
-        Impl("torch-cpu", "cpu", _lazy(_torch.fns, OPS), _torch.available, to_native=_torch.to_native,
+        Impl("torch-cpu", "cpu", _lazy(_torch.fns, ALL_OPS), _torch.available, to_native=_torch.to_native,
              to_host=_torch.to_host),
         *[i for i in fc if i.device == "gpu"],
         Impl("cupy", "gpu", _lazy(_numpy_im2col.fns, OPS), _cupy.available, to_native=_cupy.to_native,
              to_host=_cupy.to_host, sync=_cupy.sync, note="the numpy-im2col code on CuPy (cuBLAS GEMM)"),
-        Impl("cudnn-torch", "gpu", _lazy(_torch.fns, OPS), lambda: _torch.available(cuda=True),
+        Impl("cudnn-torch", "gpu", _lazy(_torch.fns, ALL_OPS), lambda: _torch.available(cuda=True),
              to_native=_torch.cuda_to_native, to_host=_torch.to_host, sync=_torch.cuda_sync,
              note="cuDNN fp32, TF32 off"),
     ]
@@ -162,5 +170,5 @@ def select(patterns: Sequence[str]) -> list[Impl]:
     return [i for i in impls if any(fnmatch.fnmatchcase(i.name, p) for p in patterns)]
 
 
-__all__ = ["BASELINE", "CONV_OPS", "HEADLINE", "OPS", "POOL_OPS", "Impl", "get_impl", "impl_names",
+__all__ = ["ALL_OPS", "BASELINE", "CONV_OPS", "GRAD_X", "HEADLINE", "OPS", "POOL_OPS", "Impl", "get_impl", "impl_names",
            "implementations", "select"]

@@ -1,7 +1,9 @@
 """fastconv through its public API: ``conv2d``/``conv2d_backward`` with
 ``algorithm="auto"`` (what a user gets: the headline column) or one forced
-algorithm, ``max_pool2d``/``max_pool2d_backward``; on the CPU and on a GPU
-(numba-cuda device arrays)."""
+algorithm, ``max_pool2d``/``max_pool2d_backward``, issue 15's
+``conv_transpose2d``, ``avg_pool2d`` and ``max_unpool2d`` with their backwards,
+and conv2d's grad_x alone (the reference row of conv_transpose2d's goal); on the
+CPU and on a GPU (numba-cuda device arrays)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,44 @@ def pool_fns() -> dict[str, Callable[..., Any]]:
         "pool_fwd_idx": lambda c, x: fastconv.max_pool2d(x, *c.args, return_indices=True),
         "pool_bwd": lambda c, gy, idx, x: fastconv.max_pool2d_backward(gy, idx, c.x_shape),
     }
+
+
+def surface_fns() -> dict[str, Callable[..., Any]]:
+    """Issue 15's ops (``shapes.SURFACE_OPS``) through the public API."""
+    import fastconv
+
+    return {
+        "convt_fwd": lambda c, x, w: fastconv.conv_transpose2d(x, w, None, **c.kwargs),
+        "convt_bwd": lambda c, gy, x, w: fastconv.conv_transpose2d_backward(gy, x, w, **c.kwargs),
+        "avgpool_fwd": lambda c, x: fastconv.avg_pool2d(x, *c.args),
+        "avgpool_bwd": lambda c, gy, x: fastconv.avg_pool2d_backward(gy, c.x_shape, *c.args),
+        "unpool_fwd": lambda c, x, idx: fastconv.max_unpool2d(x, idx, *c.args),
+        "unpool_bwd": lambda c, gy, idx: fastconv.max_unpool2d_backward(gy, idx, *c.args),
+    }
+
+
+def grad_x_fns(device: str) -> dict[str, Callable[..., Any]]:
+    """conv2d's grad_x alone in conv_transpose2d's groups: the backend's ``conv2d_input_grad``
+    under the plan ``conv_transpose2d`` builds (``fastconv._surface._conv_plan``) on the conv2d
+    whose grad_x the transposed forward is, without the op around it (validation, dtype,
+    padding of x, output allocation by the op): issue 15's 1.1x goal divides by this row."""
+    from fastconv import _dispatch, _surface
+
+    name = "cuda" if device == "gpu" else "cpu"
+
+    def grad_x(c: Any, x: Any, w: Any) -> Any:
+        plan = _surface._conv_plan(c.params, np.dtype(x.dtype), name, "auto")
+        return _dispatch.backend(name).conv2d_input_grad(x, w, plan)
+
+    return {"convt_fwd": grad_x}
+
+
+def grad_x_applies(op: str, case: Any) -> str | None:
+    """The grad_x row needs the conv2d's grad_output to be x itself (no zero rows appended)."""
+    t = case.params
+    if t.extra_h or t.extra_w:
+        return "output_padding >= stride pads x first: no plain conv2d grad_x has this geometry"
+    return None
 
 
 def cuda_available() -> str | None:

@@ -17,7 +17,6 @@ import numpy as np
 from fastconv._params import Conv2dParams, conv2d_params, pool2d_params
 
 
-
 def _xp(a: Any) -> tuple[Any, Callable[..., Any]]:
     """(array module, as_strided) for a NumPy or CuPy array, so one im2col serves both."""
     if type(a).__module__.startswith("cupy"):

@@ -10,7 +10,6 @@ import numpy as np
 from fastconv._params import conv2d_params
 
 
-
 def scipy_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, padding: Any = 0) -> np.ndarray:
     """Single-channel conv2d (C == 1, stride 1, dilation 1): one
     ``scipy.signal.correlate`` of the (N, H, W) batch per output channel

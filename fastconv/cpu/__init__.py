@@ -15,6 +15,7 @@ layout (``conv_direct``, ``conv_direct_bi``, ``conv_im2col``), ``pool``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from .._plan import ConvPlan
 
 _cache.install()  # before any kernel module: it picks where their Numba cache lives
+
+
+def on_inputs(**arrays: Any) -> contextlib.AbstractContextManager[None]:
+    """Context of one public op made of several backend calls: host arrays have no
+    device or stream to choose (the CUDA backend's has)."""
+    return contextlib.nullcontext()
 
 
 def asarray(a: Any, name: str) -> np.ndarray:

@@ -171,68 +171,92 @@ def max_pool2d_backward(gy: Any, indices: Any, p: Any) -> Any:
 # --------------------------------------------------------------------------- surface ops (issue 15)
 
 
+def on_inputs(**arrays: Any) -> Any:
+    """Context of one public op made of several backend calls: the device and stream of
+    ``arrays`` (``_streams``' rule), kept by every backend call inside it."""
+    from . import _streams
+
+    return _streams.on_inputs(**arrays)
+
+
 def avg_pool2d_forward(x: Any, p: Any):
+    from . import _streams
     from .avg_pool import avg_pool2d_forward as fwd
 
-    return fwd(x, p)
+    with _streams.on_inputs(x=x):
+        return fwd(x, p)
 
 
 def avg_pool2d_backward(gy: Any, p: Any):
+    from . import _streams
     from .avg_pool import avg_pool2d_backward as bwd
 
-    return bwd(gy, p)
+    with _streams.on_inputs(grad_output=gy):
+        return bwd(gy, p)
 
 
 def conv2d_input_grad(gy: Any, weight: Any, plan: Any):
     """conv2d's grad_x alone (the transposed convolution) by the plan's backward algorithm."""
+    from . import _streams
     from .surface import conv2d_input_grad as gx
 
-    return gx(gy, weight, plan)
+    with _streams.on_inputs(grad_output=gy, weight=weight):
+        return gx(gy, weight, plan)
 
 
 def add_bias(y: Any, bias: Any):
+    from . import _streams
     from .surface import add_bias as add
 
-    return add(y, bias)
+    with _streams.on_inputs(y=y, bias=bias):
+        return add(y, bias)
 
 
 def channel_sums(gy: Any):
+    from . import _streams
     from .surface import channel_sums as sums
 
-    return sums(gy)
+    with _streams.on_inputs(grad_output=gy):
+        return sums(gy)
 
 
 def pad_end(x: Any, rows: int, cols: int):
-    from .surface import pad_input
-
     return pad_input(x, (0, 0, rows, cols), "zeros")
 
 
 def crop(a: Any, h: int, w: int):
     from .surface import crop as crop_
 
-    return crop_(a, h, w)
+    return crop_(a, h, w)  # a device-side copy: ascompute follows the rule itself
 
 
 def pad_input(x: Any, pads: Any, mode: str):
+    from . import _streams
     from .surface import pad_input as pad_
 
-    return pad_(x, pads, mode)
+    with _streams.on_inputs(x=x):
+        return pad_(x, pads, mode)
 
 
 def fold_input(gp: Any, pads: Any, mode: str):
+    from . import _streams
     from .surface import fold_input as fold_
 
-    return fold_(gp, pads, mode)
+    with _streams.on_inputs(grad_input=gp):
+        return fold_(gp, pads, mode)
 
 
 def max_unpool2d_forward(x: Any, indices: Any, out_hw: Any):
+    from . import _streams
     from .surface import max_unpool2d_forward as fwd
 
-    return fwd(x, indices, out_hw)
+    with _streams.on_inputs(x=x, indices=indices):
+        return fwd(x, indices, out_hw)
 
 
 def max_unpool2d_backward(gy: Any, indices: Any):
+    from . import _streams
     from .surface import max_unpool2d_backward as bwd
 
-    return bwd(gy, indices)
+    with _streams.on_inputs(grad_output=gy, indices=indices):
+        return bwd(gy, indices)

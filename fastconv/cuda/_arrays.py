@@ -104,8 +104,10 @@ def _index_minmax(idx, out):
 
 
 def device_array(shape: tuple[int, ...], dtype: Any):
-    """Uninitialised array on the current device, carrying the current call's stream."""
-    return cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype), stream=_streams.current_stream())
+    """Uninitialised array on the current call's device, carrying its stream."""
+    stream = _streams.current_stream()
+    arr = cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype), stream=stream)
+    return _streams.tag(arr, _streams.call_device(), stream)
 
 
 def fill(a, value) -> None:
@@ -135,6 +137,12 @@ def zeros(shape: tuple[int, ...], dtype: Any):
 def flat(a):
     """1-D view of a C-contiguous device array (no copy)."""
     return a.reshape(a.size)
+
+
+def reshape(a, shape: tuple[int, ...]):
+    """View of a C-contiguous device array in ``shape``, carrying a's stream (numba's
+    ``reshape`` drops it): an output's ``.stream`` is the stream it was written on."""
+    return _streams.tag(a.reshape(shape), _streams.device_of(a), a.stream)
 
 
 def _wrap_interface(a: Any):

@@ -18,9 +18,14 @@ The rule (documented in ``docs/cuda.md``):
   carry the launch stream as their ``.stream``, so a chain of fastconv calls
   stays on it.
 
-The chosen stream is held in a context variable for the duration of one
-backend call (``on_inputs``); ``launch`` and the allocators read it, so kernel
-signatures and launchers need no stream parameter.
+The chosen device and stream are held in a context variable for the duration
+of one call (``on_inputs``); ``launch`` and the allocators read it, so kernel
+signatures and launchers need no stream parameter.  A public op made of several
+backend calls (conv_transpose2d's backward, max unpooling, conv2d with a
+padding mode) opens the call once on the user's arguments; the backend calls
+inside it keep that device and stream (their inputs must be on that device;
+any other stream they name is awaited with an event), so one op runs on one
+stream.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from numba import cuda
 
 from ._config import SIM
 
-_stream: contextvars.ContextVar[Any] = contextvars.ContextVar("fastconv_cuda_stream", default=0)
+# (device, stream) of the call in progress, None outside one
+_call: contextvars.ContextVar[tuple[int, Any] | None] = contextvars.ContextVar("fastconv_cuda_call", default=None)
 _external: dict[tuple[int, int], Any] = {}
 
 
@@ -54,7 +60,8 @@ class SimulatorStream:
 
 def current_stream() -> Any:
     """The stream of the backend call in progress (0, numba's default, outside one)."""
-    return _stream.get()
+    call = _call.get()
+    return 0 if call is None else call[1]
 
 
 def external_stream(handle: int, device: int) -> Any:
@@ -112,6 +119,12 @@ def tag(arr: Any, device: int, stream: Any) -> Any:
     return arr
 
 
+def call_device() -> int:
+    """The device of the call in progress (numba's current device outside one)."""
+    call = _call.get()
+    return current_device() if call is None else call[0]
+
+
 def current_device() -> int:
     """Ordinal of numba's current device (the simulator has one, 0)."""
     return 0 if SIM else int(cuda.get_current_device().id)
@@ -142,32 +155,57 @@ def common_device(arrays: dict[str, Any]) -> int:
     return next(iter(devices.values())) if devices else current_device()
 
 
-def launch_stream(arrays: dict[str, Any]) -> Any:
-    """The first non-default stream among the arrays (else 0); the launch stream waits
-    (an event, no host sync) for every other non-default stream among them."""
-    streams = [stream_of(a) for a in arrays.values() if a is not None]
-    named = [s for s in streams if s != 0]
-    if not named:
-        return 0
-    chosen = named[0]
-    for other in {id(s): s for s in named if s is not chosen}.values():
+def _named_streams(arrays: dict[str, Any]) -> list[Any]:
+    return [s for s in (stream_of(a) for a in arrays.values() if a is not None) if s != 0]
+
+
+def await_streams(streams: list[Any], chosen: Any) -> None:
+    """Make ``chosen`` wait (an event, no host sync) for every other stream in ``streams``."""
+    for other in {id(s): s for s in streams if s is not chosen}.values():
         ev = cuda.event() if SIM else cuda.event(timing=False)  # type: ignore[call-arg]  # (simulator stubs)
         ev.record(stream=other)
         ev.wait(stream=chosen)
-    return chosen
+
+
+def launch_stream(arrays: dict[str, Any]) -> Any:
+    """The first non-default stream among the arrays (else 0); the launch stream waits
+    (an event, no host sync) for every other non-default stream among them."""
+    named = _named_streams(arrays)
+    if not named:
+        return 0
+    await_streams(named, named[0])
+    return named[0]
+
+
+def _inner_call(arrays: dict[str, Any], device: int, stream: Any) -> None:
+    """A backend call inside a call in progress: its inputs must be on the call's device;
+    the call's stream waits for any other stream they name."""
+    inner = common_device(arrays)
+    if inner != device:
+        names = ", ".join(name for name, a in arrays.items() if a is not None)
+        raise ValueError(
+            f"CUDA arrays of one call must be on the same device, got {names} on cuda:{inner} in a call on cuda:{device}"
+        )
+    await_streams(_named_streams(arrays), stream)
 
 
 @contextlib.contextmanager
 def on_inputs(**arrays: Any) -> Iterator[Any]:
-    """Run a backend call on the device and stream of ``arrays`` (the rule above)."""
-    device = common_device(arrays)
-    stream = launch_stream(arrays)
+    """Run a call on the device and stream of ``arrays`` (the rule above); inside a
+    call in progress, on that call's device and stream."""
+    outer = _call.get()
+    if outer is None:
+        device = common_device(arrays)
+        stream = launch_stream(arrays)
+    else:
+        device, stream = outer
+        _inner_call(arrays, device, stream)
     with cuda.gpus[device]:
-        token = _stream.set(stream)
+        token = _call.set((device, stream))
         try:
             yield stream
         finally:
-            _stream.reset(token)
+            _call.reset(token)
 
 
 def launch(kernel: Any, grid: Any, block: Any, *args: Any) -> None:

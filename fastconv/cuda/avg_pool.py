@@ -10,6 +10,7 @@ Backward: a gather, one thread per *input* element: it sums gradient/divisor
 over the outputs whose windows cover it (rows ceil((i+ph-kh+1)/sh) ..
 floor((i+ph)/sh), the same for columns) in a fixed order.  No atomics, no
 races, bit-identical run to run.  No fast-math: NaN and Inf propagate.
+Allocations and launches follow the device/stream rule of ``_streams``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from numba import cuda
 
 from .._params import AvgPool2dParams
 from . import _arrays
-from ._arrays import elemwise_grid, flat
+from ._arrays import elemwise_grid, flat, launch
 
 U = np.uint64  # unsigned indices skip numba's negative-index wraparound
 
@@ -91,7 +92,7 @@ def avg_pool2d_forward(x, p: AvgPool2dParams):
     """x (N, C, H, W) device array -> y (N, C, OH, OW)."""
     y = _arrays.empty(p.y_shape, x.dtype)
     blocks, tpb = elemwise_grid(y.size)
-    avg_pool2d_forward_kernel[blocks, tpb](flat(x), flat(y), *_geometry(p))
+    launch(avg_pool2d_forward_kernel, blocks, tpb, flat(x), flat(y), *_geometry(p))
     return y
 
 
@@ -99,5 +100,5 @@ def avg_pool2d_backward(gy, p: AvgPool2dParams):
     """gy (N, C, OH, OW) device array -> gx (N, C, H, W)."""
     gx = _arrays.empty(p.x_shape, gy.dtype)
     blocks, tpb = elemwise_grid(gx.size)
-    avg_pool2d_backward_kernel[blocks, tpb](flat(gy), flat(gx), *_geometry(p))
+    launch(avg_pool2d_backward_kernel, blocks, tpb, flat(gy), flat(gx), *_geometry(p))
     return gx

@@ -452,7 +452,7 @@ def weight_and_bias_grad(gy, x, p: Conv2dParams, plan: LaunchPlan | None = None)
     launch(conv_wgrad_kernel, plan.grid, WNT, flat(gy), flat(x), flat(out), geo.forward(p, False), split_len)
     if plan.split_k > 1:
         sum_splits(out, res, plan.split_k)
-    return res[:nw].reshape(p.weight_shape), res[nw:]
+    return _arrays.reshape(res[:nw], p.weight_shape), res[nw:]
 
 
 def conv2d_forward_im2col(x, weight, bias, p: Conv2dParams, plan: LaunchPlan | None = None):

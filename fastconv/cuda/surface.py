@@ -8,7 +8,9 @@ element and int64 flat indices.  The pad and the fold are gathers (the fold
 walks the border cells that map to its element, at most the pad width per
 axis), so no atomics and a fixed summation order.  The unpooling scatter
 writes each input at its index; a repeated index is a race there, as in
-PyTorch's CUDA kernel (which value wins is unspecified).
+PyTorch's CUDA kernel (which value wins is unspecified).  Allocations and
+launches follow the device/stream rule of ``_streams`` (the backend interface
+opens the call).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from numba import cuda
 
 from . import _arrays
-from ._arrays import elemwise_grid, flat
+from ._arrays import elemwise_grid, flat, launch
 
 U = np.uint64
 MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
@@ -145,7 +147,7 @@ def unpool_backward_kernel(gy, idx, gx, m, hw):
 def _launch(kernel: Any, size: int, *args: Any) -> None:
     if size:
         blocks, tpb = elemwise_grid(size)
-        kernel[blocks, tpb](*args)
+        launch(kernel, blocks, tpb, *args)
 
 
 def pad_input(x, pads: tuple[int, int, int, int], mode: str):
