@@ -20,6 +20,12 @@ Backward: race-free by ownership, like max pooling's: parallel over planes,
 one iteration zeroes its grad_x plane and adds each output's gradient /
 divisor to the window's in-bounds taps (row segments, vectorised at stride 1).
 
+A pooling with a single window per plane (OH = OW = 1: global average
+pooling, e.g. ResNet's last 7x7 planes) takes its own pair of kernels, parallel
+over planes: the window's rows are summed as flat runs, and the backward
+writes each plane's value into the window once, instead of a scratch row,
+KW tap passes and their one-element slices per plane.
+
 No fastmath: NaN and +-Inf propagate as in PyTorch (a sum with a NaN is NaN).
 """
 
@@ -132,10 +138,56 @@ def _avg_bwd(gy, gx, kh, kw, sh, sw, ph, pw, rdiv, cdiv):
                             xr[k * sw + off] += g[k]
 
 
+def _single_window(p: AvgPool2dParams) -> tuple[int, int, int, int]:
+    """(first row, end row, first column, end column) of the in-input part of
+    the only window of a pooling with OH = OW = 1."""
+    return max(0, -p.ph), min(p.h, p.kh - p.ph), max(0, -p.pw), min(p.w, p.kw - p.pw)
+
+
+@njit(parallel=True, cache=True)
+def _avg_fwd_single(x, y, a0, a1, c0, c1, div):
+    """y[p] = sum of x[p, a0:a1, c0:c1] / div.  x (P, H, W), y (P,)."""
+    for p in prange(x.shape[0]):
+        xr = x[p, a0]
+        s = xr[c0]  # windows are never empty
+        for j in range(c0 + 1, c1):
+            s += xr[j]
+        for ih in range(a0 + 1, a1):
+            xr = x[p, ih]
+            for j in range(c0, c1):
+                s += xr[j]
+        y[p] = s / div
+
+
+@njit(parallel=True, cache=True)
+def _avg_bwd_single(gy, gx, a0, a1, c0, c1, div):
+    """gx[p] = gy[p] / div on the window x[p, a0:a1, c0:c1], 0 elsewhere.  gy (P,), gx (P, H, W)."""
+    _, h, w = gx.shape
+    for p in prange(gx.shape[0]):
+        v = gy[p] / div
+        plane = gx[p]
+        for ih in range(h):
+            row = plane[ih]
+            if ih < a0 or ih >= a1:
+                for j in range(w):
+                    row[j] = 0
+                continue
+            for j in range(c0):
+                row[j] = 0
+            for j in range(c0, c1):
+                row[j] = v
+            for j in range(c1, w):
+                row[j] = 0
+
+
 def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """x (N, C, H, W) C-contiguous float32/float64 -> y (N, C, OH, OW)."""
     y = _alloc.empty(p.y_shape, x.dtype)
     rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
+    if p.oh == p.ow == 1:
+        div = x.dtype.type(rdiv[0] * cdiv[0])
+        _avg_fwd_single(x.reshape(p.n * p.c, p.h, p.w), y.reshape(-1), *_single_window(p), div)
+        return y
     _avg_fwd(
         x.reshape(p.n * p.c, p.h, p.w),
         y.reshape(p.n * p.c, p.oh, p.ow),
@@ -156,6 +208,10 @@ def avg_pool2d_backward(gy: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """gy (N, C, OH, OW) -> grad_x (N, C, H, W)."""
     gx = _alloc.empty(p.x_shape, gy.dtype)
     rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
+    if p.oh == p.ow == 1:
+        div = gy.dtype.type(rdiv[0] * cdiv[0])
+        _avg_bwd_single(gy.reshape(-1), gx.reshape(p.n * p.c, p.h, p.w), *_single_window(p), div)
+        return gx
     _avg_bwd(
         gy.reshape(p.n * p.c, p.oh, p.ow),
         gx.reshape(p.n * p.c, p.h, p.w),

@@ -13,7 +13,7 @@ import fastconv
 from fastconv import reference
 from fastconv._params import avg_pool2d_params
 
-from tests.helpers import assert_close, assert_same_nonfinite, check_grads
+from tests.helpers import assert_close, assert_same_nonfinite, check_grads, spy_calls
 
 DTYPES = [np.float32, np.float64]
 
@@ -32,6 +32,12 @@ CASES = [
     ((1, 2, 5, 6), dict(kernel_size=2, stride=1, divisor_override=-3, ceil_mode=True)),
     ((1, 3, 5, 4), dict(kernel_size=1, stride=2, ceil_mode=True)),
     ((3, 6, 7), dict(kernel_size=3, stride=2, padding=1)),  # unbatched
+    # one window per plane (OH = OW = 1): the single-window kernels
+    ((2, 8, 7, 7), dict(kernel_size=7)),  # global average pool
+    ((1, 3, 3, 3), dict(kernel_size=4, stride=4, padding=1)),
+    ((1, 3, 3, 3), dict(kernel_size=4, stride=4, padding=1, count_include_pad=False)),
+    ((2, 3, 5, 4), dict(kernel_size=(5, 4), divisor_override=7)),
+    ((1, 2, 6, 5), dict(kernel_size=(4, 3), stride=5)),  # a window that does not cover the plane
 ]
 IDS = [f"{'x'.join(map(str, s))}-" + "-".join(f"{k}{v}" for k, v in kw.items()) for s, kw in CASES]
 
@@ -68,6 +74,30 @@ def test_finite_differences(rng, shape, kw):
     gy = rng.standard_normal(reference.avg_pool2d(x, **kw).shape)
     gx = fastconv.avg_pool2d_backward(gy, shape, **kw)
     check_grads(lambda x: fastconv.avg_pool2d(x, **kw), {"x": x}, {"x": gx}, gy, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_pool_nan_inf_as_torch(rng, torch, dtype):
+    x = rng.standard_normal((2, 3, 7, 7))
+    x[0, 0, 3, 3], x[0, 1, 0, 6], x[1, 2, 6, 0], x[1, 2, 5, 5] = np.nan, np.inf, np.inf, -np.inf
+    want = torch.nn.functional.avg_pool2d(torch.tensor(x), 7).numpy()
+    assert_same_nonfinite(fastconv.avg_pool2d(x.astype(dtype), 7), want, dtype, "y")
+    gy = rng.standard_normal(want.shape)
+    gy[0, 1, 0, 0] = np.nan
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.avg_pool2d(tx, 7).backward(torch.tensor(gy))
+    got = fastconv.avg_pool2d_backward(gy.astype(dtype), x.shape, 7)
+    assert_same_nonfinite(got, tx.grad.numpy(), dtype, "grad_x")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_pool_at_resnet_size(rng, dtype):
+    """ResNet-50's last pool, 2048 channels of 7x7 (the planes split over threads)."""
+    x = rng.standard_normal((4, 2048, 7, 7)).astype(dtype)
+    assert_close(fastconv.avg_pool2d(x, 7), reference.avg_pool2d(x, 7), dtype, "y")
+    gy = rng.standard_normal((4, 2048, 1, 1)).astype(dtype)
+    assert_close(fastconv.avg_pool2d_backward(gy, x.shape, 7), reference.avg_pool2d_backward(gy, x.shape, 7),
+                 dtype, "grad_x")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -163,3 +193,17 @@ def test_property_matches_torch_and_reference(problem):
         assert_close(y, ty.detach().numpy(), dtype, "y")
         assert_close(gx, tx.grad.numpy(), dtype, "grad_x")
         assert_close(reference.avg_pool2d(x, **kw), ty.detach().numpy(), np.float64, "reference y")
+
+
+def test_single_window_kernels_run_only_for_one_output(rng, monkeypatch):
+    from fastconv.cpu import avg_pool as cpu_avg
+
+    fwd = spy_calls(monkeypatch, cpu_avg, "_avg_fwd_single")
+    bwd = spy_calls(monkeypatch, cpu_avg, "_avg_bwd_single")
+    x = rng.standard_normal((2, 3, 7, 7))
+    fastconv.avg_pool2d(x, 7)
+    fastconv.avg_pool2d_backward(np.ones((2, 3, 1, 1)), x.shape, 7)
+    assert len(fwd) == len(bwd) == 1
+    fastconv.avg_pool2d(x, 3)
+    fastconv.avg_pool2d_backward(np.ones((2, 3, 2, 2)), x.shape, 3)
+    assert len(fwd) == len(bwd) == 1
