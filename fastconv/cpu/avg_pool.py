@@ -160,6 +160,27 @@ def _avg_fwd_single(x, y, a0, a1, c0, c1, div):
 
 
 @njit(parallel=True, cache=True)
+def _avg_fwd_flat(x2, y, lo, hi, div, zero):
+    """y[p] = sum of x2[p, lo:hi] / div.  x2 (P, H*W): a window of whole rows is
+    one flat run, summed in four interleaved partial sums (an add's latency,
+    not its throughput, bounds one running sum)."""
+    for p in prange(x2.shape[0]):
+        xr = x2[p]
+        s0 = s1 = s2 = s3 = zero
+        j = lo
+        while j + 4 <= hi:
+            s0 += xr[j]
+            s1 += xr[j + 1]
+            s2 += xr[j + 2]
+            s3 += xr[j + 3]
+            j += 4
+        while j < hi:
+            s0 += xr[j]
+            j += 1
+        y[p] = ((s0 + s1) + (s2 + s3)) / div
+
+
+@njit(parallel=True, cache=True)
 def _avg_bwd_single(gy, gx, a0, a1, c0, c1, div):
     """gx[p] = gy[p] / div on the window x[p, a0:a1, c0:c1], 0 elsewhere.  gy (P,), gx (P, H, W)."""
     _, h, w = gx.shape
@@ -186,7 +207,11 @@ def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
     if p.oh == p.ow == 1:
         div = x.dtype.type(rdiv[0] * cdiv[0])
-        _avg_fwd_single(x.reshape(p.n * p.c, p.h, p.w), y.reshape(-1), *_single_window(p), div)
+        a0, a1, c0, c1 = _single_window(p)
+        if (c0, c1) == (0, p.w):
+            _avg_fwd_flat(x.reshape(p.n * p.c, p.h * p.w), y.reshape(-1), a0 * p.w, a1 * p.w, div, x.dtype.type(0))
+        else:
+            _avg_fwd_single(x.reshape(p.n * p.c, p.h, p.w), y.reshape(-1), a0, a1, c0, c1, div)
         return y
     _avg_fwd(
         x.reshape(p.n * p.c, p.h, p.w),
