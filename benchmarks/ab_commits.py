@@ -7,7 +7,8 @@ and op (conv2d forward with bias, conv2d backward, max_pool2d forward, with
 indices, backward) the two workers take turns -- A, B, A, B, ... ``--rounds``
 times, ``--calls`` timed calls a turn -- so both see the same machine state;
 while one runs, the other sleeps in a read.  Only the public functional API is
-called (the same on both sides), with ``algorithm="auto"``.  Reported: the
+called (the same on both sides), with ``algorithm="auto"``, and one
+``fastconv.nn`` row: a ``fit`` epoch of the Keras-book MNIST convnet.  Reported: the
 median per-call time of each side and NEW / BASE, per row and as a geometric
 mean per op: a refactoring should leave every ratio near 1.
 
@@ -51,6 +52,15 @@ def inputs(req):
     y, idx = fastconv.max_pool2d(x, *req["args"], return_indices=True)
     return x, None, None, rng.standard_normal(y.shape, dtype=np.float32), idx
 
+def mnist_fit(req):
+    from fastconv.nn.zoo import keras_mnist_convnet
+    rng = np.random.default_rng(0)
+    x = rng.random((req["images"], 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, req["images"])
+    model, optimizer, batch = keras_mnist_convnet(seed=0)
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return lambda: model.fit(x, y, epochs=1, batch_size=batch, verbose=0)
+
 def call(req, x, w, b, gy, idx):
     op, kw = req["op"], req.get("kw", {})
     if op == "conv2d_fwd":
@@ -68,7 +78,7 @@ for line in sys.stdin:
     req = json.loads(line)
     key = json.dumps({k: v for k, v in req.items() if k != "calls"}, sort_keys=True)
     if key not in cache:
-        cache[key] = call(req, *inputs(req))
+        cache[key] = mnist_fit(req) if req["kind"] == "mnist" else call(req, *inputs(req))
         cache[key]()
         cache[key]()
     fn, ts = cache[key], []
@@ -116,6 +126,9 @@ def requests(tiny: bool) -> list[tuple[str, dict[str, Any]]]:
         for op in ("pool_fwd", "pool_fwd_idx", "pool_bwd"):
             out.append((f"{op} {p.name} {p.label}", {"kind": "pool", "op": op, "x": list(p.x_shape),
                                                       "args": list(p.args)}))
+    images = 128 if tiny else 640
+    out.append((f"mnist_fit Keras-book convnet, one fit epoch of {images} images, batch 64",
+                {"kind": "mnist", "op": "mnist_fit", "images": images}))
     return out
 
 
