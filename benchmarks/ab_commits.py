@@ -1,7 +1,7 @@
 """fastconv at two commits, side by side: ``python -m benchmarks.ab_commits BASE [NEW]``.
 
-Checks out BASE (and NEW, default: this working tree) into temporary git
-worktrees and starts one persistent worker process per side, each importing
+Checks out BASE (and NEW, default: this working tree) into git worktrees
+under the temporary directory (kept for their kernel caches) and starts one persistent worker process per side, each importing
 its own fastconv.  For every shape of the standard set (``benchmarks.shapes``)
 and op (conv2d forward with bias, conv2d backward, max_pool2d forward, with
 indices, backward) the two workers take turns -- A, B, A, B, ... ``--rounds``
@@ -176,15 +176,17 @@ def format_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any], bound:
     return "\n".join(lines) + "\n"
 
 
-def _worktree(rev: str, where: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev], check=True,
-                   capture_output=True)
+def _worktree(rev: str) -> Path:
+    """A detached worktree of ``rev`` at a fixed place per commit, kept between
+    runs: its files keep their times, so Numba's cache in its ``__pycache__``
+    stays valid and a second run compiles nothing (delete it freely)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    where = Path(tempfile.gettempdir()) / f"fastconv-ab-{sha[:12]}"
+    if not (where / "fastconv" / "__init__.py").exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(where), sha],
+                       check=True, capture_output=True)
     return where
-
-
-def _remove_worktree(where: Path) -> None:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], check=False,
-                   capture_output=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -207,19 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import datetime as dt
 
-    with tempfile.TemporaryDirectory() as tmp:
-        base_tree = _worktree(args.base, Path(tmp) / "base")
-        new_tree = REPO if args.new is None else _worktree(args.new, Path(tmp) / "new")
-        try:
-            base, new = Worker(base_tree, args.threads), Worker(new_tree, args.threads)
-            load_before = [round(v, 2) for v in os.getloadavg()]
-            rows = measure(base, new, requests(args.tiny), args.rounds, args.calls, log=sys.stderr)
-            base.close()
-            new.close()
-        finally:
-            _remove_worktree(base_tree)
-            if args.new is not None:
-                _remove_worktree(new_tree)
+    base_tree = _worktree(args.base)
+    new_tree = REPO if args.new is None else _worktree(args.new)
+    base, new = Worker(base_tree, args.threads), Worker(new_tree, args.threads)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    try:
+        rows = measure(base, new, requests(args.tiny), args.rounds, args.calls, log=sys.stderr)
+    finally:
+        base.close()
+        new.close()
     cpu = machine.cpu_model()
     meta = {"base": args.base, "new": args.new or "working tree", "cpu": cpu, "cpus": machine.usable_cpus(),
             "threads": args.threads, "rounds": args.rounds, "calls": args.calls, "load_before": load_before,
