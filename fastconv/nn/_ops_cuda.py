@@ -44,8 +44,12 @@ def to_device(a: Any, dtype: Any) -> Any:
     if is_cuda_ndarray(a):
         if np.dtype(a.dtype) == dtype and a.is_c_contiguous():
             return a
-        return cuda.to_device(np.ascontiguousarray(a.copy_to_host(), dtype=dtype))
-    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+        a = a.copy_to_host()
+    host = np.ascontiguousarray(a, dtype=dtype)
+    out = A.device_array(host.shape, dtype)  # a cached block: no allocation in a steady loop
+    if host.size:
+        out.copy_to_device(host)
+    return out
 
 
 def to_host(a: Any) -> np.ndarray:
@@ -468,3 +472,106 @@ def adadelta(p, g, a, b, lr, rho, eps):
     _adadelta[blocks, tpb](
         A.flat(p), A.flat(g), A.flat(a), A.flat(b), _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps)
     )
+
+
+# --------------------------------------------------------------------------- optimizers, fused
+# One launch updates every parameter: the arrays arrive as tuples (flat views, all of
+# the model dtype, so one tuple type), each thread walks every parameter with a grid
+# stride.  ``wds`` holds each parameter's L2 coefficient (0: none), applied to the
+# gradient first exactly as ``Optimizer.apply``'s axpy does on the host path.
+
+
+@cuda.jit(device=True, inline=True)
+def _decayed(g, p, i, wd):
+    """g[i] with the L2 term added (written back, as the unfused axpy leaves it)."""
+    gi = g[i]
+    if wd != 0:
+        gi = _axpy_r(gi, p[i], wd)
+        g[i] = gi
+    return gi
+
+
+@cuda.jit(cache=True)
+def _sgd_all(ps, gs, wds, lr):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for s in range(len(ps)):
+        p, g, wd = ps[s], gs[s], wds[s]
+        i = start
+        while i < p.size:
+            p[i] = _sgd_r(p[i], _decayed(g, p, i, wd), lr)
+            i += step
+
+
+@cuda.jit(cache=True)
+def _sgd_momentum_all(ps, gs, vs, wds, lr, momentum, nesterov):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for s in range(len(ps)):
+        p, g, v, wd = ps[s], gs[s], vs[s], wds[s]
+        i = start
+        while i < p.size:
+            p[i], v[i] = _sgd_momentum_r(p[i], _decayed(g, p, i, wd), v[i], lr, momentum, nesterov)
+            i += step
+
+
+@cuda.jit(cache=True)
+def _rmsprop_all(ps, gs, as_, wds, lr, rho, omr, eps):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for s in range(len(ps)):
+        p, g, a, wd = ps[s], gs[s], as_[s], wds[s]
+        i = start
+        while i < p.size:
+            p[i], a[i] = _rmsprop_r(p[i], _decayed(g, p, i, wd), a[i], lr, rho, omr, eps)
+            i += step
+
+
+@cuda.jit(cache=True)
+def _adam_all(ps, gs, ms, vs, wds, alpha, omb1, omb2, eps):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for s in range(len(ps)):
+        p, g, m, v, wd = ps[s], gs[s], ms[s], vs[s], wds[s]
+        i = start
+        while i < p.size:
+            p[i], m[i], v[i] = _adam_r(p[i], _decayed(g, p, i, wd), m[i], v[i], alpha, omb1, omb2, eps)
+            i += step
+
+
+@cuda.jit(cache=True)
+def _adadelta_all(ps, gs, as_, bs, wds, lr, rho, omr, eps):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for s in range(len(ps)):
+        p, g, a, b, wd = ps[s], gs[s], as_[s], bs[s], wds[s]
+        i = start
+        while i < p.size:
+            p[i], a[i], b[i] = _adadelta_r(p[i], _decayed(g, p, i, wd), a[i], b[i], lr, rho, omr, eps)
+            i += step
+
+
+def _coefficients(name: str, p: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """(kernel, its scalar arguments typed as the parameters) for ``Optimizer.update_args``."""
+    if name == "sgd":
+        lr, momentum, nesterov = args
+        if not momentum:
+            return _sgd_all, (_t(p, lr),)
+        return _sgd_momentum_all, (_t(p, lr), _t(p, momentum), bool(nesterov))
+    if name == "rmsprop":
+        lr, rho, eps = args
+        return _rmsprop_all, (_t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
+    if name == "adam":
+        alpha, b1, b2, eps = args
+        return _adam_all, (_t(p, alpha), _t(p, 1 - b1), _t(p, 1 - b2), _t(p, eps))
+    if name == "adadelta":
+        lr, rho, eps = args
+        return _adadelta_all, (_t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
+    raise ValueError(f"no fused update for optimizer {name!r}")
+
+
+def update_all(name: str, params: list[Any], grads: list[Any], state: list[list[Any]], wds: list[float], args):
+    """One optimizer step for every parameter in one launch (``Optimizer.apply``)."""
+    if not params:
+        return
+    p0 = params[0]
+    kernel, coeffs = _coefficients(name, p0, tuple(args))
+    slots = tuple(tuple(A.flat(st[j]) for st in state) for j in range(len(state[0])))
+    tensors = (tuple(A.flat(p) for p in params), tuple(A.flat(g) for g in grads), *slots)
+    blocks, tpb = _grid(max(p.size for p in params))
+    A.launch(kernel, blocks, tpb, *tensors, tuple(_t(p0, w) for w in wds), *coeffs)
