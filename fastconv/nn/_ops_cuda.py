@@ -47,8 +47,8 @@ def to_device(a: Any, dtype: Any) -> Any:
         a = a.copy_to_host()
     host = np.ascontiguousarray(a, dtype=dtype)
     out = A.device_array(host.shape, dtype)  # a cached block: no allocation in a steady loop
-    if host.size:
-        out.copy_to_device(host)
+    if host.size:  # flat: size-1 axes of a host copy may carry any stride
+        A.flat(out).copy_to_device(host.reshape(host.size))
     return out
 
 
@@ -201,65 +201,110 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, 
 # --------------------------------------------------------------------------- dense
 
 
+@cuda.jit(device=True, inline=True)
+def _act(v, kind, zero):
+    """The activation ``kind`` (_RELU, _SIGMOID, _TANH; anything else: none) of v."""
+    if kind == 0:
+        return _relu(v, zero)
+    if kind == 1:
+        return 0.5 * (math.tanh(0.5 * v) + 1)
+    if kind == 2:
+        return math.tanh(v)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _act_grad(gv, yv, kind):
+    """The gradient gv through activation ``kind`` with output yv (none: gv)."""
+    if kind == 0:
+        return _relu_grad(gv, yv)
+    if kind == 1:
+        return gv * yv * (1 - yv)
+    if kind == 2:
+        return gv * (1 - yv * yv)
+    return gv
+
+
 @cuda.jit(cache=True)
-def _matmul(a, b, c, ta, tb):
-    """c[i, j] = sum_k A[i, k] B[k, j] with A = a.T if ta else a, B = b.T if tb else b."""
+def _dense_fwd(x, w, b, y, has_bias, kind, zero):
+    """y[i, j] = act(sum_k x[i, k] w[k, j] + b[j]): product, bias and activation in one launch
+    (the same sums in the same order as the separate steps, so the same bits)."""
     i, j = cuda.grid(2)
-    if i >= c.shape[0] or j >= c.shape[1]:
+    if i >= y.shape[0] or j >= y.shape[1]:
         return
-    kk = a.shape[0] if ta else a.shape[1]
-    acc = (a[0, i] if ta else a[i, 0]) * (b[j, 0] if tb else b[0, j])  # k = 0 (kk >= 1 always)
-    for k in range(1, kk):
-        x = a[k, i] if ta else a[i, k]
-        w = b[j, k] if tb else b[k, j]
-        acc += x * w
-    c[i, j] = acc
+    acc = x[i, 0] * w[0, j]
+    for k in range(1, x.shape[1]):
+        acc += x[i, k] * w[k, j]
+    if has_bias:
+        acc += b[j]
+    y[i, j] = _act(acc, kind, zero)
 
 
 @cuda.jit(cache=True)
-def _add_row(y, b):
-    i, j = cuda.grid(2)
-    if i < y.shape[0] and j < y.shape[1]:
-        y[i, j] += b[j]
-
-
-@cuda.jit(cache=True)
-def _col_sum(g, out):
-    j = cuda.grid(1)
-    if j < g.shape[1]:
-        acc = g[0, j]
+def _dense_wgrad(x, g, y, kind, out):
+    """out[:F] = x.T @ ga and out[F] = column sums of ga (the bias gradient), where ga is g
+    taken back through the activation on the fly: rows 0..F-1 and row F of one grid."""
+    f, j = cuda.grid(2)
+    if f >= out.shape[0] or j >= out.shape[1]:
+        return
+    if f == x.shape[1]:
+        acc = _act_grad(g[0, j], y[0, j], kind)
         for i in range(1, g.shape[0]):
-            acc += g[i, j]
-        out[j] = acc
+            acc += _act_grad(g[i, j], y[i, j], kind)
+    else:
+        acc = x[0, f] * _act_grad(g[0, j], y[0, j], kind)
+        for i in range(1, g.shape[0]):
+            acc += x[i, f] * _act_grad(g[i, j], y[i, j], kind)
+    out[f, j] = acc
 
 
-def _mm(a: Any, b: Any, ta: bool, tb: bool) -> Any:
-    rows = a.shape[1] if ta else a.shape[0]
-    cols = b.shape[0] if tb else b.shape[1]
-    c = A.device_array((rows, cols), a.dtype)
-    grid, tpb = _grid2(rows, cols)
-    _matmul[grid, tpb](a, b, c, ta, tb)
-    return c
+@cuda.jit(cache=True)
+def _dense_gx(g, y, kind, w, gx):
+    """gx = ga @ w.T with ga as in ``_dense_wgrad``."""
+    i, f = cuda.grid(2)
+    if i >= gx.shape[0] or f >= gx.shape[1]:
+        return
+    acc = _act_grad(g[i, 0], y[i, 0], kind) * w[f, 0]
+    for j in range(1, g.shape[1]):
+        acc += _act_grad(g[i, j], y[i, j], kind) * w[f, j]
+    gx[i, f] = acc
 
 
-def dense_forward(x: Any, w: Any, b: Any) -> Any:
-    y = _mm(x, w, False, False)
-    if b is not None:
-        grid, tpb = _grid2(*y.shape)
-        _add_row[grid, tpb](y, b)
+_KINDS = {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH, None: -1}
+
+
+def dense_act_forward(x: Any, w: Any, b: Any, activation: str | None) -> Any:
+    """act(x @ w + b) in one launch (``activation`` elementwise or None)."""
+    y = A.device_array((x.shape[0], w.shape[1]), x.dtype)
+    grid, tpb = _grid2(*y.shape)
+    bias = b if b is not None else w[0]
+    A.launch(_dense_fwd, grid, tpb, x, w, bias, y, b is not None, _KINDS[activation], np.dtype(x.dtype).type(0))
     return y
 
 
-def dense_backward(g: Any, x: Any, w: Any, need_gx: bool, need_gb: bool):
+def dense_act_backward(g: Any, x: Any, w: Any, y: Any, activation: str | None, need_gx: bool, need_gb: bool):
+    """(gx, gw, gb) of ``dense_act_forward`` from the output gradient g and output y:
+    two launches (weight and bias gradients together; the input gradient)."""
     g = g if g.is_c_contiguous() else copy(g)
-    gw = _mm(x, g, True, False)
-    gb = None
-    if need_gb:
-        gb = A.device_array((g.shape[1],), g.dtype)
-        blocks = math.ceil(g.shape[1] / A.ELEMWISE_TPB)
-        _col_sum[blocks, A.ELEMWISE_TPB](g, gb)
-    gx = _mm(g, w, False, True) if need_gx else None
-    return gx, gw, gb
+    kind = _KINDS[activation]
+    y = y if kind >= 0 else g
+    out = A.device_array((x.shape[1] + 1, g.shape[1]), g.dtype)
+    grid, tpb = _grid2(out.shape[0] if need_gb else x.shape[1], out.shape[1])
+    A.launch(_dense_wgrad, grid, tpb, x, g, y, kind, out)
+    gx = None
+    if need_gx:
+        gx = A.device_array((g.shape[0], w.shape[0]), g.dtype)
+        grid, tpb = _grid2(*gx.shape)
+        A.launch(_dense_gx, grid, tpb, g, y, kind, w, gx)
+    return gx, out[: x.shape[1]], (out[x.shape[1]] if need_gb else None)
+
+
+def dense_forward(x: Any, w: Any, b: Any) -> Any:
+    return dense_act_forward(x, w, b, None)
+
+
+def dense_backward(g: Any, x: Any, w: Any, need_gx: bool, need_gb: bool):
+    return dense_act_backward(g, x, w, None, None, need_gx, need_gb)
 
 
 # --------------------------------------------------------------------------- reshapes
