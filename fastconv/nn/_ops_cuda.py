@@ -60,6 +60,10 @@ def zeros(shape: tuple[int, ...], dtype: Any) -> Any:
     return A.zeros(shape, dtype)
 
 
+def empty(shape: tuple[int, ...], dtype: Any) -> Any:
+    return A.device_array(shape, dtype)
+
+
 def zeros_like(a: Any) -> Any:
     return A.zeros(a.shape, a.dtype)
 
@@ -196,6 +200,76 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, 
     from . import _ops_cpu
 
     return cuda.to_device(_ops_cpu.dropout_mask(rng, shape, rate, np.dtype(dtype)))
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@cuda.jit(device=True, inline=True)
+def _argmax_row(a, i):
+    """np.argmax of row i: the first maximum, or the first NaN."""
+    best, at = a[i, 0], 0
+    if best != best:
+        return 0
+    for k in range(1, a.shape[1]):
+        v = a[i, k]
+        if v != v:
+            return k
+        if v > best:
+            best, at = v, k
+    return at
+
+
+@cuda.jit(device=True, inline=True)
+def _xent_row(z, t, g, i, n):
+    """Row i of the softmax cross-entropy on logits (``losses`` in log-sum-exp form):
+    writes the gradient (softmax - t * rowsum(t)) / N, returns the row's loss (float64)."""
+    c = z.shape[1]
+    m = z[i, 0]
+    for k in range(1, c):
+        m = max(m, z[i, k])
+    tot = math.exp(z[i, 0] - m)
+    tsum = t[i, 0]
+    for k in range(1, c):
+        tot += math.exp(z[i, k] - m)
+        tsum += t[i, k]
+    lse = math.log(tot)
+    loss = 0.0
+    for k in range(c):
+        logp = z[i, k] - m - lse
+        loss -= float(t[i, k] * logp)
+        g[i, k] = (math.exp(logp) * tsum - t[i, k]) / n
+    return loss
+
+
+@cuda.jit(cache=True)
+def _xent_logits(z, t, g, rows, sink, slot, n):
+    """One block: every row's loss and hit (argmax of z == argmax of t) into ``rows``, then
+    thread 0 sums them in row order (deterministic, no atomics) into sink[slot]."""
+    i = cuda.threadIdx.x
+    while i < z.shape[0]:
+        rows[i, 0] = _xent_row(z, t, g, i, n)
+        rows[i, 1] = 1.0 if _argmax_row(z, i) == _argmax_row(t, i) else 0.0
+        i += cuda.blockDim.x
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        loss, hits = 0.0, 0.0
+        for r in range(z.shape[0]):
+            loss += rows[r, 0]
+            hits += rows[r, 1]
+        sink[slot, 0] = loss
+        sink[slot, 1] = hits
+
+
+def xent_logits(z: Any, targets: np.ndarray, sink: Any, slot: int) -> Any:
+    """Gradient of the mean softmax cross-entropy of logits z (N, C) against host one-hot
+    ``targets`` (copied over: the step's only host-to-device copy besides the batch); the
+    summed loss and the correct count go to ``sink[slot]`` on the device."""
+    t = to_device(targets, z.dtype)
+    g = A.device_array(z.shape, z.dtype)
+    rows = A.device_array((z.shape[0], 2), np.float64)
+    A.launch(_xent_logits, 1, A.ELEMWISE_TPB, z, t, g, rows, sink, slot, _t(z, z.shape[0]))
+    return g
 
 
 # --------------------------------------------------------------------------- dense
