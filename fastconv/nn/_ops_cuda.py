@@ -418,6 +418,59 @@ def _nhwc_to_nchw(g, out):
         i += step
 
 
+@cuda.jit(cache=True)
+def _flatten_act(x, out, kind, zero):
+    """out = act(x) flattened in (h, w, c) order (``_nchw_to_nhwc`` with the activation)."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, h, w = x.shape
+    while i < out.size:
+        ci = i % c
+        j = i // c
+        wi = j % w
+        j //= w
+        hi = j % h
+        b = j // h
+        out[i] = _act(x[b, ci, hi, wi], kind, zero)
+        i += step
+
+
+@cuda.jit(cache=True)
+def _unflatten_act_grad(g, y, out):
+    """out (N, C, H, W) = relu'(g) with g and the flat output y in (h, w, c) order."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    n, c, h, w = out.shape
+    while i < g.size:
+        wi = i % w
+        j = i // w
+        hi = j % h
+        j //= h
+        ci = j % c
+        b = j // c
+        f = (hi * w + wi) * c + ci
+        out[b, ci, hi, wi] = _relu_grad(g[b, f], y[b, f])
+        i += step
+
+
+def flatten_relu_forward(x: Any) -> Any:
+    """relu(x) flattened as ``flatten_forward``, in one launch (``steps.ReLUFlatten``)."""
+    n, c, h, w = x.shape
+    out = A.device_array((n, c * h * w), x.dtype)
+    blocks, tpb = _grid(out.size)
+    A.launch(_flatten_act, blocks, tpb, x, A.flat(out), _RELU, np.dtype(x.dtype).type(0))
+    return out
+
+
+def flatten_relu_backward(g: Any, y: Any, shape: tuple[int, ...]) -> Any:
+    """The gradient of ``flatten_relu_forward`` (output y) in one launch."""
+    g = g if g.is_c_contiguous() else copy(g)
+    out = A.device_array(shape, g.dtype)
+    blocks, tpb = _grid(out.size)
+    A.launch(_unflatten_act_grad, blocks, tpb, g, y, out)
+    return out
+
+
 def flatten_forward(x: Any) -> Any:
     n, c, h, w = x.shape
     if c == 1 or h * w == 1:

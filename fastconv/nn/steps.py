@@ -14,6 +14,10 @@ a training or evaluation pass.  Every step has ``forward(x, training)`` and
   lands on another element of that window), with a quarter of the
   elementwise work for 2x2 pooling.  ``tests/test_nn.py`` checks bit-equality
   with the plain order.
+- ``ReLUFlatten``: a ``Conv2D(activation="relu")`` followed by a ``Flatten``
+  (not the last layer) applies the ReLU while flattening where the device has
+  that op (CUDA: one launch each way instead of two; the same values and
+  gradients, elementwise); on the CPU it runs the two layers as they are.
 - ``SoftmaxCrossEntropy``: a last layer with ``activation="softmax"`` under a
   cross-entropy on probabilities (the Keras idiom) hands its pre-softmax
   values to the loss, which works in log-sum-exp form and returns
@@ -28,9 +32,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import losses
-from .layers import Conv2D, Layer, MaxPooling2D, _Weighted
+from .layers import Conv2D, Flatten, Layer, MaxPooling2D, _Weighted
 
-__all__ = ["LayerStep", "ConvReLUPool", "SoftmaxCrossEntropy", "Pipeline", "build_pipeline"]
+__all__ = ["LayerStep", "ConvReLUPool", "ReLUFlatten", "SoftmaxCrossEntropy", "Pipeline", "build_pipeline"]
 
 LossFn = Callable[[np.ndarray, np.ndarray], "tuple[float, np.ndarray]"]
 
@@ -71,6 +75,34 @@ class ConvReLUPool:
 
     def __repr__(self) -> str:
         return f"ConvReLUPool({self.conv.name}, {self.pool.name})"
+
+
+class ReLUFlatten:
+    """Conv2D(relu) -> Flatten with the ReLU applied while flattening, where the device
+    has that op (one launch each way instead of two); elsewhere the two layers as they are."""
+
+    def __init__(self, conv: Conv2D, flatten: Flatten):
+        self.conv, self.flatten = conv, flatten
+        self._y: Any = None
+        self._shape: tuple[int, ...] = ()
+
+    def forward(self, x: Any, training: bool) -> Any:
+        fused = getattr(self.conv._ops, "flatten_relu_forward", None)
+        if fused is None:
+            self._y = None
+            return self.flatten.forward(self.conv.forward(x, training), training)
+        z = self.conv.linear_forward(x, training)
+        self._shape = tuple(z.shape)
+        self._y = fused(z)
+        return self._y
+
+    def backward(self, grad: Any) -> Any:
+        if self._y is None:
+            return self.conv.backward(self.flatten.backward(grad))
+        return self.conv.linear_backward(self.conv._ops.flatten_relu_backward(grad, self._y, self._shape))
+
+    def __repr__(self) -> str:
+        return f"ReLUFlatten({self.conv.name}, {self.flatten.name})"
 
 
 class SoftmaxCrossEntropy:
@@ -125,6 +157,15 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
             and isinstance(following, MaxPooling2D)
         ):
             steps.append(ConvReLUPool(layer, following))
+            i += 2
+        elif (
+            fuse_conv_pool
+            and i + 1 < last
+            and isinstance(layer, Conv2D)
+            and layer.activation == "relu"
+            and isinstance(following, Flatten)
+        ):
+            steps.append(ReLUFlatten(layer, following))
             i += 2
         else:
             steps.append(LayerStep(layer))
