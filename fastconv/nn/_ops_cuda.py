@@ -202,6 +202,31 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, 
     return cuda.to_device(_ops_cpu.dropout_mask(rng, shape, rate, np.dtype(dtype)))
 
 
+# --------------------------------------------------------------------------- max pooling with the ReLU
+
+
+def max_pool_relu_forward(x: Any, kernel_size: Any, stride: Any, padding: Any, need_indices: bool):
+    """(relu(max_pool2d(x)), indices or None) in one launch (``steps.ConvReLUPool``)."""
+    from .._params import pool2d_params
+    from ..cuda import _streams, pool
+
+    p = pool2d_params(tuple(x.shape), kernel_size, stride, padding)
+    with _streams.on_inputs(x=x):
+        if need_indices:
+            y, idx = pool.max_pool2d_forward(x, p, True, relu=True)
+            return y, idx, p
+        return pool.max_pool2d_forward(x, p, False, relu=True), None, p
+
+
+def max_pool_relu_backward(gy: Any, y: Any, indices: Any, p: Any) -> Any:
+    """The input gradient of ``max_pool_relu_forward`` (output y) in one launch."""
+    from ..cuda import _streams, pool
+
+    gy = gy if gy.is_c_contiguous() else copy(gy)
+    with _streams.on_inputs(grad_output=gy, y=y, indices=indices):
+        return pool.max_pool2d_backward(gy, indices, p, y=y)
+
+
 # --------------------------------------------------------------------------- loss
 
 

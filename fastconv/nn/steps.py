@@ -13,7 +13,8 @@ a training or evaluation pass.  Every step has ``forward(x, training)`` and
   way -- unless the incoming gradient is already NaN/Inf there: then the NaN
   lands on another element of that window), with a quarter of the
   elementwise work for 2x2 pooling.  ``tests/test_nn.py`` checks bit-equality
-  with the plain order.
+  with the plain order.  On CUDA the pooling kernel applies the ReLU itself
+  (and its backward the ReLU's gradient): one launch each way.
 - ``ReLUFlatten``: a ``Conv2D(activation="relu")`` followed by a ``Flatten``
   (not the last layer) applies the ReLU while flattening where the device has
   that op (CUDA: one launch each way instead of two; the same values and
@@ -61,15 +62,28 @@ class ConvReLUPool:
     def __init__(self, conv: Conv2D, pool: MaxPooling2D):
         self.conv, self.pool = conv, pool
         self._y: Any = None
+        self._fused: Any = None  # (indices, pool params) of a one-launch device forward
 
     def forward(self, x: Any, training: bool) -> Any:
-        pooled = self.pool.forward(self.conv.linear_forward(x, training), training)
-        self._y = self.conv._ops.activation_forward("relu", pooled)
+        z = self.conv.linear_forward(x, training)
+        fused = getattr(self.conv._ops, "max_pool_relu_forward", None)
+        if fused is not None and not any(self.pool._pads):  # the device: pooling and ReLU in one launch
+            pool = self.pool
+            self._y, idx, p = fused(z, pool.pool_size, pool.strides, pool._implicit, training)
+            self._fused = (idx, p)
+            return self._y
+        self._fused = None
+        self._y = self.conv._ops.activation_forward("relu", self.pool.forward(z, training))
         return self._y
 
     def backward(self, grad: Any) -> Any:
         if self._y is None:
             raise RuntimeError(f"fused step {self.conv.name!r}+{self.pool.name!r}: backward called before forward")
+        if self._fused is not None:
+            idx, p = self._fused
+            if idx is None:
+                raise RuntimeError(f"layer {self.pool.name!r}: backward needs a forward(x, training=True) first")
+            return self.conv.linear_backward(self.conv._ops.max_pool_relu_backward(grad, self._y, idx, p))
         grad = self.conv._ops.activation_backward("relu", grad, self._y)
         return self.conv.linear_backward(self.pool.backward(grad))
 
