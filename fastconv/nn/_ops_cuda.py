@@ -10,13 +10,15 @@ indices (``fastconv.cuda._arrays.elemwise_grid`` sizes the grid, small under
 the simulator).  The dense products are one thread per output element with a
 sequential sum over the reduction axis: the layers are small (a few hundred
 by a few dozen) and this keeps results deterministic (no atomics).
-Dropout masks are drawn on the host from the model's generator (the same
-masks as on the CPU) and copied over.
+Dropout masks are drawn on the device from one seed per step taken from the
+layer's generator, by the counter-based hash that the CPU ops use too
+(``_rules.dropout_uniform``): the same masks as on the CPU, nothing copied.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -196,10 +198,34 @@ def multiply(a: Any, b: Any) -> Any:
     return out
 
 
-def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: Any) -> Any:
-    from . import _ops_cpu
+_dropout_uniform = cuda.jit(device=True, inline=True)(_rules.dropout_uniform)
 
-    return cuda.to_device(_ops_cpu.dropout_mask(rng, shape, rate, np.dtype(dtype)))
+
+@cuda.jit(cache=True)
+def _dropout_mask(mask, seed, rate, scale):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < mask.size:
+        mask[i] = scale if _dropout_uniform(seed, i) >= rate else scale * 0
+        i += step
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: Any) -> Any:
+    """The mask ``_ops_cpu.dropout_mask`` draws (same seed, same bits), drawn on the device:
+    one launch, nothing copied."""
+    from ._ops_cpu import dropout_seed
+
+    dtype = np.dtype(dtype)
+    mask = A.device_array(shape, dtype)
+    blocks, tpb = _grid(mask.size)
+    args = (A.flat(mask), dropout_seed(rng), float(rate), dtype.type(1.0 / (1.0 - rate)))
+    if A.SIM:  # the simulator runs the uint64 hash on NumPy scalars, which warn as they wrap
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            A.launch(_dropout_mask, blocks, tpb, *args)
+    else:
+        A.launch(_dropout_mask, blocks, tpb, *args)
+    return mask
 
 
 # --------------------------------------------------------------------------- max pooling with the ReLU
