@@ -365,13 +365,10 @@ def _dense_fwd(x, w, b, y, has_bias, kind, zero):
     y[i, j] = _act(acc, kind, zero)
 
 
-@cuda.jit(cache=True)
-def _dense_wgrad(x, g, y, kind, out):
-    """out[:F] = x.T @ ga and out[F] = column sums of ga (the bias gradient), where ga is g
-    taken back through the activation on the fly: rows 0..F-1 and row F of one grid."""
-    f, j = cuda.grid(2)
-    if f >= out.shape[0] or j >= out.shape[1]:
-        return
+@cuda.jit(device=True, inline=True)
+def _dense_wgrad_at(x, g, y, kind, out, f, j):
+    """out[f, j]: rows f < F of x.T @ ga, row F the column sums of ga (the bias gradient),
+    where ga is g taken back through the activation on the fly."""
     if f == x.shape[1]:
         acc = _act_grad(g[0, j], y[0, j], kind)
         for i in range(1, g.shape[0]):
@@ -383,16 +380,26 @@ def _dense_wgrad(x, g, y, kind, out):
     out[f, j] = acc
 
 
-@cuda.jit(cache=True)
-def _dense_gx(g, y, kind, w, gx):
-    """gx = ga @ w.T with ga as in ``_dense_wgrad``."""
-    i, f = cuda.grid(2)
-    if i >= gx.shape[0] or f >= gx.shape[1]:
-        return
+@cuda.jit(device=True, inline=True)
+def _dense_gx_at(g, y, kind, w, gx, i, f):
+    """gx[i, f] of ga @ w.T (ga as in ``_dense_wgrad_at``)."""
     acc = _act_grad(g[i, 0], y[i, 0], kind) * w[f, 0]
     for j in range(1, g.shape[1]):
         acc += _act_grad(g[i, j], y[i, j], kind) * w[f, j]
     gx[i, f] = acc
+
+
+@cuda.jit(cache=True)
+def _dense_bwd(x, g, y, kind, w, out, gx):
+    """Both gradients of a dense layer in one launch: grid z = 0 computes the weight and
+    bias gradients (``out``), z = 1 the input gradient (``gx``; a grid with one z layer
+    when it is not needed).  The 2-D grid covers the larger of the two outputs."""
+    r, c = cuda.grid(2)
+    if cuda.blockIdx.z == 0:
+        if r < out.shape[0] and c < out.shape[1]:
+            _dense_wgrad_at(x, g, y, kind, out, r, c)
+    elif r < gx.shape[0] and c < gx.shape[1]:
+        _dense_gx_at(g, y, kind, w, gx, r, c)
 
 
 _KINDS = {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH, None: -1}
@@ -408,20 +415,20 @@ def dense_act_forward(x: Any, w: Any, b: Any, activation: str | None) -> Any:
 
 
 def dense_act_backward(g: Any, x: Any, w: Any, y: Any, activation: str | None, need_gx: bool, need_gb: bool):
-    """(gx, gw, gb) of ``dense_act_forward`` from the output gradient g and output y:
-    two launches (weight and bias gradients together; the input gradient)."""
+    """(gx, gw, gb) of ``dense_act_forward`` from the output gradient g and output y, in
+    one launch (``_dense_bwd``)."""
     g = g if g.is_c_contiguous() else copy(g)
     kind = _KINDS[activation]
     y = y if kind >= 0 else g
     out = A.device_array((x.shape[1] + 1, g.shape[1]), g.dtype)
-    grid, tpb = _grid2(out.shape[0] if need_gb else x.shape[1], out.shape[1])
-    A.launch(_dense_wgrad, grid, tpb, x, g, y, kind, out)
-    gx = None
+    rows, cols = out.shape
+    gx = out  # placeholder argument when the input gradient is not wanted (grid z = 0 only)
     if need_gx:
         gx = A.device_array((g.shape[0], w.shape[0]), g.dtype)
-        grid, tpb = _grid2(*gx.shape)
-        A.launch(_dense_gx, grid, tpb, g, y, kind, w, gx)
-    return gx, out[: x.shape[1]], (out[x.shape[1]] if need_gb else None)
+        rows, cols = max(rows, gx.shape[0]), max(cols, gx.shape[1])
+    (gr, gc), tpb = _grid2(rows, cols)
+    A.launch(_dense_bwd, (gr, gc, 2 if need_gx else 1), tpb, x, g, y, kind, w, out, gx)
+    return (gx if need_gx else None), out[: x.shape[1]], (out[x.shape[1]] if need_gb else None)
 
 
 def dense_forward(x: Any, w: Any, b: Any) -> Any:
