@@ -13,6 +13,13 @@ raises ``KeyboardInterrupt`` at once.
 
 Divergence: a NaN or infinite batch loss makes ``fit`` warn once (epoch and
 batch), unless a ``TerminateOnNaN`` callback is there to stop it.
+
+The device loss (CUDA, softmax folded into the cross-entropy): each step's
+summed loss and correct count stay on the device in a per-epoch array that the
+host reads at the epoch's end -- or after every step when a user callback is
+given, since callbacks see each batch's logs -- so a plain ``fit`` makes one
+device-to-host copy per epoch, and its live progress line shows the loss and
+accuracy only at the epoch's end (see ``_Tally``).
 """
 
 from __future__ import annotations
