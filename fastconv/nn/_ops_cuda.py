@@ -350,85 +350,117 @@ def _act_grad(gv, yv, kind):
     return gv
 
 
+@cuda.jit(device=True, inline=True)
+def _xin(x4, i, f, relu_in, zero):
+    """Input feature f of row i: x4 is (N, C, H, W) and feature f is (h, w, c) in Keras'
+    channels-last order (a plain (N, F) input arrives as (N, F, 1, 1)); ``relu_in``: the
+    ReLU of a Conv2D before a Flatten, applied on the fly (``steps.ReLUFlattenDense``)."""
+    c = x4.shape[1]
+    ci = f % c
+    j = f // c
+    wi = j % x4.shape[3]
+    v = x4[i, ci, j // x4.shape[3], wi]
+    return _relu(v, zero) if relu_in else v
+
+
 @cuda.jit(cache=True)
-def _dense_fwd(x, w, b, y, has_bias, kind, zero):
+def _dense_fwd(x4, w, b, y, has_bias, kind, zero, relu_in):
     """y[i, j] = act(sum_k x[i, k] w[k, j] + b[j]): product, bias and activation in one launch
     (the same sums in the same order as the separate steps, so the same bits)."""
     i, j = cuda.grid(2)
     if i >= y.shape[0] or j >= y.shape[1]:
         return
-    acc = x[i, 0] * w[0, j]
-    for k in range(1, x.shape[1]):
-        acc += x[i, k] * w[k, j]
+    acc = _xin(x4, i, 0, relu_in, zero) * w[0, j]
+    for k in range(1, w.shape[0]):
+        acc += _xin(x4, i, k, relu_in, zero) * w[k, j]
     if has_bias:
         acc += b[j]
     y[i, j] = _act(acc, kind, zero)
 
 
 @cuda.jit(device=True, inline=True)
-def _dense_wgrad_at(x, g, y, kind, out, f, j):
+def _dense_wgrad_at(x4, g, y, kind, out, f, j, relu_in, zero):
     """out[f, j]: rows f < F of x.T @ ga, row F the column sums of ga (the bias gradient),
     where ga is g taken back through the activation on the fly."""
-    if f == x.shape[1]:
+    if f == out.shape[0] - 1:
         acc = _act_grad(g[0, j], y[0, j], kind)
         for i in range(1, g.shape[0]):
             acc += _act_grad(g[i, j], y[i, j], kind)
     else:
-        acc = x[0, f] * _act_grad(g[0, j], y[0, j], kind)
+        acc = _xin(x4, 0, f, relu_in, zero) * _act_grad(g[0, j], y[0, j], kind)
         for i in range(1, g.shape[0]):
-            acc += x[i, f] * _act_grad(g[i, j], y[i, j], kind)
+            acc += _xin(x4, i, f, relu_in, zero) * _act_grad(g[i, j], y[i, j], kind)
     out[f, j] = acc
 
 
 @cuda.jit(device=True, inline=True)
-def _dense_gx_at(g, y, kind, w, gx, i, f):
-    """gx[i, f] of ga @ w.T (ga as in ``_dense_wgrad_at``)."""
+def _dense_gx_at(g, y, kind, w, gx4, x4, i, f, relu_in):
+    """Input gradient (i, f) of ga @ w.T (ga as in ``_dense_wgrad_at``), written at x's
+    (c, h, w) position; ``relu_in``: through the ReLU of the input on the fly."""
     acc = _act_grad(g[i, 0], y[i, 0], kind) * w[f, 0]
     for j in range(1, g.shape[1]):
         acc += _act_grad(g[i, j], y[i, j], kind) * w[f, j]
-    gx[i, f] = acc
+    c = gx4.shape[1]
+    ci = f % c
+    q = f // c
+    wi = q % gx4.shape[3]
+    hi = q // gx4.shape[3]
+    if relu_in:
+        acc = _relu_grad(acc, x4[i, ci, hi, wi])  # relu(x) > 0 exactly where x > 0
+    gx4[i, ci, hi, wi] = acc
 
 
 @cuda.jit(cache=True)
-def _dense_bwd(x, g, y, kind, w, out, gx):
+def _dense_bwd(x4, g, y, kind, w, out, gx4, relu_in, zero):
     """Both gradients of a dense layer in one launch: grid z = 0 computes the weight and
-    bias gradients (``out``), z = 1 the input gradient (``gx``; a grid with one z layer
+    bias gradients (``out``), z = 1 the input gradient (``gx4``; a grid with one z layer
     when it is not needed).  The 2-D grid covers the larger of the two outputs."""
     r, c = cuda.grid(2)
     if cuda.blockIdx.z == 0:
         if r < out.shape[0] and c < out.shape[1]:
-            _dense_wgrad_at(x, g, y, kind, out, r, c)
-    elif r < gx.shape[0] and c < gx.shape[1]:
-        _dense_gx_at(g, y, kind, w, gx, r, c)
+            _dense_wgrad_at(x4, g, y, kind, out, r, c, relu_in, zero)
+    elif r < g.shape[0] and c < w.shape[0]:
+        _dense_gx_at(g, y, kind, w, gx4, x4, r, c, relu_in)
 
 
 _KINDS = {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH, None: -1}
 
 
-def dense_act_forward(x: Any, w: Any, b: Any, activation: str | None) -> Any:
-    """act(x @ w + b) in one launch (``activation`` elementwise or None)."""
+def _as4(a: Any) -> Any:
+    """(N, F) -> (N, F, 1, 1); a 4-D array as it is."""
+    return a if a.ndim == 4 else a.reshape(a.shape[0], a.size // max(a.shape[0], 1), 1, 1)
+
+
+def dense_act_forward(x: Any, w: Any, b: Any, activation: str | None, relu_in: bool = False) -> Any:
+    """act(x @ w + b) in one launch (``activation`` elementwise or None).  x is (N, F), or
+    (N, C, H, W) flattened in (h, w, c) order on the fly, through a ReLU if ``relu_in``."""
     y = A.device_array((x.shape[0], w.shape[1]), x.dtype)
     grid, tpb = _grid2(*y.shape)
     bias = b if b is not None else w[0]
-    A.launch(_dense_fwd, grid, tpb, x, w, bias, y, b is not None, _KINDS[activation], np.dtype(x.dtype).type(0))
+    zero = np.dtype(x.dtype).type(0)
+    A.launch(_dense_fwd, grid, tpb, _as4(x), w, bias, y, b is not None, _KINDS[activation], zero, relu_in)
     return y
 
 
-def dense_act_backward(g: Any, x: Any, w: Any, y: Any, activation: str | None, need_gx: bool, need_gb: bool):
+def dense_act_backward(
+    g: Any, x: Any, w: Any, y: Any, activation: str | None, need_gx: bool, need_gb: bool, relu_in: bool = False
+):
     """(gx, gw, gb) of ``dense_act_forward`` from the output gradient g and output y, in
-    one launch (``_dense_bwd``)."""
+    one launch (``_dense_bwd``); gx has x's shape."""
     g = g if g.is_c_contiguous() else copy(g)
     kind = _KINDS[activation]
     y = y if kind >= 0 else g
-    out = A.device_array((x.shape[1] + 1, g.shape[1]), g.dtype)
+    features = w.shape[0]
+    out = A.device_array((features + 1, g.shape[1]), g.dtype)
     rows, cols = out.shape
-    gx = out  # placeholder argument when the input gradient is not wanted (grid z = 0 only)
+    gx = out.reshape(out.shape[0], out.shape[1], 1, 1)  # placeholder when not wanted (grid z = 0 only)
     if need_gx:
-        gx = A.device_array((g.shape[0], w.shape[0]), g.dtype)
-        rows, cols = max(rows, gx.shape[0]), max(cols, gx.shape[1])
+        gx = A.device_array(tuple(x.shape), g.dtype)
+        rows, cols = max(rows, g.shape[0]), max(cols, features)
     (gr, gc), tpb = _grid2(rows, cols)
-    A.launch(_dense_bwd, (gr, gc, 2 if need_gx else 1), tpb, x, g, y, kind, w, out, gx)
-    return (gx if need_gx else None), out[: x.shape[1]], (out[x.shape[1]] if need_gb else None)
+    zero = np.dtype(g.dtype).type(0)
+    A.launch(_dense_bwd, (gr, gc, 2 if need_gx else 1), tpb, _as4(x), g, y, kind, w, out, _as4(gx), relu_in, zero)
+    return (gx if need_gx else None), out[:features], (out[features] if need_gb else None)
 
 
 def dense_forward(x: Any, w: Any, b: Any) -> Any:

@@ -19,6 +19,9 @@ a training or evaluation pass.  Every step has ``forward(x, training)`` and
   (not the last layer) applies the ReLU while flattening where the device has
   that op (CUDA: one launch each way instead of two; the same values and
   gradients, elementwise); on the CPU it runs the two layers as they are.
+  When a Dense (not the last layer, not softmax) follows, the three become
+  ``ReLUFlattenDense``: on CUDA the Dense kernels read the conv output through
+  the ReLU and the flattening themselves (no launch of their own).
 - ``SoftmaxCrossEntropy``: a last layer with ``activation="softmax"`` under a
   cross-entropy on probabilities (the Keras idiom) hands its pre-softmax
   values to the loss, which works in log-sum-exp form and returns
@@ -33,9 +36,17 @@ from typing import Any, Callable
 import numpy as np
 
 from . import losses
-from .layers import Conv2D, Flatten, Layer, MaxPooling2D, _Weighted
+from .layers import Conv2D, Dense, Flatten, Layer, MaxPooling2D, _Weighted
 
-__all__ = ["LayerStep", "ConvReLUPool", "ReLUFlatten", "SoftmaxCrossEntropy", "Pipeline", "build_pipeline"]
+__all__ = [
+    "LayerStep",
+    "ConvReLUPool",
+    "ReLUFlatten",
+    "ReLUFlattenDense",
+    "SoftmaxCrossEntropy",
+    "Pipeline",
+    "build_pipeline",
+]
 
 LossFn = Callable[[np.ndarray, np.ndarray], "tuple[float, np.ndarray]"]
 
@@ -119,6 +130,44 @@ class ReLUFlatten:
         return f"ReLUFlatten({self.conv.name}, {self.flatten.name})"
 
 
+class ReLUFlattenDense:
+    """Conv2D(relu) -> Flatten -> Dense where the device's dense kernels read the conv
+    output through the ReLU and the flattening on the fly (and write the input gradient
+    back in its layout through the ReLU's gradient): the Dense's launches only.  Elsewhere
+    (the CPU) a ``ReLUFlatten`` step and the Dense as they are."""
+
+    def __init__(self, conv: Conv2D, flatten: Flatten, dense: Dense):
+        self.conv, self.flatten, self.dense = conv, flatten, dense
+        self._head = ReLUFlatten(conv, flatten)
+        self._z: Any = None  # the conv output, when the fused path ran
+
+    def forward(self, x: Any, training: bool) -> Any:
+        fused = getattr(self.conv._ops, "dense_act_forward", None)
+        if fused is None:
+            self._z = None
+            return self.dense.forward(self._head.forward(x, training), training)
+        self._z = self.conv.linear_forward(x, training)
+        d = self.dense
+        d._x = None
+        d._y = fused(self._z, d.params["kernel"], d.params.get("bias"), d.activation, relu_in=True)
+        return d._y
+
+    def backward(self, grad: Any) -> Any:
+        if self._z is None:
+            return self._head.backward(self.dense.backward(grad))
+        d = self.dense
+        gx, gw, gb = d._ops.dense_act_backward(
+            grad, self._z, d.params["kernel"], d._y, d.activation, True, d.use_bias, relu_in=True
+        )
+        d.grads["kernel"] = gw
+        if d.use_bias:
+            d.grads["bias"] = gb
+        return self.conv.linear_backward(gx)
+
+    def __repr__(self) -> str:
+        return f"ReLUFlattenDense({self.conv.name}, {self.flatten.name}, {self.dense.name})"
+
+
 class SoftmaxCrossEntropy:
     """The last layer's pre-softmax output, scored by the cross-entropy in logit form."""
 
@@ -179,8 +228,13 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
             and layer.activation == "relu"
             and isinstance(following, Flatten)
         ):
-            steps.append(ReLUFlatten(layer, following))
-            i += 2
+            dense = layers[i + 2]
+            if i + 2 < last and isinstance(dense, Dense) and dense.activation != "softmax":
+                steps.append(ReLUFlattenDense(layer, following, dense))
+                i += 3
+            else:
+                steps.append(ReLUFlatten(layer, following))
+                i += 2
         else:
             steps.append(LayerStep(layer))
             i += 1

@@ -24,7 +24,7 @@ sim_only = pytest.mark.skipif(not SIM, reason="the counts spy on numba-cuda's si
 
 # The Keras-book convnet, batch 64, on the reference GPU's launch plan (issue 16: 51 launches
 # and 35 allocations per step before; 49 / 33 after the first round).
-MAX_LAUNCHES = 27
+MAX_LAUNCHES = 25
 MAX_ALLOCATIONS = 0  # steady state: every buffer comes from the cache
 
 
@@ -184,13 +184,15 @@ def test_fit_on_device_reports_the_host_losses(rng, with_callback):
 # --------------------------------------------------------------------------- fused steps vs the CPU
 
 
-def _small_net(device, dtype):
-    """The Keras convnet's structure in miniature: ConvReLUPool, ReLUFlatten, Dense relu."""
+def _small_net(device, dtype, dropout=False):
+    """The Keras convnet's structure in miniature: ConvReLUPool, ReLUFlattenDense (with a
+    Dropout after the Flatten: ReLUFlatten, Dropout, Dense), Dense relu, softmax + loss."""
     m = nn.Sequential([
         nn.Conv2D(3, 3, activation="relu", input_shape=(6, 6, 1)),
         nn.MaxPool2D(2),
         nn.Conv2D(4, 2, activation="relu"),
         nn.Flatten(),
+        *([nn.Dropout(0.3)] if dropout else []),
         nn.Dense(5, activation="relu"),
         nn.Dense(3, activation="softmax"),
     ], device=device, dtype=dtype, seed=11)
@@ -202,17 +204,40 @@ def _data(rng, n):
     return rng.uniform(-1, 1, (n, 6, 6, 1)), rng.integers(0, 3, n)
 
 
-def test_fused_steps_train_as_on_the_cpu(rng):
-    from fastconv.nn.steps import ConvReLUPool, ReLUFlatten
+@pytest.mark.parametrize("dropout", [False, True])
+def test_fused_steps_train_as_on_the_cpu(rng, dropout):
+    """ConvReLUPool, ReLUFlattenDense / ReLUFlatten + device dropout (the CPU's masks) on CUDA
+    give the CPU's losses, weights and predictions."""
+    from fastconv.nn.steps import ConvReLUPool, ReLUFlatten, ReLUFlattenDense
 
     x, y = _data(rng, 4)
     x[0, 0, 0, 0] = -5.0
-    cpu, gpu = _small_net("cpu", np.float64), _small_net("cuda", np.float64)
+    cpu, gpu = _small_net("cpu", np.float64, dropout), _small_net("cuda", np.float64, dropout)
     steps = gpu._pipeline(with_loss=True).steps
-    assert isinstance(steps[0], ConvReLUPool) and isinstance(steps[1], ReLUFlatten)
-    for _ in range(2):
-        lc, lg = cpu.train_on_batch(x, y), gpu.train_on_batch(x, y)
-        np.testing.assert_allclose(lg, lc, rtol=1e-10)
+    assert isinstance(steps[0], ConvReLUPool)
+    assert isinstance(steps[1], ReLUFlatten if dropout else ReLUFlattenDense)
+    hc = cpu.fit(x, y, epochs=1, batch_size=2, verbose=0, seed=5)
+    hg = gpu.fit(x, y, epochs=1, batch_size=2, verbose=0, seed=5)
+    np.testing.assert_allclose(hg.batch_loss, hc.batch_loss, rtol=1e-10)
     for a, b in zip(gpu.get_weights(), cpu.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_dropout_mask(dtype):
+    """Drawn on the device: the CPU's mask for the same generator state, deterministic per
+    seed, values 0 and 1/(1-rate), and a drop rate within 5 standard deviations of `rate`."""
+    from fastconv.nn import _ops_cpu as Cpu
+    from fastconv.nn import _ops_cuda as G
+
+    rate, shape = 0.3, (16, 8, 8)
+    m1 = host(G.dropout_mask(np.random.default_rng(2), shape, rate, dtype))
+    m2 = host(G.dropout_mask(np.random.default_rng(2), shape, rate, dtype))
+    other = host(G.dropout_mask(np.random.default_rng(3), shape, rate, dtype))
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(m1, Cpu.dropout_mask(np.random.default_rng(2), shape, rate, dtype))
+    assert not np.array_equal(m1, other)
+    assert m1.dtype == dtype and set(np.unique(m1).tolist()) == {0.0, float(dtype(1 / (1 - rate)))}
+    n = m1.size
+    assert abs(np.mean(m1 == 0) - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
