@@ -256,6 +256,19 @@ def to_markdown(kernels: list[dict[str, Any]], shapes: list[dict[str, Any]], met
     return "\n".join(out) + "\n"
 
 
+def step_counts_section() -> list[str]:
+    """``cuda_step_counts.py``'s table (launches, allocations and copies per MNIST training
+    step), from a subprocess: it is counted in the simulator, which this process must not use."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    script = str(Path(__file__).with_name("cuda_step_counts.py"))
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, check=False)
+    body = run.stdout.strip() if run.returncode == 0 else f"(not counted: {run.stderr.strip().splitlines()[-1:]})"
+    return ["## Host round trips per MNIST training step", "",
+            "Keras-book convnet, batch 64, on this launch plan; counted in numba-cuda's simulator by "
+            "`benchmarks/cuda_step_counts.py` (every kernel configuration, `cuda.device_array`/`to_device` "
+            "and host copy).", "", body, ""]
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -294,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), numba_cuda=numba_cuda.__version__,
                 ptxas=version)
-    write_atomic(args.out, to_markdown(kernels, shape_rows(args.quick), meta))
+    text = to_markdown(kernels, shape_rows(args.quick), meta)
+    if not args.quick:
+        text += "\n" + "\n".join(step_counts_section())
+    write_atomic(args.out, text)
     print(f"cuda_static: wrote {args.out}")
     return 0
 

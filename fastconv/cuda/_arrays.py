@@ -5,7 +5,8 @@ Elementwise kernels use a grid-stride loop with int64 flat indices, so any
 array size is handled by a bounded grid.  Under numba-cuda's simulator every
 CUDA thread is a Python thread and every block costs a thread start-up, so the
 launch helpers shrink grids there (the kernels are written for any grid size).
-Allocations and launches follow the device/stream rule of ``_streams``.
+Allocations and launches follow the device/stream rule of ``_streams``; allocations
+go through the caching allocator of ``_device_cache``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
 
 from .. import _alloc
 from .._params import _check_dtype
-from . import _streams
+from . import _device_cache, _streams
 from ._config import MAX_GRID_YZ, SIM, cdiv  # noqa: F401  (re-exported for the kernel modules)
 from ._geometry import split3
 from ._launch_plan import ELEMWISE_MAX_BLOCKS, ELEMWISE_TPB, elemwise_blocks  # noqa: F401
@@ -104,10 +105,11 @@ def _index_minmax(idx, out):
 
 
 def device_array(shape: tuple[int, ...], dtype: Any):
-    """Uninitialised array on the current call's device, carrying its stream."""
-    stream = _streams.current_stream()
-    arr = cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype), stream=stream)
-    return _streams.tag(arr, _streams.call_device(), stream)
+    """Uninitialised array on the current call's device, carrying its stream, from
+    the caching allocator (``_device_cache``: a block no array references any more
+    is reused, on the same device and stream)."""
+    arr = _device_cache.device_array(shape, dtype)
+    return _streams.tag(arr, _streams.call_device(), _streams.current_stream())
 
 
 def fill(a, value) -> None:

@@ -60,6 +60,7 @@ class PoolGeom(NamedTuple):
     dh: int
     dw: int
     with_idx: int
+    relu: int  # the forward writes max(window max, 0) (nn's ConvReLUPool on the device)
 
 
 def forward(p: Conv2dParams, has_bias: bool) -> ConvGeom:
@@ -116,8 +117,8 @@ def input_grad(p: Conv2dParams) -> ConvGeom:
     )
 
 
-def pool(p: Pool2dParams, with_idx: bool) -> PoolGeom:
-    return PoolGeom(p.h, p.w, p.oh, p.ow, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, int(with_idx))
+def pool(p: Pool2dParams, with_idx: bool, relu: bool = False) -> PoolGeom:
+    return PoolGeom(p.h, p.w, p.oh, p.ow, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, int(with_idx), int(relu))
 
 
 def groups(g: ConvGeom) -> int:

@@ -43,7 +43,7 @@ def kernels() -> list[tuple[str, Any, tuple[Any, ...], int]]:
             (
                 f"max_pool2d_backward_kernel[{s}]",
                 P.max_pool2d_backward_kernel,
-                (a, ia, a, i64, i64, i64),
+                (a, a, ia, a, i64, i64, i64, T.boolean),
                 P.BWD_THREADS,
             ),
             (f"_fill[{s}]", A._fill, (a, dt), ew),

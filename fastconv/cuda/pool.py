@@ -76,8 +76,10 @@ def max_pool2d_forward_kernel(x, y, idx, g):
     while i < y.size:
         pl, oi, oj = split3(i, g.oh, g.ow)
         best, where, found = window_max(x, pl * g.h * g.w, oi, oj, g)
-        if found:
+        if found and not (g.relu and best < 0):  # NaN stays NaN, as nn's ReLU
             y[U(i)] = best
+        elif g.relu:
+            y[U(i)] = 0
         else:  # a window entirely in the padding (possible with dilation)
             y[U(i)] = -math.inf
         if g.with_idx:
@@ -102,8 +104,9 @@ def add_round(gx, tgt, val, t, first, gbase, plane_in):
 
 
 @cuda.jit(cache=True)
-def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
-    """gx (flat N*C*H*W) = sum of gy (flat N*C*OH*OW) at idx, per plane, in output order."""
+def max_pool2d_backward_kernel(gy, y, idx, gx, nplanes, plane_in, plane_out, relu):
+    """gx (flat N*C*H*W) = sum of gy (flat N*C*OH*OW) at idx, per plane, in output order;
+    with ``relu`` each gy is first taken back through the ReLU of the forward output y."""
     tgt = cuda.shared.array(BWD_THREADS, dtype=np.int64)
     val = cuda.shared.array(BWD_THREADS, dtype=gy.dtype)
     t = cuda.threadIdx.x
@@ -128,7 +131,10 @@ def max_pool2d_backward_kernel(gy, idx, gx, nplanes, plane_in, plane_out):
             active = live and o < plane_out
             if active:
                 tgt[t] = idx[U(obase + o)]
-                val[t] = gy[U(obase + o)]
+                gv = gy[U(obase + o)]
+                if relu and not y[U(obase + o)] > 0:
+                    gv = gv * 0  # keeps NaN/Inf, as nn's relu_grad
+                val[t] = gv
             else:
                 tgt[t] = -1 - lane  # distinct from real targets and from each other
             cuda.syncthreads()
@@ -151,18 +157,21 @@ def _no_indices():
     return arr
 
 
-def max_pool2d_forward(x, p: Pool2dParams, return_indices: bool):
-    """x (N, C, H, W) device array -> y (N, C, OH, OW), and int64 indices if asked."""
+def max_pool2d_forward(x, p: Pool2dParams, return_indices: bool, relu: bool = False):
+    """x (N, C, H, W) device array -> y (N, C, OH, OW), and int64 indices if asked;
+    ``relu``: y = max(pool(x), 0) in the same launch."""
     y = _arrays.empty(p.y_shape, x.dtype)
     idx = _arrays.empty(p.y_shape, np.int64) if return_indices else _no_indices()
     if y.size:
         blocks, tpb = elemwise_grid(y.size)
-        launch(max_pool2d_forward_kernel, blocks, tpb, flat(x), flat(y), flat(idx), geo.pool(p, return_indices))
+        g = geo.pool(p, return_indices, relu)
+        launch(max_pool2d_forward_kernel, blocks, tpb, flat(x), flat(y), flat(idx), g)
     return (y, idx) if return_indices else y
 
 
-def max_pool2d_backward(gy, indices, p: Pool2dParams):
-    """gy (N, C, OH, OW), int64 indices -> gx (N, C, H, W), deterministic (no atomics)."""
+def max_pool2d_backward(gy, indices, p: Pool2dParams, y=None):
+    """gy (N, C, OH, OW), int64 indices -> gx (N, C, H, W), deterministic (no atomics);
+    with the forward's output ``y`` of a ``relu`` forward, gy goes back through the ReLU first."""
     gx = _arrays.empty(p.x_shape, gy.dtype)
     nplanes = p.n * p.c
     blocks = max(1, min(BWD_MAX_BLOCKS, cdiv(nplanes, PLANES)))
@@ -171,10 +180,12 @@ def max_pool2d_backward(gy, indices, p: Pool2dParams):
         blocks,
         BWD_THREADS,
         flat(gy),
+        flat(gy if y is None else y),
         flat(indices),
         flat(gx),
         nplanes,
         p.h * p.w,
         p.oh * p.ow,
+        y is not None,
     )
     return gx

@@ -152,10 +152,28 @@ def crop(g: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
     return g[:, :, top : top + h, left : left + w]
 
 
+_dropout_uniform = njit(cache=True)(_rules.dropout_uniform)
+
+
+@njit(cache=True)
+def _dropout_k(mask, seed, rate, scale):
+    for i in range(mask.size):
+        mask[i] = scale if _dropout_uniform(seed, i) >= rate else scale * 0
+
+
+def dropout_seed(rng: np.random.Generator) -> np.uint64:
+    """The step's mask seed: one draw from the layer's generator (exact resume keeps it)."""
+    return np.uint64(rng.integers(2**63))
+
+
 def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: Any) -> np.ndarray:
-    """Inverted dropout: keep with probability 1-rate, scaled by 1/(1-rate)."""
-    keep = rng.random(shape, dtype=np.float32) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+    """Inverted dropout: keep with probability 1-rate, scaled by 1/(1-rate).  The mask is a
+    function of one seed drawn from ``rng`` (``_rules.dropout_uniform``): the CUDA ops draw
+    the same mask on the device."""
+    dtype = np.dtype(dtype)
+    mask = np.empty(shape, dtype=dtype)
+    _dropout_k(mask.reshape(-1), dropout_seed(rng), float(rate), dtype.type(1.0 / (1.0 - rate)))
+    return mask
 
 
 def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["relu", "relu_grad", "axpy", "sgd", "sgd_momentum", "rmsprop", "adam", "adadelta"]
+import numpy as np
+
+__all__ = ["relu", "relu_grad", "axpy", "sgd", "sgd_momentum", "rmsprop", "adam", "adadelta", "dropout_uniform"]
+
+# splitmix64 (Steele, Lea, Flood 2014): its constants as uint64, so that every operation
+# below stays in uint64 under both compilers (a Python int would promote to float64).
+_GAMMA, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 
 
 def relu(v, zero):
@@ -69,3 +76,14 @@ def adadelta(p, g, a, b, lr, rho, omr, eps):
     a = rho * a + omr * g * g
     d = math.sqrt(b + eps) / math.sqrt(a + eps) * g
     return p - lr * d, a, rho * b + omr * d * d
+
+
+def dropout_uniform(seed, i):
+    """A uniform in [0, 1) (24 random bits, exact in float32 and float64) for element i of
+    the dropout mask drawn with ``seed`` (uint64): splitmix64 of the counter, stateless, so
+    each element is independent of the grid that computes it and CPU and GPU agree bit for bit."""
+    z = seed + (np.uint64(i) + np.uint64(1)) * _GAMMA
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return float(z >> _S40) * 5.9604644775390625e-08  # 2**-24

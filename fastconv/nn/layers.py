@@ -487,6 +487,34 @@ class Dense(_Weighted):
         self._x = x
         return self._ops.dense_forward(x, self.params["kernel"], self.params.get("bias"))
 
+    def _fused(self, op: str) -> Any:
+        """The device's one-launch dense op with the activation inside, when there is one."""
+        return None if self.activation == "softmax" else getattr(self._ops, op, None)
+
+    def forward(self, x, training=False):
+        fused = self._fused("dense_act_forward")
+        if fused is None:
+            return super().forward(x, training)
+        self._require_built()
+        self._x = x
+        self._y = fused(x, self.params["kernel"], self.params.get("bias"), self.activation)
+        return self._y
+
+    def backward(self, grad):
+        fused = self._fused("dense_act_backward")
+        if fused is None:
+            return super().backward(grad)
+        if self._y is None:
+            raise RuntimeError(f"layer {self.name!r}: backward called before forward")
+        self._require_forward()
+        gx, gw, gb = fused(
+            grad, self._x, self.params["kernel"], self._y, self.activation, self.need_input_grad, self.use_bias
+        )
+        self.grads["kernel"] = gw
+        if self.use_bias:
+            self.grads["bias"] = gb
+        return gx
+
     def linear_backward(self, gz):
         self._require_forward()
         gx, gw, gb = self._ops.dense_backward(gz, self._x, self.params["kernel"], self.need_input_grad, self.use_bias)

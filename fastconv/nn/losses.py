@@ -7,7 +7,8 @@ and the gradient ``(softmax(z) - onehot) / N`` -- no division by a probability,
 no overflow for large logits.  ``from_logits=False`` takes probabilities as
 Keras does: rescale rows to sum 1, clip to [1e-7, 1 - 1e-7], then -sum(t log p).
 
-Arrays are (N, classes) on the host; the CUDA path copies the (small) logits over.
+Arrays are (N, classes) on the host.  On CUDA the logits form (the fused softmax) runs on
+the device instead (``_ops_cuda.xent_logits``, the same formulas; ``nn/training.py``).
 """
 
 from __future__ import annotations

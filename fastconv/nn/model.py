@@ -397,7 +397,7 @@ class Sequential:
         self._build_from(x, None)
         self._check_output()
         data = self._data(x, y)
-        loss, correct = training.train_step(self, self._pipeline(with_loss=True), data)
+        loss, correct = training.train_batch(self, self._pipeline(with_loss=True), data)
         return [loss, correct / len(data)]
 
     @_threads.blas_limited

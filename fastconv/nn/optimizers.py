@@ -43,6 +43,11 @@ class Optimizer:
     def _update(self, p: Any, g: Any, state: list[Any]) -> None:
         raise NotImplementedError
 
+    def update_args(self) -> tuple[Any, ...]:
+        """The rule's coefficients for this step (after ``iterations`` is advanced), as the
+        fused device update takes them (``_ops_cuda.update_all``)."""
+        raise NotImplementedError
+
     # -- shared
     def get_config(self) -> dict[str, Any]:
         cfg = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "iterations"}
@@ -54,6 +59,11 @@ class Optimizer:
             self._ops = ops
             self._state = [[ops.zeros_like(p) for _ in range(self._slots())] for p in params]
         self.iterations += 1
+        update_all = getattr(ops, "update_all", None)
+        if update_all is not None:  # the device: every parameter in one launch
+            wds = [self.weight_decay if d else 0.0 for d in decay]
+            update_all(self.name, params, grads, self._state, wds, self.update_args())
+            return
         for p, g, d, st in zip(params, grads, decay, self._state):
             if d and self.weight_decay:
                 ops.axpy(self.weight_decay, p, g)  # g += wd * p
@@ -121,6 +131,9 @@ class SGD(Optimizer):
     def _update(self, p, g, st):
         self._ops.sgd(p, g, st[0] if st else None, self.learning_rate, self.momentum, self.nesterov)
 
+    def update_args(self):
+        return self.learning_rate, self.momentum, self.nesterov
+
 
 class RMSprop(Optimizer):
     """a = rho*a + (1-rho)*g^2;  p -= lr * g / (sqrt(a) + eps)."""
@@ -138,7 +151,10 @@ class RMSprop(Optimizer):
         return 1
 
     def _update(self, p, g, st):
-        self._ops.rmsprop(p, g, st[0], self.learning_rate, self.rho, self.epsilon)
+        self._ops.rmsprop(p, g, st[0], *self.update_args())
+
+    def update_args(self):
+        return self.learning_rate, self.rho, self.epsilon
 
 
 class Adam(Optimizer):
@@ -163,9 +179,12 @@ class Adam(Optimizer):
         return 2
 
     def _update(self, p, g, st):
+        self._ops.adam(p, g, st[0], st[1], *self.update_args())
+
+    def update_args(self):
         t = self.iterations
         alpha = self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        self._ops.adam(p, g, st[0], st[1], alpha, self.beta_1, self.beta_2, self.epsilon)
+        return alpha, self.beta_1, self.beta_2, self.epsilon
 
 
 class Adadelta(Optimizer):
@@ -188,7 +207,10 @@ class Adadelta(Optimizer):
         return 2
 
     def _update(self, p, g, st):
-        self._ops.adadelta(p, g, st[0], st[1], self.learning_rate, self.rho, self.epsilon)
+        self._ops.adadelta(p, g, st[0], st[1], *self.update_args())
+
+    def update_args(self):
+        return self.learning_rate, self.rho, self.epsilon
 
 
 _ALL = {c.name: c for c in (SGD, RMSprop, Adam, Adadelta)}

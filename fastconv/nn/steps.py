@@ -12,8 +12,16 @@ a training or evaluation pass.  Every step has ``forward(x, training)`` and
   inside windows with no positive value, whose gradient ReLU zeroes either
   way -- unless the incoming gradient is already NaN/Inf there: then the NaN
   lands on another element of that window), with a quarter of the
-  elementwise work for 2x2 pooling.  ``tests/nn/test_layers_and_model.py`` checks bit-equality
-  with the plain order.
+  elementwise work for 2x2 pooling.  ``tests/nn/test_layers_and_model.py``
+  checks bit-equality with the plain order.  On CUDA the pooling kernel applies the ReLU itself
+  (and its backward the ReLU's gradient): one launch each way.
+- ``ReLUFlatten``: a ``Conv2D(activation="relu")`` followed by a ``Flatten``
+  (not the last layer) applies the ReLU while flattening where the device has
+  that op (CUDA: one launch each way instead of two; the same values and
+  gradients, elementwise); on the CPU it runs the two layers as they are.
+  When a Dense (not the last layer, not softmax) follows, the three become
+  ``ReLUFlattenDense``: on CUDA the Dense kernels read the conv output through
+  the ReLU and the flattening themselves (no launch of their own).
 - ``SoftmaxCrossEntropy``: a last layer with ``activation="softmax"`` under a
   cross-entropy on probabilities (the Keras idiom) hands its pre-softmax
   values to the loss, which works in log-sum-exp form and returns
@@ -28,9 +36,17 @@ from typing import Any, Callable
 import numpy as np
 
 from . import losses
-from .layers import Conv2D, Layer, MaxPooling2D, _Weighted
+from .layers import Conv2D, Dense, Flatten, Layer, MaxPooling2D, _Weighted
 
-__all__ = ["LayerStep", "ConvReLUPool", "SoftmaxCrossEntropy", "Pipeline", "build_pipeline"]
+__all__ = [
+    "LayerStep",
+    "ConvReLUPool",
+    "ReLUFlatten",
+    "ReLUFlattenDense",
+    "SoftmaxCrossEntropy",
+    "Pipeline",
+    "build_pipeline",
+]
 
 LossFn = Callable[[np.ndarray, np.ndarray], "tuple[float, np.ndarray]"]
 
@@ -57,20 +73,99 @@ class ConvReLUPool:
     def __init__(self, conv: Conv2D, pool: MaxPooling2D):
         self.conv, self.pool = conv, pool
         self._y: Any = None
+        self._fused: Any = None  # (indices, pool params) of a one-launch device forward
 
     def forward(self, x: Any, training: bool) -> Any:
-        pooled = self.pool.forward(self.conv.linear_forward(x, training), training)
-        self._y = self.conv._ops.activation_forward("relu", pooled)
+        z = self.conv.linear_forward(x, training)
+        fused = getattr(self.conv._ops, "max_pool_relu_forward", None)
+        if fused is not None and not any(self.pool._pads):  # the device: pooling and ReLU in one launch
+            pool = self.pool
+            self._y, idx, p = fused(z, pool.pool_size, pool.strides, pool._implicit, training)
+            self._fused = (idx, p)
+            return self._y
+        self._fused = None
+        self._y = self.conv._ops.activation_forward("relu", self.pool.forward(z, training))
         return self._y
 
     def backward(self, grad: Any) -> Any:
         if self._y is None:
             raise RuntimeError(f"fused step {self.conv.name!r}+{self.pool.name!r}: backward called before forward")
+        if self._fused is not None:
+            idx, p = self._fused
+            if idx is None:
+                raise RuntimeError(f"layer {self.pool.name!r}: backward needs a forward(x, training=True) first")
+            return self.conv.linear_backward(self.conv._ops.max_pool_relu_backward(grad, self._y, idx, p))
         grad = self.conv._ops.activation_backward("relu", grad, self._y)
         return self.conv.linear_backward(self.pool.backward(grad))
 
     def __repr__(self) -> str:
         return f"ConvReLUPool({self.conv.name}, {self.pool.name})"
+
+
+class ReLUFlatten:
+    """Conv2D(relu) -> Flatten with the ReLU applied while flattening, where the device
+    has that op (one launch each way instead of two); elsewhere the two layers as they are."""
+
+    def __init__(self, conv: Conv2D, flatten: Flatten):
+        self.conv, self.flatten = conv, flatten
+        self._y: Any = None
+        self._shape: tuple[int, ...] = ()
+
+    def forward(self, x: Any, training: bool) -> Any:
+        fused = getattr(self.conv._ops, "flatten_relu_forward", None)
+        if fused is None:
+            self._y = None
+            return self.flatten.forward(self.conv.forward(x, training), training)
+        z = self.conv.linear_forward(x, training)
+        self._shape = tuple(z.shape)
+        self._y = fused(z)
+        return self._y
+
+    def backward(self, grad: Any) -> Any:
+        if self._y is None:
+            return self.conv.backward(self.flatten.backward(grad))
+        return self.conv.linear_backward(self.conv._ops.flatten_relu_backward(grad, self._y, self._shape))
+
+    def __repr__(self) -> str:
+        return f"ReLUFlatten({self.conv.name}, {self.flatten.name})"
+
+
+class ReLUFlattenDense:
+    """Conv2D(relu) -> Flatten -> Dense where the device's dense kernels read the conv
+    output through the ReLU and the flattening on the fly (and write the input gradient
+    back in its layout through the ReLU's gradient): the Dense's launches only.  Elsewhere
+    (the CPU) a ``ReLUFlatten`` step and the Dense as they are."""
+
+    def __init__(self, conv: Conv2D, flatten: Flatten, dense: Dense):
+        self.conv, self.flatten, self.dense = conv, flatten, dense
+        self._head = ReLUFlatten(conv, flatten)
+        self._z: Any = None  # the conv output, when the fused path ran
+
+    def forward(self, x: Any, training: bool) -> Any:
+        fused = getattr(self.conv._ops, "dense_act_forward", None)
+        if fused is None:
+            self._z = None
+            return self.dense.forward(self._head.forward(x, training), training)
+        self._z = self.conv.linear_forward(x, training)
+        d = self.dense
+        d._x = None
+        d._y = fused(self._z, d.params["kernel"], d.params.get("bias"), d.activation, relu_in=True)
+        return d._y
+
+    def backward(self, grad: Any) -> Any:
+        if self._z is None:
+            return self._head.backward(self.dense.backward(grad))
+        d = self.dense
+        gx, gw, gb = d._ops.dense_act_backward(
+            grad, self._z, d.params["kernel"], d._y, d.activation, True, d.use_bias, relu_in=True
+        )
+        d.grads["kernel"] = gw
+        if d.use_bias:
+            d.grads["bias"] = gb
+        return self.conv.linear_backward(gx)
+
+    def __repr__(self) -> str:
+        return f"ReLUFlattenDense({self.conv.name}, {self.flatten.name}, {self.dense.name})"
 
 
 class SoftmaxCrossEntropy:
@@ -126,6 +221,20 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
         ):
             steps.append(ConvReLUPool(layer, following))
             i += 2
+        elif (
+            fuse_conv_pool
+            and i + 1 < last
+            and isinstance(layer, Conv2D)
+            and layer.activation == "relu"
+            and isinstance(following, Flatten)
+        ):
+            dense = layers[i + 2]
+            if i + 2 < last and isinstance(dense, Dense) and dense.activation != "softmax":
+                steps.append(ReLUFlattenDense(layer, following, dense))
+                i += 3
+            else:
+                steps.append(ReLUFlatten(layer, following))
+                i += 2
         else:
             steps.append(LayerStep(layer))
             i += 1

@@ -13,6 +13,13 @@ raises ``KeyboardInterrupt`` at once.
 
 Divergence: a NaN or infinite batch loss makes ``fit`` warn once (epoch and
 batch), unless a ``TerminateOnNaN`` callback is there to stop it.
+
+The device loss (CUDA, softmax folded into the cross-entropy): each step's
+summed loss and correct count stay on the device in a per-epoch array that the
+host reads at the epoch's end -- or after every step when a user callback is
+given, since callbacks see each batch's logs -- so a plain ``fit`` makes one
+device-to-host copy per epoch, and its live progress line shows the loss and
+accuracy only at the epoch's end (see ``_Tally``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,16 @@ import numpy as np
 from .callbacks import CallbackList, History, TerminateOnNaN
 from .progress import Progress
 
-__all__ = ["FitConfig", "Data", "run_fit", "train_step", "evaluate_arrays", "generator_state", "generator_from"]
+__all__ = [
+    "FitConfig",
+    "Data",
+    "run_fit",
+    "train_step",
+    "train_batch",
+    "evaluate_arrays",
+    "generator_state",
+    "generator_from",
+]
 
 _GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 
@@ -136,13 +152,39 @@ class _CtrlC:
 # --------------------------------------------------------------------------- steps and epochs
 
 
-def train_step(model: Any, pipeline: Any, batch: Data) -> tuple[float, int]:
-    """Forward, loss, backward and one optimizer update; (loss, correct predictions)."""
+def device_loss(model: Any, pipeline: Any) -> bool:
+    """True when the loss runs on the device (``_ops_cuda.xent_logits``): a softmax folded
+    into the cross-entropy, on a device whose ops have the kernel."""
+    return getattr(model._ops, "xent_logits", None) is not None and bool(getattr(pipeline.loss, "from_logits", False))
+
+
+def loss_sink(model: Any, steps: int) -> Any:
+    """Device array (steps, 2): each step's summed loss and correct count, read by the host
+    when it needs them (``read_sink``), not after every step."""
+    return model._ops.empty((steps, 2), np.float64)  # each step writes its row before it is read
+
+
+def read_sink(model: Any, sink: Any) -> np.ndarray:
+    return np.asarray(model._ops.to_host(sink))
+
+
+def train_step(model: Any, pipeline: Any, batch: Data, sink: Any = None, slot: int = 0) -> tuple[float, int] | None:
+    """Forward, loss, backward and one optimizer update; (loss, correct predictions).
+
+    With a ``sink`` (the device loss, ``device_loss``) the step's summed loss and correct
+    count go to ``sink[slot]`` on the device and None is returned: no host round trip."""
     ops = model._ops
-    out = ops.to_host(pipeline.forward(model._batch(batch.x), True))
-    loss, g = pipeline.loss(out, batch.targets)
-    correct = int(np.count_nonzero(np.argmax(out, axis=1) == batch.labels))
-    pipeline.backward(ops.to_device(g, model.dtype))
+    out = pipeline.forward(model._batch(batch.x), True)
+    result = None
+    if sink is not None:
+        targets = pipeline.loss.targets(batch.targets, out.shape[1], model.dtype)
+        g = ops.xent_logits(out, targets, sink, slot)
+    else:
+        host = ops.to_host(out)
+        loss, grad = pipeline.loss(host, batch.targets)
+        result = loss, int(np.count_nonzero(np.argmax(host, axis=1) == batch.labels))
+        g = ops.to_device(grad, model.dtype)
+    pipeline.backward(g)
     params, grads, decay = [], [], []
     for layer in model.layers:
         for k, p in layer.params.items():
@@ -150,7 +192,19 @@ def train_step(model: Any, pipeline: Any, batch: Data) -> tuple[float, int]:
             grads.append(layer.grads[k])
             decay.append(k == "kernel")
     model.optimizer.apply(params, grads, decay, ops)
-    return loss, correct
+    return result
+
+
+def train_batch(model: Any, pipeline: Any, batch: Data) -> tuple[float, int]:
+    """``train_step`` with the step's (loss, correct) on the host (``train_on_batch``)."""
+    if not device_loss(model, pipeline):
+        result = train_step(model, pipeline, batch)
+        assert result is not None
+        return result
+    sink = loss_sink(model, 1)
+    train_step(model, pipeline, batch, sink, 0)
+    total, correct = read_sink(model, sink)[0]
+    return float(total) / len(batch), int(correct)
 
 
 def evaluate_arrays(model: Any, pipeline: Any, data: Data, batch_size: int) -> tuple[float, float]:
@@ -181,6 +235,7 @@ class _Loop:
         if val is not None:
             self.history.history.update(val_loss=[], val_accuracy=[])
         self.callbacks = CallbackList([self.history, *callbacks], model, self.history.params)
+        self.batch_logs = bool(callbacks)  # a user callback reads every batch's logs
         self.pipeline = model._pipeline(with_loss=True)
         self.warned_nan = TerminateOnNaN in self.callbacks  # it reports divergence itself
         self.stopped_at: tuple[int, int] | None = None  # (epoch, completed steps) of an interrupted epoch
@@ -201,31 +256,72 @@ class _Loop:
         order = rng.permutation(n) if cfg.shuffle else None
         bar = Progress(cfg.verbose, epoch + 1, cfg.epochs, self.steps)
         self.callbacks.on_epoch_begin(epoch)
-        t0, total_loss, total_correct, seen = time.perf_counter(), 0.0, 0, 0
+        tally = _Tally(self, epoch)
         for step in range(self.steps):
             lo, hi = step * cfg.batch_size, min(n, (step + 1) * cfg.batch_size)
             self.callbacks.on_batch_begin(step)
-            loss, correct = train_step(
-                self.model, self.pipeline, self.data.rows(order[lo:hi] if order is not None else slice(lo, hi))
-            )
-            self._warn_nonfinite(loss, epoch, step)
-            self.history.batch_loss.append(loss)
-            self.history.batch_accuracy.append(correct / (hi - lo))
-            total_loss, total_correct, seen = total_loss + loss * (hi - lo), total_correct + correct, hi
-            logs = {"loss": total_loss / seen, "accuracy": total_correct / seen}
-            bar.update(step + 1, logs)
-            self.callbacks.on_batch_end(step, logs)
+            batch = self.data.rows(order[lo:hi] if order is not None else slice(lo, hi))
+            tally.add(hi - lo, train_step(self.model, self.pipeline, batch, tally.sink, step))
+            if tally.sink is None or self.batch_logs or step + 1 == self.steps:
+                tally.read(step + 1)
+            bar.update(step + 1, tally.logs)
+            self.callbacks.on_batch_end(step, tally.logs)
             if self.model.stop_training and step + 1 < self.steps:
+                tally.read(step + 1)
                 bar.interrupt()
                 self.stopped_at = (epoch, step + 1)
                 return None
-        self.history.epoch_times.append(time.perf_counter() - t0)
+        self.history.epoch_times.append(time.perf_counter() - tally.t0)
+        logs = tally.logs
         if self.val is not None:
             logs["val_loss"], logs["val_accuracy"] = evaluate_arrays(
                 self.model, self.pipeline, self.val, cfg.batch_size
             )
         bar.close(logs, self.history.epoch_times[-1])
         return logs
+
+
+class _Tally:
+    """An epoch's batch losses and correct counts.  On the host path each step's values
+    arrive with the step; with the device loss they accumulate on the device (``sink``)
+    and are read when the host needs them: after every step when a user callback is
+    given (callbacks see each batch's logs, as in Keras), otherwise at the epoch's end
+    (or an interruption) -- one device-to-host copy per epoch.  Until then the progress
+    line shows no loss."""
+
+    def __init__(self, loop: _Loop, epoch: int):
+        self.loop, self.epoch = loop, epoch
+        self.t0 = time.perf_counter()
+        self.sink = loss_sink(loop.model, loop.steps) if device_loss(loop.model, loop.pipeline) else None
+        self.sizes: list[int] = []
+        self.values: list[tuple[float, int]] = []
+        self.done = 0  # steps whose values reached History
+        self.total_loss, self.total_correct, self.seen = 0.0, 0, 0
+        self.logs: dict[str, float] = {}
+
+    def add(self, size: int, values: tuple[float, int] | None) -> None:
+        self.sizes.append(size)
+        if values is not None:
+            self.values.append(values)
+
+    def read(self, steps: int) -> None:
+        """Move the values of steps [done, steps) into History and the running logs."""
+        if self.done >= steps:
+            return
+        if self.sink is not None:
+            rows = read_sink(self.loop.model, self.sink)
+            self.values = [(float(rows[i, 0]) / self.sizes[i], int(rows[i, 1])) for i in range(steps)]
+        history = self.loop.history
+        for i in range(self.done, steps):
+            loss, correct = self.values[i]
+            self.loop._warn_nonfinite(loss, self.epoch, i)
+            history.batch_loss.append(loss)
+            history.batch_accuracy.append(correct / self.sizes[i])
+            self.total_loss += loss * self.sizes[i]
+            self.total_correct += correct
+            self.seen += self.sizes[i]
+        self.done = steps
+        self.logs = {"loss": self.total_loss / self.seen, "accuracy": self.total_correct / self.seen}
 
 
 def run_fit(model: Any, data: Data, val: Data | None, cfg: FitConfig, callbacks: list[Any]) -> History:
