@@ -13,7 +13,7 @@ import gc
 import numpy as np
 import pytest
 
-from cudahelpers import SIM, dev, host
+from tests.cuda.cudahelpers import SIM, dev, host
 
 import fastconv
 from fastconv import nn
@@ -118,11 +118,11 @@ def test_cache_is_per_stream_and_size():
     del a
     gc.collect()
     other = _streams.external_stream(0x1234, 0)
-    token = _streams._stream.set(other)
+    token = _streams._call.set((0, other))
     try:
         on_other = _arrays.device_array((16,), np.float32)
     finally:
-        _streams._stream.reset(token)
+        _streams._call.reset(token)
     assert _address(on_other) != where and on_other.stream is other
     bigger = _arrays.device_array((4096,), np.float32)
     assert _address(bigger) != where

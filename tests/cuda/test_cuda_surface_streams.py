@@ -23,7 +23,8 @@ from fastconv import reference
 from fastconv._params import conv_transpose2d_params
 from fastconv.cuda import _streams
 
-from cudahelpers import SIM, assert_close, dev, host, tie_free
+from tests.cuda.cudahelpers import SIM, dev, host
+from tests.helpers import assert_close, tie_free
 
 pytestmark = pytest.mark.skipif(not SIM, reason="fake interface objects need the simulator's host memory")
 
