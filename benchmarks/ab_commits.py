@@ -198,6 +198,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--calls", type=int, default=3, help="timed calls per turn (default 3)")
     ap.add_argument("--bound", type=float, default=0.05, help="mark rows whose ratio is off 1 by more (default 0.05)")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes: checks the tool works, measures nothing")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated substrings: only the rows whose label contains one (e.g. 'bwd resnet-56')")
     ap.add_argument("--out", type=Path, default=None, help="write ab-<base>-<new>-<cpu>.md/.json here")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.calls < 1 or args.threads < 1:
@@ -214,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     base, new = Worker(base_tree, args.threads), Worker(new_tree, args.threads)
     load_before = [round(v, 2) for v in os.getloadavg()]
     try:
-        rows = measure(base, new, requests(args.tiny), args.rounds, args.calls, log=sys.stderr)
+        reqs = requests(args.tiny)
+        if args.rows:
+            wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
+            reqs = [r for r in reqs if any(w in r[0] for w in wanted)]
+        rows = measure(base, new, reqs, args.rounds, args.calls, log=sys.stderr)
     finally:
         base.close()
         new.close()
