@@ -181,6 +181,31 @@ def _avg_fwd_flat(x2, y, lo, hi, div, zero):
 
 
 @njit(parallel=True, cache=True)
+def _avg_bwd_flat(gy, gxf, hw, lo, hi, div, nchunk):
+    """gx[p, lo:hi] = gy[p] / div, 0 elsewhere, gx (P, H*W) as the flat gxf: a
+    window of whole rows is one run per plane.  The flat output is cut into
+    nchunk equal spans written in one sequential stream each (a per-plane loop
+    of H*W stores spends more time entering loops than storing)."""
+    np_ = gy.shape[0]
+    n = np_ * hw
+    nchunk = max(1, min(n, nchunk))
+    for ch in prange(nchunk):
+        e0 = ch * n // nchunk
+        p = e0 // hw
+        j = e0 - p * hw
+        v = gy[p] / div
+        whole = lo == 0 and hi == hw  # a global pool: no zeros, no test per element
+        for e in range(e0, (ch + 1) * n // nchunk):
+            gxf[e] = v if whole or lo <= j < hi else 0
+            j += 1
+            if j == hw:
+                j = 0
+                p += 1
+                if p < np_:
+                    v = gy[p] / div
+
+
+@njit(parallel=True, cache=True)
 def _avg_bwd_single(gy, gx, a0, a1, c0, c1, div):
     """gx[p] = gy[p] / div on the window x[p, a0:a1, c0:c1], 0 elsewhere.  gy (P,), gx (P, H, W)."""
     _, h, w = gx.shape
@@ -235,7 +260,12 @@ def avg_pool2d_backward(gy: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
     if p.oh == p.ow == 1:
         div = gy.dtype.type(rdiv[0] * cdiv[0])
-        _avg_bwd_single(gy.reshape(-1), gx.reshape(p.n * p.c, p.h, p.w), *_single_window(p), div)
+        a0, a1, c0, c1 = _single_window(p)
+        if (c0, c1) == (0, p.w):
+            hw = p.h * p.w
+            _avg_bwd_flat(gy.reshape(-1), gx.reshape(-1), hw, a0 * p.w, a1 * p.w, div, numba.get_num_threads())
+        else:
+            _avg_bwd_single(gy.reshape(-1), gx.reshape(p.n * p.c, p.h, p.w), a0, a1, c0, c1, div)
         return gx
     _avg_bwd(
         gy.reshape(p.n * p.c, p.oh, p.ow),
