@@ -17,13 +17,14 @@ simulator defect; real GPUs are unaffected.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
 import numpy as np
 import pytest
 
-from tests.cuda.cudahelpers import AVAILABLE, REASON, SIM
+from tests.cuda.cudahelpers import AVAILABLE, REASON, SIM, stream_handle
 
 
 def _make_locked_shared_array():
@@ -57,3 +58,64 @@ if SIM:
 def _requires_cuda():
     if not AVAILABLE:
         pytest.skip(f"CUDA tests need a GPU or numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1): {REASON}")
+
+
+# --------------------------------------------------------------------------- stream-rule spies
+# (tests/cuda/test_cuda_streams.py, test_cuda_surface_streams.py)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Streams named by every kernel launch (the simulator's kernel[grid, block, stream])."""
+    from numba.cuda.simulator import kernel
+
+    log: list = []
+    real = kernel.FakeCUDAKernel.__getitem__
+
+    def getitem(self, configuration):
+        log.append(configuration[2] if len(configuration) > 2 else 0)
+        return real(self, configuration)
+
+    monkeypatch.setattr(kernel.FakeCUDAKernel, "__getitem__", getitem)
+    return log
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """("record", stream) / ("wait", stream) of every event the rule uses."""
+    from numba import cuda
+
+    log: list = []
+
+    class Event:
+        def record(self, stream=0):
+            log.append(("record", stream_handle(stream)))
+
+        def wait(self, stream=0):
+            log.append(("wait", stream_handle(stream)))
+
+    monkeypatch.setattr(cuda, "event", lambda *a, **k: Event())
+    return log
+
+
+@pytest.fixture
+def devices_entered(monkeypatch):
+    """Device contexts entered (``cuda.gpus[i]``) while every pointer lives on device 1."""
+    from numba import cuda
+
+    entered: list = []
+    real = cuda.gpus
+
+    class Gpus:
+        def __getitem__(self, i):
+            entered.append(i)
+            return contextlib.nullcontext()
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(cuda, "gpus", Gpus())
+    from fastconv.cuda import _streams
+
+    monkeypatch.setattr(_streams, "pointer_device", lambda ptr: 1)
+    return entered

@@ -1,9 +1,11 @@
-"""Device helpers for the CUDA tests: availability and host<->device copies (the
+"""Device helpers for the CUDA tests: availability, host<->device copies and the
+fake third-party arrays of the stream-rule tests (the
 shared tolerances, gradient checks and spies are in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,3 +35,33 @@ def host(a):
 
     assert is_cuda_ndarray(a), f"expected a device array, got {type(a).__name__}"
     return a.copy_to_host()
+
+
+# --------------------------------------------------------------------------- stream-rule fakes
+
+
+class FakeArray:
+    """A third-party CUDA array: an interface (v3) over host memory, with a stream."""
+
+    def __init__(self, a: np.ndarray, stream: int | None = None, version: int = 3) -> None:
+        self.a = np.ascontiguousarray(a)
+        desc = dict(self.a.__array_interface__, version=version)
+        desc.pop("descr", None)
+        if stream is not None:
+            desc["stream"] = stream
+        self.__cuda_array_interface__ = desc
+
+
+class FakeTorchTensor(FakeArray):
+    """Looks like a torch CUDA tensor: module ``torch``, a ``device``, an interface without stream."""
+
+    __module__ = "torch"
+
+    def __init__(self, a: np.ndarray) -> None:
+        super().__init__(a, None, version=2)
+        self.device = SimpleNamespace(index=0, type="cuda")
+
+
+def stream_handle(stream):
+    """The raw handle of a stream object (the simulator's stand-in keeps it), or the int itself."""
+    return getattr(stream, "handle", stream)

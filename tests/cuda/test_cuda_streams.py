@@ -9,7 +9,6 @@ launch records the stream each launch names.
 from __future__ import annotations
 
 import contextlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,52 +17,10 @@ import fastconv
 from fastconv import reference
 from fastconv.cuda import _streams
 
-from tests.cuda.cudahelpers import SIM, dev, host
+from tests.cuda.cudahelpers import SIM, FakeArray, FakeTorchTensor, dev, host, stream_handle
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not SIM, reason="fake interface objects need the simulator's host memory")
-
-
-class FakeArray:
-    """A third-party CUDA array: an interface (v3) over host memory, with a stream."""
-
-    def __init__(self, a: np.ndarray, stream: int | None = None, version: int = 3) -> None:
-        self.a = np.ascontiguousarray(a)
-        desc = dict(self.a.__array_interface__, version=version)
-        desc.pop("descr", None)
-        if stream is not None:
-            desc["stream"] = stream
-        self.__cuda_array_interface__ = desc
-
-
-class FakeTorchTensor(FakeArray):
-    """Looks like a torch CUDA tensor: module ``torch``, a ``device``, an interface without stream."""
-
-    __module__ = "torch"
-
-    def __init__(self, a: np.ndarray) -> None:
-        super().__init__(a, None, version=2)
-        self.device = SimpleNamespace(index=0, type="cuda")
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """Streams named by every kernel launch (the simulator's kernel[grid, block, stream])."""
-    from numba.cuda.simulator import kernel
-
-    log: list = []
-    real = kernel.FakeCUDAKernel.__getitem__
-
-    def getitem(self, configuration):
-        log.append(configuration[2] if len(configuration) > 2 else 0)
-        return real(self, configuration)
-
-    monkeypatch.setattr(kernel.FakeCUDAKernel, "__getitem__", getitem)
-    return log
-
-
-def _handle(stream):
-    return getattr(stream, "handle", stream)
 
 
 def _conv_inputs(rng):
@@ -77,13 +34,13 @@ def _conv_inputs(rng):
 def test_interface_stream_is_the_launch_stream(rng, launches, algorithm):
     x, w, b = _conv_inputs(rng)
     y = fastconv.conv2d(FakeArray(x, 0xABC), dev(w), dev(b), padding=1, algorithm=algorithm)
-    assert launches and all(_handle(s) == 0xABC for s in launches), launches
-    assert _handle(y.stream) == 0xABC  # outputs carry the stream: the next call stays on it
+    assert launches and all(stream_handle(s) == 0xABC for s in launches), launches
+    assert stream_handle(y.stream) == 0xABC  # outputs carry the stream: the next call stays on it
     assert_close(host(y), reference.conv2d(x, w, b, padding=1), np.float64, "y")
     launches.clear()
     gx, gw, gb = fastconv.conv2d_backward(FakeArray(np.ones((1, 3, 5, 5)), 0xDEF), dev(x), dev(w), padding=1,
                                           algorithm=algorithm)
-    assert launches and all(_handle(s) == 0xDEF for s in launches), launches
+    assert launches and all(stream_handle(s) == 0xDEF for s in launches), launches
     rx, rw, rb = reference.conv2d_backward(np.ones((1, 3, 5, 5)), x, w, padding=1)
     assert_close(host(gx), rx, np.float64, "grad_x")
     assert_close(host(gw), rw, np.float64, "grad_weight")
@@ -93,7 +50,7 @@ def test_pool_launches_on_the_input_stream(rng, launches):
     x = rng.permutation(np.linspace(-1, 1, 2 * 16)).reshape(1, 2, 4, 4)
     y, idx = fastconv.max_pool2d(FakeArray(x, 0x51), 2, return_indices=True)
     gx = fastconv.max_pool2d_backward(FakeArray(np.ones((1, 2, 2, 2)), 0x52), idx, x.shape)
-    handles = [_handle(s) for s in launches]
+    handles = [stream_handle(s) for s in launches]
     assert 0x51 in handles and 0x52 in handles and 0 not in handles, handles
     assert np.array_equal(host(y), reference.max_pool2d(x, 2))
     assert host(gx).sum() == 8
@@ -130,7 +87,7 @@ def test_torch_tensor_uses_torchs_current_stream(rng, launches, monkeypatch):
     tx = FakeTorchTensor(x)
     fastconv.conv2d(tx, FakeArray(w))
     assert asked == [tx], "torch's current stream is asked for the torch tensor only"
-    assert launches and all(_handle(s) == 0x70 for s in launches)
+    assert launches and all(stream_handle(s) == 0x70 for s in launches)
 
 
 def test_non_torch_objects_never_ask_torch(rng, launches, monkeypatch):
@@ -149,15 +106,15 @@ def test_second_stream_is_awaited_with_an_event(rng, launches, monkeypatch):
 
     class Event:
         def record(self, stream=0):
-            events.append(("record", _handle(stream)))
+            events.append(("record", stream_handle(stream)))
 
         def wait(self, stream=0):
-            events.append(("wait", _handle(stream)))
+            events.append(("wait", stream_handle(stream)))
 
     monkeypatch.setattr(cuda, "event", lambda *a, **k: Event())
     x, w, _ = _conv_inputs(rng)
     fastconv.conv2d(FakeArray(x, 0xA1), FakeArray(w, 0xB2))
-    assert launches and all(_handle(s) == 0xA1 for s in launches), "the first input's stream decides"
+    assert launches and all(stream_handle(s) == 0xA1 for s in launches), "the first input's stream decides"
     assert events == [("record", 0xB2), ("wait", 0xA1)]
 
 

@@ -12,8 +12,6 @@ kernel launch that records the stream each launch names.
 
 from __future__ import annotations
 
-import contextlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,95 +21,14 @@ from fastconv import reference
 from fastconv._params import conv_transpose2d_params
 from fastconv.cuda import _streams
 
-from tests.cuda.cudahelpers import SIM, dev, host
+from tests.cuda.cudahelpers import SIM, FakeArray, FakeTorchTensor, dev, host, stream_handle
 from tests.helpers import assert_close, tie_free
 
 pytestmark = pytest.mark.skipif(not SIM, reason="fake interface objects need the simulator's host memory")
 
 
-class FakeArray:
-    """A third-party CUDA array: an interface (v3) over host memory, with a stream."""
-
-    def __init__(self, a: np.ndarray, stream: int | None = None, version: int = 3) -> None:
-        self.a = np.ascontiguousarray(a)
-        desc = dict(self.a.__array_interface__, version=version)
-        desc.pop("descr", None)
-        if stream is not None:
-            desc["stream"] = stream
-        self.__cuda_array_interface__ = desc
-
-
-class FakeTorchTensor(FakeArray):
-    """Looks like a torch CUDA tensor: module ``torch``, a ``device``, an interface without stream."""
-
-    __module__ = "torch"
-
-    def __init__(self, a: np.ndarray) -> None:
-        super().__init__(a, None, version=2)
-        self.device = SimpleNamespace(index=0, type="cuda")
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """Streams named by every kernel launch (the simulator's kernel[grid, block, stream])."""
-    from numba.cuda.simulator import kernel
-
-    log: list = []
-    real = kernel.FakeCUDAKernel.__getitem__
-
-    def getitem(self, configuration):
-        log.append(configuration[2] if len(configuration) > 2 else 0)
-        return real(self, configuration)
-
-    monkeypatch.setattr(kernel.FakeCUDAKernel, "__getitem__", getitem)
-    return log
-
-
-@pytest.fixture
-def events(monkeypatch):
-    """("record", stream) / ("wait", stream) of every event the rule uses."""
-    from numba import cuda
-
-    log: list = []
-
-    class Event:
-        def record(self, stream=0):
-            log.append(("record", _handle(stream)))
-
-        def wait(self, stream=0):
-            log.append(("wait", _handle(stream)))
-
-    monkeypatch.setattr(cuda, "event", lambda *a, **k: Event())
-    return log
-
-
-@pytest.fixture
-def devices_entered(monkeypatch):
-    """Device contexts entered (``cuda.gpus[i]``) while every pointer lives on device 1."""
-    from numba import cuda
-
-    entered: list = []
-    real = cuda.gpus
-
-    class Gpus:
-        def __getitem__(self, i):
-            entered.append(i)
-            return contextlib.nullcontext()
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    monkeypatch.setattr(cuda, "gpus", Gpus())
-    monkeypatch.setattr(_streams, "pointer_device", lambda ptr: 1)
-    return entered
-
-
-def _handle(stream):
-    return getattr(stream, "handle", stream)
-
-
 def _all_on(launches, handle):
-    return bool(launches) and all(_handle(s) == handle for s in launches)
+    return bool(launches) and all(stream_handle(s) == handle for s in launches)
 
 
 # --------------------------------------------------------------------------- avg_pool2d
@@ -124,14 +41,14 @@ def test_avg_pool2d_runs_on_the_input_stream(rng, launches):
     x = rng.standard_normal((2, 3, 6, 5))
     y = fastconv.avg_pool2d(FakeArray(x, 0xA1), **AVG)
     assert _all_on(launches, 0xA1), launches
-    assert _handle(y.stream) == 0xA1  # the next call stays on it
+    assert stream_handle(y.stream) == 0xA1  # the next call stays on it
     ry = reference.avg_pool2d(x, **AVG)
     assert_close(host(y), ry, np.float64, "y")
     launches.clear()
     gy = rng.standard_normal(ry.shape)
     gx = fastconv.avg_pool2d_backward(FakeArray(gy, 0xA2), x.shape, **AVG)
     assert _all_on(launches, 0xA2), launches
-    assert _handle(gx.stream) == 0xA2
+    assert stream_handle(gx.stream) == 0xA2
     assert_close(host(gx), reference.avg_pool2d_backward(gy, x.shape, **AVG), np.float64, "grad_x")
 
 
@@ -158,7 +75,7 @@ def test_avg_pool2d_torch_tensor_uses_torchs_current_stream(rng, launches, monke
 
 def test_empty_batch_output_carries_the_input_stream(launches):
     y = fastconv.avg_pool2d(FakeArray(np.zeros((0, 2, 4, 4)), 0xA4), 2)
-    assert y.shape == (0, 2, 2, 2) and _handle(y.stream) == 0xA4
+    assert y.shape == (0, 2, 2, 2) and stream_handle(y.stream) == 0xA4
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
@@ -177,7 +94,7 @@ def test_conv_transpose2d_runs_on_the_input_stream(rng, launches, events, xs, ws
     b = rng.standard_normal(ws[1] * kw.get("groups", 1))
     y = fastconv.conv_transpose2d(FakeArray(x, 0xC1), dev(w), dev(b), **kw, algorithm=alg)
     assert _all_on(launches, 0xC1), launches
-    assert _handle(y.stream) == 0xC1 and events == []
+    assert stream_handle(y.stream) == 0xC1 and events == []
     ry = reference.conv_transpose2d(x, w, b, **kw)
     assert_close(host(y), ry, np.float64, "y")
     launches.clear()
@@ -186,7 +103,7 @@ def test_conv_transpose2d_runs_on_the_input_stream(rng, launches, events, xs, ws
     got = fastconv.conv_transpose2d_backward(FakeArray(gy, 0xD1), FakeArray(x, 0xD2), dev(w), **kw, algorithm=alg)
     assert _all_on(launches, 0xD1), launches
     assert events and set(events) == {("record", 0xD2), ("wait", 0xD1)}, events
-    assert [_handle(g.stream) for g in got] == [0xD1] * 3
+    assert [stream_handle(g.stream) for g in got] == [0xD1] * 3
     for g, r, what in zip(got, reference.conv_transpose2d_backward(gy, x, w, **kw), ("gx", "gw", "gb")):
         assert_close(host(g), r, np.float64, what)
 
@@ -218,13 +135,13 @@ def test_max_unpool2d_runs_on_the_input_stream(rng, launches, events):
     x, y, idx = _pooled(rng)
     out = fastconv.max_unpool2d(FakeArray(y, 0xE1), FakeArray(idx, 0xE1), 2)
     assert _all_on(launches, 0xE1), launches  # the index check, the zero fill, the scatter
-    assert _handle(out.stream) == 0xE1 and events == []
+    assert stream_handle(out.stream) == 0xE1 and events == []
     assert_close(host(out), reference.max_unpool2d(y, idx, 2), np.float64, "y")
     launches.clear()
     gy = rng.standard_normal(x.shape)
     gx = fastconv.max_unpool2d_backward(FakeArray(gy, 0xE2), dev(idx), 2)  # indices on numba's default stream
     assert _all_on(launches, 0xE2), launches
-    assert _handle(gx.stream) == 0xE2 and events == []
+    assert stream_handle(gx.stream) == 0xE2 and events == []
     assert_close(host(gx), reference.max_unpool2d_backward(gy, idx, 2), np.float64, "grad_x")
 
 
@@ -248,7 +165,7 @@ def test_padding_mode_runs_on_the_input_stream(rng, launches, mode):
     gy = rng.standard_normal(host(y).shape)
     got = fastconv.conv2d_backward(FakeArray(gy, 0xF2), dev(x), dev(w), padding=1, padding_mode=mode)
     assert _all_on(launches, 0xF2), launches
-    assert [_handle(g.stream) for g in got] == [0xF2] * 3
+    assert [stream_handle(g.stream) for g in got] == [0xF2] * 3
 
 
 # --------------------------------------------------------------------------- devices
