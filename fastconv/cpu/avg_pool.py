@@ -31,6 +31,8 @@ No fastmath: NaN and +-Inf propagate as in PyTorch (a sum with a NaN is NaN).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -138,12 +140,6 @@ def _avg_bwd(gy, gx, kh, kw, sh, sw, ph, pw, rdiv, cdiv):
                             xr[k * sw + off] += g[k]
 
 
-def _single_window(p: AvgPool2dParams) -> tuple[int, int, int, int]:
-    """(first row, end row, first column, end column) of the in-input part of
-    the only window of a pooling with OH = OW = 1."""
-    return max(0, -p.ph), min(p.h, p.kh - p.ph), max(0, -p.pw), min(p.w, p.kw - p.pw)
-
-
 @njit(parallel=True, cache=True)
 def _avg_fwd_single(x, y, a0, a1, c0, c1, div):
     """y[p] = sum of x[p, a0:a1, c0:c1] / div.  x (P, H, W), y (P,)."""
@@ -226,18 +222,37 @@ def _avg_bwd_single(gy, gx, a0, a1, c0, c1, div):
                 row[j] = 0
 
 
+def _single_window(p: AvgPool2dParams, dtype: np.dtype) -> tuple[Any, int, int, int, int]:
+    """(divisor, first row, end row, first column, end column) of the in-input
+    part of the only window of a pooling with OH = OW = 1."""
+    rdiv, cdiv = divisors(p)
+    div = dtype.type(rdiv[0] * cdiv[0])
+    return div, max(0, -p.ph), min(p.h, p.kh - p.ph), max(0, -p.pw), min(p.w, p.kw - p.pw)
+
+
+def _forward_one_window(x: np.ndarray, y: np.ndarray, p: AvgPool2dParams) -> None:
+    div, a0, a1, c0, c1 = _single_window(p, x.dtype)
+    if (c0, c1) == (0, p.w):  # whole rows: one flat run per plane
+        _avg_fwd_flat(x.reshape(p.n * p.c, p.h * p.w), y.reshape(-1), a0 * p.w, a1 * p.w, div, x.dtype.type(0))
+    else:
+        _avg_fwd_single(x.reshape(p.n * p.c, p.h, p.w), y.reshape(-1), a0, a1, c0, c1, div)
+
+
+def _backward_one_window(gy: np.ndarray, gx: np.ndarray, p: AvgPool2dParams) -> None:
+    div, a0, a1, c0, c1 = _single_window(p, gy.dtype)
+    if (c0, c1) == (0, p.w):
+        _avg_bwd_flat(gy.reshape(-1), gx.reshape(-1), p.h * p.w, a0 * p.w, a1 * p.w, div, numba.get_num_threads())
+    else:
+        _avg_bwd_single(gy.reshape(-1), gx.reshape(p.n * p.c, p.h, p.w), a0, a1, c0, c1, div)
+
+
 def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """x (N, C, H, W) C-contiguous float32/float64 -> y (N, C, OH, OW)."""
     y = _alloc.empty(p.y_shape, x.dtype)
-    rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
     if p.oh == p.ow == 1:
-        div = x.dtype.type(rdiv[0] * cdiv[0])
-        a0, a1, c0, c1 = _single_window(p)
-        if (c0, c1) == (0, p.w):
-            _avg_fwd_flat(x.reshape(p.n * p.c, p.h * p.w), y.reshape(-1), a0 * p.w, a1 * p.w, div, x.dtype.type(0))
-        else:
-            _avg_fwd_single(x.reshape(p.n * p.c, p.h, p.w), y.reshape(-1), a0, a1, c0, c1, div)
+        _forward_one_window(x, y, p)
         return y
+    rdiv, cdiv = (d.astype(x.dtype) for d in divisors(p))
     _avg_fwd(
         x.reshape(p.n * p.c, p.h, p.w),
         y.reshape(p.n * p.c, p.oh, p.ow),
@@ -257,16 +272,10 @@ def avg_pool2d_forward(x: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
 def avg_pool2d_backward(gy: np.ndarray, p: AvgPool2dParams) -> np.ndarray:
     """gy (N, C, OH, OW) -> grad_x (N, C, H, W)."""
     gx = _alloc.empty(p.x_shape, gy.dtype)
-    rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
     if p.oh == p.ow == 1:
-        div = gy.dtype.type(rdiv[0] * cdiv[0])
-        a0, a1, c0, c1 = _single_window(p)
-        if (c0, c1) == (0, p.w):
-            hw = p.h * p.w
-            _avg_bwd_flat(gy.reshape(-1), gx.reshape(-1), hw, a0 * p.w, a1 * p.w, div, numba.get_num_threads())
-        else:
-            _avg_bwd_single(gy.reshape(-1), gx.reshape(p.n * p.c, p.h, p.w), a0, a1, c0, c1, div)
+        _backward_one_window(gy, gx, p)
         return gx
+    rdiv, cdiv = (d.astype(gy.dtype) for d in divisors(p))
     _avg_bwd(
         gy.reshape(p.n * p.c, p.oh, p.ow),
         gx.reshape(p.n * p.c, p.h, p.w),
