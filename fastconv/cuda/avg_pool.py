@@ -21,6 +21,7 @@ from numba import cuda
 from .._params import AvgPool2dParams
 from . import _arrays
 from ._arrays import elemwise_grid, flat, launch
+from ._geometry import split3
 
 U = np.uint64  # unsigned indices skip numba's negative-index wraparound
 
@@ -43,12 +44,8 @@ def avg_pool2d_forward_kernel(x, y, h, w, oh, ow, kh, kw, sh, sw, ph, pw, includ
     """y (flat N*C*OH*OW) = window sums of x (flat N*C*H*W) / their divisors."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
-    plane_out = oh * ow
     while i < y.size:
-        pl = i // plane_out
-        r = i - pl * plane_out
-        oi = r // ow
-        oj = r - oi * ow
+        pl, oi, oj = split3(i, oh, ow)
         base = pl * h * w
         hs = oi * sh - ph
         ws = oj * sw - pw
@@ -65,12 +62,8 @@ def avg_pool2d_backward_kernel(gy, gx, h, w, oh, ow, kh, kw, sh, sw, ph, pw, inc
     """gx (flat N*C*H*W) = sum of gy / divisor over the windows covering each element."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
-    plane_in = h * w
     while i < gx.size:
-        pl = i // plane_in
-        r = i - pl * plane_in
-        ih = r // w
-        iw = r - ih * w
+        pl, ih, iw = split3(i, h, w)
         base = pl * oh * ow
         o0 = max(0, (ih + ph - kh + sh) // sh)
         o1 = min(oh - 1, (ih + ph) // sh)

@@ -22,6 +22,7 @@ from numba import cuda
 
 from . import _arrays
 from ._arrays import elemwise_grid, flat, launch
+from ._geometry import split3
 
 U = np.uint64
 MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
@@ -46,12 +47,8 @@ def _src(q, top, n, mode):
 def pad_kernel(x, out, h, w, hp, wp, top, left, mode):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
-    plane = hp * wp
     while i < out.size:
-        pl = i // plane
-        r = i - pl * plane
-        q = r // wp
-        c = r - q * wp
+        pl, q, c = split3(i, hp, wp)
         a = _src(q, top, h, mode)
         b = _src(c, left, w, mode)
         if a >= 0 and b >= 0:
@@ -83,12 +80,8 @@ def fold_kernel(gp, gx, h, w, hp, wp, top, left, mode):
     are scanned per axis)."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
-    plane = h * w
     while i < gx.size:
-        pl = i // plane
-        r = i - pl * plane
-        a = r // w
-        b = r - a * w
+        pl, a, b = split3(i, h, w)
         base = pl * hp * wp
         acc = gp[U(base)] * 0
         for q in range(top):
