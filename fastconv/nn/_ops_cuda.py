@@ -79,8 +79,33 @@ def copy(a: Any) -> Any:
 # --------------------------------------------------------------------------- elementwise kernels
 
 _RELU, _SIGMOID, _TANH = 0, 1, 2
+_KINDS = {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH, None: -1}
 _relu = cuda.jit(device=True, inline=True)(_rules.relu)
 _relu_grad = cuda.jit(device=True, inline=True)(_rules.relu_grad)
+
+
+@cuda.jit(device=True, inline=True)
+def _act(v, kind, zero):
+    """The activation ``kind`` (_RELU, _SIGMOID, _TANH; anything else: none) of v."""
+    if kind == 0:
+        return _relu(v, zero)
+    if kind == 1:
+        return 0.5 * (math.tanh(0.5 * v) + 1)
+    if kind == 2:
+        return math.tanh(v)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _act_grad(gv, yv, kind):
+    """The gradient gv through activation ``kind`` with output yv (none: gv)."""
+    if kind == 0:
+        return _relu_grad(gv, yv)
+    if kind == 1:
+        return gv * yv * (1 - yv)
+    if kind == 2:
+        return gv * (1 - yv * yv)
+    return gv
 
 
 @cuda.jit(cache=True)
@@ -88,13 +113,7 @@ def _act_fwd(z, kind, zero):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < z.size:
-        v = z[i]
-        if kind == 0:
-            z[i] = _relu(v, zero)
-        elif kind == 1:
-            z[i] = 0.5 * (math.tanh(0.5 * v) + 1)
-        else:
-            z[i] = math.tanh(v)
+        z[i] = _act(z[i], kind, zero)
         i += step
 
 
@@ -103,13 +122,7 @@ def _act_bwd(g, y, kind):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < g.size:
-        v = y[i]
-        if kind == 0:
-            g[i] = _relu_grad(g[i], v)
-        elif kind == 1:
-            g[i] = g[i] * v * (1 - v)
-        else:
-            g[i] = g[i] * (1 - v * v)
+        g[i] = _act_grad(g[i], y[i], kind)
         i += step
 
 
@@ -163,9 +176,7 @@ def activation_forward(kind: str | None, z: Any) -> Any:
         _softmax_fwd[blocks, tpb](_ncs(z))
         return z
     blocks, tpb = _grid(z.size)
-    _act_fwd[blocks, tpb](
-        A.flat(z), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind], np.dtype(z.dtype).type(0)
-    )
+    _act_fwd[blocks, tpb](A.flat(z), _KINDS[kind], np.dtype(z.dtype).type(0))
     return z
 
 
@@ -178,7 +189,7 @@ def activation_backward(kind: str | None, g: Any, y: Any) -> Any:
         _softmax_bwd[blocks, tpb](_ncs(g), _ncs(y))
         return g
     blocks, tpb = _grid(g.size)
-    _act_bwd[blocks, tpb](A.flat(g), A.flat(y), {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH}[kind])
+    _act_bwd[blocks, tpb](A.flat(g), A.flat(y), _KINDS[kind])
     return g
 
 
@@ -327,30 +338,6 @@ def xent_logits(z: Any, targets: np.ndarray, sink: Any, slot: int) -> Any:
 
 
 @cuda.jit(device=True, inline=True)
-def _act(v, kind, zero):
-    """The activation ``kind`` (_RELU, _SIGMOID, _TANH; anything else: none) of v."""
-    if kind == 0:
-        return _relu(v, zero)
-    if kind == 1:
-        return 0.5 * (math.tanh(0.5 * v) + 1)
-    if kind == 2:
-        return math.tanh(v)
-    return v
-
-
-@cuda.jit(device=True, inline=True)
-def _act_grad(gv, yv, kind):
-    """The gradient gv through activation ``kind`` with output yv (none: gv)."""
-    if kind == 0:
-        return _relu_grad(gv, yv)
-    if kind == 1:
-        return gv * yv * (1 - yv)
-    if kind == 2:
-        return gv * (1 - yv * yv)
-    return gv
-
-
-@cuda.jit(device=True, inline=True)
 def _xin(x4, i, f, relu_in, zero):
     """Input feature f of row i: x4 is (N, C, H, W) and feature f is (h, w, c) in Keras'
     channels-last order (a plain (N, F) input arrives as (N, F, 1, 1)); ``relu_in``: the
@@ -421,9 +408,6 @@ def _dense_bwd(x4, g, y, kind, w, out, gx4, relu_in, zero):
             _dense_wgrad_at(x4, g, y, kind, out, r, c, relu_in, zero)
     elif r < g.shape[0] and c < w.shape[0]:
         _dense_gx_at(g, y, kind, w, gx4, x4, r, c, relu_in)
-
-
-_KINDS = {"relu": _RELU, "sigmoid": _SIGMOID, "tanh": _TANH, None: -1}
 
 
 def _as4(a: Any) -> Any:
