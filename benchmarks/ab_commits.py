@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine
+from benchmarks._files import write_atomic
 from benchmarks.shapes import CONV_SHAPES, POOL_SHAPES, TINY_CONV_SHAPES, TINY_POOL_SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,9 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         stem = f"ab-{args.base}-{(args.new or 'tree')}-{machine.cpu_slug(cpu, machine.usable_cpus())}"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{stem}.md").write_text(text, encoding="utf-8")
-        (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1), encoding="utf-8")
+        write_atomic(args.out / f"{stem}.md", text)
+        write_atomic(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return 0
 
 

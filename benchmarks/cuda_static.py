@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._files import write_atomic  # noqa: E402  (after the path set-up: a script too)
+
 # sm_90 per-SM limits (CUDA occupancy calculator).
 REGS_PER_SM, REG_UNIT, MAX_WARPS, MAX_BLOCKS, SMEM_PER_SM, SMEM_RESERVED = 65536, 256, 64, 32, 233472, 1024
 QUICK_KERNELS = ("conv_igemm_kernel[float32]", "max_pool2d_forward_kernel[float32]")
@@ -267,16 +269,6 @@ def step_counts_section() -> list[str]:
             "Keras-book convnet, batch 64, on this launch plan; counted in numba-cuda's simulator by "
             "`benchmarks/cuda_step_counts.py` (every kernel configuration, `cuda.device_array`/`to_device` "
             "and host copy).", "", body, ""]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     text = to_markdown(first, step, fit, args.batches)
     print(text)
     if args.out is not None:
-        from cuda_static import write_atomic
+        from benchmarks._files import write_atomic
 
         write_atomic(args.out, text)
     return 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from benchmarks._files import write_atomic
 from benchmarks.threads import configure_threads
 
 SCHEMA = "fastconv-bench/2"
@@ -444,15 +445,6 @@ def markdown(result: dict[str, Any]) -> str:
     return format_markdown(result, formatted)
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_outputs(result: dict[str, Any], out_dir: Path, make_plot: bool = True) -> dict[str, Path]:
     """Write <stem>.md, <stem>.json and (with matplotlib) <stem>.png, each atomically."""
     from benchmarks._format import plot
@@ -460,12 +452,12 @@ def write_outputs(result: dict[str, Any], out_dir: Path, make_plot: bool = True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = result["config"]["stem"]
     paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json"}
-    _write_atomic(paths["md"], markdown(result) + "\n")
-    _write_atomic(paths["json"], json.dumps(result, indent=1, default=float) + "\n")
+    write_atomic(paths["md"], markdown(result) + "\n")
+    write_atomic(paths["json"], json.dumps(result, indent=1, default=float) + "\n")
     png = out_dir / f"{stem}.png"
     tmp_png = out_dir / f".{stem}.png.tmp{os.getpid()}.png"
     if make_plot and plot(result, tmp_png):
-        _write_atomic(png, tmp_png.read_bytes())
+        write_atomic(png, tmp_png.read_bytes())
         tmp_png.unlink()
         paths["png"] = png
     return paths

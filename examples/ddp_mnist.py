@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -222,17 +221,12 @@ def evaluate(model: Any, x: Any, y: Any, rank: int, world: int, device: Any) -> 
 
 
 def write_atomic(path: Path, save: Any) -> None:
-    """``save(file)`` into a temporary file beside ``path``, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """``save(file)`` into a temporary file beside ``path``, fsync, then rename over it
+    (fastconv's own atomic writer)."""
+    from fastconv.nn.persistence import atomic_write
+
+    with atomic_write(str(path)) as f:
+        save(f)
 
 
 def run_epoch(model: Any, optimizer: Any, data: tuple, rank: int, world: int, args: argparse.Namespace,

@@ -31,7 +31,6 @@ with negative values on a scale symmetric around 0 in the diverging "RdBu_r"
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 from ._activations import LayerOutput, layer_activations
 from ._explain_figure import Bars, Grid, Panel, Report, Scale, png_bytes, scale_for
 from .layers import keras_shape
+from .persistence import atomic_write
 
 __all__ = ["LayerOutput", "explain", "layer_activations", "png_bytes"]
 
@@ -323,23 +323,7 @@ def explain(
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".explain-", suffix=".tmp")
-    try:
-        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make the page private to its writer
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _new_file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file: 0666 less the umask."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """Temp file in the same directory, fsync, rename: a reader never sees half a file
+    (``persistence.atomic_write``, the one atomic writer)."""
+    with atomic_write(path) as f:
+        f.write(data)
