@@ -38,6 +38,9 @@ CASES = [
     ((1, 3, 3, 3), dict(kernel_size=4, stride=4, padding=1, count_include_pad=False)),
     ((2, 3, 5, 4), dict(kernel_size=(5, 4), divisor_override=7)),
     ((1, 2, 6, 5), dict(kernel_size=(4, 3), stride=5)),  # a window that does not cover the plane
+    # ceil_mode: the second window would start in the right padding and is dropped (one window left)
+    ((1, 2, 3, 3), dict(kernel_size=3, stride=4, padding=1, ceil_mode=True)),
+    ((1, 2, 3, 3), dict(kernel_size=3, stride=4, padding=1, ceil_mode=True, count_include_pad=False)),
 ]
 IDS = [f"{'x'.join(map(str, s))}-" + "-".join(f"{k}{v}" for k, v in kw.items()) for s, kw in CASES]
 
