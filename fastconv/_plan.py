@@ -46,8 +46,10 @@ __all__ = [
     "CHANNEL_BLOCK_BATCH_INNER",
     "COLUMN_BLOCK_BYTES",
     "COLUMN_WORKSPACE_BYTES",
+    "GRAD_WEIGHT_CHANNEL_BLOCK",
     "IN_PLACE_MIN",
     "LAYOUTS",
+    "PARTIALS_MAX_BYTES",
     "SEGMENT",
     "ConvPlan",
     "CpuConvPlan",
@@ -72,6 +74,12 @@ CHANNEL_BLOCK = 32
 CHANNEL_BLOCK_BATCH_INNER = 8
 # Q per grad_weight call: its 4 grad_output rows (16 KiB in float32) stay in L1.
 SEGMENT = 1024
+# A float64 grad_weight at least this large is computed by blocks of output
+# channels (each thread owns its rows) instead of per-thread partial results.
+PARTIALS_MAX_BYTES = 256 * 1024
+# Output channels per grad_weight task in that case (fewer when the threads
+# would otherwise be left without a block).
+GRAD_WEIGHT_CHANNEL_BLOCK = 32
 # Column-matrix bytes a GEMM task's block of Q may span: the tiles of a task
 # re-read its block once per output-channel block, so it should stay in L2.
 COLUMN_BLOCK_BYTES = 256 * 1024
@@ -454,6 +462,15 @@ def _block(qn: int, tasks_per_block: int, threads: int) -> int:
     return blk
 
 
+def _even(total: int, most: int, unit: int) -> int:
+    """At most ``most`` per block, ``total`` spread evenly over as few blocks
+    as that allows, rounded up to a multiple of ``unit``.  The tasks are split
+    between the threads in equal counts, so a short last block would leave one
+    thread with most of the work (e.g. 1,276 Q as 1,024 + 252)."""
+    per_block = -(-total // -(-total // most))
+    return min(most, -(-per_block // unit) * unit)
+
+
 def _corr_standard(
     kout_g: int, groups: int, out_shape: tuple[int, int, int], lay: Layout, itemsize: int, threads: int
 ) -> CorrTiling:
@@ -465,15 +482,14 @@ def _corr_standard(
     pack = max(4, kt)
     qn = (n - 1) * lay.plane + (oh - 1) * lay.pitch + ow
     blk = _block(qn, groups * -(-kout_g // pack), threads)
-    img_tiles = 0
     tw = TILE_SHAPES[pack][1] * 64 // itemsize
     span = (oh - 1) * lay.pitch + ow  # an image's Q from its first output pixel to its last
     if kout_g >= 4 and n > 1 and lay.plane <= blk:
         per_img = -(-span // tw)
         nimg = blk // lay.plane
         if nimg * per_img < -(-(nimg * lay.plane) // tw):
-            img_tiles, blk = per_img, nimg * lay.plane
-    return CorrTiling(kt, nv, blk, CHANNEL_BLOCK, img_tiles)
+            return CorrTiling(kt, nv, _even(n, nimg, 1) * lay.plane, CHANNEL_BLOCK, per_img)
+    return CorrTiling(kt, nv, _even(qn, blk, 16), CHANNEL_BLOCK)
 
 
 def _corr_batch_inner(
@@ -483,7 +499,7 @@ def _corr_batch_inner(
     kt, nv, _ = _tile(kout_g)
     qn = (oh - 1) * lay.pitch + ow * n
     blk = _block(qn, groups * -(-kout_g // max(4, kt)), threads)
-    return CorrTiling(kt, nv, blk, CHANNEL_BLOCK_BATCH_INNER)
+    return CorrTiling(kt, nv, _even(qn, blk, 16), CHANNEL_BLOCK_BATCH_INNER)
 
 
 def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
@@ -494,7 +510,20 @@ def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
     return CorrTiling(kt, nv, blk, CHANNEL_BLOCK)
 
 
-def _partials_bytes(p: Conv2dParams, work: int, threads: int) -> int:
+def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0) -> GradWeightTiling:
+    """Parallel over blocks of output channels when a private partial
+    grad_weight per thread would be large (zeroing, faulting in and summing
+    them costs more than re-reading the input once per block), else over
+    chunks of Q."""
+    kblk = 0
+    if p.k * p.cg * p.kh * p.kw * 8 >= PARTIALS_MAX_BYTES:
+        kblk = max(4, min(GRAD_WEIGHT_CHANNEL_BLOCK, p.kg // (4 * threads) * 4))
+    return GradWeightTiling(mode, SEGMENT, threads, span, kblk)
+
+
+def _partials_bytes(p: Conv2dParams, work: int, threads: int, gw: GradWeightTiling | None = None) -> int:
+    if gw is not None and gw.channel_block:
+        return p.k * p.cg * p.kh * p.kw * 8
     return max(1, min(work, threads)) * p.k * p.cg * p.kh * p.kw * 8
 
 
@@ -516,7 +545,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     # of 16, so no scalar tails
     span = -(-((p.oh - 1) * bwd_lay.pitch + p.ow) // 16) * 16
     per_image = p.n > 1 and span <= bwd_lay.plane - 16 and 2 * span <= SEGMENT
-    gw = GradWeightTiling("per-image" if per_image else "contiguous", SEGMENT, threads, span if per_image else 0)
+    gw = _grad_weight_tiling("per-image" if per_image else "contiguous", p, threads, span if per_image else 0)
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
     gx = None
     lead = 0
@@ -527,7 +556,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
     bwd_bytes = (
         (bwd_lay.size + gy_lay.size) * isz
-        + _partials_bytes(p, p.n if per_image else qn, threads)
+        + _partials_bytes(p, p.n if per_image else qn, threads, gw)
         + _phases_bytes(phases)
     )
     why_gw = (
@@ -583,11 +612,11 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
     fwd = _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
-    gw = GradWeightTiling("contiguous", SEGMENT, threads)
+    gw = _grad_weight_tiling("contiguous", p, threads)
     gx = _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads) if need_input_grad else None
     gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
-    bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads)
+    bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads, gw)
     why_layout = (
         "batch-inner: requested"
         if requested
@@ -637,11 +666,11 @@ def _cpu_im2col(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad:
         gw = GradWeightTiling("rows", 0, threads)
         why_gw = f"grad_output read in place, image by image ({plane} >= {IN_PLACE_MIN} pixels per image)"
     else:
-        gw = GradWeightTiling("contiguous", SEGMENT, threads)
+        gw = _grad_weight_tiling("contiguous", p, threads)
         why_gw = f"over a channel-major copy of grad_output ({plane} < {IN_PLACE_MIN} pixels per image)"
     gx = _corr_column(p.cg * ntap, p.kg, isz) if need_input_grad else None
     gyc = p.k * ld if need_input_grad or not in_place else 0
-    bwd_bytes = (lay.size + gyc) * isz + _partials_bytes(p, nb if in_place else nb * plane, threads)
+    bwd_bytes = (lay.size + gyc) * isz + _partials_bytes(p, nb if in_place else nb * plane, threads, gw)
     why_layout = f"column: {nb} image(s) per chunk within {COLUMN_WORKSPACE_BYTES // 2**20} MiB"
     why_gx = "skipped (need_input_grad=False)" if gx is None else "column gradient GEMM, then col2im"
     return _Pass(

@@ -258,18 +258,22 @@ class GradWeightTiling:
     ``mode``: "contiguous" (all Q of the layout, in calls of ``segment`` Q),
     "per-image" (each image's first ``span`` Q, images grouped into calls of
     about ``segment`` Q) or "rows" (exact output rows of an unpadded
-    grad_output, with its per-channel sums).  ``threads``: parallel chunks at
-    most, each with a private float64 partial result."""
+    grad_output, with its per-channel sums).  ``channel_block`` > 0: parallel
+    over blocks of that many output channels, each task owning its rows of the
+    result; 0: parallel over at most ``threads`` chunks of Q, each with a
+    private float64 partial result summed afterwards."""
 
     mode: str
     segment: int
     threads: int
     span: int = 0
+    channel_block: int = 0
 
     def describe(self) -> str:
-        return {"contiguous": "contiguous segments", "per-image": "per-image segments", "rows": "exact output rows"}[
+        walk = {"contiguous": "contiguous segments", "per-image": "per-image segments", "rows": "exact output rows"}[
             self.mode
         ]
+        return walk + (f", parallel over blocks of {self.channel_block} output channels" if self.channel_block else "")
 
 
 def mirrored_lead(kh: int, kw: int, dh: int, dw: int, ph: int, pw: int, pitch: int, step: int = 1) -> int:

@@ -370,6 +370,53 @@ def test_direct_grad_weight_image_segments(dtype, case, seg, rng, monkeypatch):
     assert len(seen) == 1, "per-image segments not taken"
 
 
+# (n, c, h, w, k, kh, kw, opts, algorithm, layout): float64 grad_weights of >=
+# PARTIALS_MAX_BYTES, so the plan runs grad_weight by blocks of output channels;
+# every walk of Q (per-image, contiguous, batch-inner, im2col's channel-major copy)
+CHANNEL_BLOCK_CASES = {
+    "per_image": (4, 64, 10, 11, 68, 3, 3, dict(padding=1), "direct", "standard"),
+    "one_image": (1, 64, 12, 12, 64, 3, 3, dict(padding=1), "direct", "standard"),
+    "batch_inner": (9, 64, 5, 5, 64, 3, 3, {}, "direct", "batch-inner"),
+    "strided": (3, 64, 11, 10, 72, 3, 3, dict(stride=2, padding=1), "direct", "standard"),
+    "1x1_groups": (3, 256, 6, 6, 512, 1, 1, dict(groups=2), "direct", "standard"),
+    "im2col": (2, 64, 9, 9, 66, 3, 3, dict(padding=1), "im2col", "column"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHANNEL_BLOCK_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_grad_weight_channel_blocks(dtype, case, rng, monkeypatch, maybe_torch):
+    """A large grad_weight is planned by blocks of output channels (no
+    per-thread partial results), proven taken by a spy on the engine kernel,
+    and matches the reference (and torch, when installed) with 1 and 2 threads."""
+    from fastconv.cpu.engine import grad_weight as engine_gw
+
+    n, c, h, w, k, kh, kw, opts, alg, layout = CHANNEL_BLOCK_CASES[case]
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = (rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)) / np.sqrt(c * kh * kw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    want_y = reference.conv2d(x, wt, b, **opts)
+    gy = rng.standard_normal(want_y.shape).astype(dtype)
+    want = reference.conv2d_backward(gy, x, wt, **opts)
+    for threads in (1, 2):
+        plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm=alg, layout=layout,
+                                    threads=threads)
+        assert plan.cpu.grad_weight.channel_block > 0, "grad_weight by output-channel blocks not planned"
+        assert "blocks of" in str(plan)
+        seen = spy_calls(monkeypatch, engine_gw, "gw_channel_blocks")
+        y, grads = run_plan(plan, x, wt, b, gy)
+        assert seen, "gw_channel_blocks not taken"
+        assert_close(y, want_y, dtype, "y")
+        for got, ref, what in zip(grads, want, ("grad_x", "grad_weight", "grad_bias")):
+            assert_close(got, ref, dtype, f"{what}, {threads} thread(s)")
+    torch = maybe_torch
+    if torch is not None:
+        tx = torch.from_numpy(x).requires_grad_()
+        tw = torch.from_numpy(wt).requires_grad_()
+        torch.nn.functional.conv2d(tx, tw, torch.from_numpy(b), **opts).backward(torch.from_numpy(gy))
+        assert_close(grads[1], tw.grad.numpy().astype(np.float64), dtype, "grad_weight vs torch")
+
+
 @pytest.mark.parametrize("case", ["plain", "stride_pair", "pad_big", "same_stride2_dil", "depthwise_x2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_direct_grad_weight_single_pass(dtype, case, rng, monkeypatch):

@@ -79,6 +79,17 @@ SHAPES = {
     "k2_depthwise": ((2, 3, 7, 7, 6, 3, 3), {"groups": 3, "padding": 2}),
     "deep_c40": ((2, 40, 5, 6, 9, 3, 3), {}),
 }
+# grad_weight only: the flattened (channel, tap) pairs with no 3-tap rows (1x1:
+# 3 input channels per tile; 5x5 with 5 channels: 125 pairs, 2 left over), more
+# pairs than a pair block, output channels in 3 groups of 7 (quads + singles),
+# and a strided (polyphase) layout
+GW_SHAPES = {
+    **SHAPES,
+    "1x1_k11": ((3, 7, 6, 5, 11, 1, 1), {}),
+    "5x5_c5": ((2, 5, 9, 8, 6, 5, 5), {"padding": 1}),
+    "pairs_c20_groups": ((2, 60, 6, 6, 21, 3, 3), {"groups": 3}),
+    "stride2": ((3, 6, 9, 10, 9, 3, 3), {"stride": 2, "padding": 1}),
+}
 
 
 # the register tiles serve groups of >= 4 output channels, the 1-channel loop smaller ones
@@ -119,12 +130,14 @@ def test_correlate_batch_inner_with_bias(dtype, rng):
     assert_close(y, reference.conv2d(x, wt, b, padding=(1, 0)), dtype, "y")
 
 
-@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize("case", list(GW_SHAPES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_grad_weight_walks(dtype, case, rng):
     """The three ways through Q give the reference's grad_weight and, for exact
-    rows, grad_bias; small segments and odd chunk counts included."""
-    shape, opts = SHAPES[case]
+    rows, grad_bias; small segments and odd chunk counts included; the first
+    two also parallel over blocks of output channels (blocks of 4 and of 8,
+    the last one short where the group's channels are not a multiple)."""
+    shape, opts = GW_SHAPES[case]
     p, x, wt = _problem(rng, dtype, shape, opts)
     isz = np.dtype(dtype).itemsize
     gy = rng.standard_normal(p.y_shape).astype(dtype)
@@ -132,18 +145,18 @@ def test_grad_weight_walks(dtype, case, rng):
     lay = standard_layout(p.x_shape, (p.ph, p.pw, p.ph_end, p.pw_end), isz, strides=(p.sh, p.sw))
     xp = prepare_standard(x, lay)
     gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, isz, 0))
-    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, phase_stride=lay.phase_stride)
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, strides=(p.sh, p.sw), phase_stride=lay.phase_stride)
     shape3 = (p.k, p.cg, p.kh * p.kw)
     qn = (p.n - 1) * lay.plane + (p.oh - 1) * lay.pitch + p.ow
     span = -(-((p.oh - 1) * lay.pitch + p.ow) // 16) * 16
-    for threads in (1, 3):
+    for threads, kblk in ((1, 0), (3, 0), (2, 4), (3, 8)):
         got = grad_weight_contiguous(gyf.buf, 0, gyf.layout.cstride, xp.buf, lay.cstride, offs, qn, p.groups, shape3,
-                                     GradWeightTiling("contiguous", 13, threads))
-        assert_close(got.reshape(p.weight_shape), want_gw, dtype, "contiguous")
+                                     GradWeightTiling("contiguous", 13, threads, 0, kblk))
+        assert_close(got.reshape(p.weight_shape), want_gw, dtype, f"contiguous, channel block {kblk}")
         if span <= lay.plane:
             got = grad_weight_per_image(gyf.buf, 0, gyf.layout.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n,
-                                        p.groups, shape3, GradWeightTiling("per-image", span, threads, span))
-            assert_close(got.reshape(p.weight_shape), want_gw, dtype, "per-image")
+                                        p.groups, shape3, GradWeightTiling("per-image", span, threads, span, kblk))
+            assert_close(got.reshape(p.weight_shape), want_gw, dtype, f"per-image, channel block {kblk}")
         got, gsum = grad_weight_rows(gy.reshape(-1), (0, p.oh * p.ow, p.k * p.oh * p.ow, p.ow), xp.buf, lay.cstride,
                                      offs, lay.plane, lay.pitch, (p.n, p.oh, p.ow), p.groups, shape3,
                                      GradWeightTiling("rows", 0, threads))

@@ -214,7 +214,7 @@ def _copy_out_bi(acc, q0, ln, nb, wpx, out, k0, nk, bias):
 def corr_standard(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, img_tiles):
     """out (N, Kout, OH, OW) = bias + correlation of a standard-layout (or
     column) buffer; wpk (G, Kout_g/kt, Cin_g, T, kt); blk Q per task (a
-    multiple of 64; with ``img_tiles`` > 0 a multiple of plane)."""
+    multiple of 16; with ``img_tiles`` > 0 a multiple of plane)."""
     n_img, kout, oh_n, ow_n = out.shape
     groups, nkb, cgi, _, kt = wpk.shape
     kgo = kout // groups

@@ -28,17 +28,21 @@ from numba import njit, prange
 
 from ... import _alloc
 from ..common import FASTMATH
-from ..layout import GradWeightTiling
 from .simd import dot_tile
 
 __all__ = [
     "grad_weight_contiguous",
     "grad_weight_per_image",
     "grad_weight_rows",
-    "gw_contiguous",
-    "gw_per_image",
+    "gw_channel_blocks",
+    "gw_chunks",
     "gw_rows",
+    "pair_offsets",
 ]
+
+# (input channel, tap) pairs per pass of the output-channel quads: 8 channels
+# of a 3x3 kernel, whose input rows stay in L1
+_PAIR_BLOCK = 72
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -122,73 +126,115 @@ def _dot1(gys, gq, xs, xq, offs, ln, nseg, sstride, zero, pa):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _dot_segment(gys, gq, gkstride, xs, xq, cstride, offs, ln, nseg, sstride, groups, zero, pa):
-    """pa (K, cg, T) += every (k, c, tap) dot product over nseg segments of
-    ln Q, sstride apart.
+def _dot_channels(gys, gq, gkstride, xs, xq, xoffs, ln, nseg, sstride, nk, zero, pa):
+    """pa (nk, J) += the dot products of the nk grad_output rows from gq on
+    (gkstride apart) with the J shifted input rows xs[xq + xoffs[j] + ...],
+    over nseg segments of ln Q, sstride apart.
 
-    Output-channel quads outer, input channels inner: the 4 grad_output rows
-    of a quad stay in L1 while the input rows stream from L2."""
-    cg = pa.shape[1]
+    The (input channel, tap) pairs j are flattened, so the 4 x 3 register
+    tile fills for any tap count (a 1x1 kernel takes 3 input channels per
+    tile).  Pairs in blocks of _PAIR_BLOCK outer, output-channel quads inner:
+    the block's input rows stay in L1 while the quads' grad_output rows come
+    from L2."""
+    npair = xoffs.shape[0]
+    for j0 in range(0, npair, _PAIR_BLOCK):
+        j1 = min(npair, j0 + _PAIR_BLOCK)
+        xo = xoffs[j0:j1]
+        k = 0
+        while k < nk:
+            if nk - k >= 4:
+                _dot4(gys, gq + k * gkstride, gkstride, xs, xq, xo, ln, nseg, sstride, zero, pa[k : k + 4, j0:j1])
+                k += 4
+            else:
+                _dot1(gys, gq + k * gkstride, xs, xq, xo, ln, nseg, sstride, zero, pa[k, j0:j1])
+                k += 1
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_segment(gys, gq, gkstride, xs, xq, gstride, xoffs, ln, nseg, sstride, groups, zero, pa):
+    """pa (K, J) += every (k, pair) dot product over nseg segments of ln Q,
+    sstride apart; group g's input channels start gstride * g after xq."""
     kg = pa.shape[0] // groups
     for g in range(groups):
         k = g * kg
-        ke = k + kg
-        while k < ke:
-            nk = min(4, ke - k)
-            for ci in range(cg):
-                xc = xq + (g * cg + ci) * cstride
-                if nk == 4:
-                    _dot4(gys, gq + k * gkstride, gkstride, xs, xc, offs, ln, nseg, sstride, zero, pa[k : k + 4, ci])
-                else:
-                    for kk in range(k, k + nk):
-                        _dot1(gys, gq + kk * gkstride, xs, xc, offs, ln, nseg, sstride, zero, pa[kk, ci])
-            k += nk
+        _dot_channels(
+            gys, gq + k * gkstride, gkstride, xs, xq + g * gstride, xoffs, ln, nseg, sstride, kg, zero, pa[k : k + kg]
+        )
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gw_contiguous(gys, gbase, gkstride, xs, cstride, offs, qn, seg, groups, part):
-    """part (nchunk, K, C/groups, T) float64 <- partial sums of gw[k, c, tap] =
-    sum over q < qn of gys[gbase + k*gkstride + q] * xs[(g*cg + c)*cstride +
-    offs[tap] + q], chunk ch over its own range of q, in segments of seg."""
-    nchunk = part.shape[0]
-    for ch in prange(nchunk):
-        pa = part[ch]
-        pa[:] = 0.0
-        zero = np.zeros(1, dtype=gys.dtype)[0]
-        qa = ch * qn // nchunk // 16 * 16
-        qb = (ch + 1) * qn // nchunk // 16 * 16 if ch < nchunk - 1 else qn
-        for s0 in range(qa, qb, seg):
-            ln = min(seg, qb - s0)
-            _dot_segment(gys, gbase + s0, gkstride, xs, s0, cstride, offs, ln, 1, 0, groups, zero, pa)
-    return part
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gw_per_image(gys, gbase, gkstride, xs, cstride, offs, plane, n_img, span, seg, groups, part):
-    """``gw_contiguous`` over the first ``span`` Q of each of the n_img images
-    (plane Q apart) only; chunk ch over its own images, in calls of
-    max(1, seg // span) images."""
-    nchunk = part.shape[0]
-    for ch in prange(nchunk):
-        pa = part[ch]
-        pa[:] = 0.0
-        zero = np.zeros(1, dtype=gys.dtype)[0]
-        per = max(1, seg // span)
-        for n0 in range(ch * n_img // nchunk, (ch + 1) * n_img // nchunk, per):
-            cnt = min(per, (ch + 1) * n_img // nchunk - n0)
+@njit(fastmath=FASTMATH, cache=True)
+def _walk(gys, gbase, gkstride, xs, xbase, gstride, xoffs, walk, groups, lo, hi, zero, pa):
+    """pa (K, J) += the dot products over the walk's segments lo <= s < hi,
+    grad_output Q at gbase + Q, the input's at xbase + Q.
+    walk = (qn, plane, span, per, seg): span > 0 walks images (segment s =
+    images s*per ... of span Q each, plane apart, up to qn images), else
+    contiguous Q (segment s = Q s*seg ... of at most seg, up to qn Q)."""
+    qn, plane, span, per, seg = walk
+    for s in range(lo, hi):
+        if span > 0:
+            n0 = s * per
+            cnt = min(per, qn - n0)
             _dot_segment(
-                gys, gbase + n0 * plane, gkstride, xs, n0 * plane, cstride, offs, span, cnt, plane, groups, zero, pa
+                gys,
+                gbase + n0 * plane,
+                gkstride,
+                xs,
+                xbase + n0 * plane,
+                gstride,
+                xoffs,
+                span,
+                cnt,
+                plane,
+                groups,
+                zero,
+                pa,
             )
+        else:
+            q0 = s * seg
+            ln = min(seg, qn - q0)
+            _dot_segment(gys, gbase + q0, gkstride, xs, xbase + q0, gstride, xoffs, ln, 1, 0, groups, zero, pa)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def gw_chunks(gys, gbase, gkstride, xs, gstride, xoffs, walk, nwalk, groups, part):
+    """part (nchunk, K, J) float64 <- partial sums of every (k, pair) dot
+    product, chunk ch over its own share of the walk's nwalk segments."""
+    nchunk = part.shape[0]
+    for ch in prange(nchunk):
+        pa = part[ch]
+        pa[:] = 0.0
+        zero = np.zeros(1, dtype=gys.dtype)[0]
+        lo, hi = ch * nwalk // nchunk, (ch + 1) * nwalk // nchunk
+        _walk(gys, gbase, gkstride, xs, 0, gstride, xoffs, walk, groups, lo, hi, zero, pa)
     return part
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gw_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, part, gsum):
-    """``gw_contiguous`` over exact output rows: gy[k, n, oh, ow] at gbase +
+def gw_channel_blocks(gys, gbase, gkstride, xs, gstride, xoffs, walk, nwalk, groups, kblk, out):
+    """out (K, J) float64 <- every (k, pair) dot product over the whole walk,
+    parallel over blocks of kblk output channels of a group: each task owns
+    its rows of ``out`` (no partial results to zero and sum)."""
+    kk_n = out.shape[0]
+    kg = kk_n // groups
+    nkb = -(-kg // kblk)
+    for t in prange(groups * nkb):
+        g = t // nkb
+        k0 = g * kg + (t - g * nkb) * kblk
+        nk = min(kblk, (g + 1) * kg - k0)
+        pa = out[k0 : k0 + nk]
+        pa[:] = 0.0
+        zero = np.zeros(1, dtype=gys.dtype)[0]
+        _walk(gys, gbase + k0 * gkstride, gkstride, xs, g * gstride, 0, xoffs, walk, 1, 0, nwalk, zero, pa)
+    return out
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def gw_rows(gys, gstrides, xs, gstride, xoffs, plane, pitch, dims, groups, part, gsum):
+    """The dot products over exact output rows: gy[k, n, oh, ow] at gbase +
     k*gkstride + n*gnstride + oh*gpitch + ow (``gstrides`` = (gbase, gkstride,
     gnstride, gpitch)), x at n*plane + oh*pitch + ow; ``dims`` = (N, OH, OW).
-    Chunk ch over its own rows; gsum (nchunk, K) float64 <- the chunk's sums
-    of grad_output per channel."""
+    part (nchunk, K, J) float64, chunk ch over its own rows; gsum (nchunk, K)
+    float64 <- the chunk's sums of grad_output per channel."""
     nchunk, kk_n = part.shape[0], part.shape[1]
     gbase, gkstride, gnstride, gpitch = gstrides
     n_img, oh_n, ow_n = dims
@@ -202,7 +248,7 @@ def gw_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, part, 
             n = row // oh_n
             oh = row - n * oh_n
             g0 = gbase + n * gnstride + oh * gpitch
-            _dot_segment(gys, g0, gkstride, xs, n * plane + oh * pitch, cstride, offs, ow_n, 1, 0, groups, zero, pa)
+            _dot_segment(gys, g0, gkstride, xs, n * plane + oh * pitch, gstride, xoffs, ow_n, 1, 0, groups, zero, pa)
             for k in range(kk_n):
                 gr = gys[g0 + k * gkstride : g0 + k * gkstride + ow_n]
                 tot = 0.0
@@ -212,10 +258,27 @@ def gw_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, part, 
     return part
 
 
-def _partials(work: int, shape: tuple[int, int, int], tiling: GradWeightTiling) -> np.ndarray:
-    """float64 (nchunk, K, C/groups, T) partial results, one chunk per thread
-    at most (each kernel zeroes its chunk)."""
-    return _alloc.empty((max(1, min(work, tiling.threads)),) + shape, np.float64)
+def pair_offsets(cstride: int, offs: np.ndarray, cg: int) -> np.ndarray:
+    """Offsets of the flattened (input channel of a group, tap) pairs:
+    c*cstride + offs[tap] at index c*T + tap."""
+    return (np.arange(cg, dtype=np.int64)[:, None] * cstride + offs[None, :]).ravel()
+
+
+def _gw(gys, gbase, gkstride, xs, cstride, offs, walk, nwalk, groups, shape, tiling):
+    """float64 grad_weight (K, C/groups, T) over the walk's nwalk segments:
+    by output-channel blocks (``tiling.channel_block`` > 0) or by chunks of
+    the walk with private partial results."""
+    k, cg, t = shape
+    xoffs = pair_offsets(cstride, offs, cg)
+    gstride = cg * cstride
+    walk = tuple(int(v) for v in walk)
+    if tiling.channel_block > 0:
+        out = _alloc.empty((k, cg * t), np.float64)
+        gw_channel_blocks(gys, gbase, gkstride, xs, gstride, xoffs, walk, nwalk, groups, tiling.channel_block, out)
+        return out.reshape(shape)
+    part = _alloc.empty((max(1, min(nwalk, tiling.threads)), k, cg * t), np.float64)
+    gw_chunks(gys, gbase, gkstride, xs, gstride, xoffs, walk, nwalk, groups, part)
+    return _chunk_sum(part).reshape(shape)
 
 
 def _chunk_sum(part: np.ndarray) -> np.ndarray:
@@ -223,22 +286,25 @@ def _chunk_sum(part: np.ndarray) -> np.ndarray:
 
 
 def grad_weight_contiguous(gys, gbase, gkstride, xs, cstride, offs, qn, groups, shape, tiling):
-    """float64 grad_weight (K, C/groups, T) by ``gw_contiguous``."""
-    part = _partials(qn, shape, tiling)
-    return _chunk_sum(gw_contiguous(gys, gbase, gkstride, xs, cstride, offs, qn, tiling.segment, groups, part))
+    """float64 grad_weight (K, C/groups, T) over all qn Q, in segments of
+    ``tiling.segment``."""
+    seg = tiling.segment
+    return _gw(gys, gbase, gkstride, xs, cstride, offs, (qn, 0, 0, 0, seg), -(-qn // seg), groups, shape, tiling)
 
 
 def grad_weight_per_image(gys, gbase, gkstride, xs, cstride, offs, plane, n_img, groups, shape, tiling):
-    """float64 grad_weight (K, C/groups, T) by ``gw_per_image``."""
-    part = _partials(n_img, shape, tiling)
-    gw_per_image(gys, gbase, gkstride, xs, cstride, offs, plane, n_img, tiling.span, tiling.segment, groups, part)
-    return _chunk_sum(part)
+    """float64 grad_weight (K, C/groups, T) over the first ``tiling.span`` Q
+    of each image, in calls of about ``tiling.segment`` Q."""
+    per = max(1, tiling.segment // tiling.span)
+    walk = (n_img, plane, tiling.span, per, 0)
+    return _gw(gys, gbase, gkstride, xs, cstride, offs, walk, -(-n_img // per), groups, shape, tiling)
 
 
 def grad_weight_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, shape, tiling):
     """(float64 grad_weight (K, C/groups, T), float64 per-channel sums of
     grad_output (K,)) by ``gw_rows``."""
-    part = _partials(dims[0] * dims[1], shape, tiling)
-    gsum = _alloc.empty((part.shape[0], shape[0]), np.float64)
-    gw_rows(gys, gstrides, xs, cstride, offs, plane, pitch, dims, groups, part, gsum)
-    return _chunk_sum(part), gsum.sum(axis=0)
+    k, cg, t = shape
+    part = _alloc.empty((max(1, min(dims[0] * dims[1], tiling.threads)), k, cg * t), np.float64)
+    gsum = _alloc.empty((part.shape[0], k), np.float64)
+    gw_rows(gys, gstrides, xs, cg * cstride, pair_offsets(cstride, offs, cg), plane, pitch, dims, groups, part, gsum)
+    return _chunk_sum(part).reshape(shape), gsum.sum(axis=0)
