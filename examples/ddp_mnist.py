@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         save_outputs(out, getattr(model, "module", model), history, args, world)
     if torch.distributed.is_initialized():
+        # every rank tears gloo down together: a rank that destroyed its group while a
+        # peer was still saving was seen to abort in gloo's threads at exit (SIGABRT)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
 

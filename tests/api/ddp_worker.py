@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
         ex.train_step(model, optimizer, x[idx], y[idx])
         weights.append(flat_weights(model.module))
     np.savez(out, weights=np.stack(weights), batches=np.array(batches))
+    dist.barrier()  # tear gloo down together (see examples/ddp_mnist.py)
     dist.destroy_process_group()
     return 0
 
