@@ -37,13 +37,33 @@ _VEC4 = TILE_SHAPES[4][1]
 def pack_weights(w4: np.ndarray, tiling: CorrTiling) -> np.ndarray:
     """(G, Kout_g, Cin_g, T) -> (G, ceil(Kout_g/kt), Cin_g, T, kt), kt =
     ``tiling.pack``: output channels innermost in blocks of kt (zero-filled
-    past Kout_g; those lanes are never stored)."""
+    past Kout_g; those lanes are never stored).  ``w4`` may be any view
+    (grad_x packs a transposed one)."""
     kt = tiling.pack
     g, kog, cig, t = w4.shape
-    nkb = -(-kog // kt)
-    wp = np.zeros((g, nkb * kt, cig, t), dtype=w4.dtype)
-    wp[:, :kog] = w4
-    return np.ascontiguousarray(wp.reshape(g, nkb, kt, cig, t).transpose(0, 1, 3, 4, 2))
+    out = np.empty((g, -(-kog // kt), cig, t, kt), dtype=w4.dtype)
+    return _pack(w4, out)
+
+
+@njit(parallel=True, cache=True)
+def _pack(w4, out):
+    """out[g, kb, c, t, i] = w4[g, kb*kt + i, c, t], 0 past Kout_g; parallel
+    over (group, block of kt output channels): a plain NumPy transpose of a
+    large weight runs on one thread and walks it column-wise."""
+    g_n, kog, cig, t_n = w4.shape
+    nkb, kt = out.shape[1], out.shape[4]
+    for u in prange(g_n * nkb):
+        g = u // nkb
+        kb = u - g * nkb
+        k0 = kb * kt
+        nk = min(kt, kog - k0)
+        for c in range(cig):
+            for t in range(t_n):
+                for i in range(nk):
+                    out[g, kb, c, t, i] = w4[g, k0 + i, c, t]
+                for i in range(nk, kt):
+                    out[g, kb, c, t, i] = 0
+    return out
 
 
 def correlate(
