@@ -79,7 +79,7 @@ SEGMENT = 1024
 PARTIALS_MAX_BYTES = 256 * 1024
 # Output channels per grad_weight task in that case (fewer when the threads
 # would otherwise be left without a block).
-GRAD_WEIGHT_CHANNEL_BLOCK = 32
+GRAD_WEIGHT_CHANNEL_BLOCK = 64
 # Column-matrix bytes a GEMM task's block of Q may span: the tiles of a task
 # re-read its block once per output-channel block, so it should stay in L2.
 COLUMN_BLOCK_BYTES = 256 * 1024
