@@ -27,10 +27,12 @@ import numpy as np
 
 from ._params import Conv2dParams
 from .cpu.layout import (
+    PIXEL_TILE,
     TILE_SHAPES,
     CorrTiling,
     GradWeightTiling,
     Layout,
+    PixelTiling,
     batch_inner_layout,
     column_layout,
     column_ld,
@@ -50,6 +52,9 @@ __all__ = [
     "IN_PLACE_MIN",
     "LAYOUTS",
     "PARTIALS_MAX_BYTES",
+    "PIXEL_BLOCK",
+    "PIXEL_CHANNEL_BLOCK",
+    "PIXEL_MIN_DEPTH",
     "SEGMENT",
     "ConvPlan",
     "CpuConvPlan",
@@ -74,6 +79,12 @@ CHANNEL_BLOCK = 32
 CHANNEL_BLOCK_BATCH_INNER = 8
 # Q per grad_weight call: its 4 grad_output rows (16 KiB in float32) stay in L1.
 SEGMENT = 1024
+# Pixel tiles (output channels in the lanes): output pixels per task (a
+# multiple of the tile's 6), input channels per pass (a tile's weights for
+# them stay in L2), and the least reduction (input channels x taps) for them.
+PIXEL_BLOCK = 96
+PIXEL_CHANNEL_BLOCK = 64
+PIXEL_MIN_DEPTH = 16
 # A float64 grad_weight at least this large is computed by blocks of output
 # channels (each thread owns its rows) instead of per-thread partial results.
 PARTIALS_MAX_BYTES = 256 * 1024
@@ -106,7 +117,7 @@ class CpuConvPlan:
     ``reuse_prepared_input``: the backward can reuse the forward's prepared x
     (same x object, see ``fastconv.Conv2dOp``)."""
 
-    forward: CorrTiling
+    forward: CorrTiling | PixelTiling
     grad_input: CorrTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
@@ -120,6 +131,13 @@ class CpuConvPlan:
     # (used when the weights are finite; scatter otherwise); None: not planned
     grad_input_phases: tuple[SubPixelPhase, ...] | None = None
     winograd: WinogradPlan | None = None
+
+    def forward_corr(self) -> CorrTiling:
+        """The forward's tiling where it can only be a Q-lane correlation
+        (im2col's GEMM, Winograd's products): pixel tiles are direct's only."""
+        if not isinstance(self.forward, CorrTiling):
+            raise TypeError(f"expected a Q-lane correlation tiling, got {self.forward}")
+        return self.forward
 
 
 @dataclass(frozen=True)
@@ -412,7 +430,7 @@ class _Pass:
     from the forward algorithm and the backward's from the backward one)."""
 
     layout_kind: str
-    forward: CorrTiling
+    forward: CorrTiling | PixelTiling
     grad_input: CorrTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
@@ -510,6 +528,25 @@ def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
     return CorrTiling(kt, nv, blk, CHANNEL_BLOCK)
 
 
+def _pixel_tiling(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
+    """The pixel tiles for a direct forward, or None: they waste no lanes on
+    padding Q and need no polyphase copy at a stride, but pad the output
+    channels of a group to whole tiles and broadcast one input element per
+    pixel and tap, so they are taken only when at least 3/4 of their lanes
+    hold real channels and the reduction is deep enough to hide the
+    accumulator traffic."""
+    npix, nv = PIXEL_TILE
+    channels = nv * 64 // itemsize
+    if p.kg < 32 or p.kg / (-(-p.kg // channels) * channels) < 0.75 or p.cg * p.kh * p.kw < PIXEL_MIN_DEPTH:
+        return None
+    npx = p.n * p.oh * p.ow
+    tasks_per_block = p.groups * -(-p.kg // channels)
+    blk = PIXEL_BLOCK
+    while blk > 4 * npix and tasks_per_block * -(-npx // blk) < 4 * threads:
+        blk //= 2
+    return PixelTiling(npix, nv, channels, _even(npx, blk, npix), PIXEL_CHANNEL_BLOCK)
+
+
 def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0) -> GradWeightTiling:
     """Parallel over blocks of output channels when a private partial
     grad_weight per thread would be large (zeroing, faulting in and summing
@@ -537,9 +574,15 @@ def _grad_x_lead(p: Conv2dParams, lay: Layout) -> int:
 def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
     isz = dtype.itemsize
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
-    fwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow, compact=True)
     bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
-    fwd = _corr_standard(p.kg, p.groups, (p.n, p.oh, p.ow), fwd_lay, isz, threads)
+    fwd: CorrTiling | PixelTiling | None = _pixel_tiling(p, isz, threads)
+    if fwd is not None:  # a stride-1 layout at any stride: the tiles read pixels sh, sw apart
+        fwd_lay = standard_layout(p.x_shape, pads, isz, compact=True)
+    else:
+        fwd_lay = standard_layout(
+            p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow, compact=True
+        )
+        fwd = _corr_standard(p.kg, p.groups, (p.n, p.oh, p.ow), fwd_lay, isz, threads)
     # grad_weight: per-image segments (skip the padding rows between images)
     # when they cover fewer Q and several images fit one SEGMENT; a multiple
     # of 16, so no scalar tails
@@ -596,7 +639,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         fwd_lay.size * isz,
         bwd_bytes,
         why_layout,
-        _tile(p.kg)[2] + _image_tiles_note(fwd),
+        _forward_tile_note(p, fwd),
         why_gw,
         why_gx,
         phases,
@@ -607,11 +650,20 @@ def _image_tiles_note(t: CorrTiling) -> str:
     return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
 
 
+def _forward_tile_note(p: Conv2dParams, t: CorrTiling | PixelTiling) -> str:
+    if isinstance(t, PixelTiling):
+        return (
+            f"{p.kg} output channels per group fill >= 3/4 of {t.channels}-channel pixel tiles and "
+            f"{p.cg * p.kh * p.kw} >= {PIXEL_MIN_DEPTH} products per output: no lane spent on padding Q"
+        )
+    return _tile(p.kg)[2] + _image_tiles_note(t)
+
+
 def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:
     isz = dtype.itemsize
     hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
-    fwd = _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
+    fwd = _pixel_tiling(p, isz, threads) or _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
     gw = _grad_weight_tiling("contiguous", p, threads)
     gx = _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads) if need_input_grad else None
     gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
@@ -640,7 +692,7 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
         lay.size * isz,
         bwd_bytes,
         why_layout,
-        _tile(p.kg)[2],
+        _forward_tile_note(p, fwd),
         "contiguous segments over the batch-inner Q",
         why_gx,
     )

@@ -84,6 +84,11 @@ def _conv_backward(dtype: str, algorithm: str) -> None:
     wg = _rand((4, 1, 3, 3), dtype)
     gy = fastconv.conv2d(x, wg, groups=4, algorithm=algorithm)
     fastconv.conv2d_backward(gy, x, wg, groups=4, algorithm=algorithm)
+    # 64 x 64 channels: the pixel tiles (forward) and grad_weight by output-channel blocks
+    for shape in ((2, 64, 6, 6), (8, 64, 5, 5)):  # standard and batch-inner layouts
+        x, w64 = _rand(shape, dtype), _rand((64, 64, 3, 3), dtype)
+        gy = fastconv.conv2d(x, w64, padding=1, algorithm=algorithm)
+        fastconv.conv2d_backward(gy, x, w64, padding=1, algorithm=algorithm)
 
 
 def _pool(dtype: str) -> None:

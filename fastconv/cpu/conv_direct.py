@@ -48,6 +48,7 @@ from .conv_subpixel import grad_input_subpixel
 from .engine import (
     Prepared,
     correlate,
+    correlate_pixels,
     grad_weight_contiguous,
     grad_weight_per_image,
     grad_weight_rows,
@@ -57,6 +58,7 @@ from .engine import (
 from .layout import (
     GradWeightTiling,
     Layout,
+    PixelTiling,
     grad_output_layout,
     mirrored_lead,
     tap_offsets,
@@ -80,7 +82,11 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
-    correlate(xp.buf, xp.layout, standard_tap_offsets(p, xp.layout), wpk, b, y, c.forward)
+    if isinstance(c.forward, PixelTiling):  # a stride-1 layout, output pixels sh, sw apart
+        offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, xp.layout.pitch)
+        correlate_pixels(xp.buf, xp.layout, offs, wpk, b, y, c.forward, (p.sh, p.sw))
+    else:
+        correlate(xp.buf, xp.layout, standard_tap_offsets(p, xp.layout), wpk, b, y, c.forward)
     return y, xp
 
 

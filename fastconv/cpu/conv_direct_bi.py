@@ -35,6 +35,7 @@ from .conv_direct import grad_input_scatter, grad_weight_exact
 from .engine import (
     Prepared,
     correlate,
+    correlate_pixels,
     grad_weight_contiguous,
     pack_weights,
     prepare_batch_inner,
@@ -42,6 +43,7 @@ from .engine import (
 )
 from .layout import (
     Layout,
+    PixelTiling,
     grad_output_layout,
     mirrored_lead,
     standard_layout,
@@ -65,7 +67,10 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     b = empty_bias(x.dtype) if bias is None else bias
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
     y = _alloc.empty(p.y_shape, x.dtype)
-    correlate(xb.buf, xb.layout, _tap_offsets(p, xb.layout), wpk, b, y, c.forward)
+    if isinstance(c.forward, PixelTiling):
+        correlate_pixels(xb.buf, xb.layout, _tap_offsets(p, xb.layout), wpk, b, y, c.forward, (1, 1))
+    else:
+        correlate(xb.buf, xb.layout, _tap_offsets(p, xb.layout), wpk, b, y, c.forward)
     return y, xb
 
 

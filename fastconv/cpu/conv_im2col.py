@@ -210,13 +210,13 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
     cols = _Columns(p, dtype, c.images_per_chunk, plan.threads)
-    wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
+    wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward_corr())
     b = empty_bias(dtype) if bias is None else bias
     y = _alloc.empty(p.y_shape, dtype)
     for n0 in range(0, p.n, c.images_per_chunk):
         m = min(c.images_per_chunk, p.n - n0)
         lay, offs = cols.fill(x, n0, m)
-        correlate(cols.buf, lay, offs, wpk, b, y[n0 : n0 + m], c.forward)
+        correlate(cols.buf, lay, offs, wpk, b, y[n0 : n0 + m], c.forward_corr())
     return y, None
 
 

@@ -221,7 +221,7 @@ def winograd_correlate(
     kout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     th_n, tw_n = -(-oh // m), -(-ow // m)
     total = n * th_n * tw_n
-    tiling = c.grad_input if grad else c.forward
+    tiling = c.grad_input if grad else c.forward_corr()
     assert tiling is not None
     wpk = _packed_transformed_weights(w, groups, g_mat, tiling)
     b = empty_bias(x.dtype) if bias is None else bias

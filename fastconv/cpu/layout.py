@@ -35,10 +35,12 @@ import numpy as np
 __all__ = [
     "CACHE_LINE",
     "OVERRUN",
+    "PIXEL_TILE",
     "TILE_SHAPES",
     "CorrTiling",
     "GradWeightTiling",
     "Layout",
+    "PixelTiling",
     "batch_inner_layout",
     "column_layout",
     "column_ld",
@@ -58,6 +60,9 @@ OVERRUN = 64
 # The register tiles of ``fastconv.cpu.engine.simd``, keyed by their output
 # channels: (output channels, 512-bit vectors of Q per channel).
 TILE_SHAPES = {8: (8, 3), 4: (4, 4)}
+# The pixel tile of ``fastconv.cpu.engine.simd``: (output pixels, 512-bit
+# vectors of output channels).
+PIXEL_TILE = (6, 4)
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,29 @@ class CorrTiling:
         tile = "1-channel vector loop" if self.channels == 1 else f"{self.channels}×{self.vectors} register tile"
         n = self.image_tiles
         return tile + (f" · {n} tile{'s' if n > 1 else ''} per image" if n else "")
+
+
+@dataclass(frozen=True)
+class PixelTiling:
+    """How the engine runs a correlation with the output channels in the
+    vector lanes (``fastconv.cpu.engine.pixels``): tiles of ``pixels`` output
+    pixels x ``vectors`` 512-bit vectors of output channels (``channels`` per
+    tile: the packed weights' block), ``block`` pixels per parallel task,
+    ``channel_block`` input channels per pass of the tiles."""
+
+    pixels: int
+    vectors: int
+    channels: int
+    block: int
+    channel_block: int
+
+    @property
+    def pack(self) -> int:
+        """Output channels per block of the packed weights."""
+        return self.channels
+
+    def describe(self) -> str:
+        return f"{self.pixels}×{self.channels} pixel tile (output channels in the vector lanes)"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import fastconv
 from fastconv import _plan, reference
 from fastconv._params import CONV_ALGORITHMS, compute_dtype, conv2d_params
 from fastconv.cpu import conv_direct, conv_direct_bi
-from fastconv.cpu.layout import GradWeightTiling
+from fastconv.cpu.layout import GradWeightTiling, PixelTiling
 
 from tests.helpers import (
     assert_close,
@@ -368,6 +368,69 @@ def test_direct_grad_weight_image_segments(dtype, case, seg, rng, monkeypatch):
                                ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, want, dtype, what)
     assert len(seen) == 1, "per-image segments not taken"
+
+
+# (n, c, h, w, k, kh, kw, opts): direct forwards the plan runs on pixel tiles (output channels in
+# the vector lanes): standard and batch-inner layouts, strides, dilations, groups, 1x1, a channel
+# count that leaves a part-filled tile, a batch of one
+PIXEL_CASES = {
+    "pad1": (4, 64, 10, 11, 64, 3, 3, dict(padding=1)),
+    "stride2": (3, 32, 12, 13, 64, 3, 3, dict(stride=2, padding=1)),
+    "dilated": (2, 32, 15, 14, 96, 3, 3, dict(dilation=2, padding=2)),
+    "batch_inner": (9, 64, 5, 5, 64, 3, 3, {}),
+    "groups2": (2, 64, 8, 8, 128, 3, 3, dict(groups=2, padding=1)),
+    "1x1_k100": (2, 128, 6, 7, 100, 1, 1, {}),
+    "batch1_5x5": (1, 16, 12, 12, 64, 5, 5, dict(padding=2)),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(PIXEL_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, maybe_torch):
+    """The plan's pixel tiles, proven taken by a spy, on a non-contiguous x:
+    forward (with bias) against the reference and torch; the backward of the
+    same plan against the reference."""
+    n, c, h, w, k, kh, kw, opts = PIXEL_CASES[case]
+    x = np.ascontiguousarray(rng.standard_normal((n, c, w, h)).astype(dtype)).transpose(0, 1, 3, 2)
+    wt = (rng.standard_normal((k, c // opts.get("groups", 1), kh, kw)) / np.sqrt(c * kh * kw)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct", threads=threads)
+    assert isinstance(plan.cpu.forward, PixelTiling), f"pixel tiles not planned: {plan}"
+    seen = []
+    for mod in (conv_direct, conv_direct_bi):
+        spy_calls(monkeypatch, mod, "correlate_pixels", into=seen)
+    gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
+    y, grads = run_plan(plan, x, wt, b, gy)
+    assert seen and seen[0][5].shape == y.shape, "pixel tiles not taken by the forward"
+    assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, what)
+    if maybe_torch is not None:
+        ty = maybe_torch.nn.functional.conv2d(maybe_torch.from_numpy(np.ascontiguousarray(x)),
+                                              maybe_torch.from_numpy(wt), maybe_torch.from_numpy(b), **opts)
+        assert_close(y, ty.numpy().astype(np.float64), dtype, "y vs torch")
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_pixel_tiles_nan_inf_match_torch(where, rng, torch):
+    """NaN and Inf through the pixel tiles land where torch puts them (an
+    infinite weight times the zero padding is NaN there too)."""
+    x = rng.standard_normal((2, 32, 7, 8))
+    wt = rng.standard_normal((64, 32, 3, 3)) / 17
+    if where == "x":
+        x[0, 3, 2, 2] = np.nan
+        x[1, 5, 6, 7] = np.inf
+        x[1, 9, 0, 0] = -np.inf
+    else:
+        wt[3, 1, 1, 1] = np.nan
+        wt[7, 0, 0, 0] = np.inf
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=np.float64, padding=1, algorithm="direct")
+    assert isinstance(plan.cpu.forward, PixelTiling)
+    y = fastconv.conv2d(x, wt, padding=1, algorithm="direct")
+    ty = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=1).numpy()
+    assert_same_nonfinite(y, ty, np.float64, "y")
 
 
 # (n, c, h, w, k, kh, kw, opts, algorithm, layout): float64 grad_weights of >=

@@ -18,9 +18,11 @@ import fastconv
 import fastconv.cpu
 from fastconv import reference
 from fastconv._plan import COLUMN_WORKSPACE_BYTES, use_batch_inner
+from fastconv.cpu.layout import PixelTiling
 
 # name: (x shape, weight shape, options, need_input_grad, expected fields), planned for 2 threads.
-# tile: (channels, vectors) of the forward's register tile (1, 0: the 1-channel loop); gx: the
+# tile: (channels, vectors) of the forward's register tile (1, 0: the 1-channel loop; "pixel", 64:
+# the pixel tile of 64 output channels in the lanes, float32); gx: the
 # grad_x correlation's tile, or None (scatter, or no grad_x); gw: grad_weight's walk.
 PLANS = {
     "mnist_first_layer": ((64, 1, 28, 28), (32, 1, 3, 3), {}, False,
@@ -30,16 +32,16 @@ PLANS = {
                              {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
                                   "image_tiles": True, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": True}),
     "small_planes_batch_inner": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
-                                 {"alg": ("direct", "direct"), "layout": ("batch-inner", "batch-inner"), "tile": (8, 3),
+                                 {"alg": ("direct", "direct"), "layout": ("batch-inner", "batch-inner"), "tile": ("pixel", 64),
                                       "image_tiles": False, "gx": (8, 3), "gw": "contiguous", "in_place": False, "reuse": True}),
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
-                        {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
-                             "image_tiles": True, "gx": (8, 3), "gw": "per-image", "in_place": False, "reuse": True}),
+                        {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
+                             "image_tiles": False, "gx": (8, 3), "gw": "per-image", "in_place": False, "reuse": True}),
     "deep_pad1": ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True,
-                  {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                  {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                        "image_tiles": False, "gx": (8, 3), "gw": "per-image", "in_place": False, "reuse": False}),
     "large_planes": ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, True,
-                     {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
+                     {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                           "image_tiles": False, "gx": (8, 3), "gw": "contiguous", "in_place": False, "reuse": False}),
     "depthwise": ((8, 256, 14, 14), (256, 1, 3, 3), {"padding": 1, "groups": 256}, True,
                   {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (1, 0),
@@ -67,8 +69,11 @@ def test_plan_table(name):
     c = plan.cpu
     assert (plan.algorithm, plan.backward_algorithm) == want["alg"]
     assert (plan.layout, plan.backward_layout) == want["layout"]
-    assert (c.forward.channels, c.forward.vectors) == want["tile"]
-    assert (c.forward.image_tiles > 0) == want["image_tiles"]
+    if isinstance(c.forward, PixelTiling):
+        assert ("pixel", c.forward.channels) == want["tile"] and not want["image_tiles"]
+    else:
+        assert (c.forward.channels, c.forward.vectors) == want["tile"]
+        assert (c.forward.image_tiles > 0) == want["image_tiles"]
     assert (None if c.grad_input is None else (c.grad_input.channels, c.grad_input.vectors)) == want["gx"]
     assert c.grad_weight.mode == want["gw"]
     assert c.grad_output_in_place == want["in_place"]
@@ -84,7 +89,8 @@ def test_plan_table(name):
 def test_plan_repr_reads_like_a_sentence():
     plan = fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), threads=2)
     text = repr(plan)
-    assert text.startswith("ConvPlan(direct · batch-inner layout · 8×3 register tile · workspace ")
+    assert text.startswith("ConvPlan(direct · batch-inner layout · 6×64 pixel tile (output channels in the vector lanes) · "
+                           "workspace ")
     assert "because batch-inner: stride 1, batch 64 >= 8" in text
     assert "backward: direct · batch-inner layout" in text and "reuses the forward's prepared x" in text
 

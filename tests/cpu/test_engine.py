@@ -12,6 +12,7 @@ from fastconv import _alloc, reference
 from fastconv._params import conv2d_params
 from fastconv.cpu.engine import (
     correlate,
+    correlate_pixels,
     grad_weight_contiguous,
     grad_weight_per_image,
     grad_weight_rows,
@@ -20,8 +21,10 @@ from fastconv.cpu.engine import (
     prepare_standard,
 )
 from fastconv.cpu.layout import (
+    PIXEL_TILE,
     CorrTiling,
     GradWeightTiling,
+    PixelTiling,
     batch_inner_layout,
     grad_output_layout,
     odd_lines,
@@ -128,6 +131,49 @@ def test_correlate_batch_inner_with_bias(dtype, rng):
     y = _alloc.empty(p.y_shape, dtype)
     correlate(xb.buf, lay, offs, pack_weights(wt.reshape(1, p.k, p.c, 9), tiling), b, y, tiling)
     assert_close(y, reference.conv2d(x, wt, b, padding=(1, 0)), dtype, "y")
+
+
+# (n, c, h, w, k, kh, kw, opts): the pixel tiles at every stride, dilation and padding, output
+# channels of a group a whole tile, a tile and a remainder, or fewer than a tile; pixel counts
+# that leave a partial last tile
+PIXEL_SHAPES = {
+    "pad1": ((3, 5, 9, 8, 64, 3, 3), {"padding": 1}),
+    "k70_tail": ((2, 6, 7, 9, 70, 3, 3), {"padding": (1, 0)}),
+    "stride2_dil": ((2, 4, 11, 10, 40, 3, 2), {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2)}),
+    "groups2": ((2, 6, 8, 7, 130, 2, 3), {"groups": 2, "stride": 3}),
+    "1x1": ((3, 9, 5, 4, 33, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("layout_kind", ["standard", "batch-inner"])
+@pytest.mark.parametrize("case", list(PIXEL_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_correlate_pixels(dtype, case, layout_kind, rng):
+    """The pixel tiles over a stride-1 prepared buffer (standard or batch-inner),
+    small and large pixel blocks and channel blocks, with bias, into a poisoned
+    output: against the reference."""
+    shape, opts = PIXEL_SHAPES[case]
+    p, x, wt = _problem(rng, dtype, shape, opts)
+    if layout_kind == "batch-inner" and p.sh * p.sw > 1:
+        pytest.skip("the batch-inner layout is a stride-1 layout of direct's only")
+    b = rng.standard_normal(p.k).astype(dtype)
+    isz = np.dtype(dtype).itemsize
+    pads = (p.ph, p.pw, p.ph_end, p.pw_end)
+    if layout_kind == "standard":
+        lay = standard_layout(p.x_shape, pads, isz, compact=True)
+        xp = prepare_standard(x, lay)
+    else:
+        lay = batch_inner_layout(p.x_shape, p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end, isz, top=p.ph, left=p.pw)
+        xp = prepare_batch_inner(x, lay)
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, step=lay.step)
+    npix, nv = PIXEL_TILE
+    want = reference.conv2d(x, wt, b, **opts)
+    for block, cblk in ((npix, 1), (4 * npix, 3), (16 * npix, 64)):
+        tiling = PixelTiling(npix, nv, nv * 64 // isz, block, cblk)
+        wpk = pack_weights(wt.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), tiling)
+        y = _alloc.empty(p.y_shape, dtype)
+        correlate_pixels(xp.buf, lay, offs, wpk, b, y, tiling, (p.sh, p.sw))
+        assert_close(y, want, dtype, f"y {tiling}")
 
 
 @pytest.mark.parametrize("case", list(GW_SHAPES))

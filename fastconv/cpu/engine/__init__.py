@@ -7,17 +7,20 @@ decides anything.
 
 * ``prepare``: copies NCHW arrays into prepared buffers.
 * ``correlate``: forward / grad_x / im2col GEMM correlations.
+* ``pixels``: the forward correlation with output channels in the lanes.
 * ``grad_weight``: grad_weight dot products.
 * ``simd``: the 512-bit register tiles, as LLVM IR.
 """
 
 from .correlate import correlate, pack_weights
 from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_weight_rows
+from .pixels import correlate_pixels
 from .prepare import Prepared, prepare_batch_inner, prepare_standard
 
 __all__ = [
     "Prepared",
     "correlate",
+    "correlate_pixels",
     "grad_weight_contiguous",
     "grad_weight_per_image",
     "grad_weight_rows",

@@ -24,22 +24,26 @@ import numpy as np
 from numba import njit, prange
 
 from ..common import FASTMATH
-from ..layout import TILE_SHAPES, CorrTiling, Layout
+from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
 from .simd import corr_tile, corr_tile8
 
-__all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights"]
+__all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights", "pack_weights_by"]
 
 # vectors of Q per row of each register tile (frozen into the kernels)
 _VEC8 = TILE_SHAPES[8][1]
 _VEC4 = TILE_SHAPES[4][1]
 
 
-def pack_weights(w4: np.ndarray, tiling: CorrTiling) -> np.ndarray:
+def pack_weights(w4: np.ndarray, tiling: CorrTiling | PixelTiling) -> np.ndarray:
     """(G, Kout_g, Cin_g, T) -> (G, ceil(Kout_g/kt), Cin_g, T, kt), kt =
     ``tiling.pack``: output channels innermost in blocks of kt (zero-filled
     past Kout_g; those lanes are never stored).  ``w4`` may be any view
     (grad_x packs a transposed one)."""
-    kt = tiling.pack
+    return pack_weights_by(w4, tiling.pack)
+
+
+def pack_weights_by(w4: np.ndarray, kt: int) -> np.ndarray:
+    """``pack_weights`` in blocks of kt output channels."""
     g, kog, cig, t = w4.shape
     out = np.empty((g, -(-kog // kt), cig, t, kt), dtype=w4.dtype)
     return _pack(w4, out)

@@ -12,6 +12,9 @@ fast-math flag is set, so NaN/Inf propagate exactly.
 
 * ``corr_tile8`` (8 output channels x 3 vectors), ``corr_tile`` (4 x 4): a
   correlation over a prepared buffer (``fastconv.cpu.layout``).
+* ``pixel_tile`` (6 output pixels x 4 vectors of output channels): the same
+  correlation with the output channels in the vector lanes and each pixel a
+  broadcast scalar (no padding Q computed).
 * ``dot_tile``: 4 x 3 dot products for grad_weight.
 """
 
@@ -22,9 +25,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..layout import TILE_SHAPES
+from ..layout import PIXEL_TILE, TILE_SHAPES
 
-__all__ = ["corr_tile", "corr_tile8", "dot_tile"]
+__all__ = ["corr_tile", "corr_tile8", "dot_tile", "pixel_tile"]
 
 _I32 = ir.IntType(32)
 
@@ -131,6 +134,91 @@ def _make_corr_tile(kt, nv):
 # one a correlation uses is chosen in fastconv._plan).
 corr_tile = _make_corr_tile(*TILE_SHAPES[4])
 corr_tile8 = _make_corr_tile(*TILE_SHAPES[8])
+
+
+def _make_pixel_tile(npix, nv):
+    """A pixel_tile intrinsic for npix output pixels x nv vectors of output channels."""
+
+    @intrinsic
+    def pixel_tile(typingctx, inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init):
+        """acc[arow + j, 0:NV*VW] = (acc[...] if init else 0) + sum over c < cgi
+        and taps t of inp[base + c*cstride + offs[t] + pix[p0 + j]] *
+        wk[c, t, 0:NV*VW], j < NPIX.
+
+        The output channels run in the vector lanes and the pixels are
+        scalars: NPIX x NV vector accumulators in registers across the whole
+        reduction; per (c, t): NV aligned-or-not vector loads of the weights,
+        NPIX broadcasts of input elements, NPIX*NV FMAs.  Each pixel has its
+        own offset, so no lane is spent on a padding column or row, and
+        strides and dilations cost nothing extra.  wk (cgi, T, NV*VW), offs
+        (T,) int64, pix int64, acc (rows, NV*VW) C-contiguous."""
+        if not (isinstance(inp, types.Array) and isinstance(wk, types.Array) and isinstance(acc, types.Array)):
+            return None
+        sig = types.void(
+            inp, types.intp, types.intp, types.intp, wk, offs, pix, types.intp, acc, types.intp, types.intp
+        )
+
+        def codegen(context, builder, signature, args):
+            inp_v, base_v, cs_v, cgi_v, wk_v, offs_v, pix_v, p0_v, acc_v, arow_v, init_v = args
+            fty, size, vw, vty = _vec(context, signature.args[0].dtype)
+            fma = _fma(builder, vty, fty)
+            i64 = ir.IntType(64)
+            inp_a = context.make_array(signature.args[0])(context, builder, inp_v)
+            wk_a = context.make_array(signature.args[4])(context, builder, wk_v)
+            offs_a = context.make_array(signature.args[5])(context, builder, offs_v)
+            pix_a = context.make_array(signature.args[6])(context, builder, pix_v)
+            acc_a = context.make_array(signature.args[8])(context, builder, acc_v)
+            ntap = builder.extract_value(offs_a.shape, 0)
+            kb = ir.Constant(i64, nv * vw)
+            xptrs = [
+                builder.gep(
+                    inp_a.data,
+                    [
+                        builder.add(
+                            base_v, builder.load(builder.gep(pix_a.data, [builder.add(p0_v, ir.Constant(i64, j))]))
+                        )
+                    ],
+                )
+                for j in range(npix)
+            ]
+            zero = ir.Constant(vty, None)
+            slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(npix)]
+            rptrs = [
+                builder.gep(acc_a.data, [builder.mul(builder.add(arow_v, ir.Constant(i64, j)), kb)])
+                for j in range(npix)
+            ]
+            with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
+                for j in range(npix):
+                    for v in range(nv):
+                        builder.store(
+                            _vload(builder, builder.gep(rptrs[j], [ir.Constant(i64, v * vw)]), vty, size), slots[j][v]
+                        )
+            with cgutils.for_range(builder, cgi_v) as lc:
+                cb = builder.mul(lc.index, cs_v)
+                wrow = builder.mul(builder.mul(lc.index, ntap), kb)
+                with cgutils.for_range(builder, ntap) as lt:
+                    off = builder.add(cb, builder.load(builder.gep(offs_a.data, [lt.index])))
+                    wptr = builder.gep(wk_a.data, [builder.add(wrow, builder.mul(lt.index, kb))])
+                    ws = [_vload(builder, builder.gep(wptr, [ir.Constant(i64, v * vw)]), vty, size) for v in range(nv)]
+                    for j in range(npix):
+                        xb = _splat(builder, builder.load(builder.gep(xptrs[j], [off])), vty)
+                        for v in range(nv):
+                            slot = slots[j][v]
+                            builder.store(builder.call(fma, [xb, ws[v], builder.load(slot)]), slot)
+            for j in range(npix):
+                for v in range(nv):
+                    p = builder.bitcast(builder.gep(rptrs[j], [ir.Constant(i64, v * vw)]), vty.as_pointer())
+                    builder.store(builder.load(slots[j][v]), p, align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pixel_tile
+
+
+# The pixel tile (output pixels x vectors of output channels; whether a
+# correlation uses it is chosen in fastconv._plan).
+pixel_tile = _make_pixel_tile(*PIXEL_TILE)
 
 
 @intrinsic
