@@ -118,7 +118,7 @@ class CpuConvPlan:
     (same x object, see ``fastconv.Conv2dOp``)."""
 
     forward: CorrTiling | PixelTiling
-    grad_input: CorrTiling | None
+    grad_input: CorrTiling | PixelTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
     backward_layout: Layout
@@ -431,7 +431,7 @@ class _Pass:
 
     layout_kind: str
     forward: CorrTiling | PixelTiling
-    grad_input: CorrTiling | None
+    grad_input: CorrTiling | PixelTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
     backward_layout: Layout
@@ -528,23 +528,32 @@ def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
     return CorrTiling(kt, nv, blk, CHANNEL_BLOCK)
 
 
-def _pixel_tiling(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
-    """The pixel tiles for a direct forward, or None: they waste no lanes on
-    padding Q and need no polyphase copy at a stride, but pad the output
-    channels of a group to whole tiles and broadcast one input element per
-    pixel and tap, so they are taken only when at least 3/4 of their lanes
-    hold real channels and the reduction is deep enough to hide the
-    accumulator traffic."""
+def _pixel_tiling(kout_g: int, depth: int, pixels: int, groups: int, itemsize: int, threads: int) -> PixelTiling | None:
+    """The pixel tiles for a correlation of ``depth`` products per output into
+    ``pixels`` output pixels of ``kout_g`` channels per group, or None.  They
+    waste no lanes on padding Q and need no polyphase copy at a stride, but
+    pad a group's output channels to whole tiles and broadcast one input
+    element per pixel and tap, so they are taken only when at least 3/4 of
+    their lanes hold real channels and the reduction is deep enough to hide
+    the accumulator traffic."""
     npix, nv = PIXEL_TILE
     channels = nv * 64 // itemsize
-    if p.kg < 32 or p.kg / (-(-p.kg // channels) * channels) < 0.75 or p.cg * p.kh * p.kw < PIXEL_MIN_DEPTH:
+    if kout_g < 32 or kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
-    npx = p.n * p.oh * p.ow
-    tasks_per_block = p.groups * -(-p.kg // channels)
+    tasks_per_block = groups * -(-kout_g // channels)
     blk = PIXEL_BLOCK
-    while blk > 4 * npix and tasks_per_block * -(-npx // blk) < 4 * threads:
+    while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
         blk //= 2
-    return PixelTiling(npix, nv, channels, _even(npx, blk, npix), PIXEL_CHANNEL_BLOCK)
+    return PixelTiling(npix, nv, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
+
+
+def _forward_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
+    return _pixel_tiling(p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads)
+
+
+def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
+    """grad_x's correlation: C/groups output channels over N x H x W pixels."""
+    return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads)
 
 
 def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0) -> GradWeightTiling:
@@ -575,7 +584,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     isz = dtype.itemsize
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
     bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
-    fwd: CorrTiling | PixelTiling | None = _pixel_tiling(p, isz, threads)
+    fwd: CorrTiling | PixelTiling | None = _forward_pixels(p, isz, threads)
     if fwd is not None:  # a stride-1 layout at any stride: the tiles read pixels sh, sw apart
         fwd_lay = standard_layout(p.x_shape, pads, isz, compact=True)
     else:
@@ -593,7 +602,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gx = None
     lead = 0
     if need_input_grad and p.sh == p.sw == 1:
-        gx = _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
+        gx = _grad_x_pixels(p, isz, threads) or _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
         lead = _grad_x_lead(p, bwd_lay)
     phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
@@ -663,9 +672,13 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     isz = dtype.itemsize
     hp, wp = p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
-    fwd = _pixel_tiling(p, isz, threads) or _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
+    fwd = _forward_pixels(p, isz, threads) or _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
     gw = _grad_weight_tiling("contiguous", p, threads)
-    gx = _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads) if need_input_grad else None
+    gx = (
+        _grad_x_pixels(p, isz, threads) or _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads)
+        if need_input_grad
+        else None
+    )
     gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
     bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads, gw)

@@ -413,6 +413,41 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
         assert_close(y, ty.numpy().astype(np.float64), dtype, "y vs torch")
 
 
+@pytest.mark.parametrize("case", ["pad1", "batch_inner", "1x1_k100"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_direct_grad_x_pixel_tiles(dtype, case, rng, monkeypatch, maybe_torch):
+    """grad_x of a stride-1 direct backward on pixel tiles (C/groups input
+    channels in the lanes), proven taken by a spy on the engine, against the
+    reference, torch's autograd, and conv_transpose2d (the same kernel)."""
+    import importlib
+
+    from fastconv.cpu import conv_transpose
+
+    # the module (the package's ``correlate`` is its function of that name)
+    engine_correlate = importlib.import_module("fastconv.cpu.engine.correlate")
+
+    n, c, h, w, k, kh, kw, opts = PIXEL_CASES[case]
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = (rng.standard_normal((k, c, kh, kw)) / np.sqrt(c * kh * kw)).astype(dtype)
+    plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct")
+    assert isinstance(plan.cpu.grad_input, PixelTiling), f"pixel tiles not planned for grad_x: {plan}"
+    gy = rng.standard_normal(reference.conv2d(x, wt, **opts).shape).astype(dtype)
+    seen = spy_calls(monkeypatch, engine_correlate, "correlate_pixels")
+    gx = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")[0]
+    assert any(call[6] is plan.cpu.grad_input for call in seen), "pixel tiles not taken for grad_x"
+    want = reference.conv2d_backward(gy, x, wt, **opts)[0]
+    assert_close(gx, want, dtype, "grad_x")
+    seen.clear()
+    spy_calls(monkeypatch, conv_transpose, "correlate", into=seen)
+    xt = fastconv.conv_transpose2d(gy, wt, padding=opts.get("padding", 0), algorithm="direct")
+    assert seen and isinstance(seen[-1][6], PixelTiling), "conv_transpose2d did not run the pixel tiles"
+    assert_close(xt, want, dtype, "conv_transpose2d")
+    if maybe_torch is not None:
+        tx = maybe_torch.from_numpy(x).requires_grad_()
+        maybe_torch.nn.functional.conv2d(tx, maybe_torch.from_numpy(wt), **opts).backward(maybe_torch.from_numpy(gy))
+        assert_close(gx, tx.grad.numpy().astype(np.float64), dtype, "grad_x vs torch")
+
+
 @pytest.mark.parametrize("where", ["x", "weight"])
 def test_pixel_tiles_nan_inf_match_torch(where, rng, torch):
     """NaN and Inf through the pixel tiles land where torch puts them (an

@@ -25,6 +25,7 @@ from numba import njit, prange
 
 from ..common import FASTMATH
 from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
+from .pixels import correlate_pixels
 from .simd import corr_tile, corr_tile8
 
 __all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights", "pack_weights_by"]
@@ -77,11 +78,14 @@ def correlate(
     wpk: np.ndarray,
     bias: np.ndarray,
     out: np.ndarray,
-    tiling: CorrTiling,
+    tiling: CorrTiling | PixelTiling,
 ) -> np.ndarray:
     """out (N, Kout, OH, OW) = bias + correlation of ``buf`` (of ``layout``)
     with the packed weights ``wpk`` (``pack_weights``) at tap offsets ``offs``;
-    bias (Kout,) or (0,) for none."""
+    bias (Kout,) or (0,) for none.  Output pixels one Q step apart (a strided
+    forward on pixel tiles calls ``correlate_pixels`` with its strides)."""
+    if isinstance(tiling, PixelTiling):
+        return correlate_pixels(buf, layout, offs, wpk, bias, out, tiling, (1, 1))
     if layout.kind == "batch-inner":
         return corr_batch_inner(
             buf, layout.cstride, offs, layout.pitch, wpk, bias, out, tiling.block, tiling.channel_block
