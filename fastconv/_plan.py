@@ -54,6 +54,8 @@ __all__ = [
     "PARTIALS_MAX_BYTES",
     "PIXEL_BLOCK",
     "PIXEL_CHANNEL_BLOCK",
+    "PIXEL_GW_CHUNK",
+    "PIXEL_GW_PAIRS",
     "PIXEL_MIN_DEPTH",
     "SEGMENT",
     "ConvPlan",
@@ -85,6 +87,10 @@ SEGMENT = 1024
 PIXEL_BLOCK = 96
 PIXEL_CHANNEL_BLOCK = 64
 PIXEL_MIN_DEPTH = 16
+# grad_weight on the pixel tiles: output pixels per chunk (summed in float64
+# after each) and (input channel, tap) pairs per task.
+PIXEL_GW_CHUNK = 512
+PIXEL_GW_PAIRS = 48
 # A float64 grad_weight at least this large is computed by blocks of output
 # channels (each thread owns its rows) instead of per-thread partial results.
 PARTIALS_MAX_BYTES = 256 * 1024
@@ -556,6 +562,15 @@ def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling 
     return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads)
 
 
+def _grad_weight_pixels(p: Conv2dParams, itemsize: int, threads: int) -> GradWeightTiling | None:
+    """grad_weight on the pixel tiles (output channels in the lanes, exact
+    output pixels, no per-thread partials) where a group's output channels
+    fill them as the forward's rule asks; stride 1 (x's layout)."""
+    if p.sh * p.sw > 1 or _forward_pixels(p, itemsize, 1) is None:
+        return None
+    return GradWeightTiling("pixels", PIXEL_GW_CHUNK, threads, 0, PIXEL_GW_PAIRS)
+
+
 def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0) -> GradWeightTiling:
     """Parallel over blocks of output channels when a private partial
     grad_weight per thread would be large (zeroing, faulting in and summing
@@ -568,6 +583,10 @@ def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0)
 
 
 def _partials_bytes(p: Conv2dParams, work: int, threads: int, gw: GradWeightTiling | None = None) -> int:
+    if gw is not None and gw.mode == "pixels":  # grad_output transposed, float64 sums by whole tiles
+        kb = PIXEL_TILE[1] * 16
+        k_pad = p.groups * -(-p.kg // kb) * kb
+        return k_pad * (p.n * p.oh * p.ow * 4 + (p.cg * p.kh * p.kw + PIXEL_TILE[0]) * 8)
     if gw is not None and gw.channel_block:
         return p.k * p.cg * p.kh * p.kw * 8
     return max(1, min(work, threads)) * p.k * p.cg * p.kh * p.kw * 8
@@ -597,7 +616,9 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     # of 16, so no scalar tails
     span = -(-((p.oh - 1) * bwd_lay.pitch + p.ow) // 16) * 16
     per_image = p.n > 1 and span <= bwd_lay.plane - 16 and 2 * span <= SEGMENT
-    gw = _grad_weight_tiling("per-image" if per_image else "contiguous", p, threads, span if per_image else 0)
+    gw = _grad_weight_pixels(p, isz, threads) or _grad_weight_tiling(
+        "per-image" if per_image else "contiguous", p, threads, span if per_image else 0
+    )
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
     gx = None
     lead = 0
@@ -612,7 +633,9 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         + _phases_bytes(phases)
     )
     why_gw = (
-        f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane"
+        "exact output pixels on the pixel tiles: the output channels fill them (as the forward's rule)"
+        if gw.mode == "pixels"
+        else f"per-image segments: {span} Q of each {bwd_lay.plane}-Q image plane"
         if per_image
         else "contiguous segments: "
         + ("one image" if p.n == 1 else "images' padding rows are few or an image exceeds half a segment")

@@ -51,6 +51,7 @@ from .engine import (
     correlate_pixels,
     grad_weight_contiguous,
     grad_weight_per_image,
+    grad_weight_pixels,
     grad_weight_rows,
     pack_weights,
     prepare_standard,
@@ -111,11 +112,14 @@ def grad_weight_exact(gy: np.ndarray, xp: Prepared, p: Conv2dParams, threads: in
 
 
 def _grad_weight(
-    gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
+    gy: np.ndarray, gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
 ) -> np.ndarray:
-    """float64 grad_weight from grad_output copied into x's layout."""
+    """float64 grad_weight from grad_output copied into x's layout (or, on the
+    pixel tiles, from grad_output itself)."""
     lay, glay = xp.layout, gyf.layout
     shape = (p.k, p.cg, p.kh * p.kw)
+    if tiling.mode == "pixels":
+        return grad_weight_pixels(gy, xp.buf, lay, offs, p.groups, shape, tiling)
     if tiling.mode == "per-image":
         return grad_weight_per_image(
             gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n, p.groups, shape, tiling
@@ -143,8 +147,9 @@ def backward(
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True)
     gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
-    gw64 = _grad_weight(gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
-    if np.isnan(gw64).any():  # maybe 0 * inf at a garbage Q: redo over exact rows
+    gw64 = _grad_weight(gy, gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
+    # maybe 0 * inf at a garbage Q: redo over exact rows (the pixel tiles read exact pixels only)
+    if c.grad_weight.mode != "pixels" and np.isnan(gw64).any():
         gw64 = grad_weight_exact(gy, xp, p, c.grad_weight.threads)
     gw = _alloc.empty(p.weight_shape, dtype)
     gw[...] = gw64.reshape(p.weight_shape)

@@ -286,7 +286,10 @@ class GradWeightTiling:
     ``mode``: "contiguous" (all Q of the layout, in calls of ``segment`` Q),
     "per-image" (each image's first ``span`` Q, images grouped into calls of
     about ``segment`` Q) or "rows" (exact output rows of an unpadded
-    grad_output, with its per-channel sums).  ``channel_block`` > 0: parallel
+    grad_output, with its per-channel sums) or "pixels" (the pixel tiles of
+    ``engine.pixels.grad_weight_pixels``: ``segment`` output pixels per chunk,
+    ``channel_block`` (input channel, tap) pairs per task; stride 1).
+    Otherwise ``channel_block`` > 0: parallel
     over blocks of that many output channels, each task owning its rows of the
     result; 0: parallel over at most ``threads`` chunks of Q, each with a
     private float64 partial result summed afterwards."""
@@ -298,9 +301,14 @@ class GradWeightTiling:
     channel_block: int = 0
 
     def describe(self) -> str:
-        walk = {"contiguous": "contiguous segments", "per-image": "per-image segments", "rows": "exact output rows"}[
-            self.mode
-        ]
+        walk = {
+            "contiguous": "contiguous segments",
+            "per-image": "per-image segments",
+            "rows": "exact output rows",
+            "pixels": "exact output pixels on the pixel tiles",
+        }[self.mode]
+        if self.mode == "pixels":
+            return walk
         return walk + (f", parallel over blocks of {self.channel_block} output channels" if self.channel_block else "")
 
 

@@ -401,8 +401,12 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
     for mod in (conv_direct, conv_direct_bi):
         spy_calls(monkeypatch, mod, "correlate_pixels", into=seen)
     gy = rng.standard_normal(reference.conv2d(x, wt, b, **opts).shape).astype(dtype)
+    gw_seen = spy_calls(monkeypatch, conv_direct, "grad_weight_pixels")
     y, grads = run_plan(plan, x, wt, b, gy)
     assert seen and seen[0][5].shape == y.shape, "pixel tiles not taken by the forward"
+    if plan.layout == "standard" and plan.params.sh == plan.params.sw == 1:
+        # the same channels fill the tiles of grad_weight (exact output pixels)
+        assert plan.cpu.grad_weight.mode == "pixels" and len(gw_seen) == 1, "grad_weight not on the pixel tiles"
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
     for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
@@ -450,8 +454,9 @@ def test_direct_grad_x_pixel_tiles(dtype, case, rng, monkeypatch, maybe_torch):
 
 @pytest.mark.parametrize("where", ["x", "weight"])
 def test_pixel_tiles_nan_inf_match_torch(where, rng, torch):
-    """NaN and Inf through the pixel tiles land where torch puts them (an
-    infinite weight times the zero padding is NaN there too)."""
+    """NaN and Inf through the pixel tiles (forward, grad_x and grad_weight)
+    land where torch puts them (an infinite weight times the zero padding is
+    NaN there too)."""
     x = rng.standard_normal((2, 32, 7, 8))
     wt = rng.standard_normal((64, 32, 3, 3)) / 17
     if where == "x":
@@ -461,22 +466,33 @@ def test_pixel_tiles_nan_inf_match_torch(where, rng, torch):
     else:
         wt[3, 1, 1, 1] = np.nan
         wt[7, 0, 0, 0] = np.inf
+    wt = np.ascontiguousarray(np.concatenate([wt, wt[:, :32]], axis=1))  # 64 input channels: grad_x too
+    x = np.ascontiguousarray(np.concatenate([x, x[:, ::-1]], axis=1))
     plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=np.float64, padding=1, algorithm="direct")
-    assert isinstance(plan.cpu.forward, PixelTiling)
+    c = plan.cpu
+    assert isinstance(c.forward, PixelTiling) and isinstance(c.grad_input, PixelTiling)
+    assert c.grad_weight.mode == "pixels"
     y = fastconv.conv2d(x, wt, padding=1, algorithm="direct")
-    ty = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=1).numpy()
-    assert_same_nonfinite(y, ty, np.float64, "y")
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(wt).requires_grad_()
+    ty = torch.nn.functional.conv2d(tx, tw, padding=1)
+    assert_same_nonfinite(y, ty.detach().numpy(), np.float64, "y")
+    gy = rng.standard_normal(y.shape)
+    ty.backward(torch.from_numpy(gy))
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, wt, padding=1, algorithm="direct")
+    assert_same_nonfinite(gx, tx.grad.numpy(), np.float64, "grad_x")
+    assert_same_nonfinite(gw, tw.grad.numpy(), np.float64, "grad_weight")
 
 
 # (n, c, h, w, k, kh, kw, opts, algorithm, layout): float64 grad_weights of >=
 # PARTIALS_MAX_BYTES, so the plan runs grad_weight by blocks of output channels;
-# every walk of Q (per-image, contiguous, batch-inner, im2col's channel-major copy)
+# every walk of Q (per-image, contiguous, batch-inner, im2col's channel-major copy);
+# output channels that leave the pixel tiles under 3/4 full (else those run it)
 CHANNEL_BLOCK_CASES = {
     "per_image": (4, 64, 10, 11, 68, 3, 3, dict(padding=1), "direct", "standard"),
-    "one_image": (1, 64, 12, 12, 64, 3, 3, dict(padding=1), "direct", "standard"),
+    "one_image": (1, 96, 12, 12, 40, 3, 3, dict(padding=1), "direct", "standard"),
     "batch_inner": (9, 64, 5, 5, 64, 3, 3, {}, "direct", "batch-inner"),
     "strided": (3, 64, 11, 10, 72, 3, 3, dict(stride=2, padding=1), "direct", "standard"),
-    "1x1_groups": (3, 256, 6, 6, 512, 1, 1, dict(groups=2), "direct", "standard"),
+    "1x1_groups": (3, 1024, 6, 6, 80, 1, 1, dict(groups=2), "direct", "standard"),
     "im2col": (2, 64, 9, 9, 66, 3, 3, dict(padding=1), "im2col", "column"),
 }
 

@@ -13,6 +13,7 @@ from fastconv._params import conv2d_params
 from fastconv.cpu.engine import (
     correlate,
     correlate_pixels,
+    grad_weight_pixels,
     grad_weight_contiguous,
     grad_weight_per_image,
     grad_weight_rows,
@@ -141,6 +142,7 @@ PIXEL_SHAPES = {
     "k70_tail": ((2, 6, 7, 9, 70, 3, 3), {"padding": (1, 0)}),
     "stride2_dil": ((2, 4, 11, 10, 40, 3, 2), {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2)}),
     "groups2": ((2, 6, 8, 7, 130, 2, 3), {"groups": 2, "stride": 3}),
+    "groups2_dil": ((2, 6, 8, 7, 130, 2, 3), {"groups": 2, "dilation": (2, 1), "padding": 1}),
     "1x1": ((3, 9, 5, 4, 33, 1, 1), {}),
 }
 
@@ -176,6 +178,33 @@ def test_correlate_pixels(dtype, case, layout_kind, rng):
         y = _alloc.empty(p.y_shape, dtype)
         correlate_pixels(xp.buf, lay, offs, wpk, b, y, tiling, (p.sh, p.sw))
         assert_close(y, want, dtype, f"y {tiling}")
+
+
+GW_PIXEL_CASES = [(case, kind) for case, kind in PIXEL_CASES if "stride" not in PIXEL_SHAPES[case][1]]
+
+
+@pytest.mark.parametrize("case, layout_kind", GW_PIXEL_CASES, ids=[f"{c}-{k}" for c, k in GW_PIXEL_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_grad_weight_pixels(dtype, case, layout_kind, rng):
+    """grad_weight on the pixel tiles over a stride-1 prepared x (standard or
+    batch-inner): pixel chunks of 7 and 512, pair blocks of 1, 12 and 48,
+    against the reference."""
+    shape, opts = PIXEL_SHAPES[case]
+    p, x, wt = _problem(rng, dtype, shape, opts)
+    gy = rng.standard_normal(p.y_shape).astype(dtype)
+    want = reference.conv2d_backward(gy, x, wt, **opts)[1]
+    isz = np.dtype(dtype).itemsize
+    if layout_kind == "standard":
+        lay = standard_layout(p.x_shape, (p.ph, p.pw, p.ph_end, p.pw_end), isz)
+        xp = prepare_standard(x, lay)
+    else:
+        lay = batch_inner_layout(p.x_shape, p.h + p.ph + p.ph_end, p.w + p.pw + p.pw_end, isz, top=p.ph, left=p.pw)
+        xp = prepare_batch_inner(x, lay)
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch, step=lay.step)
+    for chunk, pairs in ((7, 1), (512, 12), (512, 48)):
+        got = grad_weight_pixels(gy, xp.buf, lay, offs, p.groups, (p.k, p.cg, p.kh * p.kw),
+                                 GradWeightTiling("pixels", chunk, 2, 0, pairs))
+        assert_close(got.reshape(p.weight_shape), want, dtype, f"grad_weight, chunks of {chunk}, {pairs} pairs")
 
 
 @pytest.mark.parametrize("case", list(GW_SHAPES))

@@ -14,7 +14,7 @@ decides anything.
 
 from .correlate import correlate, pack_weights
 from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_weight_rows
-from .pixels import correlate_pixels
+from .pixels import correlate_pixels, grad_weight_pixels
 from .prepare import Prepared, prepare_batch_inner, prepare_standard
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "correlate_pixels",
     "grad_weight_contiguous",
     "grad_weight_per_image",
+    "grad_weight_pixels",
     "grad_weight_rows",
     "pack_weights",
     "prepare_batch_inner",

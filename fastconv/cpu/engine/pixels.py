@@ -26,11 +26,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ... import _alloc
 from ..common import FASTMATH
-from ..layout import PIXEL_TILE, Layout, PixelTiling
+from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling
 from .simd import pixel_tile
 
-__all__ = ["corr_pixels", "correlate_pixels", "pixel_offsets"]
+__all__ = ["corr_pixels", "correlate_pixels", "grad_weight_pixels", "pixel_offsets"]
 
 _NPIX = PIXEL_TILE[0]
 
@@ -132,4 +133,102 @@ def corr_pixels(inp, cstride, offs, pix, wpk, bias, out, pblk, cblk):
         pn = min(pblk, npx - p0)
         acc = _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk)
         _copy_out(acc, p0, pn, out, g * kgo + kb * kbw, min(kbw, kgo - kb * kbw), bias)
+    return out
+
+
+# --------------------------------------------------------------------------- grad_weight
+
+
+def grad_weight_pixels(
+    gy: np.ndarray,
+    buf: np.ndarray,
+    layout: Layout,
+    offs: np.ndarray,
+    groups: int,
+    shape: tuple[int, int, int],
+    tiling: GradWeightTiling,
+) -> np.ndarray:
+    """float64 grad_weight (K, C/groups, T) of a stride-1 convolution on the
+    pixel tiles, from gy (N, K, OH, OW) and x prepared in ``layout`` (``buf``)
+    with tap offsets ``offs``.
+
+    gw[k, c, t] = sum over output pixels p of gy[p, k] * x[c*cstride +
+    offs[t] + pix[p]]: the same tile with the roles turned -- its rows are
+    (input channel, tap) pairs, its vector lanes output channels (grad_output
+    transposed to pixels x channels), its reduction the output pixels, in
+    chunks of ``tiling.segment`` summed in float64.  Exact pixels only;
+    parallel over (group, block of output channels, block of
+    ``tiling.channel_block`` pairs), each task owning its part of the result."""
+    k, cg, ntap = shape
+    n, _, oh, ow = gy.shape
+    kb = PIXEL_TILE[1] * 64 // gy.dtype.itemsize
+    kg = k // groups
+    gyt = _alloc.empty((groups, -(-kg // kb), n * oh * ow, kb), gy.dtype)
+    _transpose_grad_output(gy, gyt)
+    pairs = (np.arange(cg, dtype=np.int64)[:, None] * layout.cstride + offs[None, :]).ravel()
+    pad = -pairs.shape[0] % _NPIX
+    pairs = np.concatenate([pairs, np.full(pad, pairs[-1], dtype=np.int64)]) if pad else pairs
+    pix = pixel_offsets(layout, (n, oh, ow), (1, 1))[: n * oh * ow]
+    out = _alloc.empty((groups, gyt.shape[1], pairs.shape[0], kb), np.float64)
+    _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, out)
+    gw = out[:, :, : cg * ntap, :].transpose(0, 1, 3, 2).reshape(groups, -1, cg, ntap)[:, :kg]
+    return np.ascontiguousarray(gw).reshape(shape)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _transpose_grad_output(gy, gyt):
+    """gyt[g, kb, p, i] = gy[n, g*kg + kb*KB + i, oh, ow] for the output pixel p
+    = (n, oh, ow); 0 past the group's channels."""
+    n_img, kout, oh_n, ow_n = gy.shape
+    groups, nkb, _, kbw = gyt.shape
+    kg = kout // groups
+    per_img = oh_n * ow_n
+    for u in prange(groups * nkb * n_img):
+        n = u % n_img
+        t = u // n_img
+        kb = t % nkb
+        g = t // nkb
+        k0 = g * kg + kb * kbw
+        nk = min(kbw, (g + 1) * kg - k0)
+        dst = gyt[g, kb, n * per_img : (n + 1) * per_img]
+        for i in range(nk):
+            src = gy[n, k0 + i]
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    dst[oh * ow_n + ow, i] = src[oh, ow]
+        for i in range(nk, kbw):
+            for q in range(per_img):
+                dst[q, i] = 0
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, out):
+    """out (G, nkb, pairs, KB) float64 = the (pair, output channel) sums over
+    all output pixels (see ``grad_weight_pixels``); group g's input at
+    g*gstride.  Tasks: (group, channel block, block of pairs_per_task pairs);
+    each sums its pairs' tiles over chunks of pchunk pixels in the working
+    precision, then adds each chunk into float64."""
+    groups, nkb, npx, kbw = gyt.shape
+    npair = pairs.shape[0]
+    per_task = -(-pairs_per_task // _NPIX) * _NPIX
+    nblk = -(-npair // per_task)
+    for t in prange(groups * nkb * nblk):
+        bi = t % nblk
+        u = t // nblk
+        kb = u % nkb
+        g = u // nkb
+        j0 = bi * per_task
+        jn = min(per_task, npair - j0)
+        acc = np.empty((jn, kbw), dtype=inp.dtype)
+        tot = out[g, kb, j0 : j0 + jn]
+        tot[:] = 0.0
+        for p0 in range(0, npx, pchunk):
+            pn = min(pchunk, npx - p0)
+            wk = gyt[g, kb, p0 : p0 + pn].reshape((1, pn, kbw))
+            offs = pix[p0 : p0 + pn]
+            for j in range(0, jn, _NPIX):
+                pixel_tile(inp, g * gstride, 0, 1, wk, offs, pairs, j0 + j, acc, j, 0)
+            for j in range(jn):
+                for i in range(kbw):
+                    tot[j, i] += acc[j, i]
     return out
