@@ -320,7 +320,7 @@ def _cuda_plan(p: Conv2dParams, dtype: np.dtype, need_input_grad: bool, algorith
 # --------------------------------------------------------------------------- CPU: algorithm
 
 
-def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> tuple[str, str, str]:
+def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, itemsize: int) -> tuple[str, str, str]:
     """(forward algorithm, backward algorithm, reason).
 
     auto: the direct kernels (the direct forward reads x once; im2col's runs on
@@ -328,8 +328,10 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
     except for a backward that needs no grad_x when the column matrix is no
     larger than grad_output (C/groups*R*S <= K/groups, e.g. a first layer on
     1-channel images): im2col then reads grad_output in place, while direct
-    copies it into its padded layout; and except for every strided backward,
-    which im2col runs (benchmarks in docs/architecture.md and docs/winograd.md)."""
+    copies it into its padded layout; and except for a strided backward, which
+    im2col runs (benchmarks in docs/architecture.md and docs/winograd.md)
+    unless direct's grad_weight runs on the pixel tiles and every sub-pixel
+    grid of its grad_x has taps (kernel >= stride)."""
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
     crs = p.cg * p.kh * p.kw
@@ -343,7 +345,17 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str) -> t
                 f"reads grad_output in place"
             ),
         )
-    if (p.sh, p.sw) != (1, 1):  # with or without grad_x, so grad_weight is the same either way
+    strided = (p.sh, p.sw) != (1, 1)
+    if strided and p.kh >= p.sh and p.kw >= p.sw and _forward_pixels(p, itemsize, 1) is not None:
+        return (
+            "direct",
+            "direct",
+            (
+                "auto: direct; a strided backward whose grad_weight runs on the pixel tiles and whose "
+                "sub-pixel grids all have taps measured faster than im2col's (benchmarks/results)"
+            ),
+        )
+    if strided:  # with or without grad_x, so grad_weight is the same either way
         return (
             "direct",
             "im2col",
@@ -376,7 +388,9 @@ def _std_q(p: Conv2dParams) -> int:
 def _cpu_plan(
     p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, algorithm: str, layout: str | None
 ) -> ConvPlan:
-    return cpu_plan_for(p, dtype, threads, need_input_grad, _cpu_algorithms(p, need_input_grad, algorithm), layout)
+    return cpu_plan_for(
+        p, dtype, threads, need_input_grad, _cpu_algorithms(p, need_input_grad, algorithm, dtype.itemsize), layout
+    )
 
 
 def cpu_plan_for(
@@ -393,7 +407,9 @@ def cpu_plan_for(
     fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
     reuse = (
-        fwd_alg == bwd_alg == "direct" and p.sh == p.sw == 1 and same_buffer(fwd.forward_layout, bwd.backward_layout)
+        fwd_alg == bwd_alg == "direct"
+        and (p.sh == p.sw == 1 or bwd.grad_weight.mode == "pixels")
+        and same_buffer(fwd.forward_layout, bwd.backward_layout)
     )
     cpu = CpuConvPlan(
         fwd.forward,
@@ -565,8 +581,8 @@ def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling 
 def _grad_weight_pixels(p: Conv2dParams, itemsize: int, threads: int) -> GradWeightTiling | None:
     """grad_weight on the pixel tiles (output channels in the lanes, exact
     output pixels, no per-thread partials) where a group's output channels
-    fill them as the forward's rule asks; stride 1 (x's layout)."""
-    if p.sh * p.sw > 1 or _forward_pixels(p, itemsize, 1) is None:
+    fill them as the forward's rule asks; x in the forward's stride-1 layout."""
+    if _forward_pixels(p, itemsize, 1) is None:
         return None
     return GradWeightTiling("pixels", PIXEL_GW_CHUNK, threads, 0, PIXEL_GW_PAIRS)
 
@@ -619,6 +635,10 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gw = _grad_weight_pixels(p, isz, threads) or _grad_weight_tiling(
         "per-image" if per_image else "contiguous", p, threads, span if per_image else 0
     )
+    if gw.mode == "pixels" and p.sh * p.sw > 1:
+        # a strided grad_x runs on the sub-pixel grids, so x is wanted only by
+        # grad_weight's pixel tiles: the forward's stride-1 buffer serves
+        bwd_lay = fwd_lay
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
     gx = None
     lead = 0

@@ -118,8 +118,9 @@ def _grad_weight(
     pixel tiles, from grad_output itself)."""
     lay, glay = xp.layout, gyf.layout
     shape = (p.k, p.cg, p.kh * p.kw)
-    if tiling.mode == "pixels":
-        return grad_weight_pixels(gy, xp.buf, lay, offs, p.groups, shape, tiling)
+    if tiling.mode == "pixels":  # x in a stride-1 layout at any stride
+        offs1 = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch)
+        return grad_weight_pixels(gy, xp.buf, lay, offs1, p.groups, shape, tiling, (p.sh, p.sw))
     if tiling.mode == "per-image":
         return grad_weight_per_image(
             gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n, p.groups, shape, tiling

@@ -404,9 +404,11 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
     gw_seen = spy_calls(monkeypatch, conv_direct, "grad_weight_pixels")
     y, grads = run_plan(plan, x, wt, b, gy)
     assert seen and seen[0][5].shape == y.shape, "pixel tiles not taken by the forward"
-    if plan.layout == "standard" and plan.params.sh == plan.params.sw == 1:
-        # the same channels fill the tiles of grad_weight (exact output pixels)
+    if plan.layout == "standard":
+        # the same channels fill the tiles of grad_weight (exact output pixels, any stride)
         assert plan.cpu.grad_weight.mode == "pixels" and len(gw_seen) == 1, "grad_weight not on the pixel tiles"
+        if plan.params.sh > 1:  # x is wanted by grad_weight only: the forward's stride-1 buffer serves
+            assert plan.cpu.reuse_prepared_input, "the backward should reuse the forward's stride-1 buffer"
     assert_close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
     for got, want, what in zip(grads, reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
@@ -491,7 +493,7 @@ CHANNEL_BLOCK_CASES = {
     "per_image": (4, 64, 10, 11, 68, 3, 3, dict(padding=1), "direct", "standard"),
     "one_image": (1, 96, 12, 12, 40, 3, 3, dict(padding=1), "direct", "standard"),
     "batch_inner": (9, 64, 5, 5, 64, 3, 3, {}, "direct", "batch-inner"),
-    "strided": (3, 64, 11, 10, 72, 3, 3, dict(stride=2, padding=1), "direct", "standard"),
+    "strided": (3, 64, 11, 10, 68, 3, 3, dict(stride=2, padding=1), "direct", "standard"),
     "1x1_groups": (3, 1024, 6, 6, 80, 1, 1, dict(groups=2), "direct", "standard"),
     "im2col": (2, 64, 9, 9, 66, 3, 3, dict(padding=1), "im2col", "column"),
 }

@@ -147,10 +147,11 @@ def grad_weight_pixels(
     groups: int,
     shape: tuple[int, int, int],
     tiling: GradWeightTiling,
+    strides: tuple[int, int] = (1, 1),
 ) -> np.ndarray:
-    """float64 grad_weight (K, C/groups, T) of a stride-1 convolution on the
-    pixel tiles, from gy (N, K, OH, OW) and x prepared in ``layout`` (``buf``)
-    with tap offsets ``offs``.
+    """float64 grad_weight (K, C/groups, T) on the pixel tiles, from gy (N, K,
+    OH, OW) and x prepared in a stride-1 ``layout`` (``buf``) with tap offsets
+    ``offs``, output pixels ``strides`` apart.
 
     gw[k, c, t] = sum over output pixels p of gy[p, k] * x[c*cstride +
     offs[t] + pix[p]]: the same tile with the roles turned -- its rows are
@@ -168,7 +169,7 @@ def grad_weight_pixels(
     pairs = (np.arange(cg, dtype=np.int64)[:, None] * layout.cstride + offs[None, :]).ravel()
     pad = -pairs.shape[0] % _NPIX
     pairs = np.concatenate([pairs, np.full(pad, pairs[-1], dtype=np.int64)]) if pad else pairs
-    pix = pixel_offsets(layout, (n, oh, ow), (1, 1))[: n * oh * ow]
+    pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]
     out = _alloc.empty((groups, gyt.shape[1], pairs.shape[0], kb), np.float64)
     _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, out)
     gw = out[:, :, : cg * ntap, :].transpose(0, 1, 3, 2).reshape(groups, -1, cg, ntap)[:, :kg]
