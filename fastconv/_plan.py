@@ -38,6 +38,7 @@ from .cpu.layout import (
     column_ld,
     grad_output_layout,
     mirrored_lead,
+    nchw_layout,
     same_buffer,
     standard_layout,
 )
@@ -621,7 +622,9 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
     fwd: CorrTiling | PixelTiling | None = _forward_pixels(p, isz, threads)
     if fwd is not None:  # a stride-1 layout at any stride: the tiles read pixels sh, sw apart
-        fwd_lay = standard_layout(p.x_shape, pads, isz, compact=True)
+        fwd_lay = (
+            nchw_layout(p.x_shape) if pads == (0, 0, 0, 0) else standard_layout(p.x_shape, pads, isz, compact=True)
+        )
     else:
         fwd_lay = standard_layout(
             p.x_shape, pads, isz, strides=(p.sh, p.sw), rows_min=p.oh, pitch_min=p.ow, compact=True
@@ -635,9 +638,10 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gw = _grad_weight_pixels(p, isz, threads) or _grad_weight_tiling(
         "per-image" if per_image else "contiguous", p, threads, span if per_image else 0
     )
-    if gw.mode == "pixels" and p.sh * p.sw > 1:
-        # a strided grad_x runs on the sub-pixel grids, so x is wanted only by
-        # grad_weight's pixel tiles: the forward's stride-1 buffer serves
+    if gw.mode == "pixels" and (p.sh * p.sw > 1 or fwd_lay.kind == "nchw"):
+        # x is wanted only by grad_weight's pixel tiles (a strided grad_x runs on
+        # the sub-pixel grids; a stride-1 one reads grad_output in x's row
+        # geometry, the same in place): the forward's stride-1 buffer serves
         bwd_lay = fwd_lay
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
     gx = None
@@ -648,7 +652,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
     bwd_bytes = (
-        (bwd_lay.size + gy_lay.size) * isz
+        ((0 if bwd_lay.kind == "nchw" else bwd_lay.size) + gy_lay.size) * isz
         + _partials_bytes(p, p.n if per_image else qn, threads, gw)
         + _phases_bytes(phases)
     )
@@ -688,10 +692,10 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         bwd_lay,
         p.n,
         False,
-        fwd_lay.size * isz,
+        0 if fwd_lay.kind == "nchw" else fwd_lay.size * isz,
         bwd_bytes,
         why_layout,
-        _forward_tile_note(p, fwd),
+        _forward_tile_note(p, fwd, fwd_lay),
         why_gw,
         why_gx,
         phases,
@@ -702,11 +706,12 @@ def _image_tiles_note(t: CorrTiling) -> str:
     return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
 
 
-def _forward_tile_note(p: Conv2dParams, t: CorrTiling | PixelTiling) -> str:
+def _forward_tile_note(p: Conv2dParams, t: CorrTiling | PixelTiling, lay: Layout) -> str:
     if isinstance(t, PixelTiling):
         return (
             f"{p.kg} output channels per group fill >= 3/4 of {t.channels}-channel pixel tiles and "
             f"{p.cg * p.kh * p.kw} >= {PIXEL_MIN_DEPTH} products per output: no lane spent on padding Q"
+            + ("; no padding, so x is read in place (NCHW)" if lay.kind == "nchw" else "")
         )
     return _tile(p.kg)[2] + _image_tiles_note(t)
 
@@ -748,7 +753,7 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
         lay.size * isz,
         bwd_bytes,
         why_layout,
-        _forward_tile_note(p, fwd),
+        _forward_tile_note(p, fwd, lay),
         "contiguous segments over the batch-inner Q",
         why_gx,
     )

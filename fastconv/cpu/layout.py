@@ -45,6 +45,7 @@ __all__ = [
     "column_layout",
     "column_ld",
     "grad_output_layout",
+    "nchw_layout",
     "mirrored_lead",
     "odd_lines",
     "phase_geometry",
@@ -69,7 +70,9 @@ PIXEL_TILE = (6, 4)
 class Layout:
     """A prepared buffer's geometry (all in elements).
 
-    ``kind``: "standard", "batch-inner" or "column".  Channel c starts at
+    ``kind``: "standard", "batch-inner", "column" or "nchw" (an unpadded
+    array read in place by the pixel tiles: ``plane`` is then the distance of
+    two images, C*H*W, and ``cstride`` of two channels, H*W).  Channel c starts at
     ``lead + c*cstride``; ``pitch`` is the Q distance of two output rows,
     ``plane`` of two images (standard), ``step`` of two neighbouring columns
     (1, or N in the batch-inner layout); ``size`` includes the zeroed tail.
@@ -149,6 +152,13 @@ def standard_layout(
     # tail: reads of rounded-up blocks past the last plane stay inside zeros
     size = lead + c * cstride + plane + reach + OVERRUN
     return Layout("standard", n, c, pitch, plane, cstride, lead, size, 1, rows, hq, n * plane, top, left, sh, sw)
+
+
+def nchw_layout(shape: tuple[int, int, int, int]) -> Layout:
+    """An (N, C, H, W) C-contiguous array itself as the pixel tiles' buffer
+    (no padding to add, so no copy)."""
+    n, c, h, w = shape
+    return Layout("nchw", n, c, w, c * h * w, h * w, 0, n * c * h * w, 1, h, h)
 
 
 def batch_inner_layout(

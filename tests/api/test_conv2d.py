@@ -381,6 +381,9 @@ PIXEL_CASES = {
     "groups2": (2, 64, 8, 8, 128, 3, 3, dict(groups=2, padding=1)),
     "1x1_k100": (2, 128, 6, 7, 100, 1, 1, {}),
     "batch1_5x5": (1, 16, 12, 12, 64, 5, 5, dict(padding=2)),
+    # unpadded: x read in place (NCHW), by the forward and grad_weight
+    "valid_nchw": (3, 32, 11, 12, 64, 3, 3, {}),
+    "strided_valid_nchw": (2, 48, 13, 12, 64, 3, 3, dict(stride=2, dilation=(1, 2))),
 }
 
 
@@ -397,6 +400,8 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
     b = rng.standard_normal(k).astype(dtype)
     plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=dtype, **opts, algorithm="direct", threads=threads)
     assert isinstance(plan.cpu.forward, PixelTiling), f"pixel tiles not planned: {plan}"
+    if plan.layout == "standard" and "padding" not in opts:
+        assert plan.cpu.forward_layout.kind == "nchw" and "read in place" in plan.reason("tile")
     seen = []
     for mod in (conv_direct, conv_direct_bi):
         spy_calls(monkeypatch, mod, "correlate_pixels", into=seen)

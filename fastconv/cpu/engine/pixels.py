@@ -38,13 +38,13 @@ _NPIX = PIXEL_TILE[0]
 
 def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tuple[int, int]) -> np.ndarray:
     """int64 offset of every output pixel (n, oh, ow), in order, in a stride-1
-    prepared buffer of ``layout``: n*plane + oh*sh*pitch + ow*sw (standard) or
-    n + oh*sh*pitch + ow*sw*N (batch-inner); the last one repeated up to whole
+    prepared buffer of ``layout``: n*plane + oh*sh*pitch + ow*sw (standard,
+    nchw) or n + oh*sh*pitch + ow*sw*N (batch-inner); the last one repeated up to whole
     tiles (the tail of the last tile reads valid addresses; its results are
     dropped)."""
     n, oh, ow = out_shape
     sh, sw = strides
-    per_image = layout.plane if layout.kind == "standard" else 1
+    per_image = 1 if layout.kind == "batch-inner" else layout.plane
     q = (
         np.arange(n, dtype=np.int64)[:, None, None] * per_image
         + np.arange(oh, dtype=np.int64)[None, :, None] * (sh * layout.pitch)

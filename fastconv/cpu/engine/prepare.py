@@ -29,8 +29,11 @@ class Prepared:
 
 
 def prepare_standard(src: np.ndarray, layout: Layout, sums: bool = False) -> Prepared:
-    """``src`` (N, C, H, W) copied into a new buffer of a standard ``layout``."""
+    """``src`` (N, C, H, W) copied into a new buffer of a standard ``layout``
+    (an "nchw" layout: ``src`` itself, flat, no copy, no sums)."""
     lo = layout
+    if lo.kind == "nchw":
+        return Prepared(layout, np.ascontiguousarray(src).reshape(-1), np.empty(0, dtype=np.float64))
     buf = _alloc.workspace(lo.size, src.dtype)
     buf[: lo.lead] = 0
     plane_sums = np.empty(lo.c * lo.sh * lo.sw * lo.n if sums else 0, dtype=np.float64)
