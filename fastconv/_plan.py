@@ -21,7 +21,7 @@ backend's planner (``_cuda_plan`` fills only the common fields today).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -407,6 +407,15 @@ def cpu_plan_for(
     fwd_alg, bwd_alg, why_alg = algorithms
     fwd = _cpu_pass(fwd_alg, p, dtype, threads, need_input_grad, layout)
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
+    if fwd_alg == "direct" and layout is None and fwd.layout_kind == "batch-inner" and _reads_in_place(p, dtype):
+        # the pixel tiles compute no padding Q in either layout, and an unpadded
+        # x needs no copy in the standard one: forward standard, backward batch-inner
+        std = _cpu_standard(p, dtype, threads, need_input_grad, False)
+        fwd = replace(
+            std,
+            why_layout="standard for the forward: on the pixel tiles an unpadded x is read in place (NCHW), "
+            "no transposing copy; the backward keeps the batch-inner layout",
+        )
     reuse = (
         fwd_alg == bwd_alg == "direct"
         and (p.sh == p.sw == 1 or bwd.grad_weight.mode == "pixels")
@@ -568,6 +577,11 @@ def _pixel_tiling(kout_g: int, depth: int, pixels: int, groups: int, itemsize: i
     while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
         blk //= 2
     return PixelTiling(npix, nv, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
+
+
+def _reads_in_place(p: Conv2dParams, dtype: np.dtype) -> bool:
+    """The direct forward on the pixel tiles reads x in place (no padding)."""
+    return (p.ph, p.pw, p.ph_end, p.pw_end) == (0, 0, 0, 0) and _forward_pixels(p, dtype.itemsize, 1) is not None
 
 
 def _forward_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:

@@ -377,7 +377,9 @@ PIXEL_CASES = {
     "pad1": (4, 64, 10, 11, 64, 3, 3, dict(padding=1)),
     "stride2": (3, 32, 12, 13, 64, 3, 3, dict(stride=2, padding=1)),
     "dilated": (2, 32, 15, 14, 96, 3, 3, dict(dilation=2, padding=2)),
+    # small planes: forward standard (x read in place), backward batch-inner
     "batch_inner": (9, 64, 5, 5, 64, 3, 3, {}),
+    "batch_inner_pad": (9, 64, 5, 5, 64, 3, 3, dict(padding=(0, 1))),
     "groups2": (2, 64, 8, 8, 128, 3, 3, dict(groups=2, padding=1)),
     "1x1_k100": (2, 128, 6, 7, 100, 1, 1, {}),
     "batch1_5x5": (1, 16, 12, 12, 64, 5, 5, dict(padding=2)),
@@ -409,7 +411,7 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
     gw_seen = spy_calls(monkeypatch, conv_direct, "grad_weight_pixels")
     y, grads = run_plan(plan, x, wt, b, gy)
     assert seen and seen[0][5].shape == y.shape, "pixel tiles not taken by the forward"
-    if plan.layout == "standard":
+    if plan.backward_layout == "standard":
         # the same channels fill the tiles of grad_weight (exact output pixels, any stride)
         assert plan.cpu.grad_weight.mode == "pixels" and len(gw_seen) == 1, "grad_weight not on the pixel tiles"
         if plan.params.sh > 1:  # x is wanted by grad_weight only: the forward's stride-1 buffer serves

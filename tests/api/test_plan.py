@@ -32,8 +32,8 @@ PLANS = {
                              {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
                                   "image_tiles": True, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": True}),
     "small_planes_batch_inner": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
-                                 {"alg": ("direct", "direct"), "layout": ("batch-inner", "batch-inner"), "tile": ("pixel", 64),
-                                      "image_tiles": False, "gx": ("pixel", 64), "gw": "contiguous", "in_place": False, "reuse": True}),
+                                 {"alg": ("direct", "direct"), "layout": ("standard", "batch-inner"), "tile": ("pixel", 64),
+                                      "image_tiles": False, "gx": ("pixel", 64), "gw": "contiguous", "in_place": False, "reuse": False}),
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
                         {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                              "image_tiles": False, "gx": (8, 3), "gw": "pixels", "in_place": False, "reuse": True}),
@@ -100,10 +100,13 @@ def test_plan_table(name):
 def test_plan_repr_reads_like_a_sentence():
     plan = fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), threads=2)
     text = repr(plan)
-    assert text.startswith("ConvPlan(direct · batch-inner layout · 6×64 pixel tile (output channels in the vector lanes) · "
-                           "workspace ")
-    assert "because batch-inner: stride 1, batch 64 >= 8" in text
-    assert "backward: direct · batch-inner layout" in text and "reuses the forward's prepared x" in text
+    assert text.startswith("ConvPlan(direct · standard layout · 6×64 pixel tile (output channels in the vector lanes) · "
+                           "workspace 0 KiB · because standard for the forward: on the pixel tiles an unpadded x is read "
+                           "in place (NCHW)")
+    assert "backward: direct · batch-inner layout" in text and "grad_x 6×64 pixel tile" in text
+    assert plan.reason("backward_layout").startswith("batch-inner: stride 1, batch 64 >= 8")
+    padded = repr(fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), padding=(0, 1), threads=2))
+    assert padded.startswith("ConvPlan(direct · batch-inner layout · 6×64 pixel tile") and "reuses the forward's" in padded
 
 
 def test_plan_is_frozen_and_comparable():
