@@ -613,11 +613,13 @@ def _grad_weight_tiling(mode: str, p: Conv2dParams, threads: int, span: int = 0)
     return GradWeightTiling(mode, SEGMENT, threads, span, kblk)
 
 
-def _partials_bytes(p: Conv2dParams, work: int, threads: int, gw: GradWeightTiling | None = None) -> int:
+def _partials_bytes(
+    p: Conv2dParams, work: int, threads: int, gw: GradWeightTiling | None = None, itemsize: int = 4
+) -> int:
     if gw is not None and gw.mode == "pixels":  # grad_output transposed, float64 sums by whole tiles
-        kb = PIXEL_TILE[1] * 16
+        kb = PIXEL_TILE[1] * 64 // itemsize
         k_pad = p.groups * -(-p.kg // kb) * kb
-        return k_pad * (p.n * p.oh * p.ow * 4 + (p.cg * p.kh * p.kw + PIXEL_TILE[0]) * 8)
+        return k_pad * (p.n * p.oh * p.ow * itemsize + (p.cg * p.kh * p.kw + PIXEL_TILE[0]) * 8)
     if gw is not None and gw.channel_block:
         return p.k * p.cg * p.kh * p.kw * 8
     return max(1, min(work, threads)) * p.k * p.cg * p.kh * p.kw * 8
@@ -667,7 +669,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
     bwd_bytes = (
         ((0 if bwd_lay.kind == "nchw" else bwd_lay.size) + gy_lay.size) * isz
-        + _partials_bytes(p, p.n if per_image else qn, threads, gw)
+        + _partials_bytes(p, p.n if per_image else qn, threads, gw, isz)
         + _phases_bytes(phases)
     )
     why_gw = (

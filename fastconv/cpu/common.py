@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["FASTMATH", "bias_grad", "empty_bias", "tap_cols"]
+__all__ = ["FASTMATH", "bias_grad", "empty_bias", "split_task", "tap_cols"]
 
 # Fast-math flags: only 'contract' (fuse a*b+c into one FMA) and 'reassoc'
 # (reorder sums, which the vectoriser needs for reductions and which lets it
@@ -20,6 +20,15 @@ __all__ = ["FASTMATH", "bias_grad", "empty_bias", "tap_cols"]
 # exist and fold x*0 -> 0 or drop NaN checks, so a NaN or +-Inf input would no
 # longer propagate as it does in PyTorch.  'nsz'/'arcp'/'afn' buy nothing here.
 FASTMATH = {"contract", "reassoc"}
+
+
+@njit(inline="always", cache=True)
+def split_task(t, inner, middle):
+    """(outer, middle, inner) indices of flat task t, inner varying fastest
+    (the one task numbering of the parallel kernels)."""
+    i = t % inner
+    u = t // inner
+    return u // middle, u % middle, i
 
 
 def empty_bias(dtype: np.dtype) -> np.ndarray:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..common import FASTMATH
+from ..common import FASTMATH, split_task
 from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
 from .pixels import correlate_pixels
 from .simd import corr_tile, corr_tile8
@@ -251,10 +251,7 @@ def corr_standard(inp, cstride, offs, plane, pitch, wpk, bias, out, blk, cblk, i
     for t in prange(groups * nkb * nblk):
         # output-channel blocks vary fastest: consecutive tasks of a thread
         # reuse the same input block from L2
-        kb = t % nkb
-        u = t // nkb
-        bi = u % nblk
-        g = u // nblk
+        g, bi, kb = split_task(t, nkb, nblk)
         q0 = bi * blk
         ln = min(blk, qn - q0)
         nk = min(kt, kgo - kb * kt)
@@ -275,10 +272,7 @@ def corr_batch_inner(inp, cstride, offs, pitch, wpk, bias, out, blk, cblk):
     qn = (oh_n - 1) * pitch + ow_n * n_img
     nblk = (qn + blk - 1) // blk
     for t in prange(groups * nkb * nblk):
-        kb = t % nkb
-        u = t // nkb
-        bi = u % nblk
-        g = u // nblk
+        g, bi, kb = split_task(t, nkb, nblk)
         q0 = bi * blk
         ln = min(blk, qn - q0)
         nk = min(kt, kgo - kb * kt)

@@ -27,8 +27,9 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _alloc
-from ..common import FASTMATH
+from ..common import FASTMATH, split_task
 from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling
+from .grad_weight import pair_offsets
 from .simd import pixel_tile
 
 __all__ = ["corr_pixels", "correlate_pixels", "grad_weight_pixels", "pixel_offsets"]
@@ -50,6 +51,12 @@ def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tupl
         + np.arange(oh, dtype=np.int64)[None, :, None] * (sh * layout.pitch)
         + np.arange(ow, dtype=np.int64)[None, None, :] * (sw * layout.step)
     ).ravel()
+    return _whole_tiles(q)
+
+
+def _whole_tiles(q: np.ndarray) -> np.ndarray:
+    """``q`` with its last entry repeated up to a multiple of the tile's
+    pixels (a last tile's extra rows read valid addresses; dropped)."""
     pad = -q.shape[0] % _NPIX
     return np.concatenate([q, np.full(pad, q[-1], dtype=np.int64)]) if pad else q
 
@@ -125,10 +132,7 @@ def corr_pixels(inp, cstride, offs, pix, wpk, bias, out, pblk, cblk):
     npx = n_img * oh_n * ow_n
     nblk = -(-npx // pblk)
     for t in prange(groups * nkb * nblk):
-        kb = t % nkb
-        u = t // nkb
-        bi = u % nblk
-        g = u // nblk
+        g, bi, kb = split_task(t, nkb, nblk)
         p0 = bi * pblk
         pn = min(pblk, npx - p0)
         acc = _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk)
@@ -166,9 +170,7 @@ def grad_weight_pixels(
     kg = k // groups
     gyt = _alloc.empty((groups, -(-kg // kb), n * oh * ow, kb), gy.dtype)
     _transpose_grad_output(gy, gyt)
-    pairs = (np.arange(cg, dtype=np.int64)[:, None] * layout.cstride + offs[None, :]).ravel()
-    pad = -pairs.shape[0] % _NPIX
-    pairs = np.concatenate([pairs, np.full(pad, pairs[-1], dtype=np.int64)]) if pad else pairs
+    pairs = _whole_tiles(pair_offsets(layout.cstride, offs, cg))
     pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]
     out = _alloc.empty((groups, gyt.shape[1], pairs.shape[0], kb), np.float64)
     _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, out)
@@ -185,10 +187,7 @@ def _transpose_grad_output(gy, gyt):
     kg = kout // groups
     per_img = oh_n * ow_n
     for u in prange(groups * nkb * n_img):
-        n = u % n_img
-        t = u // n_img
-        kb = t % nkb
-        g = t // nkb
+        g, kb, n = split_task(u, n_img, nkb)
         k0 = g * kg + kb * kbw
         nk = min(kbw, (g + 1) * kg - k0)
         dst = gyt[g, kb, n * per_img : (n + 1) * per_img]
@@ -214,10 +213,7 @@ def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, out):
     per_task = -(-pairs_per_task // _NPIX) * _NPIX
     nblk = -(-npair // per_task)
     for t in prange(groups * nkb * nblk):
-        bi = t % nblk
-        u = t // nblk
-        kb = u % nkb
-        g = u // nkb
+        g, kb, bi = split_task(t, nblk, nkb)
         j0 = bi * per_task
         jn = min(per_task, npair - j0)
         acc = np.empty((jn, kbw), dtype=inp.dtype)

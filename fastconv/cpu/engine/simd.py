@@ -67,6 +67,28 @@ def _hsum(builder, v):
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
+def _acc_slots(builder, rptrs, nv, vw, vty, size, init_v):
+    """Register slots rows x nv vectors for a tile's accumulators: zero, or
+    (init != 0) loaded from the accumulator rows at ``rptrs``."""
+    i64 = ir.IntType(64)
+    zero = ir.Constant(vty, None)
+    slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in rptrs]
+    with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
+        for r, row in zip(rptrs, slots):
+            for v, slot in enumerate(row):
+                builder.store(_vload(builder, builder.gep(r, [ir.Constant(i64, v * vw)]), vty, size), slot)
+    return slots
+
+
+def _store_slots(builder, rptrs, slots, vw, vty, size):
+    """The accumulators back into their rows at ``rptrs``."""
+    i64 = ir.IntType(64)
+    for r, row in zip(rptrs, slots):
+        for v, slot in enumerate(row):
+            p = builder.bitcast(builder.gep(r, [ir.Constant(i64, v * vw)]), vty.as_pointer())
+            builder.store(builder.load(slot), p, align=size)
+
+
 def _make_corr_tile(kt, nv):
     """A corr_tile intrinsic for kt output channels x nv vectors."""
 
@@ -95,17 +117,10 @@ def _make_corr_tile(kt, nv):
             i64 = ir.IntType(64)
             ntap = builder.extract_value(offs_a.shape, 0)
             row = builder.extract_value(acc_a.shape, 1)
-            zero = ir.Constant(vty, None)
-            slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(kt)]
             rptrs = [
                 builder.gep(acc_a.data, [builder.add(builder.mul(ir.Constant(i64, k), row), q_v)]) for k in range(kt)
             ]
-            with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
-                for k in range(kt):
-                    for v in range(nv):
-                        builder.store(
-                            _vload(builder, builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty, size), slots[k][v]
-                        )
+            slots = _acc_slots(builder, rptrs, nv, vw, vty, size, init_v)
             with cgutils.for_range(builder, cgi_v) as lc:
                 cb = builder.add(base_v, builder.mul(lc.index, cs_v))
                 wrow = builder.mul(builder.mul(lc.index, ntap), ir.Constant(i64, kt))
@@ -119,10 +134,7 @@ def _make_corr_tile(kt, nv):
                         for v in range(nv):
                             slot = slots[k][v]
                             builder.store(builder.call(fma, [wb, xs[v], builder.load(slot)]), slot)
-            for k in range(kt):
-                for v in range(nv):
-                    p = builder.bitcast(builder.gep(rptrs[k], [ir.Constant(i64, v * vw)]), vty.as_pointer())
-                    builder.store(builder.load(slots[k][v]), p, align=size)
+            _store_slots(builder, rptrs, slots, vw, vty, size)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -181,18 +193,11 @@ def _make_pixel_tile(npix, nv):
                 )
                 for j in range(npix)
             ]
-            zero = ir.Constant(vty, None)
-            slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(npix)]
             rptrs = [
                 builder.gep(acc_a.data, [builder.mul(builder.add(arow_v, ir.Constant(i64, j)), kb)])
                 for j in range(npix)
             ]
-            with builder.if_then(builder.icmp_signed("!=", init_v, ir.Constant(i64, 0))):
-                for j in range(npix):
-                    for v in range(nv):
-                        builder.store(
-                            _vload(builder, builder.gep(rptrs[j], [ir.Constant(i64, v * vw)]), vty, size), slots[j][v]
-                        )
+            slots = _acc_slots(builder, rptrs, nv, vw, vty, size, init_v)
             with cgutils.for_range(builder, cgi_v) as lc:
                 cb = builder.mul(lc.index, cs_v)
                 wrow = builder.mul(builder.mul(lc.index, ntap), kb)
@@ -205,10 +210,7 @@ def _make_pixel_tile(npix, nv):
                         for v in range(nv):
                             slot = slots[j][v]
                             builder.store(builder.call(fma, [xb, ws[v], builder.load(slot)]), slot)
-            for j in range(npix):
-                for v in range(nv):
-                    p = builder.bitcast(builder.gep(rptrs[j], [ir.Constant(i64, v * vw)]), vty.as_pointer())
-                    builder.store(builder.load(slots[j][v]), p, align=size)
+            _store_slots(builder, rptrs, slots, vw, vty, size)
             return context.get_dummy_value()
 
         return sig, codegen
