@@ -335,6 +335,16 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
     grid of its grad_x has taps (kernel >= stride)."""
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
+    if winograd_pays(p):
+        return (
+            "winograd",
+            "winograd",
+            (
+                f"auto: Winograd F(4×4, 3×3): a 3×3 stride-1 layer with at least {WINOGRAD_AUTO_CHANNELS} "
+                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles, where its 4× fewer "
+                f"products measured faster than direct, its float32 error within 1e-5 (docs/winograd.md)"
+            ),
+        )
     crs = p.cg * p.kh * p.kw
     if not need_input_grad and crs <= p.kg:
         return (
@@ -568,10 +578,17 @@ def _pixel_tiling(kout_g: int, depth: int, pixels: int, groups: int, itemsize: i
     element per pixel and tap, so they are taken only when at least 3/4 of
     their lanes hold real channels and the reduction is deep enough to hide
     the accumulator traffic."""
-    npix, nv = PIXEL_TILE
-    channels = nv * 64 // itemsize
+    channels = PIXEL_TILE[1] * 64 // itemsize
     if kout_g < 32 or kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
+    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads)
+
+
+def _pixel_blocks(kout_g: int, pixels: int, groups: int, itemsize: int, threads: int) -> PixelTiling:
+    """The pixel tiles' blocks: halved from ``PIXEL_BLOCK`` pixels until there
+    are four tasks per thread, evened out over the threads."""
+    npix, nv = PIXEL_TILE
+    channels = nv * 64 // itemsize
     tasks_per_block = groups * -(-kout_g // channels)
     blk = PIXEL_BLOCK
     while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
@@ -887,6 +904,24 @@ WINOGRAD_CHUNK_BYTES = 16 * 2**20
 WINOGRAD_F4_MAX_DEPTH = 4608
 
 
+# Winograd under auto: channels per group (in and out) and F(4×4) tiles from
+# which its transforms and the weights' transform are paid for by the GEMMs'
+# 4× fewer products (benchmarks in docs/winograd.md).
+WINOGRAD_AUTO_CHANNELS = 128
+WINOGRAD_AUTO_TILES = 256
+
+
+def winograd_pays(p: Conv2dParams) -> bool:
+    """auto takes Winograd F(4×4, 3×3): a 3×3 kernel at stride 1 and
+    dilation 1, deep and wide enough groups, enough tiles, and F(4×4) within
+    its measured float32 error bound (``winograd_tile``)."""
+    if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
+        return False
+    if min(p.cg, p.kg) < WINOGRAD_AUTO_CHANNELS or winograd_tile(p)[0] != 4:
+        return False
+    return p.n * -(-p.oh // 4) * -(-p.ow // 4) >= WINOGRAD_AUTO_TILES
+
+
 def check_winograd(p: Conv2dParams, backend: str) -> None:
     """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
     if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
@@ -915,6 +950,19 @@ def winograd_tile(p: Conv2dParams) -> tuple[int, str]:
     return 4, f"F(4×4, 3×3): {cost4} transformed points per plane vs {cost2} for F(2×2)"
 
 
+def _winograd_bytes(p: Conv2dParams, m: int, tiles: int, isz: int) -> int:
+    """Workspace of a Winograd chunk of ``tiles`` tiles: transformed input
+    and GEMM output (a row per tile, slack for whole vectors), the chunk's
+    images channels innermost, and the transformed weights."""
+    a2, lanes = (m + 2) ** 2, 64 // isz
+    th_n, tw_n = -(-max(p.oh, p.h) // m), -(-max(p.ow, p.w) // m)
+    images = min(p.n, -(-tiles // (th_n * tw_n)) + 1)
+    cp = -(-max(p.c, p.k) // lanes) * lanes
+    kt = PIXEL_TILE[1] * lanes
+    weights = a2 * p.groups * -(-max(p.kg, p.cg) // kt) * kt * max(p.cg, p.kg)
+    return (tiles * (a2 * (p.c + p.k) + 2 * lanes) + images * (th_n * m + 2) * (tw_n * m + 2) * cp + weights) * isz
+
+
 def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
     isz = dtype.itemsize
     m, why_m = winograd_tile(p)
@@ -930,9 +978,10 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     wino = WinogradPlan(m, tc, wplan)
     fwd_lay = column_layout(1, a2 * p.c, 1, ld, 1, tc)
     bwd_lay = column_layout(1, a2 * p.k, 1, ld, 1, tc)
-    fwd = _corr_column(p.kg, p.cg, isz)
-    gx = _corr_column(p.cg, p.kg, isz) if need_input_grad else None
-    ws = a2 * (p.c + p.k) * ld * isz + a2 * p.k * p.cg * isz
+    # the GEMMs always run on the pixel tiles (their transforms want channels innermost)
+    fwd = _pixel_blocks(p.kg, tc, a2 * p.groups, isz, threads)
+    gx = _pixel_blocks(p.cg, tc, a2 * p.groups, isz, threads) if need_input_grad else None
+    ws = _winograd_bytes(p, m, tc, isz)
     bwd_bytes = max(wplan.cpu.backward_workspace_bytes, ws if need_input_grad else 0)
     why_layout = (
         f"transformed: {why_m}; {tc} tiles per chunk ({_mib(ws)} of transformed input and GEMM "

@@ -31,9 +31,11 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _alloc
-from .common import FASTMATH, empty_bias
-from .engine import correlate, pack_weights
-from .layout import column_layout, column_ld
+from .common import FASTMATH
+from .engine.pixels import corr_pixels_rows, whole_tiles
+from .engine.transforms import input_tile2, input_tile4, output_tile2, output_tile4
+
+from .layout import PixelTiling
 
 if TYPE_CHECKING:
     from .._params import Conv2dParams
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["backward", "forward", "transform_matrices", "winograd_correlate"]
 
 _ZERO_TAP = np.zeros(1, np.int64)
+# tiles per task of the output transform (its scratch allocated once per task)
+_TILES_PER_TASK = 16
+# channels per pass of the transpose to channels innermost (whole cache lines
+# written, that many rows of x read side by side)
+_TRANSPOSE_CHANNELS = 16
 
 
 def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,128 +81,148 @@ def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @njit(fastmath=FASTMATH, inline="always")
-def _bt(m, v, o, st, nb):
-    """Rows o + i*st (i < α) of v (α² rows of tiles) <- B^T of them, lane
-    by lane (loops LLVM vectorises), written out sparsely: every output that
-    depends on an input still gets it, so non-finite values reach every
-    output whose window holds them."""
-    r0, r1, r2, r3 = v[o, :nb], v[o + st, :nb], v[o + 2 * st, :nb], v[o + 3 * st, :nb]
+def _g_lanes(m, s0, s1, s2, o, st, nk):
+    """Rows o[st*ρ] (ρ < α) <- G (α×3) times the rows (s0, s1, s2), lane by
+    lane over the first nk lanes (loops LLVM vectorises)."""
     if m == 2:
-        for q in range(nb):
-            d0, d1, d2, d3 = r0[q], r1[q], r2[q], r3[q]
-            r0[q], r1[q], r2[q], r3[q] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+        o0, o1, o2, o3 = o[0], o[st], o[2 * st], o[3 * st]
+        for i in range(nk):
+            g0, g1, g2 = s0[i], s1[i], s2[i]
+            h = 0.5 * (g0 + g2)
+            o0[i], o1[i], o2[i], o3[i] = g0, h + 0.5 * g1, h - 0.5 * g1, g2
         return
-    r4, r5 = v[o + 4 * st, :nb], v[o + 5 * st, :nb]
-    for q in range(nb):
-        d0, d1, d2, d3, d4, d5 = r0[q], r1[q], r2[q], r3[q], r4[q], r5[q]
-        r0[q] = 4 * d0 - 5 * d2 + d4
-        r1[q] = d3 + d4 - 4 * (d1 + d2)
-        r2[q] = 4 * (d1 - d2) + d4 - d3
-        r3[q] = 2 * (d3 - d1) + d4 - d2
-        r4[q] = 2 * (d1 - d3) + d4 - d2
-        r5[q] = 4 * d1 - 5 * d3 + d5
+    o0, o1, o2, o3, o4, o5 = o[0], o[st], o[2 * st], o[3 * st], o[4 * st], o[5 * st]
+    for i in range(nk):
+        g0, g1, g2 = s0[i], s1[i], s2[i]
+        e = -(g0 + g2) / 6
+        f = g0 / 24 + g2 / 6
+        o0[i] = g0 / 4
+        o1[i] = e - g1 / 6
+        o2[i] = e + g1 / 6
+        o3[i] = f + g1 / 12
+        o4[i] = f - g1 / 12
+        o5[i] = g2
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _transform_weights(w, groups, m, out):
+    """out[ξ*G + g, kb, :, 0, i] = (G w[k] G^T)[ξ], k = g*Kout_g + kb*kt + i
+    (zero past Kout_g): U in the engine's packed layout, computed in float64
+    with the kt output channels of a block in the vector lanes.  Parallel
+    over (group, block of kt output channels) like ``_pack``."""
+    kog, ci = w.shape[0] // groups, w.shape[1]
+    nkb, kt = out.shape[1], out.shape[4]
+    a = m + 2
+    for u in prange(groups * nkb):
+        g = u // nkb
+        kb = u - g * nkb
+        k0 = g * kog + kb * kt
+        nk = min(kt, kog - kb * kt)
+        wt = np.zeros((9, kt), np.float64)  # lanes past nk stay 0: U is 0 there
+        gw = np.empty((a * 3, kt), np.float64)  # (G w)[ρ, s] in row ρ*3 + s
+        for c in range(ci):
+            for i in range(nk):
+                for j in range(9):
+                    wt[j, i] = w[k0 + i, c, j // 3, j % 3]
+            for s_ in range(3):
+                _g_lanes(m, wt[s_], wt[3 + s_], wt[6 + s_], gw[s_:], 3, kt)
+            for r in range(a):
+                _g_lanes(m, gw[r * 3], gw[r * 3 + 1], gw[r * 3 + 2], out[r * a * groups + g :, kb, c, 0], groups, kt)
+    return out
 
 
 @njit(fastmath=FASTMATH, inline="always")
-def _at(m, v, o, st, nb):
-    """Rows o + i*st (i < m) of v <- A^T of rows o + ξ*st (ξ < α), lane by lane."""
-    r0, r1, r2, r3 = v[o, :nb], v[o + st, :nb], v[o + 2 * st, :nb], v[o + 3 * st, :nb]
-    if m == 2:
-        for q in range(nb):
-            m0, m1, m2, m3 = r0[q], r1[q], r2[q], r3[q]
-            r0[q], r1[q] = m0 + m1 + m2, m1 - m2 - m3
-        return
-    r4, r5 = v[o + 4 * st, :nb], v[o + 5 * st, :nb]
-    for q in range(nb):
-        m0, m1, m2, m3, m4, m5 = r0[q], r1[q], r2[q], r3[q], r4[q], r5[q]
-        r0[q] = m0 + m1 + m2 + m3 + m4
-        r1[q] = m1 - m2 + 2 * (m3 - m4)
-        r2[q] = m1 + m2 + 4 * (m3 + m4)
-        r3[q] = m1 - m2 + 8 * (m3 - m4) + m5
+def _tile_origin(t, th_n, tw_n, m):
+    """(image, first row, first column) of tile t's output."""
+    per_img = th_n * tw_n
+    n = t // per_img
+    r = t - n * per_img
+    th = r // tw_n
+    return n, th * m, (r - th * tw_n) * m
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld):
-    """v[(ξ*C + c), j] = (B^T d B)[ξ] of tile t0 + j of x (N, C, H, W), d its
-    α×α patch from (th*m - top, tw*m - left), zeros outside x; row tails
-    past nt zeroed.  t0 and nt are whole rows of tiles.  Parallel over
-    (channel, row of tiles): the row's α input rows are copied once into a
-    zero-padded strip, its tiles transformed side by side (tile innermost)."""
-    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = m + 2
-    rows = nt // tw_n
-    width = tw_n * m + 2
-    for task in prange(c_n * rows):
-        c = task // rows
-        tr = task - c * rows
-        t = t0 + tr * tw_n
-        n = t // (th_n * tw_n)
-        h0 = (t // tw_n - n * th_n) * m - top
-        strip = np.zeros((a, width), x.dtype)
-        lo, hi = max(0, left), min(w + left, width)  # strip columns inside x
-        for r in range(a):
-            if 0 <= h0 + r < h and hi > lo:
-                strip[r, lo:hi] = x[n, c, h0 + r, lo - left : hi - left]
-        d = np.empty((a * a, tw_n), x.dtype)
-        for r in range(a):
-            for s_ in range(a):
-                dr = d[r * a + s_]
-                sr = strip[r]
-                for q in range(tw_n):
-                    dr[q] = sr[q * m + s_]
-        for s_ in range(a):
-            _bt(m, d, s_, a, tw_n)
-        for r in range(a):
-            _bt(m, d, r * a, 1, tw_n)
-        j0 = tr * tw_n
-        for xi in range(a * a):
-            v[xi * c_n + c, j0 : j0 + tw_n] = d[xi]
-            if j0 + tw_n == nt:
-                v[xi * c_n + c, nt:ld] = 0
+@njit(parallel=True, cache=True)
+def _channels_last(x, n0, top, left, xp):
+    """xp[i, h, w, c] = x[n0 + i, c, h - top, w - left]: images n0.. of x
+    (N, C, H, W) channels innermost, zero outside x and in the channels past
+    C (xp's are whole vectors).  Parallel over (image, row)."""
+    cin, h, w = x.shape[1], x.shape[2], x.shape[3]
+    nn, hp, wp = xp.shape[0], xp.shape[1], xp.shape[2]
+    lo, hi = max(0, left), min(wp, w + left)  # xp columns inside x
+    for task in prange(nn * hp):
+        i = task // hp
+        r = task - i * hp
+        row = xp[i, r]
+        hs = r - top
+        if hs < 0 or hs >= h or hi <= lo:
+            row[:, :] = 0
+            continue
+        row[:lo, :] = 0
+        row[hi:, :] = 0
+        row[lo:hi, cin:] = 0
+        xi = x[n0 + i]
+        for c0 in range(0, cin, _TRANSPOSE_CHANNELS):
+            c1 = min(cin, c0 + _TRANSPOSE_CHANNELS)
+            for j in range(lo, hi):
+                for c in range(c0, c1):
+                    row[j, c] = xi[c, hs, j - left]
+    return xp
+
+
+@njit(parallel=True, cache=True)
+def _input_transform(xp, n0, t0, nt, th_n, tw_n, m, cin, lanes, v, vs):
+    """v[j*vs + ξ*C + c] = (B^T d B)[ξ] of channel c of tile t0 + j (j < nt),
+    d its α×α patch in xp (``_channels_last`` of images n0..).  Parallel
+    over tiles; a tile's channel vectors run last to first, so the lanes a
+    last partial vector writes past C (into the next point's first
+    channels, or the tile's slack) are overwritten with the right values."""
+    hp, wp, cp = xp.shape[1], xp.shape[2], xp.shape[3]
+    flat = xp.reshape(-1)
+    rs = wp * cp
+    nvec = -(-cin // lanes)
+    for j in prange(nt):
+        n, h0, w0 = _tile_origin(t0 + j, th_n, tw_n, m)
+        s0 = ((n - n0) * hp + h0) * rs + w0 * cp
+        for cb in range(nvec - 1, -1, -1):
+            if m == 4:
+                input_tile4(flat, s0 + cb * lanes, rs, cp, v, j * vs + cb * lanes, cin)
+            else:
+                input_tile2(flat, s0 + cb * lanes, rs, cp, v, j * vs + cb * lanes, cin)
     return v
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _output_transform(mm, t0, nt, th_n, tw_n, m, bias, y):
-    """y tile t0 + j <- A^T M A (+ bias), M[ξ] = mm[ξ*K + k, j]; only the
-    pixels inside y (N, K, OH, OW).  Parallel over (channel, row of tiles)."""
-    k_n, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    a = m + 2
-    rows = nt // tw_n
-    for task in prange(k_n * rows):
-        k = task // rows
-        tr = task - k * rows
-        t = t0 + tr * tw_n
-        n = t // (th_n * tw_n)
-        h0 = (t // tw_n - n * th_n) * m
-        j0 = tr * tw_n
-        mt = np.empty((a * a, tw_n), y.dtype)
-        b = bias[k] if bias.shape[0] else 0
-        for xi in range(a * a):
-            mt[xi] = mm[xi * k_n + k, j0 : j0 + tw_n]
-        for nu in range(a):
-            _at(m, mt, nu, a, tw_n)
-        for i in range(m):
-            _at(m, mt, i * a, 1, tw_n)
-        for i in range(min(m, oh - h0)):
-            yr = y[n, k, h0 + i]
-            for s_ in range(m):
-                src = mt[i * a + s_]
-                for q in range(tw_n):
-                    col = q * m + s_
-                    if col < ow:
-                        yr[col] = src[q] + b
+@njit(parallel=True, cache=True)
+def _output_transform(mm, t0, th_n, tw_n, m, kout, lanes, bias, y):
+    """y tile t0 + j <- A^T M A + bias for the rows j of mm (tiles, ξ*K + k),
+    only the pixels inside y (N, K, OH, OW); bias padded to whole vectors.
+    Parallel over tiles, a vector of channels at a time."""
+    oh, ow = y.shape[2], y.shape[3]
+    nt = mm.shape[0]
+    nvec = -(-kout // lanes)
+    for b in prange(-(-nt // _TILES_PER_TASK)):
+        o = np.empty((m * m, lanes), y.dtype)
+        for j in range(b * _TILES_PER_TASK, min(nt, (b + 1) * _TILES_PER_TASK)):
+            n, h0, w0 = _tile_origin(t0 + j, th_n, tw_n, m)
+            hi, wi = min(m, oh - h0), min(m, ow - w0)
+            for cb in range(nvec):
+                if m == 4:
+                    output_tile4(mm[j], cb * lanes, kout, bias, cb * lanes, o)
+                else:
+                    output_tile2(mm[j], cb * lanes, kout, bias, cb * lanes, o)
+                for ln in range(min(lanes, kout - cb * lanes)):
+                    yk = y[n, cb * lanes + ln]
+                    for i in range(hi):
+                        for s_ in range(wi):
+                            yk[h0 + i, w0 + s_] = o[i * m + s_, ln]
     return y
 
 
-def _packed_transformed_weights(w: np.ndarray, groups: int, g_mat: np.ndarray, tiling) -> np.ndarray:
+def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int) -> np.ndarray:
     """U = G g G^T of w (Kout, Cin/groups, 3, 3) as the engine's packed weights
-    of α²*groups correlation groups: (α²*G, Kout/G, Cin/G, 1 tap)."""
-    ko, ci = w.shape[0], w.shape[1]
-    u = np.einsum("ar,kcrs,bs->abkc", g_mat, w.astype(np.float64), g_mat)  # (α, α, Kout, Cin/G)
-    a = g_mat.shape[0]
-    u = u.reshape(a * a * groups, ko // groups, ci, 1).astype(w.dtype)
-    return pack_weights(u, tiling)
+    of α²*groups correlation groups: (α²*G, ceil(Kout_g/kt), Cin/G, 1 tap, kt)."""
+    kog = w.shape[0] // groups
+    out = np.empty(((m + 2) ** 2 * groups, -(-kog // kt), w.shape[1], 1, kt), w.dtype)
+    return _transform_weights(np.ascontiguousarray(w), groups, m, out)
 
 
 def winograd_correlate(
@@ -215,32 +242,34 @@ def winograd_correlate(
     assert c is not None and c.winograd is not None, "a Winograd CPU plan"
     wp = c.winograd
     m = wp.m
-    g_mat = transform_matrices(m)[1]
     a2 = (m + 2) ** 2
+    lanes = 64 // x.dtype.itemsize
     n, cin = x.shape[0], x.shape[1]
     kout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     th_n, tw_n = -(-oh // m), -(-ow // m)
-    total = n * th_n * tw_n
-    tiling = c.grad_input if grad else c.forward_corr()
-    assert tiling is not None
-    wpk = _packed_transformed_weights(w, groups, g_mat, tiling)
-    b = empty_bias(x.dtype) if bias is None else bias
-    tc = min(max(1, wp.tiles_per_chunk // tw_n) * tw_n, total)  # whole rows of tiles
-    ld = column_ld(tc, x.dtype.itemsize)
-    v = _alloc.empty((a2 * cin, ld), x.dtype)
-    mm = _alloc.empty((a2 * kout, ld), x.dtype)
+    per_img = th_n * tw_n
+    total = n * per_img
+    tiling = c.grad_input if grad else c.forward
+    assert isinstance(tiling, PixelTiling), "Winograd's GEMMs run on the pixel tiles"
+    wpk = _packed_transformed_weights(w, groups, m, tiling.pack)
+    bias_v = np.zeros(-(-kout // lanes) * lanes, x.dtype)
+    if bias is not None:
+        bias_v[:kout] = bias
+    tc = min(wp.tiles_per_chunk, total)
+    vs, ms = a2 * cin + lanes, a2 * kout + lanes  # a tile's row; slack for whole vectors
+    v = _alloc.empty(tc * vs, x.dtype)
+    mm_buf = _alloc.empty(tc * ms, x.dtype)
+    hp, wpad, cp = th_n * m + 2, tw_n * m + 2, -(-cin // lanes) * lanes
     for t0 in range(0, total, tc):
         nt = min(tc, total - t0)
-        _input_transform(x, t0, nt, th_n, tw_n, m, top, left, v, ld)
-        lay = column_layout(1, a2 * cin, 1, ld, 1, nt)
-        correlate(v.reshape(-1), lay, _ZERO_TAP, wpk, empty_bias(x.dtype), _gemm_out(mm, nt), tiling)
-        _output_transform(mm, t0, nt, th_n, tw_n, m, b, out)
+        n0, n1 = t0 // per_img, (t0 + nt - 1) // per_img
+        xp = _channels_last(x, n0, top, left, _alloc.empty((n1 - n0 + 1, hp, wpad, cp), x.dtype))
+        _input_transform(xp, n0, t0, nt, th_n, tw_n, m, cin, lanes, v, vs)
+        mm = mm_buf[: nt * ms].reshape(nt, ms)
+        pix = whole_tiles(np.arange(nt, dtype=np.int64) * vs)
+        corr_pixels_rows(v, 1, _ZERO_TAP, pix, wpk, mm, kout // groups, tiling.block, tiling.channel_block)
+        _output_transform(mm, t0, th_n, tw_n, m, kout, lanes, bias_v, out)
     return out
-
-
-def _gemm_out(mm: np.ndarray, nt: int) -> np.ndarray:
-    """mm's first nt columns as the (1, rows, 1, nt) view the engine writes."""
-    return mm[:, :nt].reshape(1, mm.shape[0], 1, nt)
 
 
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, None]:

@@ -69,12 +69,31 @@ def test_plan_table():
     assert no_gx.cpu.grad_input is None and "skipped" in repr(no_gx)
 
 
-@pytest.mark.parametrize("shape", [((8, 64, 56, 56), (64, 64, 3, 3)), ((32, 256, 14, 14), (256, 256, 3, 3)),
-                                   ((64, 32, 13, 13), (64, 32, 3, 3))])
-def test_auto_does_not_pick_winograd(shape):
-    """Winograd is available by name only (measured slower than direct here, docs/winograd.md)."""
-    plan = fastconv.plan_conv2d(*shape, padding=1)
-    assert "winograd" not in (plan.algorithm, plan.backward_algorithm)
+@pytest.mark.parametrize("xs, ws, opts, picks", [
+    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True),  # 32 images x 4 x 4 tiles
+    ((8, 128, 28, 28), (128, 128, 3, 3), {"padding": 1}, True),  # 8 x 7 x 7 tiles
+    ((4, 128, 32, 32), (256, 128, 3, 3), {}, True),  # 30 x 30 outputs: 4 x 8 x 8 tiles
+    ((32, 256, 14, 14), (256, 128, 3, 3), {"padding": 1, "groups": 2}, True),  # 128 channels per group
+    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, False),  # 64 channels
+    ((32, 256, 14, 14), (256, 64, 3, 3), {"padding": 1, "groups": 4}, False),  # 64 per group
+    ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),  # 64 tiles
+    ((8, 256, 16, 16), (256, 256, 3, 3), {"padding": 1}, False),  # 128 tiles
+    ((64, 32, 13, 13), (64, 32, 3, 3), {}, False),
+    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, False),
+    ((32, 256, 28, 28), (256, 256, 3, 3), {"padding": 1, "stride": 2}, False),
+    ((32, 256, 14, 14), (256, 256, 5, 5), {"padding": 2}, False),
+    ((32, 1024, 14, 14), (256, 1024, 3, 3), {"padding": 1}, False),  # 9 x 1024 products: F(2x2) only
+])
+def test_auto_winograd_rule(xs, ws, opts, picks):
+    """auto runs Winograd, forward and backward, exactly where
+    ``_plan.winograd_pays`` says (docs/winograd.md)."""
+    plan = fastconv.plan_conv2d(xs, ws, **opts)
+    got = (plan.algorithm, plan.backward_algorithm)
+    if picks:
+        assert got == ("winograd", "winograd") and plan.cpu.winograd.m == 4
+        assert "auto: Winograd F(4×4, 3×3)" in plan.reason("algorithm")
+    else:
+        assert "winograd" not in got
 
 
 @pytest.mark.parametrize("ws, opts, what", [

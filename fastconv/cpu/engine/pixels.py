@@ -32,7 +32,7 @@ from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling
 from .grad_weight import pair_offsets
 from .simd import pixel_tile
 
-__all__ = ["corr_pixels", "correlate_pixels", "grad_weight_pixels", "pixel_offsets"]
+__all__ = ["corr_pixels", "corr_pixels_rows", "correlate_pixels", "grad_weight_pixels", "pixel_offsets", "whole_tiles"]
 
 _NPIX = PIXEL_TILE[0]
 
@@ -51,10 +51,10 @@ def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tupl
         + np.arange(oh, dtype=np.int64)[None, :, None] * (sh * layout.pitch)
         + np.arange(ow, dtype=np.int64)[None, None, :] * (sw * layout.step)
     ).ravel()
-    return _whole_tiles(q)
+    return whole_tiles(q)
 
 
-def _whole_tiles(q: np.ndarray) -> np.ndarray:
+def whole_tiles(q: np.ndarray) -> np.ndarray:
     """``q`` with its last entry repeated up to a multiple of the tile's
     pixels (a last tile's extra rows read valid addresses; dropped)."""
     pad = -q.shape[0] % _NPIX
@@ -120,6 +120,27 @@ def _copy_out(acc, p0, pn, out, k0, nk, bias):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
+def corr_pixels_rows(inp, cstride, offs, pix, wpk, out, kgo, pblk, cblk):
+    """``corr_pixels`` without bias into rows: out[p, g*kgo + k] for pixel p
+    (out (pixels, >= G*kgo), rows C-contiguous), the accumulator copied as
+    it is (Winograd's GEMMs, whose output transform wants channels
+    innermost)."""
+    groups, nkb, cgi, _, kbw = wpk.shape
+    npx = out.shape[0]
+    nblk = -(-npx // pblk)
+    for t in prange(groups * nkb * nblk):
+        g, bi, kb = split_task(t, nkb, nblk)
+        p0 = bi * pblk
+        pn = min(pblk, npx - p0)
+        acc = _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk)
+        k0 = g * kgo + kb * kbw
+        nk = min(kbw, kgo - kb * kbw)
+        for j in range(pn):
+            out[p0 + j, k0 : k0 + nk] = acc[j, :nk]
+    return out
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def corr_pixels(inp, cstride, offs, pix, wpk, bias, out, pblk, cblk):
     """out (N, Kout, OH, OW) = bias + correlation over a stride-1 standard
     buffer at the pixel offsets ``pix`` (``pixel_offsets``); wpk (G,
@@ -170,7 +191,7 @@ def grad_weight_pixels(
     kg = k // groups
     gyt = _alloc.empty((groups, -(-kg // kb), n * oh * ow, kb), gy.dtype)
     _transpose_grad_output(gy, gyt)
-    pairs = _whole_tiles(pair_offsets(layout.cstride, offs, cg))
+    pairs = whole_tiles(pair_offsets(layout.cstride, offs, cg))
     pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]
     out = _alloc.empty((groups, gyt.shape[1], pairs.shape[0], kb), np.float64)
     _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, out)
