@@ -34,7 +34,6 @@ from .. import _alloc
 from .common import FASTMATH
 from .engine.pixels import corr_pixels_rows, whole_tiles
 from .engine.transforms import input_tile2, input_tile4, output_tile2, output_tile4
-
 from .layout import PixelTiling
 
 if TYPE_CHECKING:

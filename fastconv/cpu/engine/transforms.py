@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import _vec, _vload
@@ -152,9 +151,7 @@ def _make_output_tile(m):
                 [
                     _vload(
                         builder,
-                        builder.gep(
-                            src_a.data, [builder.add(s0_v, builder.mul(xs_v, ir.Constant(i64, r * a + s)))]
-                        ),
+                        builder.gep(src_a.data, [builder.add(s0_v, builder.mul(xs_v, ir.Constant(i64, r * a + s)))]),
                         vty,
                         size,
                     )
