@@ -91,6 +91,18 @@ def _conv_backward(dtype: str, algorithm: str) -> None:
         fastconv.conv2d_backward(gy, x, w64, padding=1, algorithm=algorithm)
 
 
+def _conv_winograd(dtype: str) -> None:
+    """Winograd forward and backward, F(4×4, 3×3) and F(2×2, 3×3) (auto runs
+    it on deep and wide 3×3 layers)."""
+    import fastconv
+
+    w, b = _rand((8, 3, 3, 3), dtype), _rand((8,), dtype)
+    for shape, padding in (((2, 3, 9, 9), 1), ((1, 3, 4, 4), 0)):
+        x = _rand(shape, dtype)
+        gy = fastconv.conv2d(x, w, b, padding=padding, algorithm="winograd")
+        fastconv.conv2d_backward(gy, x, w, padding=padding, algorithm="winograd")
+
+
 def _pool(dtype: str) -> None:
     import fastconv
 
@@ -122,6 +134,7 @@ _OPS: dict[str, Callable[[str], None]] = {
     "conv2d-backward-direct": lambda dt: _conv_backward(dt, "direct"),
     "conv2d-im2col": lambda dt: _conv_forward(dt, "im2col"),
     "conv2d-backward-im2col": lambda dt: _conv_backward(dt, "im2col"),
+    "conv2d-winograd": _conv_winograd,
     "max-pool2d": _pool,
     "nn": _nn_models,
 }
@@ -137,6 +150,7 @@ def _tasks() -> list[Task]:
             Task(f"{dt}:conv2d-backward-direct", (f"{dt}:conv2d-direct",)),
             Task(f"{dt}:conv2d-im2col", (f"{dt}:conv2d-direct",)),
             Task(f"{dt}:conv2d-backward-im2col", (f"{dt}:conv2d-backward-direct",)),
+            Task(f"{dt}:conv2d-winograd", (f"{dt}:conv2d-backward-direct",)),
         ]
     ops = ("conv2d-direct", "max-pool2d", "conv2d-backward-direct", "conv2d-im2col", "conv2d-backward-im2col")
     out.append(Task("float32:nn", tuple(f"float32:{op}" for op in ops)))

@@ -33,7 +33,8 @@ from numba import njit, prange
 from .. import _alloc
 from .common import FASTMATH
 from .engine.pixels import corr_pixels_rows, whole_tiles
-from .engine.transforms import input_tile2, input_tile4, output_tile2, output_tile4
+from .engine.correlate import pack_weights_by
+from .engine.transforms import input_tile2, input_tile4, output_tile2, output_tile4, weight_tile2, weight_tile4
 from .layout import PixelTiling
 
 if TYPE_CHECKING:
@@ -79,54 +80,25 @@ def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
 
 
-@njit(fastmath=FASTMATH, inline="always")
-def _g_lanes(m, s0, s1, s2, o, st, nk):
-    """Rows o[st*ρ] (ρ < α) <- G (α×3) times the rows (s0, s1, s2), lane by
-    lane over the first nk lanes (loops LLVM vectorises)."""
-    if m == 2:
-        o0, o1, o2, o3 = o[0], o[st], o[2 * st], o[3 * st]
-        for i in range(nk):
-            g0, g1, g2 = s0[i], s1[i], s2[i]
-            h = 0.5 * (g0 + g2)
-            o0[i], o1[i], o2[i], o3[i] = g0, h + 0.5 * g1, h - 0.5 * g1, g2
-        return
-    o0, o1, o2, o3, o4, o5 = o[0], o[st], o[2 * st], o[3 * st], o[4 * st], o[5 * st]
-    for i in range(nk):
-        g0, g1, g2 = s0[i], s1[i], s2[i]
-        e = -(g0 + g2) / 6
-        f = g0 / 24 + g2 / 6
-        o0[i] = g0 / 4
-        o1[i] = e - g1 / 6
-        o2[i] = e + g1 / 6
-        o3[i] = f + g1 / 12
-        o4[i] = f - g1 / 12
-        o5[i] = g2
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _transform_weights(w, groups, m, out):
-    """out[ξ*G + g, kb, :, 0, i] = (G w[k] G^T)[ξ], k = g*Kout_g + kb*kt + i
-    (zero past Kout_g): U in the engine's packed layout, computed in float64
-    with the kt output channels of a block in the vector lanes.  Parallel
-    over (group, block of kt output channels) like ``_pack``."""
-    kog, ci = w.shape[0] // groups, w.shape[1]
-    nkb, kt = out.shape[1], out.shape[4]
-    a = m + 2
-    for u in prange(groups * nkb):
-        g = u // nkb
-        kb = u - g * nkb
-        k0 = g * kog + kb * kt
-        nk = min(kt, kog - kb * kt)
-        wt = np.zeros((9, kt), np.float64)  # lanes past nk stay 0: U is 0 there
-        gw = np.empty((a * 3, kt), np.float64)  # (G w)[ρ, s] in row ρ*3 + s
+@njit(parallel=True, cache=True)
+def _transform_weights(wpk, m, out):
+    """out[ξ*G + g, kb, c, 0, :] = (G w G^T)[ξ] of the kernels packed in
+    wpk (G, nkb, Cin_g, 9, kt) (``pack_weights_by``; zero past Kout_g, so U
+    is zero there): U in the engine's packed layout, a vector of output
+    channels at a time.  Parallel over (group, block of kt output channels)."""
+    groups, nkb, ci, _, kt = wpk.shape
+    src = wpk.reshape(-1)
+    dst = out.reshape(-1)
+    lanes = 64 // wpk.itemsize
+    xs = groups * nkb * ci * kt  # one point's packed weights
+    for u in prange(groups * nkb):  # u = g*nkb + kb
         for c in range(ci):
-            for i in range(nk):
-                for j in range(9):
-                    wt[j, i] = w[k0 + i, c, j // 3, j % 3]
-            for s_ in range(3):
-                _g_lanes(m, wt[s_], wt[3 + s_], wt[6 + s_], gw[s_:], 3, kt)
-            for r in range(a):
-                _g_lanes(m, gw[r * 3], gw[r * 3 + 1], gw[r * 3 + 2], out[r * a * groups + g :, kb, c, 0], groups, kt)
+            at = (u * ci + c) * kt
+            for ln in range(0, kt, lanes):
+                if m == 4:
+                    weight_tile4(src, at * 9 + ln, kt, dst, at + ln, xs)
+                else:
+                    weight_tile2(src, at * 9 + ln, kt, dst, at + ln, xs)
     return out
 
 
@@ -219,9 +191,10 @@ def _output_transform(mm, t0, th_n, tw_n, m, kout, lanes, bias, y):
 def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int) -> np.ndarray:
     """U = G g G^T of w (Kout, Cin/groups, 3, 3) as the engine's packed weights
     of α²*groups correlation groups: (α²*G, ceil(Kout_g/kt), Cin/G, 1 tap, kt)."""
-    kog = w.shape[0] // groups
-    out = np.empty(((m + 2) ** 2 * groups, -(-kog // kt), w.shape[1], 1, kt), w.dtype)
-    return _transform_weights(np.ascontiguousarray(w), groups, m, out)
+    ko, ci = w.shape[0], w.shape[1]
+    wpk = pack_weights_by(w.reshape(groups, ko // groups, ci, 9), kt)
+    out = np.empty(((m + 2) ** 2 * groups, wpk.shape[1], ci, 1, kt), w.dtype)
+    return _transform_weights(wpk, m, out)
 
 
 def winograd_correlate(

@@ -37,7 +37,7 @@ PLANS = {
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
                         {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                              "image_tiles": False, "gx": (8, 3), "gw": "pixels", "in_place": False, "reuse": True}),
-    "deep_pad1": ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True,
+    "deep_pad1": ((8, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True,  # 128 tiles: not Winograd
                   {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                        "image_tiles": False, "gx": ("pixel", 64), "gw": "pixels", "in_place": False, "reuse": False}),
     "large_planes": ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, True,

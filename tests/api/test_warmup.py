@@ -114,7 +114,7 @@ def test_after_warmup_the_quick_start_and_mnist_warmup_compile_nothing(tmp_path)
                           cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=1500)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every kernel loads from the cache" in proc.stdout, proc.stdout
-    assert "[6/6]" in proc.stdout.replace("[ ", "["), proc.stdout
+    assert "[7/7]" in proc.stdout.replace("[ ", "["), proc.stdout
     assert "fastconv: compiling" not in proc.stderr  # the children's notice is off
     env["FASTCONV_COMPILE_NOTICE"] = "1"
     run = subprocess.run([sys.executable, "-c", _QUICK_START_AND_MNIST_WARMUP, str(ROOT)], cwd=tmp_path, env=env,

@@ -138,13 +138,33 @@ def test_matches_reference(xs, ws, opts, dtype, m, need_input_grad, threads, rng
 
 @pytest.mark.parametrize("m", [2, 4])
 def test_many_chunks(m, rng):
-    """Chunks of 16 tiles (rounded down to whole rows of tiles), so the batch spans several chunks."""
+    """Chunks of 16 tiles, so the batch spans several chunks."""
     xs, ws, opts = (3, 5, 19, 21), (7, 5, 3, 3), {"padding": 1}
     x, wt, b, gy = _inputs(rng, xs, ws, opts, np.float64)
     plan = _plan(xs, ws, opts, np.float64, m, tiles_per_chunk=16)
     op = fastconv.Conv2dOp.from_plan(plan)
     _close(op.forward(x, wt, b), reference.conv2d(x, wt, b, **opts), np.float64, "y")
     _close(op.backward(gy)[0], reference.conv2d_backward(gy, x, wt, **opts)[0], np.float64, "grad_x")
+
+
+# channel counts that are not whole vectors (16 float32 / 8 float64 lanes; the
+# last vector's extra lanes must be overwritten), more than one pixel tile of
+# output channels (64 / 32), groups, padding 3 (grad_x reads from offset -1),
+# and chunks of 5 tiles so that an image spans several chunks
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("xs, ws, opts, chunk", [
+    ((2, 40, 12, 11), (72, 40, 3, 3), {"padding": 1}, None),
+    ((2, 36, 9, 9), (48, 12, 3, 3), {"padding": 3, "groups": 3}, None),
+    ((3, 20, 10, 10), (24, 20, 3, 3), {"padding": 1}, 5),
+    ((2, 130, 8, 8), (130, 130, 3, 3), {"padding": 1}, None),
+])
+def test_channel_vectors_and_chunks(xs, ws, opts, chunk, dtype, m, rng):
+    x, wt, b, gy = _inputs(rng, xs, ws, opts, dtype)
+    plan = _plan(xs, ws, opts, dtype, m, **({"tiles_per_chunk": chunk} if chunk else {}))
+    op = fastconv.Conv2dOp.from_plan(plan)
+    _close(op.forward(x, wt, b), reference.conv2d(x, wt, b, **opts), dtype, "y")
+    _close(op.backward(gy)[0], reference.conv2d_backward(gy, x, wt, **opts)[0], dtype, "grad_x")
 
 
 def test_public_api_and_non_contiguous_inputs(rng):

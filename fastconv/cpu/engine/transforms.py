@@ -1,5 +1,6 @@
 """Winograd's transforms on 512-bit vectors of channels, written as LLVM IR.
 
+``weight_tile<m>`` turns a 3×3 kernel into its α² points (G g G^T),
 ``input_tile<m>`` turns one tile's α×α input patch into its α² transformed
 points (B^T d B) and ``output_tile<m>`` turns α² GEMM results into the tile's
 m×m outputs (A^T M A + bias), each for one vector of channels (16 float32
@@ -22,7 +23,7 @@ from numba.extending import intrinsic
 
 from .simd import _vec, _vload
 
-__all__ = ["input_tile2", "input_tile4", "output_tile2", "output_tile4"]
+__all__ = ["input_tile2", "input_tile4", "output_tile2", "output_tile4", "weight_tile2", "weight_tile4"]
 
 
 class _Ops:
@@ -39,6 +40,9 @@ class _Ops:
 
     def scale(self, c, x):
         return self.b.fmul(ir.Constant(self.vty, [float(c)] * self.vty.count), x)
+
+    def div(self, x, c):
+        return self.b.fdiv(x, ir.Constant(self.vty, [float(c)] * self.vty.count))
 
 
 def bt(o, m, d):
@@ -67,6 +71,23 @@ def at(o, m, v):
         o.add(m12, o.scale(2, m34)),
         o.add(p12, o.scale(4, p34)),
         o.add(o.add(m12, o.scale(8, m34)), v[5]),
+    ]
+
+
+def g3(o, m, g):
+    """G g for the 3 values g (a column or row of a 3×3 kernel)."""
+    if m == 2:
+        h = o.scale(0.5, o.add(g[0], g[2]))
+        return [g[0], o.add(h, o.scale(0.5, g[1])), o.sub(h, o.scale(0.5, g[1])), g[2]]
+    e = o.div(o.add(g[0], g[2]), -6)
+    f = o.add(o.div(g[0], 24), o.div(g[2], 6))
+    return [
+        o.scale(0.25, g[0]),
+        o.sub(e, o.div(g[1], 6)),
+        o.add(e, o.div(g[1], 6)),
+        o.add(f, o.div(g[1], 12)),
+        o.sub(f, o.div(g[1], 12)),
+        g[2],
     ]
 
 
@@ -172,6 +193,48 @@ def _make_output_tile(m):
     return output_tile
 
 
+def _make_weight_tile(m):
+    a = m + 2
+
+    @intrinsic
+    def weight_tile(typingctx, src, s0, rstride, dst, d0, xstride):
+        """dst[d0 + ξ*xstride + 0:VW] = (G g G^T)[ξ] for ξ < α², g[r, s] =
+        src[s0 + (3r + s)*rstride + 0:VW] (a vector of output channels),
+        computed in float64 and rounded once."""
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+            return None
+        sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            src_v, s0_v, rs_v, dst_v, d0_v, xs_v = args
+            fty, size, vw, vty = _vec(context, signature.args[0].dtype)
+            dty = ir.VectorType(ir.DoubleType(), vw)
+            src_a = context.make_array(signature.args[0])(context, builder, src_v)
+            dst_a = context.make_array(signature.args[3])(context, builder, dst_v)
+            i64 = ir.IntType(64)
+            wide = fty != ir.DoubleType()
+
+            def load(j):
+                p = builder.gep(src_a.data, [builder.add(s0_v, builder.mul(rs_v, ir.Constant(i64, j)))])
+                v = _vload(builder, p, vty, size)
+                return builder.fpext(v, dty) if wide else v
+
+            grid = [[load(3 * r + s) for s in range(3)] for r in range(3)]
+            res = _two_d(_Ops(builder, dty), g3, m, grid)
+            for r in range(a):
+                for s in range(a):
+                    at_ = builder.add(d0_v, builder.mul(xs_v, ir.Constant(i64, r * a + s)))
+                    p = builder.bitcast(builder.gep(dst_a.data, [at_]), vty.as_pointer())
+                    v = builder.fptrunc(res[r][s], vty) if wide else res[r][s]
+                    builder.store(v, p, align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return weight_tile
+
+
 # F(2×2, 3×3) and F(4×4, 3×3)
 input_tile2, input_tile4 = _make_input_tile(2), _make_input_tile(4)
 output_tile2, output_tile4 = _make_output_tile(2), _make_output_tile(4)
+weight_tile2, weight_tile4 = _make_weight_tile(2), _make_weight_tile(4)
