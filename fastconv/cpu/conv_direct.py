@@ -115,7 +115,7 @@ def _grad_weight(
     gy: np.ndarray, gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
 ) -> np.ndarray:
     """float64 grad_weight from grad_output copied into x's layout (or, on the
-    pixel tiles, from grad_output itself)."""
+    pixel tiles, in x's dtype from grad_output itself)."""
     lay, glay = xp.layout, gyf.layout
     shape = (p.k, p.cg, p.kh * p.kw)
     if tiling.mode == "pixels":  # x in a stride-1 layout at any stride
@@ -148,12 +148,13 @@ def backward(
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True)
     gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
-    gw64 = _grad_weight(gy, gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
-    # maybe 0 * inf at a garbage Q: redo over exact rows (the pixel tiles read exact pixels only)
-    if c.grad_weight.mode != "pixels" and np.isnan(gw64).any():
-        gw64 = grad_weight_exact(gy, xp, p, c.grad_weight.threads)
-    gw = _alloc.empty(p.weight_shape, dtype)
-    gw[...] = gw64.reshape(p.weight_shape)
+    gw = _grad_weight(gy, gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
+    if c.grad_weight.mode != "pixels":  # float64 sums over Q
+        # maybe 0 * inf at a garbage Q: redo over exact rows (the pixel tiles read exact pixels only)
+        if np.isnan(gw).any():
+            gw = grad_weight_exact(gy, xp, p, c.grad_weight.threads)
+        gw = gw.astype(dtype)
+    gw = gw.reshape(p.weight_shape)
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)

@@ -174,7 +174,7 @@ def grad_weight_pixels(
     tiling: GradWeightTiling,
     strides: tuple[int, int] = (1, 1),
 ) -> np.ndarray:
-    """float64 grad_weight (K, C/groups, T) on the pixel tiles, from gy (N, K,
+    """grad_weight (K, C/groups, T), in gy's dtype, on the pixel tiles, from gy (N, K,
     OH, OW) and x prepared in a stride-1 ``layout`` (``buf``) with tap offsets
     ``offs``, output pixels ``strides`` apart.
 
@@ -182,9 +182,10 @@ def grad_weight_pixels(
     offs[t] + pix[p]]: the same tile with the roles turned -- its rows are
     (input channel, tap) pairs, its vector lanes output channels (grad_output
     transposed to pixels x channels), its reduction the output pixels, in
-    chunks of ``tiling.segment`` summed in float64.  Exact pixels only;
-    parallel over (group, block of output channels, block of
-    ``tiling.channel_block`` pairs), each task owning its part of the result."""
+    chunks of ``tiling.segment`` summed in float64 and rounded once.  Exact
+    pixels only; parallel over (group, block of output channels, block of
+    ``tiling.channel_block`` pairs), each task writing its part of the
+    result straight into grad_weight."""
     k, cg, ntap = shape
     n, _, oh, ow = gy.shape
     kb = PIXEL_TILE[1] * 64 // gy.dtype.itemsize
@@ -193,10 +194,9 @@ def grad_weight_pixels(
     _transpose_grad_output(gy, gyt)
     pairs = whole_tiles(pair_offsets(layout.cstride, offs, cg))
     pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]
-    out = _alloc.empty((groups, gyt.shape[1], pairs.shape[0], kb), np.float64)
-    _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, out)
-    gw = out[:, :, : cg * ntap, :].transpose(0, 1, 3, 2).reshape(groups, -1, cg, ntap)[:, :kg]
-    return np.ascontiguousarray(gw).reshape(shape)
+    gw = _alloc.empty((k, cg * ntap), gy.dtype)
+    _gw_pixels(buf, cg * layout.cstride, pairs, pix, gyt, tiling.segment, tiling.channel_block, gw)
+    return gw.reshape(shape)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -223,14 +223,16 @@ def _transpose_grad_output(gy, gyt):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, out):
-    """out (G, nkb, pairs, KB) float64 = the (pair, output channel) sums over
-    all output pixels (see ``grad_weight_pixels``); group g's input at
-    g*gstride.  Tasks: (group, channel block, block of pairs_per_task pairs);
-    each sums its pairs' tiles over chunks of pchunk pixels in the working
-    precision, then adds each chunk into float64."""
+def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, gw):
+    """gw[g*Kg + k, pair] (K, pairs of a group) = the (pair, output channel)
+    sums over all output pixels (see ``grad_weight_pixels``); group g's
+    input at g*gstride.  Tasks: (group, channel block, block of
+    pairs_per_task pairs); each sums its pairs' tiles over chunks of pchunk
+    pixels in the working precision, adds each chunk into float64, and
+    writes its block of gw."""
     groups, nkb, npx, kbw = gyt.shape
     npair = pairs.shape[0]
+    kg, real_pairs = gw.shape[0] // groups, gw.shape[1]
     per_task = -(-pairs_per_task // _NPIX) * _NPIX
     nblk = -(-npair // per_task)
     for t in prange(groups * nkb * nblk):
@@ -238,8 +240,7 @@ def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, out):
         j0 = bi * per_task
         jn = min(per_task, npair - j0)
         acc = np.empty((jn, kbw), dtype=inp.dtype)
-        tot = out[g, kb, j0 : j0 + jn]
-        tot[:] = 0.0
+        tot = np.zeros((jn, kbw), dtype=np.float64)
         for p0 in range(0, npx, pchunk):
             pn = min(pchunk, npx - p0)
             wk = gyt[g, kb, p0 : p0 + pn].reshape((1, pn, kbw))
@@ -249,4 +250,9 @@ def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, out):
             for j in range(jn):
                 for i in range(kbw):
                     tot[j, i] += acc[j, i]
-    return out
+        k0 = g * kg + kb * kbw
+        for i in range(min(kbw, kg - kb * kbw)):
+            row = gw[k0 + i]
+            for j in range(min(jn, real_pairs - j0)):
+                row[j0 + j] = tot[j, i]
+    return gw
