@@ -32,9 +32,16 @@ from numba import njit, prange
 
 from .. import _alloc
 from .common import FASTMATH
-from .engine.pixels import corr_pixels_rows, whole_tiles
 from .engine.correlate import pack_weights_by
-from .engine.transforms import input_tile2, input_tile4, output_tile2, output_tile4, weight_tile2, weight_tile4
+from .engine.pixels import corr_pixels_rows, whole_tiles
+from .engine.transforms import (
+    input_tile2,
+    input_tile4,
+    output_tile_nchw2,
+    output_tile_nchw4,
+    weight_tile2,
+    weight_tile4,
+)
 from .layout import PixelTiling
 
 if TYPE_CHECKING:
@@ -44,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["backward", "forward", "transform_matrices", "winograd_correlate"]
 
 _ZERO_TAP = np.zeros(1, np.int64)
-# tiles per task of the output transform (its scratch allocated once per task)
-_TILES_PER_TASK = 16
 # channels per pass of the transpose to channels innermost (whole cache lines
 # written, that many rows of x read side by side)
 _TRANSPOSE_CHANNELS = 16
@@ -165,26 +170,22 @@ def _input_transform(xp, n0, t0, nt, th_n, tw_n, m, cin, lanes, v, vs):
 @njit(parallel=True, cache=True)
 def _output_transform(mm, t0, th_n, tw_n, m, kout, lanes, bias, y):
     """y tile t0 + j <- A^T M A + bias for the rows j of mm (tiles, ξ*K + k),
-    only the pixels inside y (N, K, OH, OW); bias padded to whole vectors.
-    Parallel over tiles, a vector of channels at a time."""
+    only the pixels inside y (N, K, OH, OW), C-contiguous; bias padded to
+    whole vectors.  Parallel over tiles, a vector of channels at a time."""
     oh, ow = y.shape[2], y.shape[3]
-    nt = mm.shape[0]
+    flat = y.reshape(-1)
     nvec = -(-kout // lanes)
-    for b in prange(-(-nt // _TILES_PER_TASK)):
-        o = np.empty((m * m, lanes), y.dtype)
-        for j in range(b * _TILES_PER_TASK, min(nt, (b + 1) * _TILES_PER_TASK)):
-            n, h0, w0 = _tile_origin(t0 + j, th_n, tw_n, m)
-            hi, wi = min(m, oh - h0), min(m, ow - w0)
-            for cb in range(nvec):
-                if m == 4:
-                    output_tile4(mm[j], cb * lanes, kout, bias, cb * lanes, o)
-                else:
-                    output_tile2(mm[j], cb * lanes, kout, bias, cb * lanes, o)
-                for ln in range(min(lanes, kout - cb * lanes)):
-                    yk = y[n, cb * lanes + ln]
-                    for i in range(hi):
-                        for s_ in range(wi):
-                            yk[h0 + i, w0 + s_] = o[i * m + s_, ln]
+    for j in prange(mm.shape[0]):
+        n, h0, w0 = _tile_origin(t0 + j, th_n, tw_n, m)
+        hi, wi = min(m, oh - h0), min(m, ow - w0)
+        for cb in range(nvec):
+            k0 = cb * lanes
+            at = ((n * kout + k0) * oh + h0) * ow + w0
+            nl = min(lanes, kout - k0)
+            if m == 4:
+                output_tile_nchw4(mm[j], k0, kout, bias, k0, flat, at, oh * ow, ow, nl, hi, wi)
+            else:
+                output_tile_nchw2(mm[j], k0, kout, bias, k0, flat, at, oh * ow, ow, nl, hi, wi)
     return y
 
 

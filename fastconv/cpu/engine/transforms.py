@@ -1,29 +1,38 @@
 """Winograd's transforms on 512-bit vectors of channels, written as LLVM IR.
 
-``weight_tile<m>`` turns a 3×3 kernel into its α² points (G g G^T),
-``input_tile<m>`` turns one tile's α×α input patch into its α² transformed
-points (B^T d B) and ``output_tile<m>`` turns α² GEMM results into the tile's
-m×m outputs (A^T M A + bias), each for one vector of channels (16 float32
-or 8 float64) at once: the patch is read from a channels-innermost copy of
-x, the GEMM's results from its pixels × channels rows, so every load and
-store is a whole vector and the tile's α² points stay in registers.  (A loop
-over the tiles instead, in the lanes, needs strided gathers for the patches,
-and LLVM's vectoriser gives up on the in-place rows.)
+``weight_tile<m>`` turns 3×3 kernels into their α² points (G g G^T),
+``input_tile<m>`` turns a tile's α×α input patch into its α² transformed
+points (B^T d B), and ``output_tile_nchw<m>`` turns α² GEMM results into the
+tile's m×m outputs (A^T M A + bias), each for one vector of channels (16
+float32 or 8 float64) at once.  The patch is read from a channels-innermost
+copy of x and the GEMM's results from its tiles × channels rows, so every
+load is a whole vector and a tile's α² points stay in registers; the outputs
+are turned channel-major in registers (a 4×4 transpose per 128-bit lane) and
+each channel's row segment of the tile is one masked store into NCHW.  (A loop
+with the tiles in the lanes instead needs strided gathers for the patches,
+and LLVM's vectoriser does not vectorise its in-place rows.)
 
-The formulas are those of Lavin & Gray (2016), points 0, ±1, (±2,) ∞, with
-the shared subexpressions of ``fastconv.cpu.conv_winograd``; no fast-math
-flag is set, so NaN/Inf propagate through every nonzero coefficient.
+The formulas are those of Lavin & Gray (2016), points 0, ±1, (±2,) ∞; no
+fast-math flag is set, so NaN/Inf propagate through every nonzero coefficient.
 """
 
 from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import _vec, _vload
 
-__all__ = ["input_tile2", "input_tile4", "output_tile2", "output_tile4", "weight_tile2", "weight_tile4"]
+__all__ = [
+    "input_tile2",
+    "input_tile4",
+    "output_tile_nchw2",
+    "output_tile_nchw4",
+    "weight_tile2",
+    "weight_tile4",
+]
 
 
 class _Ops:
@@ -150,24 +159,61 @@ def _make_input_tile(m):
     return input_tile
 
 
-def _make_output_tile(m):
+def _shuffle(builder, a, b, idx):
+    i32 = ir.IntType(32)
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(idx)), list(idx)))
+
+
+def _channel_segments(builder, row, vw):
+    """For the m vectors of one tile row (lanes = channels), each channel's m
+    values as an <m> vector: a 4×4 transpose within each 128-bit lane (eight
+    unpack shuffles) for 16 float32 lanes and m = 4, else element by element."""
+    m = len(row)
+    if m == 4 and vw == 16:
+        lo = [j for q in range(4) for j in (4 * q, 16 + 4 * q, 4 * q + 1, 17 + 4 * q)]
+        hi = [j for q in range(4) for j in (4 * q + 2, 18 + 4 * q, 4 * q + 3, 19 + 4 * q)]
+        lo2 = [j for q in range(4) for j in (4 * q, 4 * q + 1, 16 + 4 * q, 17 + 4 * q)]
+        hi2 = [j for q in range(4) for j in (4 * q + 2, 4 * q + 3, 18 + 4 * q, 19 + 4 * q)]
+        t0, t1 = _shuffle(builder, row[0], row[1], lo), _shuffle(builder, row[0], row[1], hi)
+        t2, t3 = _shuffle(builder, row[2], row[3], lo), _shuffle(builder, row[2], row[3], hi)
+        # u[j] holds channel 4q + j in its 128-bit lane q
+        u = [_shuffle(builder, t0, t2, lo2), _shuffle(builder, t0, t2, hi2)]
+        u += [_shuffle(builder, t1, t3, lo2), _shuffle(builder, t1, t3, hi2)]
+        return [_shuffle(builder, u[ln % 4], u[ln % 4], range(4 * (ln // 4), 4 * (ln // 4) + 4)) for ln in range(16)]
+    i32 = ir.IntType(32)
+    sty = ir.VectorType(row[0].type.element, m)
+    segs = []
+    for ln in range(vw):
+        v = ir.Constant(sty, None)
+        for j in range(m):
+            v = builder.insert_element(v, builder.extract_element(row[j], ir.Constant(i32, ln)), ir.Constant(i32, j))
+        segs.append(v)
+    return segs
+
+
+def _make_output_tile_nchw(m):
     a = m + 2
 
     @intrinsic
-    def output_tile(typingctx, src, s0, xstride, bias, b0, dst):
-        """dst[i*m + j, 0:VW] = (A^T M A)[i, j] + bias[b0 + 0:VW] for i, j < m,
-        M[ξ] = src[s0 + ξ*xstride + 0:VW]; dst (m², VW) C-contiguous."""
-        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+    def output_tile_nchw(typingctx, src, s0, xstride, bias, b0, y, y0, plane, pitch, nl, hi, wi):
+        """y[y0 + l*plane + i*pitch + j] = (A^T M A)[i, j] + bias[b0 + l] for
+        channels l < nl, i < hi, j < wi (the part of an m×m tile inside y),
+        M[ξ] = src[s0 + ξ*xstride + 0:VW].  The m results of a tile row are
+        interleaved in registers (channel-major) and each channel's row
+        segment written with one masked store, so an NCHW output needs no
+        scalar scatter."""
+        if not (isinstance(src, types.Array) and isinstance(y, types.Array)):
             return None
-        sig = types.void(src, types.intp, types.intp, bias, types.intp, dst)
+        ip = types.intp
+        sig = types.void(src, ip, ip, bias, ip, y, ip, ip, ip, ip, ip, ip)
 
         def codegen(context, builder, signature, args):
-            src_v, s0_v, xs_v, bias_v, b0_v, dst_v = args
-            _, size, vw, vty = _vec(context, signature.args[0].dtype)
+            src_v, s0_v, xs_v, bias_v, b0_v, y_v, y0_v, plane_v, pitch_v, nl_v, hi_v, wi_v = args
+            fty, size, vw, vty = _vec(context, signature.args[0].dtype)
             src_a = context.make_array(signature.args[0])(context, builder, src_v)
             bias_a = context.make_array(signature.args[3])(context, builder, bias_v)
-            dst_a = context.make_array(signature.args[5])(context, builder, dst_v)
-            i64 = ir.IntType(64)
+            y_a = context.make_array(signature.args[5])(context, builder, y_v)
+            i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
             grid = [
                 [
                     _vload(
@@ -182,15 +228,34 @@ def _make_output_tile(m):
             ]
             res = _two_d(_Ops(builder, vty), at, m, grid)
             bv = _vload(builder, builder.gep(bias_a.data, [b0_v]), vty, size)
+            sty = ir.VectorType(fty, m)
+            mty = ir.VectorType(i1, m)
+            mstore = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), i32, mty]),
+                f"llvm.masked.store.v{m}{'f32' if fty == ir.FloatType() else 'f64'}.p0v{m}{'f32' if fty == ir.FloatType() else 'f64'}",
+            )
+            mask = builder.insert_element(
+                ir.Constant(mty, None), builder.icmp_signed(">", wi_v, ir.Constant(i64, 0)), ir.Constant(i32, 0)
+            )
+            for j in range(1, m):
+                mask = builder.insert_element(
+                    mask, builder.icmp_signed(">", wi_v, ir.Constant(i64, j)), ir.Constant(i32, j)
+                )
             for i in range(m):
-                for j in range(m):
-                    p = builder.bitcast(builder.gep(dst_a.data, [ir.Constant(i64, (i * m + j) * vw)]), vty.as_pointer())
-                    builder.store(builder.fadd(res[i][j], bv), p, align=size)
+                segs = _channel_segments(builder, [builder.fadd(res[i][j], bv) for j in range(m)], vw)
+                with builder.if_then(builder.icmp_signed(">", hi_v, ir.Constant(i64, i))):
+                    rbase = builder.add(y0_v, builder.mul(pitch_v, ir.Constant(i64, i)))
+                    for ln in range(vw):
+                        with builder.if_then(builder.icmp_signed(">", nl_v, ir.Constant(i64, ln))):
+                            at_ = builder.add(rbase, builder.mul(plane_v, ir.Constant(i64, ln)))
+                            ptr = builder.bitcast(builder.gep(y_a.data, [at_]), sty.as_pointer())
+                            builder.call(mstore, [segs[ln], ptr, ir.Constant(i32, size), mask])
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return output_tile
+    return output_tile_nchw
 
 
 def _make_weight_tile(m):
@@ -236,5 +301,5 @@ def _make_weight_tile(m):
 
 # F(2×2, 3×3) and F(4×4, 3×3)
 input_tile2, input_tile4 = _make_input_tile(2), _make_input_tile(4)
-output_tile2, output_tile4 = _make_output_tile(2), _make_output_tile(4)
+output_tile_nchw2, output_tile_nchw4 = _make_output_tile_nchw(2), _make_output_tile_nchw(4)
 weight_tile2, weight_tile4 = _make_weight_tile(2), _make_weight_tile(4)
