@@ -341,8 +341,9 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
             "winograd",
             (
                 f"auto: Winograd F(4×4, 3×3): a 3×3 stride-1 layer with at least {WINOGRAD_AUTO_CHANNELS} "
-                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles, where its 4× fewer "
-                f"products measured faster than direct, its float32 error within 1e-5 (docs/winograd.md)"
+                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles covering at most "
+                f"{WINOGRAD_AUTO_COVER}× the output planes, where its 4× fewer products measured faster "
+                f"than direct; its float32 error within 1e-5 (docs/winograd.md)"
             ),
         )
     crs = p.cg * p.kh * p.kw
@@ -904,22 +905,27 @@ WINOGRAD_CHUNK_BYTES = 16 * 2**20
 WINOGRAD_F4_MAX_DEPTH = 4608
 
 
-# Winograd under auto: channels per group (in and out) and F(4×4) tiles from
-# which its transforms and the weights' transform are paid for by the GEMMs'
-# 4× fewer products (benchmarks in docs/winograd.md).
-WINOGRAD_AUTO_CHANNELS = 128
-WINOGRAD_AUTO_TILES = 256
+# Winograd under auto: channels per group (in and out), F(4×4) tiles, and the
+# most output area the tiles may cover per output pixel (planes not a multiple
+# of 4 compute the rest and drop it), within which its transforms and the
+# weights' transform are paid for by the GEMMs' 4× fewer products
+# (benchmarks in docs/winograd.md).
+WINOGRAD_AUTO_CHANNELS = 64
+WINOGRAD_AUTO_TILES = 64
+WINOGRAD_AUTO_COVER = 1.35
 
 
 def winograd_pays(p: Conv2dParams) -> bool:
     """auto takes Winograd F(4×4, 3×3): a 3×3 kernel at stride 1 and
-    dilation 1, deep and wide enough groups, enough tiles, and F(4×4) within
-    its measured float32 error bound (``winograd_tile``)."""
+    dilation 1, deep and wide enough groups, enough tiles that cover little
+    more than the output planes, and F(4×4) within its measured float32
+    error bound (``winograd_tile``)."""
     if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
         return False
     if min(p.cg, p.kg) < WINOGRAD_AUTO_CHANNELS or winograd_tile(p)[0] != 4:
         return False
-    return p.n * -(-p.oh // 4) * -(-p.ow // 4) >= WINOGRAD_AUTO_TILES
+    th, tw = -(-p.oh // 4), -(-p.ow // 4)
+    return p.n * th * tw >= WINOGRAD_AUTO_TILES and 16 * th * tw <= WINOGRAD_AUTO_COVER * p.oh * p.ow
 
 
 def check_winograd(p: Conv2dParams, backend: str) -> None:

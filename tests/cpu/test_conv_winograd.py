@@ -71,14 +71,16 @@ def test_plan_table():
 
 @pytest.mark.parametrize("xs, ws, opts, picks", [
     ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True),  # 32 images x 4 x 4 tiles
-    ((8, 128, 28, 28), (128, 128, 3, 3), {"padding": 1}, True),  # 8 x 7 x 7 tiles
-    ((4, 128, 32, 32), (256, 128, 3, 3), {}, True),  # 30 x 30 outputs: 4 x 8 x 8 tiles
+    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, True),
+    ((4, 128, 32, 32), (256, 128, 3, 3), {}, True),  # 30 x 30 outputs in 32 x 32 tiles
     ((32, 256, 14, 14), (256, 128, 3, 3), {"padding": 1, "groups": 2}, True),  # 128 channels per group
-    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, False),  # 64 channels
-    ((32, 256, 14, 14), (256, 64, 3, 3), {"padding": 1, "groups": 4}, False),  # 64 per group
-    ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),  # 64 tiles
-    ((8, 256, 16, 16), (256, 256, 3, 3), {"padding": 1}, False),  # 128 tiles
-    ((64, 32, 13, 13), (64, 32, 3, 3), {}, False),
+    ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, True),  # 64 tiles
+    ((32, 256, 14, 14), (256, 32, 3, 3), {"padding": 1, "groups": 8}, False),  # 32 per group
+    ((8, 32, 56, 56), (64, 32, 3, 3), {"padding": 1}, False),  # 32 input channels
+    ((15, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),  # 60 tiles
+    ((1, 256, 28, 28), (256, 256, 3, 3), {"padding": 1}, False),  # 49 tiles
+    ((64, 64, 13, 13), (64, 64, 3, 3), {"padding": 1}, False),  # 16 x 16 tiles for 13 x 13 outputs
+    ((64, 64, 5, 5), (64, 64, 3, 3), {}, False),  # 4 x 4 for 3 x 3
     ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, False),
     ((32, 256, 28, 28), (256, 256, 3, 3), {"padding": 1, "stride": 2}, False),
     ((32, 256, 14, 14), (256, 256, 5, 5), {"padding": 2}, False),
