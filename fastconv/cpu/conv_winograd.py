@@ -39,6 +39,7 @@ from .engine.transforms import (
     input_tile4,
     output_tile_nchw2,
     output_tile_nchw4,
+    transpose_block,
     weight_tile2,
     weight_tile4,
 )
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["backward", "forward", "transform_matrices", "winograd_correlate"]
 
 _ZERO_TAP = np.zeros(1, np.int64)
-# channels per pass of the transpose to channels innermost (whole cache lines
-# written, that many rows of x read side by side)
-_TRANSPOSE_CHANNELS = 16
 
 
 def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,12 +116,15 @@ def _tile_origin(t, th_n, tw_n, m):
 
 
 @njit(parallel=True, cache=True)
-def _channels_last(x, n0, top, left, xp):
+def _channels_last(x, n0, top, left, lanes, xp):
     """xp[i, h, w, c] = x[n0 + i, c, h - top, w - left]: images n0.. of x
-    (N, C, H, W) channels innermost, zero outside x and in the channels past
-    C (xp's are whole vectors).  Parallel over (image, row)."""
+    (N, C, H, W), C-contiguous, channels innermost, zero outside x and in
+    the channels past C (xp's are whole vectors).  Parallel over (image,
+    row); blocks of lanes x lanes transposed in registers."""
     cin, h, w = x.shape[1], x.shape[2], x.shape[3]
-    nn, hp, wp = xp.shape[0], xp.shape[1], xp.shape[2]
+    nn, hp, wp, cp = xp.shape
+    src = x.reshape(-1)
+    dst = xp.reshape(-1)
     lo, hi = max(0, left), min(wp, w + left)  # xp columns inside x
     for task in prange(nn * hp):
         i = task // hp
@@ -135,13 +136,11 @@ def _channels_last(x, n0, top, left, xp):
             continue
         row[:lo, :] = 0
         row[hi:, :] = 0
-        row[lo:hi, cin:] = 0
-        xi = x[n0 + i]
-        for c0 in range(0, cin, _TRANSPOSE_CHANNELS):
-            c1 = min(cin, c0 + _TRANSPOSE_CHANNELS)
-            for j in range(lo, hi):
-                for c in range(c0, c1):
-                    row[j, c] = xi[c, hs, j - left]
+        for c0 in range(0, cin, lanes):
+            s0 = ((n0 + i) * cin + c0) * h * w + hs * w - left
+            d0 = ((i * hp + r) * wp) * cp + c0
+            for j0 in range(lo, hi, lanes):
+                transpose_block(src, s0 + j0, h * w, min(lanes, cin - c0), min(lanes, hi - j0), dst, d0 + j0 * cp, cp)
     return xp
 
 
@@ -233,10 +232,11 @@ def winograd_correlate(
     v = _alloc.empty(tc * vs, x.dtype)
     mm_buf = _alloc.empty(tc * ms, x.dtype)
     hp, wpad, cp = th_n * m + 2, tw_n * m + 2, -(-cin // lanes) * lanes
+    xc = np.ascontiguousarray(x)
     for t0 in range(0, total, tc):
         nt = min(tc, total - t0)
         n0, n1 = t0 // per_img, (t0 + nt - 1) // per_img
-        xp = _channels_last(x, n0, top, left, _alloc.empty((n1 - n0 + 1, hp, wpad, cp), x.dtype))
+        xp = _channels_last(xc, n0, top, left, lanes, _alloc.empty((n1 - n0 + 1, hp, wpad, cp), x.dtype))
         _input_transform(xp, n0, t0, nt, th_n, tw_n, m, cin, lanes, v, vs)
         mm = mm_buf[: nt * ms].reshape(nt, ms)
         pix = whole_tiles(np.arange(nt, dtype=np.int64) * vs)

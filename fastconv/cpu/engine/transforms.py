@@ -29,6 +29,7 @@ __all__ = [
     "input_tile2",
     "input_tile4",
     "output_tile_nchw2",
+    "transpose_block",
     "output_tile_nchw4",
     "weight_tile2",
     "weight_tile4",
@@ -213,7 +214,7 @@ def _make_output_tile_nchw(m):
             src_a = context.make_array(signature.args[0])(context, builder, src_v)
             bias_a = context.make_array(signature.args[3])(context, builder, bias_v)
             y_a = context.make_array(signature.args[5])(context, builder, y_v)
-            i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
             grid = [
                 [
                     _vload(
@@ -229,19 +230,8 @@ def _make_output_tile_nchw(m):
             res = _two_d(_Ops(builder, vty), at, m, grid)
             bv = _vload(builder, builder.gep(bias_a.data, [b0_v]), vty, size)
             sty = ir.VectorType(fty, m)
-            mty = ir.VectorType(i1, m)
-            mstore = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), i32, mty]),
-                f"llvm.masked.store.v{m}{'f32' if fty == ir.FloatType() else 'f64'}.p0v{m}{'f32' if fty == ir.FloatType() else 'f64'}",
-            )
-            mask = builder.insert_element(
-                ir.Constant(mty, None), builder.icmp_signed(">", wi_v, ir.Constant(i64, 0)), ir.Constant(i32, 0)
-            )
-            for j in range(1, m):
-                mask = builder.insert_element(
-                    mask, builder.icmp_signed(">", wi_v, ir.Constant(i64, j)), ir.Constant(i32, j)
-                )
+            mstore = _masked(builder, fty, sty, "store")
+            mask = _lane_mask(builder, wi_v, m)
             for i in range(m):
                 segs = _channel_segments(builder, [builder.fadd(res[i][j], bv) for j in range(m)], vw)
                 with builder.if_then(builder.icmp_signed(">", hi_v, ir.Constant(i64, i))):
@@ -256,6 +246,84 @@ def _make_output_tile_nchw(m):
         return sig, codegen
 
     return output_tile_nchw
+
+
+def _masked(builder, fty, vty, what):
+    """The llvm.masked.load / llvm.masked.store intrinsic for vectors ``vty``."""
+    i32 = ir.IntType(32)
+    mty = ir.VectorType(ir.IntType(1), vty.count)
+    suffix = f"v{vty.count}{'f32' if fty == ir.FloatType() else 'f64'}"
+    name = f"llvm.masked.{what}.{suffix}.p0{suffix}"
+    if what == "load":
+        fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty])
+    else:
+        fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
+    return cgutils.get_or_insert_function(builder.module, fnty, name)
+
+
+def _lane_mask(builder, n, count):
+    """<count x i1>: lane j < n (n an i64 value)."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), count), None)
+    for j in range(count):
+        mask = builder.insert_element(mask, builder.icmp_signed(">", n, ir.Constant(i64, j)), ir.Constant(i32, j))
+    return mask
+
+
+@intrinsic
+def transpose_block(typingctx, src, s0, sstride, nrows, ncols, dst, d0, dstride):
+    """dst[d0 + j*dstride + i] = src[s0 + i*sstride + j] for j < ncols and
+    i < VW (one vector), 0 for i >= nrows: a VW×VW block transposed in
+    registers (log2(VW) rounds of interleaves); rows past nrows and columns
+    past ncols are not read, whole vectors are written for j < ncols."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    ip = types.intp
+    sig = types.void(src, ip, ip, ip, ip, dst, ip, ip)
+
+    def codegen(context, builder, signature, args):
+        src_v, s0_v, ss_v, nr_v, nc_v, dst_v, d0_v, ds_v = args
+        fty, size, vw, vty = _vec(context, signature.args[0].dtype)
+        src_a = context.make_array(signature.args[0])(context, builder, src_v)
+        dst_a = context.make_array(signature.args[5])(context, builder, dst_v)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        mload = _masked(builder, fty, vty, "load")
+        cols = _lane_mask(builder, nc_v, vw)
+        zero = ir.Constant(vty, None)
+        rows = []
+        for i in range(vw):
+            live = builder.icmp_signed(">", nr_v, ir.Constant(i64, i))
+            mask = builder.and_(cols, _splat_i1(builder, live, vw))
+            ptr = builder.gep(src_a.data, [builder.add(s0_v, builder.mul(ss_v, ir.Constant(i64, i)))])
+            rows.append(
+                builder.call(mload, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(i32, size), mask, zero])
+            )
+        n = vw
+        lo = [k for j in range(n // 2) for k in (j, n + j)]
+        hi = [k for j in range(n // 2, n) for k in (j, n + j)]
+        for _ in range(n.bit_length() - 1):  # log2(VW) rounds: new[2i], new[2i+1] interleave rows i, i + VW/2
+            new = []
+            for i in range(n // 2):
+                new += [
+                    _shuffle(builder, rows[i], rows[i + n // 2], lo),
+                    _shuffle(builder, rows[i], rows[i + n // 2], hi),
+                ]
+            rows = new
+        for j in range(vw):
+            with builder.if_then(builder.icmp_signed(">", nc_v, ir.Constant(i64, j))):
+                ptr = builder.gep(dst_a.data, [builder.add(d0_v, builder.mul(ds_v, ir.Constant(i64, j)))])
+                builder.store(rows[j], builder.bitcast(ptr, vty.as_pointer()), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _splat_i1(builder, bit, count):
+    """<count x i1> with every lane ``bit``."""
+    i32 = ir.IntType(32)
+    vty = ir.VectorType(ir.IntType(1), count)
+    v = builder.insert_element(ir.Constant(vty, None), bit, ir.Constant(i32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, None), ir.Constant(ir.VectorType(i32, count), [0] * count))
 
 
 def _make_weight_tile(m):
