@@ -336,14 +336,21 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
     if winograd_pays(p):
+        deep = min(p.cg, p.kg) >= WINOGRAD_AUTO_BACKWARD_CHANNELS
         return (
             "winograd",
-            "winograd",
+            "winograd" if deep else "direct",
             (
                 f"auto: Winograd F(4×4, 3×3): a 3×3 stride-1 layer with at least {WINOGRAD_AUTO_CHANNELS} "
                 f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles covering at most "
                 f"{WINOGRAD_AUTO_COVER}× the output planes, where its 4× fewer products measured faster "
-                f"than direct; its float32 error within 1e-5 (docs/winograd.md)"
+                f"than direct; its float32 error within 1e-5 (docs/winograd.md); "
+                + (
+                    "backward Winograd too (grad_x by Winograd, grad_weight direct)"
+                    if deep
+                    else f"backward direct: below {WINOGRAD_AUTO_BACKWARD_CHANNELS} channels per group "
+                    "Winograd's grad_x measured no faster"
+                )
             ),
         )
     crs = p.cg * p.kh * p.kw
@@ -913,6 +920,8 @@ WINOGRAD_F4_MAX_DEPTH = 4608
 WINOGRAD_AUTO_CHANNELS = 64
 WINOGRAD_AUTO_TILES = 64
 WINOGRAD_AUTO_COVER = 1.35
+# ... and for its backward (grad_x by Winograd), channels per group
+WINOGRAD_AUTO_BACKWARD_CHANNELS = 128
 
 
 def winograd_pays(p: Conv2dParams) -> bool:

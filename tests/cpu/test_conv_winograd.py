@@ -69,33 +69,53 @@ def test_plan_table():
     assert no_gx.cpu.grad_input is None and "skipped" in repr(no_gx)
 
 
+# picks: (forward, backward) algorithms auto runs
+WINO, FWD_ONLY, DIRECT = ("winograd", "winograd"), ("winograd", "direct"), None
+
+
 @pytest.mark.parametrize("xs, ws, opts, picks", [
-    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, True),  # 32 images x 4 x 4 tiles
-    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, True),
-    ((4, 128, 32, 32), (256, 128, 3, 3), {}, True),  # 30 x 30 outputs in 32 x 32 tiles
-    ((32, 256, 14, 14), (256, 128, 3, 3), {"padding": 1, "groups": 2}, True),  # 128 channels per group
-    ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, True),  # 64 tiles
-    ((32, 256, 14, 14), (256, 32, 3, 3), {"padding": 1, "groups": 8}, False),  # 32 per group
-    ((8, 32, 56, 56), (64, 32, 3, 3), {"padding": 1}, False),  # 32 input channels
-    ((15, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),  # 60 tiles
-    ((1, 256, 28, 28), (256, 256, 3, 3), {"padding": 1}, False),  # 49 tiles
-    ((64, 64, 13, 13), (64, 64, 3, 3), {"padding": 1}, False),  # 16 x 16 tiles for 13 x 13 outputs
-    ((64, 64, 5, 5), (64, 64, 3, 3), {}, False),  # 4 x 4 for 3 x 3
-    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, False),
-    ((32, 256, 28, 28), (256, 256, 3, 3), {"padding": 1, "stride": 2}, False),
-    ((32, 256, 14, 14), (256, 256, 5, 5), {"padding": 2}, False),
-    ((32, 1024, 14, 14), (256, 1024, 3, 3), {"padding": 1}, False),  # 9 x 1024 products: F(2x2) only
+    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, WINO),  # 32 images x 4 x 4 tiles
+    ((4, 128, 32, 32), (256, 128, 3, 3), {}, WINO),  # 30 x 30 outputs in 32 x 32 tiles
+    ((32, 256, 14, 14), (256, 128, 3, 3), {"padding": 1, "groups": 2}, WINO),  # 128 channels per group
+    ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, WINO),  # 64 tiles
+    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, FWD_ONLY),  # 64 channels: backward direct
+    ((8, 128, 28, 28), (64, 128, 3, 3), {"padding": 1}, FWD_ONLY),
+    ((32, 256, 14, 14), (256, 32, 3, 3), {"padding": 1, "groups": 8}, DIRECT),  # 32 per group
+    ((8, 32, 56, 56), (64, 32, 3, 3), {"padding": 1}, DIRECT),  # 32 input channels
+    ((15, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, DIRECT),  # 60 tiles
+    ((1, 256, 28, 28), (256, 256, 3, 3), {"padding": 1}, DIRECT),  # 49 tiles
+    ((64, 64, 13, 13), (64, 64, 3, 3), {"padding": 1}, DIRECT),  # 16 x 16 tiles for 13 x 13 outputs
+    ((64, 64, 5, 5), (64, 64, 3, 3), {}, DIRECT),  # 4 x 4 for 3 x 3
+    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, DIRECT),
+    ((32, 256, 28, 28), (256, 256, 3, 3), {"padding": 1, "stride": 2}, DIRECT),
+    ((32, 256, 14, 14), (256, 256, 5, 5), {"padding": 2}, DIRECT),
+    ((32, 1024, 14, 14), (256, 1024, 3, 3), {"padding": 1}, DIRECT),  # 9 x 1024 products: F(2x2) only
 ])
 def test_auto_winograd_rule(xs, ws, opts, picks):
-    """auto runs Winograd, forward and backward, exactly where
-    ``_plan.winograd_pays`` says (docs/winograd.md)."""
+    """auto runs Winograd exactly where ``_plan.winograd_pays`` says, its
+    backward too from 128 channels per group (docs/winograd.md)."""
     plan = fastconv.plan_conv2d(xs, ws, **opts)
     got = (plan.algorithm, plan.backward_algorithm)
     if picks:
-        assert got == ("winograd", "winograd") and plan.cpu.winograd.m == 4
+        assert got == picks and plan.cpu.winograd.m == 4
         assert "auto: Winograd F(4×4, 3×3)" in plan.reason("algorithm")
     else:
         assert "winograd" not in got
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_auto_forward_winograd_backward_direct(dtype, rng):
+    """auto's mixed plan (64 channels: forward Winograd, backward direct with
+    no x kept from the forward) through the op object, poisoned outputs."""
+    xs, ws, opts = (4, 64, 20, 20), (64, 64, 3, 3), {"padding": 1}
+    x, wt, b, gy = _inputs(rng, xs, ws, opts, dtype)
+    plan = fastconv.plan_conv2d(xs, ws, dtype=dtype, **opts)
+    assert (plan.algorithm, plan.backward_algorithm) == ("winograd", "direct")
+    op = fastconv.Conv2dOp.from_plan(plan)
+    _close(op.forward(x, wt, b), reference.conv2d(x, wt, b, **opts), dtype, "y")
+    for got, want, what in zip(op.backward(gy), reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, dtype, what)
 
 
 @pytest.mark.parametrize("ws, opts, what", [
