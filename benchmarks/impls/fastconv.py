@@ -129,6 +129,8 @@ def auto_choice(case: Any, op: str) -> str | None:
         plan_conv2d = getattr(fastconv, "plan_conv2d", None)
         if plan_conv2d is not None:
             plan = plan_conv2d(case.x_shape, case.params.weight_shape, dtype="float32", **case.kwargs)
+            if op.endswith("_bwd"):
+                return str(getattr(plan, "backward_algorithm", getattr(plan, "algorithm", plan)))
             return str(getattr(plan, "algorithm", plan))
         from fastconv import _dispatch
 

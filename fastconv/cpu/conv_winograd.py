@@ -192,8 +192,11 @@ def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int) -> 
     """U = G g G^T of w (Kout, Cin/groups, 3, 3) as the engine's packed weights
     of α²*groups correlation groups: (α²*G, ceil(Kout_g/kt), Cin/G, 1 tap, kt)."""
     ko, ci = w.shape[0], w.shape[1]
-    wpk = pack_weights_by(w.reshape(groups, ko // groups, ci, 9), kt)
-    out = np.empty(((m + 2) ** 2 * groups, wpk.shape[1], ci, 1, kt), w.dtype)
+    kog = ko // groups
+    shape = ((m + 2) ** 2 * groups, -(-kog // kt), ci, 1, kt)
+    buf = _alloc.scratch("winograd.w", groups * shape[1] * ci * 9 * kt, w.dtype)
+    wpk = pack_weights_by(w.reshape(groups, kog, ci, 9), kt, buf)
+    out = _alloc.scratch("winograd.u", int(np.prod(shape)), w.dtype).reshape(shape)
     return _transform_weights(wpk, m, out)
 
 
@@ -229,14 +232,16 @@ def winograd_correlate(
         bias_v[:kout] = bias
     tc = min(wp.tiles_per_chunk, total)
     vs, ms = a2 * cin + lanes, a2 * kout + lanes  # a tile's row; slack for whole vectors
-    v = _alloc.empty(tc * vs, x.dtype)
-    mm_buf = _alloc.empty(tc * ms, x.dtype)
+    v = _alloc.scratch("winograd.v", tc * vs, x.dtype)
+    mm_buf = _alloc.scratch("winograd.m", tc * ms, x.dtype)
     hp, wpad, cp = th_n * m + 2, tw_n * m + 2, -(-cin // lanes) * lanes
     xc = np.ascontiguousarray(x)
     for t0 in range(0, total, tc):
         nt = min(tc, total - t0)
         n0, n1 = t0 // per_img, (t0 + nt - 1) // per_img
-        xp = _channels_last(xc, n0, top, left, lanes, _alloc.empty((n1 - n0 + 1, hp, wpad, cp), x.dtype))
+        xp_shape = (n1 - n0 + 1, hp, wpad, cp)
+        xp = _alloc.scratch("winograd.x", int(np.prod(xp_shape)), x.dtype).reshape(xp_shape)
+        _channels_last(xc, n0, top, left, lanes, xp)
         _input_transform(xp, n0, t0, nt, th_n, tw_n, m, cin, lanes, v, vs)
         mm = mm_buf[: nt * ms].reshape(nt, ms)
         pix = whole_tiles(np.arange(nt, dtype=np.int64) * vs)

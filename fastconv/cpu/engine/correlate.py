@@ -43,10 +43,12 @@ def pack_weights(w4: np.ndarray, tiling: CorrTiling | PixelTiling) -> np.ndarray
     return pack_weights_by(w4, tiling.pack)
 
 
-def pack_weights_by(w4: np.ndarray, kt: int) -> np.ndarray:
-    """``pack_weights`` in blocks of kt output channels."""
+def pack_weights_by(w4: np.ndarray, kt: int, buf: np.ndarray | None = None) -> np.ndarray:
+    """``pack_weights`` in blocks of kt output channels, into ``buf`` (1-D,
+    at least as large) if given."""
     g, kog, cig, t = w4.shape
-    out = np.empty((g, -(-kog // kt), cig, t, kt), dtype=w4.dtype)
+    shape = (g, -(-kog // kt), cig, t, kt)
+    out = np.empty(shape, dtype=w4.dtype) if buf is None else buf[: int(np.prod(shape))].reshape(shape)
     return _pack(w4, out)
 
 
