@@ -79,7 +79,8 @@ def standard_tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x) for x (N, C, H, W), weight (K, C/groups, KH, KW)."""
     p, c = plan.params, plan.cpu_part()
-    xp = prepare_standard(x, c.forward_layout)
+    # the copy outlives the call only when the backward reuses it
+    xp = prepare_standard(x, c.forward_layout, scratch=None if c.reuse_prepared_input else "direct.forward.x")
     y = _alloc.empty(p.y_shape, x.dtype)
     b = empty_bias(x.dtype) if bias is None else bias
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
@@ -139,14 +140,16 @@ def backward(
     ``kept``: the forward's prepared x of this very x, if the caller kept it."""
     p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
-    xp = kept if kept is not None else prepare_standard(x, c.backward_layout)
+    xp = kept if kept is not None else prepare_standard(x, c.backward_layout, scratch="direct.backward.x")
     lay = xp.layout
     # grad_x by correlation (stride 1, finite weights) reads grad_output's
     # buffer at negative tap offsets, down to -lead
     finite_w = bool(np.isfinite(weight).all())
     fast_gx = c.grad_input is not None and finite_w
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
-    gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True)
+    gyf = prepare_standard(
+        gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True, scratch="direct.backward.gy"
+    )
     gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
     gw = _grad_weight(gy, gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
     if c.grad_weight.mode != "pixels":  # float64 sums over Q

@@ -63,7 +63,8 @@ def _tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPlan) -> tuple[np.ndarray, Prepared]:
     """(y (N, K, OH, OW), the prepared x), stride 1, batch-inner layout."""
     p, c = plan.params, plan.cpu_part()
-    xb = prepare_batch_inner(x, c.forward_layout)
+    # the copy outlives the call only when the backward reuses it
+    xb = prepare_batch_inner(x, c.forward_layout, scratch=None if c.reuse_prepared_input else "bi.forward.x")
     b = empty_bias(x.dtype) if bias is None else bias
     wpk = pack_weights(weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw), c.forward)
     y = _alloc.empty(p.y_shape, x.dtype)
@@ -87,13 +88,13 @@ def backward(
     layout.  ``kept``: the forward's prepared x of this very x, if kept."""
     p, c = plan.params, plan.cpu_part()
     dtype = x.dtype
-    xb = kept if kept is not None else prepare_batch_inner(x, c.backward_layout)
+    xb = kept if kept is not None else prepare_batch_inner(x, c.backward_layout, scratch="bi.backward.x")
     lay = xb.layout
     # grad_x (finite weights only: it multiplies zeros by weights) reads the
     # grad_output buffer down to -lead
     fast_gx = c.grad_input is not None and bool(np.isfinite(weight).all())
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step) if fast_gx else 0
-    gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead))
+    gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), scratch="bi.backward.gy")
     offs = _tap_offsets(p, lay)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
     gw64 = grad_weight_contiguous(

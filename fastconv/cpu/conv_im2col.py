@@ -191,7 +191,7 @@ class _Columns:
     def __init__(self, p: Conv2dParams, dtype: np.dtype, nb: int, threads: int):
         self.p, self.threads = p, threads
         self.rows = p.c * p.kh * p.kw
-        self.buf = _alloc.empty((self.rows * column_ld(nb * p.oh * p.ow, dtype.itemsize),), dtype)
+        self.buf = _alloc.scratch("im2col.columns", self.rows * column_ld(nb * p.oh * p.ow, dtype.itemsize), dtype)
 
     def fill(self, x: np.ndarray, n0: int, m: int):
         """col <- chunk n0..n0+m of x; (its layout, tap offsets)."""
@@ -230,7 +230,9 @@ def backward(
     plane, ntap, nb = p.oh * p.ow, p.kh * p.kw, c.images_per_chunk
     need_gx, in_place = plan.need_input_grad, c.grad_output_in_place
     cols = _Columns(p, dtype, nb, plan.threads)
-    gycbuf = _alloc.empty((p.k * column_ld(nb * plane, dtype.itemsize) if need_gx or not in_place else 0,), dtype)
+    gycbuf = _alloc.scratch(
+        "im2col.grad_output", p.k * column_ld(nb * plane, dtype.itemsize) if need_gx or not in_place else 0, dtype
+    )
     # grad_bias: summed by the in-place grad_weight pass while each image's
     # grad_output is in cache, else one pass of its own
     gb = None if in_place else bias_grad(gy, _alloc.empty((p.k,), dtype))

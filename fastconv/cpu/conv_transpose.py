@@ -45,14 +45,14 @@ def grad_input(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray
     wpk = pack_weights(w4, tiling)
     if plan.backward_layout == "batch-inner":
         lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step)
-        gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead))
+        gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), scratch="transpose.gy")
         offs = tap_offsets(
             p.kh, p.kw, -p.dh, -p.dw, lay.pitch, step=lay.step, origin=lead + p.ph * lay.pitch + p.pw * lay.step
         )
         correlate(gyb.buf, gyb.layout, offs, wpk, empty_bias(dtype), gx, tiling)
         return gx
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch)
-    gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead))
+    gyf = prepare_standard(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), scratch="transpose.gy")
     glay = gyf.layout
     offs = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, glay.pitch, origin=glay.lead + p.ph * glay.pitch + p.pw)
     correlate(gyf.buf, glay, offs, wpk, empty_bias(dtype), gx, tiling)

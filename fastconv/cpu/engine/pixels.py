@@ -190,7 +190,8 @@ def grad_weight_pixels(
     n, _, oh, ow = gy.shape
     kb = PIXEL_TILE[1] * 64 // gy.dtype.itemsize
     kg = k // groups
-    gyt = _alloc.empty((groups, -(-kg // kb), n * oh * ow, kb), gy.dtype)
+    gyt_shape = (groups, -(-kg // kb), n * oh * ow, kb)
+    gyt = _alloc.scratch("pixels.gyt", int(np.prod(gyt_shape)), gy.dtype).reshape(gyt_shape)
     _transpose_grad_output(gy, gyt)
     pairs = whole_tiles(pair_offsets(layout.cstride, offs, cg))
     pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]

@@ -28,23 +28,26 @@ class Prepared:
         self.sums = sums
 
 
-def prepare_standard(src: np.ndarray, layout: Layout, sums: bool = False) -> Prepared:
+def prepare_standard(src: np.ndarray, layout: Layout, sums: bool = False, scratch: str | None = None) -> Prepared:
     """``src`` (N, C, H, W) copied into a new buffer of a standard ``layout``
-    (an "nchw" layout: ``src`` itself, flat, no copy, no sums)."""
+    (an "nchw" layout: ``src`` itself, flat, no copy, no sums); into the
+    calling thread's scratch buffer ``scratch`` (``_alloc.scratch``) when the
+    copy does not outlive the kernel entry that makes it."""
     lo = layout
     if lo.kind == "nchw":
         return Prepared(layout, np.ascontiguousarray(src).reshape(-1), np.empty(0, dtype=np.float64))
-    buf = _alloc.workspace(lo.size, src.dtype)
+    buf = _alloc.workspace(lo.size, src.dtype) if scratch is None else _alloc.scratch(scratch, lo.size, src.dtype)
     buf[: lo.lead] = 0
     plane_sums = np.empty(lo.c * lo.sh * lo.sw * lo.n if sums else 0, dtype=np.float64)
     embed(src, buf[lo.lead :], lo.top, lo.left, lo.sh, lo.sw, lo.hq, lo.pitch, lo.rows, lo.cstride, plane_sums)
     return Prepared(layout, buf, plane_sums)
 
 
-def prepare_batch_inner(src: np.ndarray, layout: Layout) -> Prepared:
-    """``src`` (N, C, H, W) copied into a new buffer of a batch-inner ``layout``."""
+def prepare_batch_inner(src: np.ndarray, layout: Layout, scratch: str | None = None) -> Prepared:
+    """``src`` (N, C, H, W) copied into a new buffer of a batch-inner
+    ``layout`` (or the scratch buffer ``scratch``, as ``prepare_standard``)."""
     lo = layout
-    buf = _alloc.empty((lo.size,), src.dtype)
+    buf = _alloc.empty((lo.size,), src.dtype) if scratch is None else _alloc.scratch(scratch, lo.size, src.dtype)
     embed_bi(src, buf, lo.lead, lo.top, lo.left, lo.rows, lo.pitch // lo.n, lo.cstride)
     return Prepared(layout, buf, np.empty(0, dtype=np.float64))
 
