@@ -886,6 +886,11 @@ def _subpixel_phases(p: Conv2dParams, dtype: np.dtype, threads: int) -> tuple[Su
             if min(jr, js, lr, lc) > 0:
                 sp = Conv2dParams(p.n, p.k, lr, lc, p.c, jr, js, p.groups, 1, 1, br, bc, ar, ac, 1, 1, nr, nc)
                 plan = _cpu_plan(sp, dtype, threads, False, "direct", None)
+                assert plan.cpu is not None
+                # a grid's forward is never followed by its backward: nothing to keep
+                why = "no: a sub-pixel grid's forward is never followed by its backward"
+                reasons = tuple((k, why if k == "reuse_prepared_input" else v) for k, v in plan.reasons)
+                plan = replace(plan, reasons=reasons, cpu=replace(plan.cpu, reuse_prepared_input=False))
             phases.append(SubPixelPhase(r0, c0, nr, nc, a, b, g0, g1, plan))
     return tuple(phases)
 

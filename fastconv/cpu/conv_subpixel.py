@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit, prange
 
 if TYPE_CHECKING:
     from .._params import Conv2dParams
@@ -51,5 +52,23 @@ def grad_input_subpixel(
         y, _ = algorithm_module(ph.plan.algorithm, ph.plan.layout).forward(
             g, _sub_kernel(weight, p, ph.tap_r0, ph.tap_s0), None, ph.plan
         )
-        grid[...] = y
+        _to_grid(y, gx, ph.row0, ph.col0, p.sh, p.sw)
+    return gx
+
+
+@njit(parallel=True, cache=True)
+def _to_grid(y, gx, row0, col0, sh, sw):
+    """gx[:, :, row0::sh, col0::sw] = y, parallel over the (image, channel)
+    planes (NumPy's strided assignment runs on one thread)."""
+    n_img, c_n, rows, cols = y.shape
+    for t in prange(n_img * c_n):
+        n = t // c_n
+        c = t - n * c_n
+        src = y[n, c]
+        dst = gx[n, c]
+        for i in range(rows):
+            drow = dst[row0 + i * sh]
+            srow = src[i]
+            for j in range(cols):
+                drow[col0 + j * sw] = srow[j]
     return gx
