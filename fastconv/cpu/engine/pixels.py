@@ -119,20 +119,28 @@ def _copy_out(acc, p0, pn, out, k0, nk, bias):
                 flat[at[j] + o] = acc[j, kk]
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _run_task(inp, cstride, offs, pix, wpk, t, npx, pblk, cblk):
+    """Task t of a pixel correlation over npx pixels -- (group, block of pblk
+    pixels, block of output channels), channel blocks fastest --: (its
+    accumulator, group, channel block, first pixel, pixels)."""
+    groups, nkb, cgi, _, _ = wpk.shape
+    g, bi, kb = split_task(t, nkb, -(-npx // pblk))
+    p0 = bi * pblk
+    pn = min(pblk, npx - p0)
+    return _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk), g, kb, p0, pn
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def corr_pixels_rows(inp, cstride, offs, pix, wpk, out, kgo, pblk, cblk):
     """``corr_pixels`` without bias into rows: out[p, g*kgo + k] for pixel p
     (out (pixels, >= G*kgo), rows C-contiguous), the accumulator copied as
     it is (Winograd's GEMMs, whose output transform wants channels
     innermost)."""
-    groups, nkb, cgi, _, kbw = wpk.shape
+    groups, nkb, _, _, kbw = wpk.shape
     npx = out.shape[0]
-    nblk = -(-npx // pblk)
-    for t in prange(groups * nkb * nblk):
-        g, bi, kb = split_task(t, nkb, nblk)
-        p0 = bi * pblk
-        pn = min(pblk, npx - p0)
-        acc = _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk)
+    for t in prange(groups * nkb * -(-npx // pblk)):
+        acc, g, kb, p0, pn = _run_task(inp, cstride, offs, pix, wpk, t, npx, pblk, cblk)
         k0 = g * kgo + kb * kbw
         nk = min(kbw, kgo - kb * kbw)
         for j in range(pn):
@@ -148,15 +156,11 @@ def corr_pixels(inp, cstride, offs, pix, wpk, bias, out, pblk, cblk):
     (``pack_weights``); bias (Kout,) or (0,); pblk pixels per task (a
     multiple of the tile's pixels), cblk input channels per pass."""
     n_img, kout, oh_n, ow_n = out.shape
-    groups, nkb, cgi, _, kbw = wpk.shape
+    groups, nkb, _, _, kbw = wpk.shape
     kgo = kout // groups
     npx = n_img * oh_n * ow_n
-    nblk = -(-npx // pblk)
-    for t in prange(groups * nkb * nblk):
-        g, bi, kb = split_task(t, nkb, nblk)
-        p0 = bi * pblk
-        pn = min(pblk, npx - p0)
-        acc = _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk)
+    for t in prange(groups * nkb * -(-npx // pblk)):
+        acc, g, kb, p0, pn = _run_task(inp, cstride, offs, pix, wpk, t, npx, pblk, cblk)
         _copy_out(acc, p0, pn, out, g * kgo + kb * kbw, min(kbw, kgo - kb * kbw), bias)
     return out
 
