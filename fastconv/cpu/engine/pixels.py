@@ -31,6 +31,7 @@ from ..common import FASTMATH, split_task
 from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling
 from .grad_weight import pair_offsets
 from .simd import pixel_tile
+from .transforms import transpose_block
 
 __all__ = ["corr_pixels", "corr_pixels_rows", "correlate_pixels", "grad_weight_pixels", "pixel_offsets", "whole_tiles"]
 
@@ -196,7 +197,7 @@ def grad_weight_pixels(
     kg = k // groups
     gyt_shape = (groups, -(-kg // kb), n * oh * ow, kb)
     gyt = _alloc.scratch("pixels.gyt", int(np.prod(gyt_shape)), gy.dtype).reshape(gyt_shape)
-    _transpose_grad_output(gy, gyt)
+    _transpose_grad_output(np.ascontiguousarray(gy), gyt)
     pairs = whole_tiles(pair_offsets(layout.cstride, offs, cg))
     pix = pixel_offsets(layout, (n, oh, ow), strides)[: n * oh * ow]
     gw = _alloc.empty((k, cg * ntap), gy.dtype)
@@ -204,27 +205,27 @@ def grad_weight_pixels(
     return gw.reshape(shape)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, cache=True)
 def _transpose_grad_output(gy, gyt):
     """gyt[g, kb, p, i] = gy[n, g*kg + kb*KB + i, oh, ow] for the output pixel p
-    = (n, oh, ow); 0 past the group's channels."""
+    = (n, oh, ow); 0 past the group's channels.  gy C-contiguous; blocks of
+    a vector's lanes squared transposed in registers (``transpose_block``)."""
     n_img, kout, oh_n, ow_n = gy.shape
     groups, nkb, _, kbw = gyt.shape
     kg = kout // groups
     per_img = oh_n * ow_n
+    lanes = 64 // gy.itemsize
+    src = gy.reshape(-1)
+    dst = gyt.reshape(-1)
     for u in prange(groups * nkb * n_img):
         g, kb, n = split_task(u, n_img, nkb)
         k0 = g * kg + kb * kbw
         nk = min(kbw, (g + 1) * kg - k0)
-        dst = gyt[g, kb, n * per_img : (n + 1) * per_img]
-        for i in range(nk):
-            src = gy[n, k0 + i]
-            for oh in range(oh_n):
-                for ow in range(ow_n):
-                    dst[oh * ow_n + ow, i] = src[oh, ow]
-        for i in range(nk, kbw):
-            for q in range(per_img):
-                dst[q, i] = 0
+        d0 = ((g * nkb + kb) * n_img * per_img + n * per_img) * kbw
+        for i0 in range(0, kbw, lanes):
+            s0 = (n * kout + k0 + i0) * per_img
+            for q0 in range(0, per_img, lanes):
+                transpose_block(src, s0 + q0, per_img, nk - i0, min(lanes, per_img - q0), dst, d0 + q0 * kbw + i0, kbw)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
