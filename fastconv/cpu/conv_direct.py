@@ -43,7 +43,7 @@ from numba import njit, prange
 
 from .. import _alloc
 from .._params import Conv2dParams
-from .common import FASTMATH, empty_bias, tap_cols
+from .common import FASTMATH, bias_grad, empty_bias, tap_cols
 from .conv_subpixel import grad_input_subpixel
 from .engine import (
     Prepared,
@@ -113,15 +113,17 @@ def grad_weight_exact(gy: np.ndarray, xp: Prepared, p: Conv2dParams, threads: in
 
 
 def _grad_weight(
-    gy: np.ndarray, gyf: Prepared, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
+    gy: np.ndarray, gyf: Prepared | None, xp: Prepared, offs: np.ndarray, p: Conv2dParams, tiling: GradWeightTiling
 ) -> np.ndarray:
     """float64 grad_weight from grad_output copied into x's layout (or, on the
     pixel tiles, in x's dtype from grad_output itself)."""
-    lay, glay = xp.layout, gyf.layout
+    lay = xp.layout
     shape = (p.k, p.cg, p.kh * p.kw)
     if tiling.mode == "pixels":  # x in a stride-1 layout at any stride
         offs1 = tap_offsets(p.kh, p.kw, p.dh, p.dw, lay.pitch)
         return grad_weight_pixels(gy, xp.buf, lay, offs1, p.groups, shape, tiling, (p.sh, p.sw))
+    assert gyf is not None, "grad_output's copy"
+    glay = gyf.layout
     if tiling.mode == "per-image":
         return grad_weight_per_image(
             gyf.buf, glay.lead, glay.cstride, xp.buf, lay.cstride, offs, lay.plane, p.n, p.groups, shape, tiling
@@ -147,10 +149,16 @@ def backward(
     finite_w = bool(np.isfinite(weight).all())
     fast_gx = c.grad_input is not None and finite_w
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
-    gyf = prepare_standard(
-        gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True, scratch="direct.backward.gy"
-    )
-    gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
+    # grad_output's copy serves grad_x's correlation and the Q-lane grad_weight;
+    # the pixel grad_weight and the strided grad_x read grad_output itself
+    gyf = None
+    if c.grad_weight.mode != "pixels" or (plan.need_input_grad and fast_gx):
+        gyf = prepare_standard(
+            gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True, scratch="direct.backward.gy"
+        )
+        gb = gyf.sums.reshape(p.k, p.n).sum(axis=1).astype(dtype)  # grad_bias from the copy's sums
+    else:
+        gb = bias_grad(gy, _alloc.empty((p.k,), dtype))
     gw = _grad_weight(gy, gyf, xp, standard_tap_offsets(p, lay), p, c.grad_weight)
     if c.grad_weight.mode != "pixels":  # float64 sums over Q
         # maybe 0 * inf at a garbage Q: redo over exact rows (the pixel tiles read exact pixels only)
@@ -169,6 +177,7 @@ def backward(
     # gx[h, w] = sum over taps of gy[h + ph - r*dh, w + pw - s*dw] * w[r, s],
     # gy (zero outside its OH x OW) stored at lead + i*pitch + j of each padded
     # plane; Q runs over gx's pixels
+    assert gyf is not None, "grad_output's copy"
     glay = gyf.layout
     offs_gx = tap_offsets(p.kh, p.kw, -p.dh, -p.dw, glay.pitch, origin=glay.lead + p.ph * glay.pitch + p.pw)
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
