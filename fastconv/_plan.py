@@ -151,9 +151,8 @@ class CpuConvPlan:
 class WinogradPlan:
     """Winograd F(m×m, 3×3) (``cpu/conv_winograd.py``): output tile ``m``,
     tiles per chunk (the transformed input and the GEMM output of a chunk
-    bound the workspace; the module rounds it down to whole rows of tiles,
-    at least one), and the direct plan (need_input_grad=False) that computes
-    grad_weight and grad_bias."""
+    bound the workspace), and the direct plan (need_input_grad=False) that
+    computes grad_weight and grad_bias."""
 
     m: int
     tiles_per_chunk: int

@@ -3,17 +3,24 @@
 Lavin & Gray (2016): an m×m output tile of a 3×3 correlation is
 ``A^T [(G g G^T) ⊙ (B^T d B)] A`` for the (m+2)×(m+2) input patch d, so the
 α² = (m+2)² transformed points are independent: per point ξ a GEMM
-``M[ξ] (K×T) = U[ξ] (K×C) · V[ξ] (C×T)`` over the T tiles.  All α² GEMMs (and
-all groups) run as ONE call of the engine's register-tile correlation over a
-column buffer: each (ξ, group) is a "group" of the correlation, its C/groups
-rows of V are the input channels, one tap at offset 0 and Q = the tile index.
+``M[ξ] (T×K) = V[ξ] (T×C) · U[ξ] (C×K)`` over the T tiles.
 
-Tiles are processed in chunks of ``plan.cpu.winograd.tiles_per_chunk``
-(V and M of a chunk within the plan's workspace bound).  The input transform
-reads x with implicit zero padding (any top/left padding, negative = a crop),
-so grad_x -- a full correlation of grad_output with the rotated kernel read
-as (C, K) -- is the same code with padding 2 - ph.  grad_weight and grad_bias
-come from the direct path (its plan in ``plan.cpu.winograd.grad_weight_plan``).
+Every step works on vectors of channels (``engine.transforms``): x is copied
+channels-innermost into a zero-padded buffer (``_channels_last``), each
+tile's α² transformed points are written as one row of V (tile, ξ, c)
+(``_input_transform``), all α²·groups GEMMs run as ONE call of the pixel
+tiles with the tiles as "pixels" and the (ξ, group) pairs as groups, writing
+M as (tile, ξ, k) rows (``corr_pixels_rows``), and ``_output_transform``
+writes A^T M A + bias straight into NCHW.  The weights are transformed into
+the pixel tiles' packed layout (``_packed_transformed_weights``).
+
+Tiles are processed in chunks of ``plan.cpu.winograd.tiles_per_chunk`` (V
+and M of a chunk within the plan's workspace bound); the workspaces are the
+calling thread's scratch buffers (``_alloc.scratch``).  The channels-last
+copy reads x at any top/left offset (negative = a crop), so grad_x -- a
+full correlation of grad_output with the rotated kernel read as (C, K) -- is
+the same code with padding 2 - ph.  grad_weight and grad_bias come from the
+direct path (its plan in ``plan.cpu.winograd.grad_weight_plan``).
 
 NaN/Inf: the transforms multiply every element of a patch by every
 coefficient (zeros included), so a non-finite value in a tile's input patch
@@ -49,38 +56,9 @@ if TYPE_CHECKING:
     from .._params import Conv2dParams
     from .._plan import ConvPlan
 
-__all__ = ["backward", "forward", "transform_matrices", "winograd_correlate"]
+__all__ = ["backward", "forward", "winograd_correlate"]
 
 _ZERO_TAP = np.zeros(1, np.int64)
-
-
-def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B^T (α×α), G (α×3), A^T (m×α)) of F(m×m, 3×3), points 0, ±1, (±2,) ∞."""
-    if m == 2:
-        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
-        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
-    elif m == 4:
-        bt = [
-            [4, 0, -5, 0, 1, 0],
-            [0, -4, -4, 1, 1, 0],
-            [0, 4, -4, -1, 1, 0],
-            [0, -2, -1, 2, 1, 0],
-            [0, 2, -1, -2, 1, 0],
-            [0, 4, 0, -5, 0, 1],
-        ]
-        g = [
-            [1 / 4, 0, 0],
-            [-1 / 6, -1 / 6, -1 / 6],
-            [-1 / 6, 1 / 6, -1 / 6],
-            [1 / 24, 1 / 12, 1 / 6],
-            [1 / 24, -1 / 12, 1 / 6],
-            [0, 0, 1],
-        ]
-        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
-    else:
-        raise ValueError(f"Winograd tile m must be 2 or 4, got {m}")
-    return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
 
 
 @njit(parallel=True, cache=True)
