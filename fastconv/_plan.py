@@ -59,6 +59,10 @@ __all__ = [
     "PIXEL_GW_PAIRS",
     "PIXEL_MIN_DEPTH",
     "SEGMENT",
+    "WINOGRAD_AUTO_BACKWARD_CHANNELS",
+    "WINOGRAD_AUTO_CHANNELS",
+    "WINOGRAD_AUTO_COVER",
+    "WINOGRAD_AUTO_TILES",
     "ConvPlan",
     "CpuConvPlan",
     "SubPixelPhase",
@@ -69,6 +73,8 @@ __all__ = [
     "chunk_images",
     "cpu_plan_for",
     "use_batch_inner",
+    "winograd_geometry",
+    "winograd_pays",
 ]
 
 # Q elements per correlation task: a 4 x 1024 float32 accumulator is 16 KiB (L1).
@@ -933,7 +939,7 @@ def winograd_pays(p: Conv2dParams) -> bool:
     dilation 1, deep and wide enough groups, enough tiles that cover little
     more than the output planes, and F(4×4) within its measured float32
     error bound (``winograd_tile``)."""
-    if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
+    if not winograd_geometry(p):
         return False
     if min(p.cg, p.kg) < WINOGRAD_AUTO_CHANNELS or winograd_tile(p)[0] != 4:
         return False
@@ -941,9 +947,14 @@ def winograd_pays(p: Conv2dParams) -> bool:
     return p.n * th * tw >= WINOGRAD_AUTO_TILES and 16 * th * tw <= WINOGRAD_AUTO_COVER * p.oh * p.ow
 
 
+def winograd_geometry(p: Conv2dParams) -> bool:
+    """The geometry Winograd F(m×m, 3×3) computes: a 3×3 kernel at stride 1 and dilation 1."""
+    return (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) == (3, 3, 1, 1, 1, 1)
+
+
 def check_winograd(p: Conv2dParams, backend: str) -> None:
     """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
-    if (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) != (3, 3, 1, 1, 1, 1):
+    if not winograd_geometry(p):
         raise ValueError(
             f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
             f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}"
