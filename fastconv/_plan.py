@@ -33,6 +33,7 @@ from .cpu.layout import (
     GradWeightTiling,
     Layout,
     PixelTiling,
+    TapTiling,
     batch_inner_layout,
     column_layout,
     column_ld,
@@ -59,6 +60,9 @@ __all__ = [
     "PIXEL_GW_PAIRS",
     "PIXEL_MIN_DEPTH",
     "SEGMENT",
+    "TAPS_MAX_PIXELS",
+    "TAPS_MIN_EXTRA",
+    "TAPS_MIN_FILL",
     "WINOGRAD_AUTO_BACKWARD_CHANNELS",
     "WINOGRAD_AUTO_CHANNELS",
     "WINOGRAD_AUTO_COVER",
@@ -98,6 +102,16 @@ PIXEL_MIN_DEPTH = 16
 # after each) and (input channel, tap) pairs per task.
 PIXEL_GW_CHUNK = 512
 PIXEL_GW_PAIRS = 48
+# grad_x by taps (grad_output's pixels x (tap, input channel) on the pixel
+# tiles, added into a tile of grad_x): taken at stride 1 where grad_x has at
+# least TAPS_MIN_EXTRA times grad_output's pixels (a full correlation would
+# sum that many more products, the zeros around a small grad_output), its
+# lanes are at least TAPS_MIN_FILL real (tap, channel) pairs, and an image's
+# grad_output has at most TAPS_MAX_PIXELS pixels (a task's accumulator and
+# grad_x tile stay in L2).
+TAPS_MIN_EXTRA = 1.25
+TAPS_MIN_FILL = 0.75
+TAPS_MAX_PIXELS = 4096
 # A float64 grad_weight at least this large is computed by blocks of output
 # channels (each thread owns its rows) instead of per-thread partial results.
 PARTIALS_MAX_BYTES = 256 * 1024
@@ -131,7 +145,7 @@ class CpuConvPlan:
     (same x object, see ``fastconv.Conv2dOp``)."""
 
     forward: CorrTiling | PixelTiling
-    grad_input: CorrTiling | PixelTiling | None
+    grad_input: CorrTiling | PixelTiling | TapTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
     backward_layout: Layout
@@ -144,6 +158,11 @@ class CpuConvPlan:
     # (used when the weights are finite; scatter otherwise); None: not planned
     grad_input_phases: tuple[SubPixelPhase, ...] | None = None
     winograd: WinogradPlan | None = None
+
+    def grad_input_corr(self) -> CorrTiling | PixelTiling | None:
+        """grad_x's tiling where grad_x runs as a correlation; None where it
+        runs by taps, as a scatter or sub-pixel grids, or is not wanted."""
+        return None if isinstance(self.grad_input, TapTiling) else self.grad_input
 
     def forward_corr(self) -> CorrTiling:
         """The forward's tiling where it can only be a Q-lane correlation
@@ -486,7 +505,7 @@ class _Pass:
 
     layout_kind: str
     forward: CorrTiling | PixelTiling
-    grad_input: CorrTiling | PixelTiling | None
+    grad_input: CorrTiling | PixelTiling | TapTiling | None
     grad_weight: GradWeightTiling
     forward_layout: Layout
     backward_layout: Layout
@@ -623,6 +642,34 @@ def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling 
     return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads)
 
 
+def _grad_x_taps(p: Conv2dParams, itemsize: int, threads: int) -> TapTiling | None:
+    """grad_x by taps (``engine.pixels.grad_x_taps``) where it sums fewer
+    products than a full correlation and fills its lanes: channels per tap
+    the least of one, two or four vectors that holds a group's input
+    channels (blocks of four vectors past that)."""
+    vw = 64 // itemsize
+    lanes = PIXEL_TILE[1] * vw
+    if (p.sh, p.sw) != (1, 1) or p.h * p.w < TAPS_MIN_EXTRA * p.oh * p.ow or p.oh * p.ow > TAPS_MAX_PIXELS:
+        return None
+    cw = vw
+    while cw < min(p.cg, lanes):
+        cw *= 2
+    nb = -(-p.cg // cw)
+    ntap = p.kh * p.kw
+    fill = p.cg / (nb * cw) * ntap * cw / (-(-(ntap * cw) // lanes) * lanes)
+    if fill < TAPS_MIN_FILL or p.kg < PIXEL_MIN_DEPTH or p.n * p.groups * nb < 2 * threads:
+        return None
+    return TapTiling(cw, lanes)
+
+
+def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> int:
+    """Each running task's accumulator (pixels x lanes) and grad_x tile."""
+    hp = max(p.h + p.ph, (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1)
+    wp = max(p.w + p.pw, (p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1)
+    tile = hp * wp * t.channels
+    return threads * (-(-(p.oh * p.ow) // PIXEL_TILE[0]) * PIXEL_TILE[0] * t.lanes + tile) * itemsize
+
+
 def _grad_weight_pixels(p: Conv2dParams, itemsize: int, threads: int) -> GradWeightTiling | None:
     """grad_weight on the pixel tiles (output channels in the lanes, exact
     output pixels, no per-thread partials) where a group's output channels
@@ -690,17 +737,24 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         # geometry, the same in place): the forward's stride-1 buffer serves
         bwd_lay = fwd_lay
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
-    gx = None
+    gx: CorrTiling | PixelTiling | TapTiling | None = None
     lead = 0
     if need_input_grad and p.sh == p.sw == 1:
-        gx = _grad_x_pixels(p, isz, threads) or _corr_standard(p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads)
-        lead = _grad_x_lead(p, bwd_lay)
+        gx = _grad_x_taps(p, isz, threads)
+        if gx is None:
+            gx = _grad_x_pixels(p, isz, threads) or _corr_standard(
+                p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads
+            )
+            lead = _grad_x_lead(p, bwd_lay)
     phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
+    # grad_output's copy: for the Q-lane grad_weight and a correlation's grad_x
+    gy_copied = gw.mode != "pixels" or (gx is not None and not isinstance(gx, TapTiling))
     bwd_bytes = (
-        ((0 if bwd_lay.kind == "nchw" else bwd_lay.size) + gy_lay.size) * isz
+        ((0 if bwd_lay.kind == "nchw" else bwd_lay.size) + gy_copied * gy_lay.size) * isz
         + _partials_bytes(p, p.n if per_image else qn, threads, gw, isz)
         + _phases_bytes(phases)
+        + (_taps_bytes(p, gx, isz, threads) if isinstance(gx, TapTiling) else 0)
     )
     why_gw = (
         "exact output pixels on the pixel tiles: the output channels fill them (as the forward's rule)"
@@ -713,6 +767,8 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     why_gx = (
         "skipped (need_input_grad=False)"
         if not need_input_grad
+        else _taps_note(p, gx)
+        if isinstance(gx, TapTiling)
         else "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)"
         if gx
         else f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "
@@ -748,6 +804,14 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     )
 
 
+def _taps_note(p: Conv2dParams, t: TapTiling) -> str:
+    return (
+        f"by taps: grad_x's {p.h}x{p.w} pixels are >= {TAPS_MIN_EXTRA}x grad_output's {p.oh}x{p.ow}, so a full "
+        f"correlation would sum the zeros around grad_output; {p.cg} input channels per group in "
+        f"{t.channels}-channel slots of {t.lanes}-lane tiles, {p.kg} >= {PIXEL_MIN_DEPTH} output channels"
+    )
+
+
 def _image_tiles_note(t: CorrTiling) -> str:
     return f"; per-image tiles ({t.image_tiles} per image) need fewer tiles" if t.image_tiles else ""
 
@@ -768,14 +832,21 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     lay = batch_inner_layout(p.x_shape, hp, wp, isz, top=p.ph, left=p.pw)
     fwd = _forward_pixels(p, isz, threads) or _corr_batch_inner(p.kg, p.groups, (p.n, p.oh, p.ow), lay, threads)
     gw = _grad_weight_tiling("contiguous", p, threads)
-    gx = (
-        _grad_x_pixels(p, isz, threads) or _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads)
-        if need_input_grad
-        else None
-    )
-    gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if need_input_grad else 0)
+    gx: CorrTiling | PixelTiling | TapTiling | None = None
+    if need_input_grad:
+        gx = (
+            _grad_x_taps(p, isz, threads)
+            or _grad_x_pixels(p, isz, threads)
+            or _corr_batch_inner(p.cg, p.groups, (p.n, p.h, p.w), lay, threads)
+        )
+    correlated = gx is not None and not isinstance(gx, TapTiling)
+    gy_lay = grad_output_layout(lay, p.y_shape, isz, _grad_x_lead(p, lay) if correlated else 0)
     qn = (p.oh - 1) * lay.pitch + p.ow * p.n
-    bwd_bytes = (lay.size + gy_lay.size) * isz + _partials_bytes(p, qn, threads, gw)
+    bwd_bytes = (
+        (lay.size + gy_lay.size) * isz
+        + _partials_bytes(p, qn, threads, gw)
+        + (_taps_bytes(p, gx, isz, threads) if isinstance(gx, TapTiling) else 0)
+    )
     why_layout = (
         "batch-inner: requested"
         if requested
@@ -785,6 +856,8 @@ def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_
     why_gx = (
         "skipped (need_input_grad=False)"
         if gx is None
+        else _taps_note(p, gx)
+        if isinstance(gx, TapTiling)
         else "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)"
     )
     return _Pass(

@@ -17,7 +17,9 @@ direct convolution.
 Backward.  grad_bias: the per-plane sums the copy of grad_output into x's
 layout takes (no pass of its own).  grad_weight: the engine's dot products of
 that copy (zeros at garbage Q) with the shifted prepared x.  grad_input,
-stride 1: a transposed convolution is a correlation of grad_output with the
+stride 1, where the plan takes it: by taps (``engine.pixels.grad_x_taps``,
+only the products that exist).  Otherwise at stride 1: a transposed
+convolution is a correlation of grad_output with the
 weights read as (C, K) and the taps mirrored, reading the *same* grad_output
 buffer at negative tap offsets: a read before a row or plane lands in the
 previous one's zero padding (pitch - OW = (KW-1)*dw, rows - OH = (KH-1)*dh at
@@ -53,6 +55,7 @@ from .engine import (
     grad_weight_per_image,
     grad_weight_pixels,
     grad_weight_rows,
+    grad_x_taps,
     pack_weights,
     prepare_standard,
 )
@@ -60,6 +63,7 @@ from .layout import (
     GradWeightTiling,
     Layout,
     PixelTiling,
+    TapTiling,
     grad_output_layout,
     mirrored_lead,
     tap_offsets,
@@ -147,7 +151,8 @@ def backward(
     # grad_x by correlation (stride 1, finite weights) reads grad_output's
     # buffer at negative tap offsets, down to -lead
     finite_w = bool(np.isfinite(weight).all())
-    fast_gx = c.grad_input is not None and finite_w
+    # grad_x by correlation (taps multiply only the products that exist: any weights)
+    fast_gx = c.grad_input_corr() is not None and finite_w
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     # grad_output's copy serves grad_x's correlation and the Q-lane grad_weight;
     # the pixel grad_weight and the strided grad_x read grad_output itself
@@ -169,9 +174,11 @@ def backward(
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
+    if isinstance(c.grad_input, TapTiling):
+        return grad_input_taps(gy, weight, gx, p, c.grad_input), gw, gb
     if not fast_gx and c.grad_input_phases and finite_w:  # strided: the sub-pixel grids' correlations
         return grad_input_subpixel(gy, weight, gx, p, c.grad_input_phases), gw, gb
-    tiling = c.grad_input
+    tiling = c.grad_input_corr()
     if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
     # gx[h, w] = sum over taps of gy[h + ph - r*dh, w + pw - s*dw] * w[r, s],
@@ -183,6 +190,13 @@ def backward(
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
     correlate(gyf.buf, glay, offs_gx, pack_weights(w4, tiling), empty_bias(dtype), gx, tiling)
     return gx, gw, gb
+
+
+def grad_input_taps(
+    gy: np.ndarray, weight: np.ndarray, gx: np.ndarray, p: Conv2dParams, tiling: TapTiling
+) -> np.ndarray:
+    """gx (N, C, H, W) <- grad_x by taps on the pixel tiles (``engine.pixels.grad_x_taps``)."""
+    return grad_x_taps(gy, weight, gx, (p.sh, p.sw), (p.ph, p.pw), (p.dh, p.dw), p.groups, tiling)
 
 
 def grad_input_scatter(gy: np.ndarray, weight: np.ndarray, gx: np.ndarray, p: Conv2dParams) -> np.ndarray:

@@ -13,7 +13,8 @@ transposing copies in (x, grad_output) and out (the engine writes y and
 grad_x back in NCHW from its accumulators), which are small in exactly the
 cases the plan chooses this layout for (``fastconv._plan.use_batch_inner``).
 
-grad_x reads grad_output's buffer at negative tap offsets, as the standard
+grad_x (unless the plan takes it by taps, as ``conv_direct`` does) reads
+grad_output's buffer at negative tap offsets, as the standard
 layout's stride-1 path does (see ``conv_direct``): a read before an output
 row lands in the zero columns after the previous row (Wp - OW = (KW-1)*dw),
 before a channel's first row in the zero rows after the previous channel's
@@ -31,7 +32,7 @@ import numpy as np
 from .. import _alloc
 from .._params import Conv2dParams
 from .common import bias_grad, empty_bias
-from .conv_direct import grad_input_scatter, grad_weight_exact
+from .conv_direct import grad_input_scatter, grad_input_taps, grad_weight_exact
 from .engine import (
     Prepared,
     correlate,
@@ -44,6 +45,7 @@ from .engine import (
 from .layout import (
     Layout,
     PixelTiling,
+    TapTiling,
     grad_output_layout,
     mirrored_lead,
     standard_layout,
@@ -92,7 +94,8 @@ def backward(
     lay = xb.layout
     # grad_x (finite weights only: it multiplies zeros by weights) reads the
     # grad_output buffer down to -lead
-    fast_gx = c.grad_input is not None and bool(np.isfinite(weight).all())
+    # grad_x by correlation (taps multiply only the products that exist: any weights)
+    fast_gx = c.grad_input_corr() is not None and bool(np.isfinite(weight).all())
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch, lay.step) if fast_gx else 0
     gyb = prepare_batch_inner(gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), scratch="bi.backward.gy")
     offs = _tap_offsets(p, lay)
@@ -116,7 +119,9 @@ def backward(
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, dtype)
-    tiling = c.grad_input
+    if isinstance(c.grad_input, TapTiling):
+        return grad_input_taps(gy, weight, gx, p, c.grad_input), gw, gb
+    tiling = c.grad_input_corr()
     if not fast_gx or tiling is None:
         return grad_input_scatter(gy, weight, gx, p), gw, gb
     offs_gx = tap_offsets(

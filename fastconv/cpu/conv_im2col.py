@@ -238,7 +238,7 @@ def backward(
     gb = None if in_place else bias_grad(gy, _alloc.empty((p.k,), dtype))
     gb64 = np.zeros(p.k, dtype=np.float64)
     gx = _alloc.empty(p.x_shape, dtype) if need_gx else None
-    gx_tiling, wpk_t = c.grad_input, None
+    gx_tiling, wpk_t = c.grad_input_corr(), None
     if gx_tiling is not None:  # column gradient weights: (G, C/G*T output rows, K/G inputs, 1 tap)
         wt = weight.reshape(p.groups, p.kg, p.cg * ntap).transpose(0, 2, 1)
         wpk_t = pack_weights(wt.reshape(p.groups, p.cg * ntap, p.kg, 1), gx_tiling)

@@ -4,7 +4,8 @@ The same steps as the grad_x part of ``conv_direct.backward`` and
 ``conv_direct_bi.backward``, on the plan of the conv2d whose grad_x this is
 (algorithm direct; its layout rule decides standard or batch-inner):
 grad_output copied into the geometry of x's prepared layout with ``lead``
-zeros in front, then the engine's correlation with the mirrored taps; the
+zeros in front, then the engine's correlation with the mirrored taps (or grad_x
+by taps where the plan takes it); the
 stride-1 correlations on the sub-pixel grids for strides > 1 (as
 ``conv_direct.backward``), the exact scatter kernel for non-finite weights.  No new kernel.
 """
@@ -17,10 +18,10 @@ import numpy as np
 
 from .. import _alloc
 from .common import empty_bias
-from .conv_direct import grad_input_scatter
+from .conv_direct import grad_input_scatter, grad_input_taps
 from .conv_subpixel import grad_input_subpixel
 from .engine import correlate, pack_weights, prepare_batch_inner, prepare_standard
-from .layout import grad_output_layout, mirrored_lead, tap_offsets
+from .layout import TapTiling, grad_output_layout, mirrored_lead, tap_offsets
 
 if TYPE_CHECKING:
     from .._plan import ConvPlan
@@ -34,7 +35,9 @@ def grad_input(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray
     p, c = plan.params, plan.cpu_part()
     dtype = gy.dtype
     gx = _alloc.empty(p.x_shape, dtype)
-    tiling = c.grad_input
+    if isinstance(c.grad_input, TapTiling) and plan.backward_algorithm == "direct":
+        return grad_input_taps(gy, weight, gx, p, c.grad_input)
+    tiling = c.grad_input_corr()
     finite_w = bool(np.isfinite(weight).all())
     if tiling is None or plan.backward_algorithm != "direct" or not finite_w:
         if finite_w and c.grad_input_phases:  # strided: the sub-pixel grids' correlations

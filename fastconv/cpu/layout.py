@@ -41,6 +41,7 @@ __all__ = [
     "GradWeightTiling",
     "Layout",
     "PixelTiling",
+    "TapTiling",
     "batch_inner_layout",
     "column_layout",
     "column_ld",
@@ -287,6 +288,20 @@ class PixelTiling:
 
     def describe(self) -> str:
         return f"{self.pixels}×{self.channels} pixel tile (output channels in the vector lanes)"
+
+
+@dataclass(frozen=True)
+class TapTiling:
+    """How the engine runs grad_x by taps (``fastconv.cpu.engine.pixels.grad_x_taps``):
+    for each grad_output pixel, its (tap, input channel) contributions on the
+    pixel tiles -- ``lanes`` per pass, ``channels`` input channels per tap,
+    taps side by side -- added into a channels-innermost tile of grad_x."""
+
+    channels: int
+    lanes: int
+
+    def describe(self) -> str:
+        return f"by taps ({self.channels} input channels per tap, {self.lanes}-lane pixel tiles)"
 
 
 @dataclass(frozen=True)

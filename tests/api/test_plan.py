@@ -18,7 +18,7 @@ import fastconv
 import fastconv.cpu
 from fastconv import reference
 from fastconv._plan import COLUMN_WORKSPACE_BYTES, use_batch_inner
-from fastconv.cpu.layout import PixelTiling
+from fastconv.cpu.layout import PixelTiling, TapTiling
 
 # name: (x shape, weight shape, options, need_input_grad, expected fields), planned for 2 threads.
 # tile: (channels, vectors) of the forward's register tile (1, 0: the 1-channel loop; "pixel", 64:
@@ -33,10 +33,15 @@ PLANS = {
                                   "image_tiles": True, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": True}),
     "small_planes_batch_inner": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
                                  {"alg": ("direct", "direct"), "layout": ("standard", "batch-inner"), "tile": ("pixel", 64),
-                                      "image_tiles": False, "gx": ("pixel", 64), "gw": "contiguous", "in_place": False, "reuse": False}),
+                                      "image_tiles": False, "gx": ("taps", 64), "gw": "contiguous", "in_place": False, "reuse": False}),
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
                         {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
-                             "image_tiles": False, "gx": (8, 3), "gw": "pixels", "in_place": False, "reuse": True}),
+                             "image_tiles": False, "gx": ("taps", 32), "gw": "pixels", "in_place": False, "reuse": True}),
+    # 8 output channels are too shallow a sum for grad_x by taps: the pixel tiles' correlation
+    "small_planes_shallow": ((64, 64, 5, 5), (8, 64, 3, 3), {}, True,
+                             {"alg": ("direct", "direct"), "layout": ("batch-inner", "batch-inner"),
+                                  "tile": (8, 3), "image_tiles": False, "gx": ("pixel", 64), "gw": "contiguous",
+                                  "in_place": False, "reuse": True}),
     # the direct path's choices on shapes where auto runs Winograd (the entry after these)
     "deep_pad1": ((8, 256, 14, 14), (256, 256, 3, 3), {"padding": 1, "algorithm": "direct"}, True,
                   {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
@@ -89,7 +94,7 @@ def test_plan_table(name):
         assert (c.forward.image_tiles > 0) == want["image_tiles"]
     gx = c.grad_input
     assert (None if gx is None else ("pixel", gx.channels) if isinstance(gx, PixelTiling)
-            else (gx.channels, gx.vectors)) == want["gx"]
+            else ("taps", gx.channels) if isinstance(gx, TapTiling) else (gx.channels, gx.vectors)) == want["gx"]
     assert c.grad_weight.mode == want["gw"]
     assert c.grad_output_in_place == want["in_place"]
     assert c.reuse_prepared_input == want["reuse"]
@@ -108,7 +113,8 @@ def test_plan_repr_reads_like_a_sentence():
     assert text.startswith("ConvPlan(direct · standard layout · 6×64 pixel tile (output channels in the vector lanes) · "
                            "workspace 0 KiB · because standard for the forward: on the pixel tiles an unpadded x is read "
                            "in place (NCHW)")
-    assert "backward: direct · batch-inner layout" in text and "grad_x 6×64 pixel tile" in text
+    assert "backward: direct · batch-inner layout" in text and "grad_x by taps (64 input channels per tap" in text
+    assert plan.reason("grad_input").startswith("by taps: grad_x's 5x5 pixels are >= 1.25x grad_output's 3x3")
     assert plan.reason("backward_layout").startswith("batch-inner: stride 1, batch 64 >= 8")
     padded = repr(fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), padding=(0, 1), threads=2))
     assert padded.startswith("ConvPlan(direct · batch-inner layout · 6×64 pixel tile") and "reuses the forward's" in padded

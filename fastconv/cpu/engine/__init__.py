@@ -7,14 +7,15 @@ decides anything.
 
 * ``prepare``: copies NCHW arrays into prepared buffers.
 * ``correlate``: forward / grad_x / im2col GEMM correlations.
-* ``pixels``: the forward correlation with output channels in the lanes.
+* ``pixels``: the forward correlation with output channels in the lanes, and
+  grad_x by taps on the same tiles.
 * ``grad_weight``: grad_weight dot products.
 * ``simd``: the 512-bit register tiles, as LLVM IR.
 """
 
 from .correlate import correlate, pack_weights
 from .grad_weight import grad_weight_contiguous, grad_weight_per_image, grad_weight_rows
-from .pixels import correlate_pixels, grad_weight_pixels
+from .pixels import correlate_pixels, grad_weight_pixels, grad_x_taps
 from .prepare import Prepared, prepare_batch_inner, prepare_standard
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "grad_weight_per_image",
     "grad_weight_pixels",
     "grad_weight_rows",
+    "grad_x_taps",
     "pack_weights",
     "prepare_batch_inner",
     "prepare_standard",

@@ -28,12 +28,20 @@ from numba import njit, prange
 
 from ... import _alloc
 from ..common import FASTMATH, split_task
-from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling
+from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling
 from .grad_weight import pair_offsets
 from .simd import pixel_tile
-from .transforms import transpose_block
+from .transforms import add_vector, transpose_block
 
-__all__ = ["corr_pixels", "corr_pixels_rows", "correlate_pixels", "grad_weight_pixels", "pixel_offsets", "whole_tiles"]
+__all__ = [
+    "corr_pixels",
+    "corr_pixels_rows",
+    "correlate_pixels",
+    "grad_weight_pixels",
+    "grad_x_taps",
+    "pixel_offsets",
+    "whole_tiles",
+]
 
 _NPIX = PIXEL_TILE[0]
 
@@ -262,3 +270,121 @@ def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, gw):
             for j in range(min(jn, real_pairs - j0)):
                 row[j0 + j] = tot[j, i]
     return gw
+
+
+# --------------------------------------------------------------------------- grad_x by taps
+
+
+def grad_x_taps(
+    gy: np.ndarray,
+    weight: np.ndarray,
+    gx: np.ndarray,
+    strides: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    tiling: TapTiling,
+) -> np.ndarray:
+    """gx (N, C, H, W) = the transposed convolution of gy (N, K, OH, OW) with
+    weight (K, C/groups, KH, KW) at these strides, (top, left) padding and
+    dilation.
+
+    Only the products PyTorch computes: for every grad_output pixel p and tap
+    t, Z[p, (t, c)] = sum over k of gy[n, k, p] * w[k, c, t] -- a GEMM on the
+    pixel tiles with gy read in place (its channels the reduction, its pixels
+    the tile rows) and the (tap, input channel) pairs in the lanes, ``tiling.
+    channels`` channels per tap side by side -- and Z's row segment of tap t,
+    one vector of channels, is added into grad_x's padded pixel p*stride + t
+    in a channels-innermost tile of grad_x.  A full correlation instead sums
+    the zeros around a small grad_output too (13x13 grad_x from 11x11: 40 %
+    more products), and needs finite weights to stay exact.  Parallel over
+    (group, image, block of input channels): a task owns its grad_x planes."""
+    (sh, sw), (ph, pw), (dh, dw) = strides, padding, dilation
+    k, cg, kh, kw = weight.shape
+    n, _, oh, ow = gy.shape
+    wpk = _pack_taps(weight.reshape(groups, k // groups, cg, kh * kw), tiling)
+    hp = max(gx.shape[2] + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(gx.shape[3] + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    pix = whole_tiles(np.arange(oh * ow, dtype=np.int64))
+    geo = (kh, kw, sh, sw, ph, pw, dh, dw)
+    return _gx_taps(np.ascontiguousarray(gy), wpk, gx, geo, tiling.channels, hp, wp, pix)
+
+
+def _pack_taps(w4: np.ndarray, tiling: TapTiling) -> np.ndarray:
+    """(G, Kg, Cg, T) -> (G, channel blocks, passes, Kg, 1, lanes): lane t*cw +
+    c of a block's (tap, channel) row holds w[g, k, block*cw + c, t] (zero
+    past Cg and past the last tap), ``tiling.lanes`` lanes per pass."""
+    g, kg, cg, t = w4.shape
+    cw, lanes = tiling.channels, tiling.lanes
+    nb = -(-cg // cw)
+    passes = -(-(t * cw) // lanes)
+    rows = np.zeros((g, nb, kg, passes * lanes), dtype=w4.dtype)
+    for b in range(nb):
+        c0, c1 = b * cw, min(cg, (b + 1) * cw)
+        view = rows[:, b, :, : t * cw].reshape(g, kg, t, cw)
+        view[..., : c1 - c0] = w4[:, :, c0:c1, :].transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(rows.reshape(g, nb, kg, passes, 1, lanes).transpose(0, 1, 3, 2, 4, 5))
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _gx_taps(gy, wpk, gx, geo, cw, hp, wp, pix):
+    """``grad_x_taps``'s kernel.  A task (group, image, channel block) runs
+    every pass of ``lanes`` (tap, channel) lanes over the image's pixels, adds
+    each tap's cw channels (a divisor of lanes, a multiple of the vector) into
+    ``tile`` (hp x wp padded pixels x cw channels,
+    zero first), then turns the tile's inner H x W into grad_x's planes by
+    register-transposed blocks."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geo
+    n_img, k_n, oh_n, ow_n = gy.shape
+    c_n, h_n, w_n = gx.shape[1], gx.shape[2], gx.shape[3]
+    groups, nb, passes, kg, _, lanes = wpk.shape
+    cg = c_n // groups
+    ntap = kh * kw
+    vw = 64 // gy.itemsize
+    npx = oh_n * ow_n
+    src = gy.reshape(-1)
+    dst = gx.reshape(-1)
+    tap0 = np.zeros(1, dtype=np.int64)
+    for u in prange(groups * n_img * nb):
+        g, n, b = split_task(u, nb, n_img)
+        acc = np.empty((pix.shape[0], lanes), dtype=gy.dtype)
+        af = acc.reshape(-1)
+        tile = np.zeros(hp * wp * cw, dtype=gy.dtype)
+        base = (n * k_n + g * kg) * npx
+        for ps in range(passes):
+            for j0 in range(0, npx, _NPIX):
+                pixel_tile(src, base, npx, kg, wpk[g, b, ps], tap0, pix, j0, acc, j0, 0)
+            for t in range(ps * lanes // cw, min(ntap, (ps + 1) * lanes // cw)):
+                r = t // kw
+                s = t - r * kw
+                lane = t * cw - ps * lanes
+                for oy in range(oh_n):
+                    row = ((oy * sh + r * dh) * wp + s * dw) * cw
+                    for ox in range(ow_n):
+                        a = (oy * ow_n + ox) * lanes + lane
+                        d = row + ox * sw * cw
+                        for v in range(0, cw, vw):
+                            add_vector(tile, d + v, af, a + v)
+        _tile_to_planes(
+            tile, wp, cw, ph, pw, dst, ((n * c_n + g * cg + b * cw) * h_n) * w_n, min(cw, cg - b * cw), h_n, w_n
+        )
+    return gx
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _tile_to_planes(tile, wp, cw, ph, pw, dst, d0, nc, h_n, w_n):
+    """dst[d0 + (c*H + h)*W + x] = tile[((h + ph)*wp + pw + x)*cw + c] for c <
+    nc: blocks of a vector's lanes squared, transposed in registers into a
+    staging block, each channel's row segment copied out."""
+    vw = 64 // tile.itemsize
+    stage = np.empty(vw * vw, dtype=tile.dtype)
+    for c0 in range(0, nc, vw):
+        ncc = min(vw, nc - c0)
+        for h in range(h_n):
+            for x0 in range(0, w_n, vw):
+                nx = min(vw, w_n - x0)
+                transpose_block(tile, ((h + ph) * wp + pw + x0) * cw + c0, cw, nx, ncc, stage, 0, vw)
+                for j in range(ncc):
+                    o = d0 + ((c0 + j) * h_n + h) * w_n + x0
+                    for i in range(nx):
+                        dst[o + i] = stage[j * vw + i]

@@ -26,6 +26,7 @@ from numba.extending import intrinsic
 from .simd import _vec, _vload
 
 __all__ = [
+    "add_vector",
     "input_tile2",
     "input_tile4",
     "output_tile_nchw2",
@@ -371,3 +372,27 @@ def _make_weight_tile(m):
 input_tile2, input_tile4 = _make_input_tile(2), _make_input_tile(4)
 output_tile_nchw2, output_tile_nchw4 = _make_output_tile_nchw(2), _make_output_tile_nchw(4)
 weight_tile2, weight_tile4 = _make_weight_tile(2), _make_weight_tile(4)
+
+
+@intrinsic
+def add_vector(typingctx, dst, d0, src, s0):
+    """dst[d0 : d0 + VW] += src[s0 : s0 + VW]: one whole vector (unaligned
+    loads and store; LLVM's vectoriser will not prove two Numba arrays
+    distinct, so the scalar loop stays scalar)."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+        return None
+    sig = types.void(dst, types.intp, src, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_v, d0_v, src_v, s0_v = args
+        _, size, _, vty = _vec(context, signature.args[0].dtype)
+        dst_a = context.make_array(signature.args[0])(context, builder, dst_v)
+        src_a = context.make_array(signature.args[2])(context, builder, src_v)
+        dptr = builder.gep(dst_a.data, [d0_v])
+        total = builder.fadd(
+            _vload(builder, dptr, vty, size), _vload(builder, builder.gep(src_a.data, [s0_v]), vty, size)
+        )
+        builder.store(total, builder.bitcast(dptr, vty.as_pointer()), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
