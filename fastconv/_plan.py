@@ -451,13 +451,23 @@ def cpu_plan_for(
     bwd = fwd if bwd_alg == fwd_alg else _cpu_pass(bwd_alg, p, dtype, threads, need_input_grad, layout)
     if fwd_alg == "direct" and layout is None and fwd.layout_kind == "batch-inner" and _reads_in_place(p, dtype):
         # the pixel tiles compute no padding Q in either layout, and an unpadded
-        # x needs no copy in the standard one: forward standard, backward batch-inner
+        # x needs no copy in the standard one: forward standard; the backward too
+        # where grad_x (if wanted) runs by taps, which reads grad_output in place
         std = _cpu_standard(p, dtype, threads, need_input_grad, False)
-        fwd = replace(
-            std,
-            why_layout="standard for the forward: on the pixel tiles an unpadded x is read in place (NCHW), "
-            "no transposing copy; the backward keeps the batch-inner layout",
-        )
+        if bwd_alg == "direct" and (not need_input_grad or isinstance(std.grad_input, TapTiling)):
+            fwd = bwd = replace(
+                std,
+                why_layout="standard: on the pixel tiles an unpadded x is read in place (NCHW) by the forward and "
+                "by grad_weight, and grad_x "
+                + ("by taps reads grad_output in place" if need_input_grad else "is not wanted")
+                + ": no transposing copy",
+            )
+        else:
+            fwd = replace(
+                std,
+                why_layout="standard for the forward: on the pixel tiles an unpadded x is read in place (NCHW), "
+                "no transposing copy; the backward keeps the batch-inner layout",
+            )
     reuse = (
         fwd_alg == bwd_alg == "direct"
         and (p.sh == p.sw == 1 or bwd.grad_weight.mode == "pixels")
@@ -659,7 +669,18 @@ def _grad_x_taps(p: Conv2dParams, itemsize: int, threads: int) -> TapTiling | No
     fill = p.cg / (nb * cw) * ntap * cw / (-(-(ntap * cw) // lanes) * lanes)
     if fill < TAPS_MIN_FILL or p.kg < PIXEL_MIN_DEPTH or p.n * p.groups * nb < 2 * threads:
         return None
-    return TapTiling(cw, lanes)
+    return TapTiling(cw, lanes, _taps_images(p.oh * p.ow, p.n * p.groups * nb, threads))
+
+
+def _taps_images(pixels: int, tasks: int, threads: int) -> int:
+    """Images per grad_x-by-taps task: the fewest whose pixels fill whole
+    pixel tiles, where one image rounds up by more than an eighth and four
+    tasks per thread remain."""
+    npix = PIXEL_TILE[0]
+    if -(-pixels // npix) * npix <= pixels * 9 / 8:
+        return 1
+    m = npix // np.gcd(pixels, npix)
+    return int(m) if tasks // m >= 4 * threads else 1
 
 
 def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> int:
@@ -667,7 +688,8 @@ def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> i
     hp = max(p.h + p.ph, (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1)
     wp = max(p.w + p.pw, (p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1)
     tile = hp * wp * t.channels
-    return threads * (-(-(p.oh * p.ow) // PIXEL_TILE[0]) * PIXEL_TILE[0] * t.lanes + tile) * itemsize
+    pixels = -(-(t.images * p.oh * p.ow) // PIXEL_TILE[0]) * PIXEL_TILE[0]
+    return threads * (pixels * t.lanes + t.images * tile) * itemsize
 
 
 def _grad_weight_pixels(p: Conv2dParams, itemsize: int, threads: int) -> GradWeightTiling | None:

@@ -295,13 +295,16 @@ class TapTiling:
     """How the engine runs grad_x by taps (``fastconv.cpu.engine.pixels.grad_x_taps``):
     for each grad_output pixel, its (tap, input channel) contributions on the
     pixel tiles -- ``lanes`` per pass, ``channels`` input channels per tap,
-    taps side by side -- added into a channels-innermost tile of grad_x."""
+    taps side by side, ``images`` images per task -- added into a
+    channels-innermost tile of grad_x."""
 
     channels: int
     lanes: int
+    images: int = 1
 
     def describe(self) -> str:
-        return f"by taps ({self.channels} input channels per tap, {self.lanes}-lane pixel tiles)"
+        per_task = f", {self.images} images per task" if self.images > 1 else ""
+        return f"by taps ({self.channels} input channels per tap, {self.lanes}-lane pixel tiles{per_task})"
 
 
 @dataclass(frozen=True)

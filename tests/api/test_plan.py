@@ -31,9 +31,10 @@ PLANS = {
     "mnist_first_layer_gx": ((64, 1, 28, 28), (32, 1, 3, 3), {}, True,
                              {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": (8, 3),
                                   "image_tiles": True, "gx": (1, 0), "gw": "contiguous", "in_place": False, "reuse": True}),
-    "small_planes_batch_inner": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
-                                 {"alg": ("direct", "direct"), "layout": ("standard", "batch-inner"), "tile": ("pixel", 64),
-                                      "image_tiles": False, "gx": ("taps", 64), "gw": "contiguous", "in_place": False, "reuse": False}),
+    # small planes, unpadded: x read in place by the forward and grad_weight, grad_x by taps (no copies)
+    "small_planes_in_place": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
+                              {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
+                                   "image_tiles": False, "gx": ("taps", 64), "gw": "pixels", "in_place": False, "reuse": True}),
     "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
                         {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                              "image_tiles": False, "gx": ("taps", 32), "gw": "pixels", "in_place": False, "reuse": True}),
@@ -111,11 +112,14 @@ def test_plan_repr_reads_like_a_sentence():
     plan = fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), threads=2)
     text = repr(plan)
     assert text.startswith("ConvPlan(direct · standard layout · 6×64 pixel tile (output channels in the vector lanes) · "
-                           "workspace 0 KiB · because standard for the forward: on the pixel tiles an unpadded x is read "
-                           "in place (NCHW)")
-    assert "backward: direct · batch-inner layout" in text and "grad_x by taps (64 input channels per tap" in text
+                           "workspace 0 KiB · because standard: on the pixel tiles an unpadded x is read in place (NCHW) "
+                           "by the forward and by grad_weight, and grad_x by taps reads grad_output in place")
+    assert "backward: direct · standard layout" in text and "grad_x by taps (64 input channels per tap" in text
     assert plan.reason("grad_input").startswith("by taps: grad_x's 5x5 pixels are >= 1.25x grad_output's 3x3")
-    assert plan.reason("backward_layout").startswith("batch-inner: stride 1, batch 64 >= 8")
+    # 40 input channels fill too few lanes for grad_x by taps: the backward keeps the batch-inner layout
+    shallow = fastconv.plan_conv2d((64, 40, 5, 5), (64, 40, 3, 3), threads=2)
+    assert "the backward keeps the batch-inner layout" in repr(shallow), shallow
+    assert shallow.reason("backward_layout").startswith("batch-inner: stride 1, batch 64 >= 8")
     padded = repr(fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), padding=(0, 1), threads=2))
     assert padded.startswith("ConvPlan(direct · batch-inner layout · 6×64 pixel tile") and "reuses the forward's" in padded
 

@@ -62,6 +62,10 @@ def test_planned_by_taps(xs, ws, opts, channels, dtype):
         vw = 64 // np.dtype(dtype).itemsize
         assert t.lanes == 4 * vw and t.channels == min(channels, t.lanes)
         assert "grad_x by taps" in repr(plan) and plan.reason("grad_input").startswith("by taps:")
+        # several small images to a task only to fill whole 6-pixel tiles
+        assert t.images == 1 or t.images * plan.params.oh * plan.params.ow % 6 == 0
+    # MNIST's third conv: 3x3 grad_output pixels, two images fill three tiles
+    assert fastconv.plan_conv2d((64, 64, 5, 5), (64, 64, 3, 3), threads=2).cpu.grad_input.images == 2
 
 
 @pytest.mark.parametrize(
@@ -167,19 +171,22 @@ KERNEL_CASES = [
     ((2, 20, 10, 10), (16, 20, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((2, 70, 7, 6), (40, 35, 3, 3), (2, 2), (1, 0), (2, 1), 2),
     ((3, 33, 6, 6), (5, 33, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+    ((5, 16, 5, 5), (16, 16, 3, 3), (1, 1), (0, 0), (1, 1), 1),
 ]
 
 
+@pytest.mark.parametrize("images", [1, 2, 3])
 @pytest.mark.parametrize("vectors", [1, 2, 4])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation, groups", KERNEL_CASES)
-def test_kernel_any_geometry(xs, ws, stride, padding, dilation, groups, dtype, vectors, rng):
+def test_kernel_any_geometry(xs, ws, stride, padding, dilation, groups, dtype, vectors, images, rng):
     """The kernel at strides, dilations, padding and groups the plan does not
     send it yet, with one, two and four vectors of channels per tap (channel
-    blocks and empty lanes), into a NaN-filled grad_x: every element written."""
+    blocks and empty lanes), one to three images per task (a shorter last
+    block), into a NaN-filled grad_x: every element written."""
     opts = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     x, wt, gy = _inputs(rng, xs, ws, opts, dtype)
     vw = 64 // np.dtype(dtype).itemsize
     gx = np.full(xs, np.nan, dtype=dtype)
-    grad_x_taps(gy, wt, gx, stride, padding, dilation, groups, TapTiling(vectors * vw, 4 * vw))
+    grad_x_taps(gy, wt, gx, stride, padding, dilation, groups, TapTiling(vectors * vw, 4 * vw, images))
     assert_close(gx, reference.conv2d_backward(gy, x, wt, **opts)[0], dtype, "grad_x")

@@ -298,16 +298,26 @@ def grad_x_taps(
     in a channels-innermost tile of grad_x.  A full correlation instead sums
     the zeros around a small grad_output too (13x13 grad_x from 11x11: 40 %
     more products), and needs finite weights to stay exact.  Parallel over
-    (group, image, block of input channels): a task owns its grad_x planes."""
+    (group, block of ``tiling.images`` images, block of input channels): a
+    task owns its grad_x planes; small images go several to a task, so few
+    tile rows are spent on rounding pixels up to whole tiles."""
     (sh, sw), (ph, pw), (dh, dw) = strides, padding, dilation
     k, cg, kh, kw = weight.shape
     n, _, oh, ow = gy.shape
     wpk = _pack_taps(weight.reshape(groups, k // groups, cg, kh * kw), tiling)
     hp = max(gx.shape[2] + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(gx.shape[3] + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
-    pix = whole_tiles(np.arange(oh * ow, dtype=np.int64))
+    m = tiling.images
     geo = (kh, kw, sh, sw, ph, pw, dh, dw)
-    return _gx_taps(np.ascontiguousarray(gy), wpk, gx, geo, tiling.channels, hp, wp, pix)
+    pix, pix_last = _block_pixels(m, k, oh * ow), _block_pixels((n - 1) % m + 1, k, oh * ow)
+    return _gx_taps(np.ascontiguousarray(gy), wpk, gx, geo, tiling.channels, m, hp, wp, pix, pix_last)
+
+
+def _block_pixels(images: int, k: int, npx: int) -> np.ndarray:
+    """Offsets in gy (N, K, OH, OW) of the pixels of ``images`` consecutive
+    images from the first one's, in whole tiles (the last one repeated)."""
+    per_image = np.arange(npx, dtype=np.int64)
+    return whole_tiles((np.arange(images, dtype=np.int64)[:, None] * (k * npx) + per_image).ravel())
 
 
 def _pack_taps(w4: np.ndarray, tiling: TapTiling) -> np.ndarray:
@@ -327,13 +337,14 @@ def _pack_taps(w4: np.ndarray, tiling: TapTiling) -> np.ndarray:
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _gx_taps(gy, wpk, gx, geo, cw, hp, wp, pix):
-    """``grad_x_taps``'s kernel.  A task (group, image, channel block) runs
-    every pass of ``lanes`` (tap, channel) lanes over the image's pixels, adds
-    each tap's cw channels (a divisor of lanes, a multiple of the vector) into
-    ``tile`` (hp x wp padded pixels x cw channels,
-    zero first), then turns the tile's inner H x W into grad_x's planes by
-    register-transposed blocks."""
+def _gx_taps(gy, wpk, gx, geo, cw, m, hp, wp, pix, pix_last):
+    """``grad_x_taps``'s kernel.  A task (group, block of m images, channel
+    block) runs every pass of ``lanes`` (tap, channel) lanes over its images'
+    pixels (``pix``; ``pix_last`` for a shorter last block), adds each tap's
+    cw channels (a divisor of lanes, a multiple of the vector) into its
+    image's ``tile`` (hp x wp padded pixels x cw channels, zero first), then
+    turns each tile's inner H x W into grad_x's planes by register-transposed
+    blocks."""
     kh, kw, sh, sw, ph, pw, dh, dw = geo
     n_img, k_n, oh_n, ow_n = gy.shape
     c_n, h_n, w_n = gx.shape[1], gx.shape[2], gx.shape[3]
@@ -342,32 +353,40 @@ def _gx_taps(gy, wpk, gx, geo, cw, hp, wp, pix):
     ntap = kh * kw
     vw = 64 // gy.itemsize
     npx = oh_n * ow_n
+    per_tile = hp * wp * cw
+    nblk = -(-n_img // m)
     src = gy.reshape(-1)
     dst = gx.reshape(-1)
     tap0 = np.zeros(1, dtype=np.int64)
-    for u in prange(groups * n_img * nb):
-        g, n, b = split_task(u, nb, n_img)
-        acc = np.empty((pix.shape[0], lanes), dtype=gy.dtype)
+    for u in prange(groups * nblk * nb):
+        g, bi, b = split_task(u, nb, nblk)
+        n0 = bi * m
+        mi = min(m, n_img - n0)
+        px = pix if mi == m else pix_last
+        pn = mi * npx
+        acc = np.empty((px.shape[0], lanes), dtype=gy.dtype)
         af = acc.reshape(-1)
-        tile = np.zeros(hp * wp * cw, dtype=gy.dtype)
-        base = (n * k_n + g * kg) * npx
+        tile = np.zeros(mi * per_tile, dtype=gy.dtype)
+        base = (n0 * k_n + g * kg) * npx
         for ps in range(passes):
-            for j0 in range(0, npx, _NPIX):
-                pixel_tile(src, base, npx, kg, wpk[g, b, ps], tap0, pix, j0, acc, j0, 0)
+            for j0 in range(0, pn, _NPIX):
+                pixel_tile(src, base, npx, kg, wpk[g, b, ps], tap0, px, j0, acc, j0, 0)
             for t in range(ps * lanes // cw, min(ntap, (ps + 1) * lanes // cw)):
                 r = t // kw
                 s = t - r * kw
                 lane = t * cw - ps * lanes
-                for oy in range(oh_n):
-                    row = ((oy * sh + r * dh) * wp + s * dw) * cw
-                    for ox in range(ow_n):
-                        a = (oy * ow_n + ox) * lanes + lane
-                        d = row + ox * sw * cw
-                        for v in range(0, cw, vw):
-                            add_vector(tile, d + v, af, a + v)
-        _tile_to_planes(
-            tile, wp, cw, ph, pw, dst, ((n * c_n + g * cg + b * cw) * h_n) * w_n, min(cw, cg - b * cw), h_n, w_n
-        )
+                for i in range(mi):
+                    for oy in range(oh_n):
+                        row = i * per_tile + ((oy * sh + r * dh) * wp + s * dw) * cw
+                        for ox in range(ow_n):
+                            a = ((i * oh_n + oy) * ow_n + ox) * lanes + lane
+                            d = row + ox * sw * cw
+                            for v in range(0, cw, vw):
+                                add_vector(tile, d + v, af, a + v)
+        nc = min(cw, cg - b * cw)
+        for i in range(mi):
+            d0 = (((n0 + i) * c_n + g * cg + b * cw) * h_n) * w_n
+            _tile_to_planes(tile[i * per_tile : (i + 1) * per_tile], wp, cw, ph, pw, dst, d0, nc, h_n, w_n)
     return gx
 
 
