@@ -66,8 +66,6 @@ __all__ = [
     "WINOGRAD_AUTO_BACKWARD_CHANNELS",
     "WINOGRAD_AUTO_CHANNELS",
     "WINOGRAD_AUTO_COVER",
-    "WINOGRAD_AUTO_INPUT_CHANNELS",
-    "WINOGRAD_AUTO_SMALL_PLANE",
     "WINOGRAD_AUTO_TILES",
     "ConvPlan",
     "CpuConvPlan",
@@ -368,9 +366,7 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
             "winograd" if deep else "direct",
             (
                 f"auto: Winograd F(4×4, 3×3): a 3×3 stride-1 layer with at least {WINOGRAD_AUTO_CHANNELS} "
-                f"input (or {WINOGRAD_AUTO_INPUT_CHANNELS} on planes of at most {WINOGRAD_AUTO_SMALL_PLANE} "
-                f"pixels) and {WINOGRAD_AUTO_CHANNELS} output channels per group and {WINOGRAD_AUTO_TILES} tiles "
-                f"covering at most "
+                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles covering at most "
                 f"{WINOGRAD_AUTO_COVER}× the output planes, where its 4× fewer products measured faster "
                 f"than direct; its float32 error within 1e-5 (docs/winograd.md); "
                 + (
@@ -1027,11 +1023,6 @@ WINOGRAD_F4_MAX_DEPTH = 4608
 # weights' transform are paid for by the GEMMs' 4× fewer products
 # (benchmarks in docs/winograd.md).
 WINOGRAD_AUTO_CHANNELS = 64
-# ... input channels per group may be as few as this (the depth of the GEMMs'
-# sums; the output channels run in their lanes) on output planes of at most
-# WINOGRAD_AUTO_SMALL_PLANE pixels, where direct's pixel tiles do worst
-WINOGRAD_AUTO_INPUT_CHANNELS = 32
-WINOGRAD_AUTO_SMALL_PLANE = 400
 WINOGRAD_AUTO_TILES = 64
 WINOGRAD_AUTO_COVER = 1.35
 # ... and for its backward (grad_x by Winograd), channels per group
@@ -1045,9 +1036,7 @@ def winograd_pays(p: Conv2dParams) -> bool:
     error bound (``winograd_tile``)."""
     if not winograd_geometry(p):
         return False
-    if p.kg < WINOGRAD_AUTO_CHANNELS or p.cg < WINOGRAD_AUTO_INPUT_CHANNELS or winograd_tile(p)[0] != 4:
-        return False
-    if p.cg < WINOGRAD_AUTO_CHANNELS and p.oh * p.ow > WINOGRAD_AUTO_SMALL_PLANE:
+    if min(p.cg, p.kg) < WINOGRAD_AUTO_CHANNELS or winograd_tile(p)[0] != 4:
         return False
     th, tw = -(-p.oh // 4), -(-p.ow // 4)
     return p.n * th * tw >= WINOGRAD_AUTO_TILES and 16 * th * tw <= WINOGRAD_AUTO_COVER * p.oh * p.ow

@@ -35,8 +35,7 @@ PLANS = {
     "small_planes_in_place": ((64, 64, 5, 5), (64, 64, 3, 3), {}, True,
                               {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                                    "image_tiles": False, "gx": ("taps", 64), "gw": "pixels", "in_place": False, "reuse": True}),
-    # MNIST's second conv forced direct (auto runs its forward by Winograd)
-    "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {"algorithm": "direct"}, True,
+    "13x13_per_image": ((64, 32, 13, 13), (64, 32, 3, 3), {}, True,
                         {"alg": ("direct", "direct"), "layout": ("standard", "standard"), "tile": ("pixel", 64),
                              "image_tiles": False, "gx": ("taps", 32), "gw": "pixels", "in_place": False, "reuse": True}),
     # 8 output channels are too shallow a sum for grad_x by taps: the pixel tiles' correlation
