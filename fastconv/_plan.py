@@ -61,6 +61,7 @@ __all__ = [
     "PIXEL_MIN_DEPTH",
     "SEGMENT",
     "TAPS_MAX_PIXELS",
+    "TAPS_MIN_DEPTH",
     "TAPS_MIN_EXTRA",
     "TAPS_MIN_FILL",
     "WINOGRAD_AUTO_BACKWARD_CHANNELS",
@@ -106,11 +107,13 @@ PIXEL_GW_PAIRS = 48
 # tiles, added into a tile of grad_x): taken at stride 1 where grad_x has at
 # least TAPS_MIN_EXTRA times grad_output's pixels (a full correlation would
 # sum that many more products, the zeros around a small grad_output), its
-# lanes are at least TAPS_MIN_FILL real (tap, channel) pairs, and an image's
-# grad_output has at most TAPS_MAX_PIXELS pixels (a task's accumulator and
-# grad_x tile stay in L2).
+# lanes are at least TAPS_MIN_FILL real (tap, channel) pairs, its sums (output
+# channels per group) at least TAPS_MIN_DEPTH deep (shallower ones measured
+# slower than the correlation), and an image's grad_output has at most
+# TAPS_MAX_PIXELS pixels (a task's accumulator and grad_x tile stay in L2).
 TAPS_MIN_EXTRA = 1.25
 TAPS_MIN_FILL = 0.75
+TAPS_MIN_DEPTH = 64
 TAPS_MAX_PIXELS = 4096
 # A float64 grad_weight at least this large is computed by blocks of output
 # channels (each thread owns its rows) instead of per-thread partial results.
@@ -454,7 +457,8 @@ def cpu_plan_for(
         # x needs no copy in the standard one: forward standard; the backward too
         # where grad_x (if wanted) runs by taps, which reads grad_output in place
         std = _cpu_standard(p, dtype, threads, need_input_grad, False)
-        if bwd_alg == "direct" and (not need_input_grad or isinstance(std.grad_input, TapTiling)):
+        in_place = std.grad_weight.mode == "pixels" and (not need_input_grad or isinstance(std.grad_input, TapTiling))
+        if bwd_alg == "direct" and in_place:
             fwd = bwd = replace(
                 std,
                 why_layout="standard: on the pixel tiles an unpadded x is read in place (NCHW) by the forward and "
@@ -612,39 +616,53 @@ def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
     return CorrTiling(kt, nv, blk, CHANNEL_BLOCK)
 
 
-def _pixel_tiling(kout_g: int, depth: int, pixels: int, groups: int, itemsize: int, threads: int) -> PixelTiling | None:
+def _pixel_tiling(
+    kout_g: int, depth: int, pixels: int, groups: int, itemsize: int, threads: int, narrow: bool = False
+) -> PixelTiling | None:
     """The pixel tiles for a correlation of ``depth`` products per output into
     ``pixels`` output pixels of ``kout_g`` channels per group, or None.  They
     waste no lanes on padding Q and need no polyphase copy at a stride, but
     pad a group's output channels to whole tiles and broadcast one input
     element per pixel and tap, so they are taken only when at least 3/4 of
     their lanes hold real channels and the reduction is deep enough to hide
-    the accumulator traffic."""
-    channels = PIXEL_TILE[1] * 64 // itemsize
-    if kout_g < 32 or kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
+    the accumulator traffic.  The tile is 4 vectors of output channels wide,
+    or (``narrow``) 2 or 1 where a group has at most that many: measured
+    faster than the Q-lane tiles only on an unpadded x read in place."""
+    vw = 64 // itemsize
+    vectors = PIXEL_TILE[1] if kout_g > 2 * vw or not narrow else 2 if kout_g > vw else 1
+    channels = vectors * vw
+    if kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
-    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads)
+    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors)
 
 
-def _pixel_blocks(kout_g: int, pixels: int, groups: int, itemsize: int, threads: int) -> PixelTiling:
-    """The pixel tiles' blocks: halved from ``PIXEL_BLOCK`` pixels until there
-    are four tasks per thread, evened out over the threads."""
-    npix, nv = PIXEL_TILE
-    channels = nv * 64 // itemsize
+def _pixel_blocks(
+    kout_g: int, pixels: int, groups: int, itemsize: int, threads: int, vectors: int = PIXEL_TILE[1]
+) -> PixelTiling:
+    """The pixel tiles' blocks: ``PIXEL_BLOCK`` pixels per 4 vectors of output
+    channels (narrower tiles take proportionally more), halved until there are
+    four tasks per thread, evened out over the threads."""
+    npix = PIXEL_TILE[0]
+    channels = vectors * 64 // itemsize
     tasks_per_block = groups * -(-kout_g // channels)
-    blk = PIXEL_BLOCK
+    blk = PIXEL_BLOCK * PIXEL_TILE[1] // vectors
     while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
         blk //= 2
-    return PixelTiling(npix, nv, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
+    return PixelTiling(npix, vectors, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
 
 
 def _reads_in_place(p: Conv2dParams, dtype: np.dtype) -> bool:
     """The direct forward on the pixel tiles reads x in place (no padding)."""
-    return (p.ph, p.pw, p.ph_end, p.pw_end) == (0, 0, 0, 0) and _forward_pixels(p, dtype.itemsize, 1) is not None
+    return _unpadded(p) and _forward_pixels(p, dtype.itemsize, 1) is not None
+
+
+def _unpadded(p: Conv2dParams) -> bool:
+    return (p.ph, p.pw, p.ph_end, p.pw_end) == (0, 0, 0, 0)
 
 
 def _forward_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
-    return _pixel_tiling(p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads)
+    """The forward's pixel tiles; narrow ones (few output channels) only where x is read in place."""
+    return _pixel_tiling(p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads, _unpadded(p))
 
 
 def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
@@ -667,7 +685,7 @@ def _grad_x_taps(p: Conv2dParams, itemsize: int, threads: int) -> TapTiling | No
     nb = -(-p.cg // cw)
     ntap = p.kh * p.kw
     fill = p.cg / (nb * cw) * ntap * cw / (-(-(ntap * cw) // lanes) * lanes)
-    if fill < TAPS_MIN_FILL or p.kg < PIXEL_MIN_DEPTH or p.n * p.groups * nb < 2 * threads:
+    if fill < TAPS_MIN_FILL or p.kg < TAPS_MIN_DEPTH or p.n * p.groups * nb < 2 * threads:
         return None
     return TapTiling(cw, lanes, _taps_images(p.oh * p.ow, p.n * p.groups * nb, threads))
 
@@ -695,8 +713,10 @@ def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> i
 def _grad_weight_pixels(p: Conv2dParams, itemsize: int, threads: int) -> GradWeightTiling | None:
     """grad_weight on the pixel tiles (output channels in the lanes, exact
     output pixels, no per-thread partials) where a group's output channels
-    fill them as the forward's rule asks; x in the forward's stride-1 layout."""
-    if _forward_pixels(p, itemsize, 1) is None:
+    fill the (4-vector) tiles as the forward's rule asks; x in the forward's
+    stride-1 layout."""
+    fwd = _forward_pixels(p, itemsize, 1)
+    if fwd is None or fwd.vectors != PIXEL_TILE[1]:
         return None
     return GradWeightTiling("pixels", PIXEL_GW_CHUNK, threads, 0, PIXEL_GW_PAIRS)
 
@@ -830,7 +850,7 @@ def _taps_note(p: Conv2dParams, t: TapTiling) -> str:
     return (
         f"by taps: grad_x's {p.h}x{p.w} pixels are >= {TAPS_MIN_EXTRA}x grad_output's {p.oh}x{p.ow}, so a full "
         f"correlation would sum the zeros around grad_output; {p.cg} input channels per group in "
-        f"{t.channels}-channel slots of {t.lanes}-lane tiles, {p.kg} >= {PIXEL_MIN_DEPTH} output channels"
+        f"{t.channels}-channel slots of {t.lanes}-lane tiles, {p.kg} >= {TAPS_MIN_DEPTH} output channels"
     )
 
 

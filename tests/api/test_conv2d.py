@@ -388,7 +388,16 @@ PIXEL_CASES = {
     # unpadded: x read in place (NCHW), by the forward and grad_weight
     "valid_nchw": (3, 32, 11, 12, 64, 3, 3, {}),
     "strided_valid_nchw": (2, 48, 13, 12, 64, 3, 3, dict(stride=2, dilation=(1, 2))),
+    # narrow tiles (1 or 2 vectors of output channels), unpadded only: LeNet's 5x5 layer,
+    # 32 channels at a stride, 12 per group
+    "narrow_lenet": (4, 6, 14, 14, 16, 5, 5, {}),
+    "narrow_k32_strided": (3, 8, 13, 12, 32, 3, 3, dict(stride=2)),
+    "narrow_groups": (4, 8, 9, 9, 24, 3, 3, dict(groups=2, dilation=(2, 1))),
 }
+
+
+# vectors of the narrow cases' tiles by itemsize (float32: 16 lanes, float64: 8)
+NARROW_VECTORS = {"narrow_lenet": {4: 1, 8: 2}, "narrow_k32_strided": {4: 2, 8: 4}, "narrow_groups": {4: 1, 8: 2}}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -413,7 +422,12 @@ def test_direct_forward_pixel_tiles(dtype, case, threads, rng, monkeypatch, mayb
     gw_seen = spy_calls(monkeypatch, conv_direct, "grad_weight_pixels")
     y, grads = run_plan(plan, x, wt, b, gy)
     assert seen and seen[0][5].shape == y.shape, "pixel tiles not taken by the forward"
-    if plan.backward_layout == "standard":
+    narrow = case.startswith("narrow") and plan.cpu.forward.vectors < 4
+    if case.startswith("narrow"):  # 1 or 2 vectors of output channels; x read in place
+        assert plan.cpu.forward.vectors == NARROW_VECTORS[case][np.dtype(dtype).itemsize], plan
+    if narrow:
+        assert plan.cpu.grad_weight.mode != "pixels", "grad_weight's pixel tiles are 4 vectors wide"
+    elif plan.backward_layout == "standard":
         # the same channels fill the tiles of grad_weight (exact output pixels, any stride)
         assert plan.cpu.grad_weight.mode == "pixels" and len(gw_seen) == 1, "grad_weight not on the pixel tiles"
         if plan.params.sh > 1:  # x is wanted by grad_weight only: the forward's stride-1 buffer serves
@@ -735,7 +749,7 @@ def test_property_matches_reference(prob):
 IMG_TILE_CASES = {
     # (n, c, h, w, k, kh, kw, opts): the direct forward covers each image's output rows with
     # its own register tiles (skipping the padding rows between images)
-    "13x13_valid": (16, 3, 13, 13, 8, 3, 3, {}),
+    "13x13_valid": (16, 3, 13, 13, 10, 3, 3, {}),  # 10 channels: too few for the narrow pixel tiles
     "13x13_k4": (16, 2, 13, 13, 5, 5, 5, {}),  # 4-channel tiles
     "groups_dil": (16, 4, 14, 12, 8, 3, 2, dict(groups=2, dilation=(2, 1))),
     "pad_same": (20, 3, 12, 12, 9, 4, 4, dict(padding="same")),
@@ -766,10 +780,11 @@ def test_direct_forward_per_image_tiles(dtype, case, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("shape, opts, layout", [
-    ((4, 3, 9, 9, 6), {}, "standard"),                    # padding 0: compact == plain layout
-    ((4, 3, 9, 9, 6), dict(padding=(0, 2)), None),         # compact differs: nothing kept
-    ((9, 4, 5, 5, 8), {}, "batch-inner"),                  # batch-inner small planes
-    ((4, 3, 9, 9, 6), dict(stride=2), None),               # strided: nothing kept
+    # 5 output channels: too few for the narrow pixel tiles, which read an unpadded x in place
+    ((4, 3, 9, 9, 5), {}, "standard"),                    # padding 0: compact == plain layout
+    ((4, 3, 9, 9, 5), dict(padding=(0, 2)), None),         # compact differs: nothing kept
+    ((9, 4, 5, 5, 5), {}, "batch-inner"),                  # batch-inner small planes
+    ((4, 3, 9, 9, 5), dict(stride=2), None),               # strided: nothing kept
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_prepared_input_reused_by_backward(dtype, shape, opts, layout, rng, monkeypatch):

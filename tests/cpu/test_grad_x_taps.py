@@ -32,10 +32,10 @@ DTYPES = [np.float32, np.float64]
 CASES = [
     ((6, 32, 13, 13), (64, 32, 3, 3), {}, 32),  # MNIST's second conv (standard backward)
     ((9, 64, 5, 5), (64, 64, 3, 3), {}, 64),  # MNIST's third (batch-inner backward)
-    ((4, 16, 12, 11), (24, 16, 5, 5), {}, 16),
-    ((3, 32, 10, 10), (64, 16, 3, 3), {"groups": 2}, 16),
-    ((4, 32, 13, 12), (32, 32, 3, 3), {"dilation": 2, "padding": (1, 0)}, 32),
-    ((2, 128, 6, 7), (16, 128, 3, 3), {}, 64),
+    ((4, 16, 12, 11), (64, 16, 5, 5), {}, 16),
+    ((3, 32, 10, 10), (128, 16, 3, 3), {"groups": 2}, 16),
+    ((4, 32, 13, 12), (80, 32, 3, 3), {"dilation": 2, "padding": (1, 0)}, 32),
+    ((2, 128, 6, 7), (64, 128, 3, 3), {}, 64),
 ]
 
 
@@ -74,7 +74,7 @@ def test_planned_by_taps(xs, ws, opts, channels, dtype):
         ((8, 64, 14, 14), (64, 64, 3, 3), {"padding": 1}, "grad_x no larger than grad_output"),
         ((8, 64, 13, 13), (64, 64, 3, 3), {"stride": 2}, "strided: the sub-pixel grids"),
         ((8, 6, 14, 14), (16, 6, 5, 5), {}, "6 channels fill 6/16 of a vector"),
-        ((8, 64, 5, 5), (8, 64, 3, 3), {}, "8 output channels: too shallow a sum"),
+        ((8, 64, 5, 5), (32, 64, 3, 3), {}, "32 output channels: too shallow a sum"),
         ((1, 64, 13, 13), (64, 64, 3, 3), {}, "one task for two threads"),
         ((4, 32, 75, 75), (32, 32, 11, 11), {}, "4096 < 65x65 grad_output pixels"),
     ],
@@ -127,7 +127,7 @@ def test_matches_torch(xs, ws, opts, channels, rng, torch):
 
 def test_finite_differences(rng):
     """grad_x of sum(conv(x) * gy) against central differences (float64), corners included."""
-    xs, ws, opts = (4, 16, 7, 8), (16, 16, 3, 3), {"dilation": (1, 2)}
+    xs, ws, opts = (4, 16, 7, 8), (64, 16, 3, 3), {"dilation": (1, 2)}
     assert isinstance(fastconv.plan_conv2d(xs, ws, **opts, dtype=np.float64).cpu.grad_input, TapTiling)
     x, wt, gy = _inputs(rng, xs, ws, opts, np.float64)
     gx, _, _ = fastconv.conv2d_backward(gy, x, wt, **opts)

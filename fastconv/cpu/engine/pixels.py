@@ -23,6 +23,8 @@ transposed into NCHW, adding the bias.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -30,7 +32,7 @@ from ... import _alloc
 from ..common import FASTMATH, split_task
 from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling
 from .grad_weight import pair_offsets
-from .simd import pixel_tile
+from .simd import pixel_tile, pixel_tile1, pixel_tile2
 from .transforms import add_vector, transpose_block
 
 __all__ = [
@@ -46,12 +48,14 @@ __all__ = [
 _NPIX = PIXEL_TILE[0]
 
 
+@functools.lru_cache(maxsize=256)
 def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tuple[int, int]) -> np.ndarray:
     """int64 offset of every output pixel (n, oh, ow), in order, in a stride-1
     prepared buffer of ``layout``: n*plane + oh*sh*pitch + ow*sw (standard,
     nchw) or n + oh*sh*pitch + ow*sw*N (batch-inner); the last one repeated up to whole
     tiles (the tail of the last tile reads valid addresses; its results are
-    dropped)."""
+    dropped).  Cached per geometry (a small layer's call spends as long
+    building them as a tenth of its kernel), so read-only."""
     n, oh, ow = out_shape
     sh, sw = strides
     per_image = 1 if layout.kind == "batch-inner" else layout.plane
@@ -60,7 +64,9 @@ def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tupl
         + np.arange(oh, dtype=np.int64)[None, :, None] * (sh * layout.pitch)
         + np.arange(ow, dtype=np.int64)[None, None, :] * (sw * layout.step)
     ).ravel()
-    return whole_tiles(q)
+    q = whole_tiles(q)
+    q.flags.writeable = False
+    return q
 
 
 def whole_tiles(q: np.ndarray) -> np.ndarray:
@@ -88,6 +94,18 @@ def correlate_pixels(
     return corr_pixels(buf, layout.cstride, offs, pix, wpk, bias, out, tiling.block, tiling.channel_block)
 
 
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _tile(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init):
+    """The pixel tile as wide as ``wk``'s blocks of output channels: 4, 2 or 1 vectors."""
+    vectors = wk.shape[2] * inp.itemsize // 64
+    if vectors == 4:
+        pixel_tile(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init)
+    elif vectors == 2:
+        pixel_tile2(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init)
+    else:
+        pixel_tile1(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init)
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def _task_acc(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
     """The accumulator (pixels rounded up to whole tiles, output channels of
@@ -100,7 +118,7 @@ def _task_acc(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
         wkc = wk[c0 : c0 + cn]
         cb = base + c0 * cstride
         for j0 in range(0, pn, _NPIX):
-            pixel_tile(inp, cb, cstride, cn, wkc, offs, pix, p0 + j0, acc, j0, c0)
+            _tile(inp, cb, cstride, cn, wkc, offs, pix, p0 + j0, acc, j0, c0)
     return acc
 
 

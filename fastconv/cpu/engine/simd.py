@@ -14,7 +14,8 @@ fast-math flag is set, so NaN/Inf propagate exactly.
   correlation over a prepared buffer (``fastconv.cpu.layout``).
 * ``pixel_tile`` (6 output pixels x 4 vectors of output channels): the same
   correlation with the output channels in the vector lanes and each pixel a
-  broadcast scalar (no padding Q computed).
+  broadcast scalar (no padding Q computed); ``pixel_tile2`` and
+  ``pixel_tile1`` with 2 and 1 vectors.
 * ``dot_tile``: 4 x 3 dot products for grad_weight.
 """
 
@@ -27,7 +28,7 @@ from numba.extending import intrinsic
 
 from ..layout import PIXEL_TILE, TILE_SHAPES
 
-__all__ = ["corr_tile", "corr_tile8", "dot_tile", "pixel_tile"]
+__all__ = ["corr_tile", "corr_tile8", "dot_tile", "pixel_tile", "pixel_tile1", "pixel_tile2"]
 
 _I32 = ir.IntType(32)
 
@@ -219,8 +220,11 @@ def _make_pixel_tile(npix, nv):
 
 
 # The pixel tile (output pixels x vectors of output channels; whether a
-# correlation uses it is chosen in fastconv._plan).
+# correlation uses it is chosen in fastconv._plan), and its narrow forms for
+# 2 and 1 vectors of output channels (layers with few of them).
 pixel_tile = _make_pixel_tile(*PIXEL_TILE)
+pixel_tile2 = _make_pixel_tile(PIXEL_TILE[0], 2)
+pixel_tile1 = _make_pixel_tile(PIXEL_TILE[0], 1)
 
 
 @intrinsic
