@@ -85,10 +85,11 @@ def _conv_backward(dtype: str, algorithm: str) -> None:
     gy = fastconv.conv2d(x, wg, groups=4, algorithm=algorithm)
     fastconv.conv2d_backward(gy, x, wg, groups=4, algorithm=algorithm)
     # 64 x 64 channels: the pixel tiles (forward) and grad_weight by output-channel blocks
-    for shape in ((2, 64, 6, 6), (8, 64, 5, 5)):  # standard and batch-inner layouts
+    # (standard and batch-inner layouts); unpadded small planes: grad_x by taps
+    for shape, padding in (((2, 64, 6, 6), 1), ((8, 64, 5, 5), 1), ((64, 64, 5, 5), 0)):
         x, w64 = _rand(shape, dtype), _rand((64, 64, 3, 3), dtype)
-        gy = fastconv.conv2d(x, w64, padding=1, algorithm=algorithm)
-        fastconv.conv2d_backward(gy, x, w64, padding=1, algorithm=algorithm)
+        gy = fastconv.conv2d(x, w64, padding=padding, algorithm=algorithm)
+        fastconv.conv2d_backward(gy, x, w64, padding=padding, algorithm=algorithm)
 
 
 def _conv_winograd(dtype: str) -> None:
