@@ -21,6 +21,7 @@ backend's planner (``_cuda_plan`` fills only the common fields today).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -697,8 +698,8 @@ def _taps_images(pixels: int, tasks: int, threads: int) -> int:
     npix = PIXEL_TILE[0]
     if -(-pixels // npix) * npix <= pixels * 9 / 8:
         return 1
-    m = npix // np.gcd(pixels, npix)
-    return int(m) if tasks // m >= 4 * threads else 1
+    m = npix // math.gcd(pixels, npix)
+    return m if tasks // m >= 4 * threads else 1
 
 
 def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> int:

@@ -47,6 +47,18 @@ def assert_close(y, ref, dtype, what: str = "output", tols: Mapping[np.dtype, fl
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype)})"
 
 
+def assert_grads_close(grads, want, dtype, need_input_grad: bool = True) -> None:
+    """conv2d_backward's (grad_x, grad_weight, grad_bias) against the reference's;
+    grad_x None when it was not wanted."""
+    gx, gw, gb = grads
+    if need_input_grad:
+        assert_close(gx, want[0], dtype, "grad_x")
+    else:
+        assert gx is None
+    assert_close(gw, want[1], dtype, "grad_weight")
+    assert_close(gb, want[2], dtype, "grad_bias")
+
+
 def assert_same_nonfinite(got, want, dtype, what: str) -> None:
     """NaN and +-inf at the same positions as the reference, finite values within TOL."""
     assert got.dtype == dtype, what

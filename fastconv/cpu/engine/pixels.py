@@ -48,14 +48,28 @@ __all__ = [
 _NPIX = PIXEL_TILE[0]
 
 
-@functools.lru_cache(maxsize=256)
 def pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tuple[int, int]) -> np.ndarray:
     """int64 offset of every output pixel (n, oh, ow), in order, in a stride-1
     prepared buffer of ``layout``: n*plane + oh*sh*pitch + ow*sw (standard,
     nchw) or n + oh*sh*pitch + ow*sw*N (batch-inner); the last one repeated up to whole
     tiles (the tail of the last tile reads valid addresses; its results are
-    dropped).  Cached per geometry (a small layer's call spends as long
-    building them as a tenth of its kernel), so read-only."""
+    dropped).  Read-only: up to ``_CACHED_PIXELS`` pixels they are cached per
+    geometry (a small layer's call would otherwise spend a noticeable share
+    of its time building them)."""
+    if out_shape[0] * out_shape[1] * out_shape[2] <= _CACHED_PIXELS:
+        return _cached_pixel_offsets(layout, out_shape, strides)
+    return _pixel_offsets(layout, out_shape, strides)
+
+
+_CACHED_PIXELS = 1 << 16
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tuple[int, int]) -> np.ndarray:
+    return _pixel_offsets(layout, out_shape, strides)
+
+
+def _pixel_offsets(layout: Layout, out_shape: tuple[int, int, int], strides: tuple[int, int]) -> np.ndarray:
     n, oh, ow = out_shape
     sh, sw = strides
     per_image = 1 if layout.kind == "batch-inner" else layout.plane
