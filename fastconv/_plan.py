@@ -43,6 +43,7 @@ from .cpu.layout import (
     nchw_layout,
     same_buffer,
     standard_layout,
+    taps_tile_extent,
 )
 
 __all__ = [
@@ -704,8 +705,7 @@ def _taps_images(pixels: int, tasks: int, threads: int) -> int:
 
 def _taps_bytes(p: Conv2dParams, t: TapTiling, itemsize: int, threads: int) -> int:
     """Each running task's accumulator (pixels x lanes) and grad_x tile."""
-    hp = max(p.h + p.ph, (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1)
-    wp = max(p.w + p.pw, (p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1)
+    hp, wp = taps_tile_extent((p.h, p.w), (p.oh, p.ow), (p.kh, p.kw), (p.sh, p.sw), (p.ph, p.pw), (p.dh, p.dw))
     tile = hp * wp * t.channels
     pixels = -(-(t.images * p.oh * p.ow) // PIXEL_TILE[0]) * PIXEL_TILE[0]
     return threads * (pixels * t.lanes + t.images * tile) * itemsize

@@ -53,6 +53,7 @@ __all__ = [
     "same_buffer",
     "standard_layout",
     "tap_offsets",
+    "taps_tile_extent",
 ]
 
 CACHE_LINE = 64  # bytes
@@ -305,6 +306,23 @@ class TapTiling:
     def describe(self) -> str:
         per_task = f", {self.images} images per task" if self.images > 1 else ""
         return f"by taps ({self.channels} input channels per tap, {self.lanes}-lane pixel tiles{per_task})"
+
+
+def taps_tile_extent(
+    x_hw: tuple[int, int],
+    y_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """(rows, cols) of grad_x-by-taps' padded grad_x tile: from the top-left
+    padding on, every position a (grad_output pixel, tap) pair reaches and
+    every grad_x pixel."""
+    return (
+        max(x_hw[0] + padding[0], (y_hw[0] - 1) * strides[0] + (kernel[0] - 1) * dilation[0] + 1),
+        max(x_hw[1] + padding[1], (y_hw[1] - 1) * strides[1] + (kernel[1] - 1) * dilation[1] + 1),
+    )
 
 
 @dataclass(frozen=True)

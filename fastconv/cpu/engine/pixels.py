@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from ... import _alloc
 from ..common import FASTMATH, split_task
-from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling
+from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling, taps_tile_extent
 from .grad_weight import pair_offsets
 from .simd import pixel_tile, pixel_tile1, pixel_tile2
 from .transforms import add_vector, transpose_block
@@ -337,8 +337,7 @@ def grad_x_taps(
     k, cg, kh, kw = weight.shape
     n, _, oh, ow = gy.shape
     wpk = _pack_taps(weight.reshape(groups, k // groups, cg, kh * kw), tiling)
-    hp = max(gx.shape[2] + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(gx.shape[3] + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp, wp = taps_tile_extent(gx.shape[2:], (oh, ow), (kh, kw), strides, padding, dilation)
     m = tiling.images
     geo = (kh, kw, sh, sw, ph, pw, dh, dw)
     pix, pix_last = _block_pixels(m, k, oh * ow), _block_pixels((n - 1) % m + 1, k, oh * ow)
