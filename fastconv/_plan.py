@@ -57,6 +57,7 @@ __all__ = [
     "LAYOUTS",
     "PARTIALS_MAX_BYTES",
     "PIXEL_BLOCK",
+    "PIXEL_BLOCK_POINTWISE",
     "PIXEL_CHANNEL_BLOCK",
     "PIXEL_GW_CHUNK",
     "PIXEL_GW_PAIRS",
@@ -101,6 +102,10 @@ SEGMENT = 1024
 PIXEL_BLOCK = 96
 PIXEL_CHANNEL_BLOCK = 64
 PIXEL_MIN_DEPTH = 16
+# Output pixels per task of a 1×1 forward, whose input rows have no taps to
+# reuse them: longer runs of each row, which the hardware prefetchers stream
+# (benchmarks/results).
+PIXEL_BLOCK_POINTWISE = 192
 # grad_weight on the pixel tiles: output pixels per chunk (summed in float64
 # after each) and (input channel, tap) pairs per task.
 PIXEL_GW_CHUNK = 512
@@ -619,7 +624,14 @@ def _corr_column(kout_g: int, rows_read: int, itemsize: int) -> CorrTiling:
 
 
 def _pixel_tiling(
-    kout_g: int, depth: int, pixels: int, groups: int, itemsize: int, threads: int, narrow: bool = False
+    kout_g: int,
+    depth: int,
+    pixels: int,
+    groups: int,
+    itemsize: int,
+    threads: int,
+    narrow: bool = False,
+    pointwise: bool = False,
 ) -> PixelTiling | None:
     """The pixel tiles for a correlation of ``depth`` products per output into
     ``pixels`` output pixels of ``kout_g`` channels per group, or None.  They
@@ -629,25 +641,33 @@ def _pixel_tiling(
     their lanes hold real channels and the reduction is deep enough to hide
     the accumulator traffic.  The tile is 4 vectors of output channels wide,
     or (``narrow``) 2 or 1 where a group has at most that many: measured
-    faster than the Q-lane tiles only on an unpadded x read in place."""
+    faster than the Q-lane tiles only on an unpadded x read in place.
+    ``pointwise``: a 1×1 kernel (``PIXEL_BLOCK_POINTWISE``)."""
     vw = 64 // itemsize
     vectors = PIXEL_TILE[1] if kout_g > 2 * vw or not narrow else 2 if kout_g > vw else 1
     channels = vectors * vw
     if kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
-    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors)
+    block = PIXEL_BLOCK_POINTWISE if pointwise else PIXEL_BLOCK
+    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, block)
 
 
 def _pixel_blocks(
-    kout_g: int, pixels: int, groups: int, itemsize: int, threads: int, vectors: int = PIXEL_TILE[1]
+    kout_g: int,
+    pixels: int,
+    groups: int,
+    itemsize: int,
+    threads: int,
+    vectors: int = PIXEL_TILE[1],
+    block: int = PIXEL_BLOCK,
 ) -> PixelTiling:
-    """The pixel tiles' blocks: ``PIXEL_BLOCK`` pixels per 4 vectors of output
+    """The pixel tiles' blocks: ``block`` pixels per 4 vectors of output
     channels (narrower tiles take proportionally more), halved until there are
     four tasks per thread, evened out over the threads."""
     npix = PIXEL_TILE[0]
     channels = vectors * 64 // itemsize
     tasks_per_block = groups * -(-kout_g // channels)
-    blk = PIXEL_BLOCK * PIXEL_TILE[1] // vectors
+    blk = block * PIXEL_TILE[1] // vectors
     while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
         blk //= 2
     return PixelTiling(npix, vectors, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
@@ -664,12 +684,18 @@ def _unpadded(p: Conv2dParams) -> bool:
 
 def _forward_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
     """The forward's pixel tiles; narrow ones (few output channels) only where x is read in place."""
-    return _pixel_tiling(p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads, _unpadded(p))
+    return _pixel_tiling(
+        p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads, _unpadded(p), _pointwise(p)
+    )
 
 
 def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
     """grad_x's correlation: C/groups output channels over N x H x W pixels."""
     return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads)
+
+
+def _pointwise(p: Conv2dParams) -> bool:
+    return (p.kh, p.kw) == (1, 1)
 
 
 def _grad_x_taps(p: Conv2dParams, itemsize: int, threads: int) -> TapTiling | None:

@@ -236,3 +236,21 @@ def test_from_plan_same_padding(rng):
     plan = fastconv.plan_conv2d(x.shape, wt.shape, dtype=np.float64, padding="same")
     y = fastconv.Conv2dOp.from_plan(plan).forward(x, wt)
     assert_close(y, reference.conv2d(x, wt, padding="same"), np.float64, "y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_pointwise_forward_takes_longer_pixel_blocks(dtype, rng):
+    """A 1×1 forward on the pixel tiles runs PIXEL_BLOCK_POINTWISE pixels per
+    task where there are tasks enough, a 3×3 one PIXEL_BLOCK; the 1×1 result at
+    that block against the reference, into a poisoned output."""
+    from fastconv._plan import PIXEL_BLOCK, PIXEL_BLOCK_POINTWISE
+
+    xs, ws = (6, 64, 32, 32), (64, 64, 1, 1)  # 6,144 pixels: whole blocks of either size
+    fwd = fastconv.plan_conv2d(xs, ws, dtype=dtype, threads=2).cpu.forward
+    wide = fastconv.plan_conv2d(xs, (64, 64, 3, 3), dtype=dtype, padding=1, threads=2).cpu.forward
+    assert isinstance(fwd, PixelTiling) and isinstance(wide, PixelTiling)
+    scale = 4 // fwd.vectors
+    assert fwd.block == PIXEL_BLOCK_POINTWISE * scale and wide.block == PIXEL_BLOCK * scale
+    x, wt = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    assert_close(fastconv.conv2d(x, wt, b), reference.conv2d(x, wt, b), dtype, "y")

@@ -239,3 +239,30 @@ def test_grad_weight_walks(dtype, case, rng):
                                      GradWeightTiling("rows", 0, threads))
         assert_close(got.reshape(p.weight_shape), want_gw, dtype, "rows")
         assert_close(gsum, want_gb, dtype, "rows: grad_bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("nrows, ncols", [(16, 16), (5, 16), (16, 3), (1, 1), (7, 9)])
+def test_transpose_block_exact_writes_only_its_lanes(dtype, nrows, ncols, rng):
+    """dst[d0 + j*dstride + i] = src[s0 + i*sstride + j] for i < nrows, j <
+    ncols (clipped to a vector's lanes); every other destination element keeps
+    its value."""
+    from numba import njit
+
+    from fastconv.cpu.engine.transforms import transpose_block_exact
+
+    @njit
+    def run(src, s0, ss, nr, nc, dst, d0, ds):
+        transpose_block_exact(src, s0, ss, nr, nc, dst, d0, ds)
+
+    lanes = 64 // np.dtype(dtype).itemsize
+    nr, nc = min(nrows, lanes), min(ncols, lanes)
+    sstride, dstride = lanes + 3, lanes + 5
+    src = rng.standard_normal(2 + lanes * sstride).astype(dtype)
+    dst = np.full(3 + lanes * dstride + lanes, -7.0, dtype=dtype)
+    run(src, 2, sstride, nr, nc, dst, 3, dstride)
+    want = np.full_like(dst, -7.0)
+    for j in range(nc):
+        for i in range(nr):
+            want[3 + j * dstride + i] = src[2 + i * sstride + j]
+    np.testing.assert_array_equal(dst, want)

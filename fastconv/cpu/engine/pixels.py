@@ -33,7 +33,7 @@ from ..common import FASTMATH, split_task
 from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling, taps_tile_extent
 from .grad_weight import pair_offsets
 from .simd import pixel_tile, pixel_tile1, pixel_tile2
-from .transforms import add_vector, transpose_block
+from .transforms import add_vector, transpose_block, transpose_block_exact
 
 __all__ = [
     "corr_pixels",
@@ -139,25 +139,28 @@ def _task_acc(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
 @njit(fastmath=FASTMATH, cache=True)
 def _copy_out(acc, p0, pn, out, k0, nk, bias):
     """out[n, k0 + kk, oh, ow] (+ bias) = acc[p - p0, kk] for the pixels p =
-    n*OH*OW + oh*OW + ow in [p0, p0 + pn) (out C-contiguous): each pixel's
-    flat position found once, then channel by channel, so the writes run
-    along output rows."""
+    n*OH*OW + oh*OW + ow in [p0, p0 + pn) (out C-contiguous): the bias added
+    along the accumulator's rows, then blocks of a vector's lanes squared
+    transposed in registers (``transpose_block_exact``), each block's pixels
+    inside one image so that a channel's are one run of an output row."""
     kout, per_img = out.shape[1], out.shape[2] * out.shape[3]
+    if bias.shape[0] > 0:
+        for j in range(pn):
+            for kk in range(nk):
+                acc[j, kk] += bias[k0 + kk]
     flat = out.reshape(-1)
-    at = np.empty(pn, dtype=np.int64)
-    for j in range(pn):
-        n = (p0 + j) // per_img
-        at[j] = p0 + j + n * (kout - 1) * per_img + k0 * per_img
-    has_bias = bias.shape[0] > 0
-    for kk in range(nk):
-        o = kk * per_img
-        if has_bias:
-            b = bias[k0 + kk]
-            for j in range(pn):
-                flat[at[j] + o] = acc[j, kk] + b
-        else:
-            for j in range(pn):
-                flat[at[j] + o] = acc[j, kk]
+    src = acc.reshape(-1)
+    kbw = acc.shape[1]
+    lanes = 64 // acc.itemsize
+    for kk0 in range(0, nk, lanes):
+        j = 0
+        while j < pn:
+            n = (p0 + j) // per_img
+            q = p0 + j - n * per_img
+            run = min(lanes, pn - j, per_img - q)
+            d0 = (n * kout + k0 + kk0) * per_img + q
+            transpose_block_exact(src, j * kbw + kk0, kbw, run, min(lanes, nk - kk0), flat, d0, per_img)
+            j += run
 
 
 @njit(fastmath=FASTMATH, cache=True)

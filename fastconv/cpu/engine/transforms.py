@@ -31,6 +31,7 @@ __all__ = [
     "input_tile4",
     "output_tile_nchw2",
     "transpose_block",
+    "transpose_block_exact",
     "output_tile_nchw4",
     "weight_tile2",
     "weight_tile4",
@@ -271,52 +272,74 @@ def _lane_mask(builder, n, count):
     return mask
 
 
-@intrinsic
-def transpose_block(typingctx, src, s0, sstride, nrows, ncols, dst, d0, dstride):
-    """dst[d0 + j*dstride + i] = src[s0 + i*sstride + j] for j < ncols and
-    i < VW (one vector), 0 for i >= nrows: a VW×VW block transposed in
-    registers (log2(VW) rounds of interleaves); rows past nrows and columns
-    past ncols are not read, whole vectors are written for j < ncols."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
-        return None
-    ip = types.intp
-    sig = types.void(src, ip, ip, ip, ip, dst, ip, ip)
+def _make_transpose(exact):
+    """A transpose_block intrinsic; ``exact``: each destination row stores only
+    its first nrows lanes (a masked store), else the whole vector."""
 
-    def codegen(context, builder, signature, args):
-        src_v, s0_v, ss_v, nr_v, nc_v, dst_v, d0_v, ds_v = args
-        fty, size, vw, vty = _vec(context, signature.args[0].dtype)
-        src_a = context.make_array(signature.args[0])(context, builder, src_v)
-        dst_a = context.make_array(signature.args[5])(context, builder, dst_v)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        mload = _masked(builder, fty, vty, "load")
-        cols = _lane_mask(builder, nc_v, vw)
-        zero = ir.Constant(vty, None)
-        rows = []
-        for i in range(vw):
-            live = builder.icmp_signed(">", nr_v, ir.Constant(i64, i))
-            mask = builder.and_(cols, _splat_i1(builder, live, vw))
-            ptr = builder.gep(src_a.data, [builder.add(s0_v, builder.mul(ss_v, ir.Constant(i64, i)))])
-            rows.append(
-                builder.call(mload, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(i32, size), mask, zero])
-            )
-        n = vw
-        lo = [k for j in range(n // 2) for k in (j, n + j)]
-        hi = [k for j in range(n // 2, n) for k in (j, n + j)]
-        for _ in range(n.bit_length() - 1):  # log2(VW) rounds: new[2i], new[2i+1] interleave rows i, i + VW/2
-            new = []
-            for i in range(n // 2):
-                new += [
-                    _shuffle(builder, rows[i], rows[i + n // 2], lo),
-                    _shuffle(builder, rows[i], rows[i + n // 2], hi),
-                ]
-            rows = new
-        for j in range(vw):
-            with builder.if_then(builder.icmp_signed(">", nc_v, ir.Constant(i64, j))):
-                ptr = builder.gep(dst_a.data, [builder.add(d0_v, builder.mul(ds_v, ir.Constant(i64, j)))])
-                builder.store(rows[j], builder.bitcast(ptr, vty.as_pointer()), align=size)
-        return context.get_dummy_value()
+    @intrinsic
+    def transpose(typingctx, src, s0, sstride, nrows, ncols, dst, d0, dstride):
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)):
+            return None
+        ip = types.intp
+        sig = types.void(src, ip, ip, ip, ip, dst, ip, ip)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            src_v, s0_v, ss_v, nr_v, nc_v, dst_v, d0_v, ds_v = args
+            fty, size, vw, vty = _vec(context, signature.args[0].dtype)
+            src_a = context.make_array(signature.args[0])(context, builder, src_v)
+            dst_a = context.make_array(signature.args[5])(context, builder, dst_v)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            mload = _masked(builder, fty, vty, "load")
+            cols = _lane_mask(builder, nc_v, vw)
+            zero = ir.Constant(vty, None)
+            rows = []
+            for i in range(vw):
+                live = builder.icmp_signed(">", nr_v, ir.Constant(i64, i))
+                mask = builder.and_(cols, _splat_i1(builder, live, vw))
+                ptr = builder.gep(src_a.data, [builder.add(s0_v, builder.mul(ss_v, ir.Constant(i64, i)))])
+                rows.append(
+                    builder.call(mload, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(i32, size), mask, zero])
+                )
+            n = vw
+            lo = [k for j in range(n // 2) for k in (j, n + j)]
+            hi = [k for j in range(n // 2, n) for k in (j, n + j)]
+            for _ in range(n.bit_length() - 1):  # log2(VW) rounds: new[2i], new[2i+1] interleave rows i, i + VW/2
+                new = []
+                for i in range(n // 2):
+                    new += [
+                        _shuffle(builder, rows[i], rows[i + n // 2], lo),
+                        _shuffle(builder, rows[i], rows[i + n // 2], hi),
+                    ]
+                rows = new
+            if exact:
+                mstore = _masked(builder, fty, vty, "store")
+                live_rows = _lane_mask(builder, nr_v, vw)
+            for j in range(vw):
+                with builder.if_then(builder.icmp_signed(">", nc_v, ir.Constant(i64, j))):
+                    ptr = builder.gep(dst_a.data, [builder.add(d0_v, builder.mul(ds_v, ir.Constant(i64, j)))])
+                    vptr = builder.bitcast(ptr, vty.as_pointer())
+                    if exact:
+                        builder.call(mstore, [rows[j], vptr, ir.Constant(i32, size), live_rows])
+                    else:
+                        builder.store(rows[j], vptr, align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return transpose
+
+
+transpose_block = _make_transpose(exact=False)
+transpose_block.__doc__ = """transpose_block(src, s0, sstride, nrows, ncols, dst, d0, dstride):
+dst[d0 + j*dstride + i] = src[s0 + i*sstride + j] for j < ncols and i < VW
+(one vector), 0 for i >= nrows: a VW×VW block transposed in registers
+(log2(VW) rounds of interleaves); rows past nrows and columns past ncols are
+not read, whole vectors are written for j < ncols."""
+
+transpose_block_exact = _make_transpose(exact=True)
+transpose_block_exact.__doc__ = """``transpose_block`` that writes only dst[d0 + j*dstride + i] for
+i < nrows (masked stores): for transposing into a caller's array, where the
+lanes past nrows belong to other data."""
 
 
 def _splat_i1(builder, bit, count):
