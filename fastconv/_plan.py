@@ -59,6 +59,7 @@ __all__ = [
     "PIXEL_BLOCK",
     "PIXEL_BLOCK_POINTWISE",
     "PIXEL_CHANNEL_BLOCK",
+    "PIXEL_WEIGHT_BYTES",
     "PIXEL_GW_CHUNK",
     "PIXEL_GW_PAIRS",
     "PIXEL_MIN_DEPTH",
@@ -97,14 +98,18 @@ CHANNEL_BLOCK_BATCH_INNER = 8
 # Q per grad_weight call: its 4 grad_output rows (16 KiB in float32) stay in L1.
 SEGMENT = 1024
 # Pixel tiles (output channels in the lanes): output pixels per task (a
-# multiple of the tile's 6), input channels per pass (a tile's weights for
-# them stay in L2), and the least reduction (input channels x taps) for them.
+# multiple of the tile's 6), the most input channels per pass, the bytes of
+# a pass's packed weights (its input channels x taps x the tile's output
+# channels) that keep them in L1 across the pass's tiles (32 KiB on the
+# smallest L1 we run on, with room for the input and the accumulators), and
+# the least reduction (input channels x taps) for the tiles.
 PIXEL_BLOCK = 96
 PIXEL_CHANNEL_BLOCK = 64
+PIXEL_WEIGHT_BYTES = 24 * 2**10
 PIXEL_MIN_DEPTH = 16
-# Output pixels per task of a 1×1 forward, whose input rows have no taps to
-# reuse them: longer runs of each row, which the hardware prefetchers stream
-# (benchmarks/results).
+# Output pixels per task of a 1×1 kernel's correlation, whose input rows have
+# no taps to reuse them: longer runs of each row, which the hardware
+# prefetchers stream (benchmarks/results).
 PIXEL_BLOCK_POINTWISE = 192
 # grad_weight on the pixel tiles: output pixels per chunk (summed in float64
 # after each) and (input channel, tap) pairs per task.
@@ -631,7 +636,7 @@ def _pixel_tiling(
     itemsize: int,
     threads: int,
     narrow: bool = False,
-    pointwise: bool = False,
+    taps: int = 1,
 ) -> PixelTiling | None:
     """The pixel tiles for a correlation of ``depth`` products per output into
     ``pixels`` output pixels of ``kout_g`` channels per group, or None.  They
@@ -642,14 +647,16 @@ def _pixel_tiling(
     the accumulator traffic.  The tile is 4 vectors of output channels wide,
     or (``narrow``) 2 or 1 where a group has at most that many: measured
     faster than the Q-lane tiles only on an unpadded x read in place.
-    ``pointwise``: a 1×1 kernel (``PIXEL_BLOCK_POINTWISE``)."""
+    ``taps``: the kernel's, which size the passes over input channels
+    (``_pixel_blocks``); a 1×1 kernel's tasks take ``PIXEL_BLOCK_POINTWISE``
+    pixels."""
     vw = 64 // itemsize
     vectors = PIXEL_TILE[1] if kout_g > 2 * vw or not narrow else 2 if kout_g > vw else 1
     channels = vectors * vw
     if kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
-    block = PIXEL_BLOCK_POINTWISE if pointwise else PIXEL_BLOCK
-    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, block)
+    block = PIXEL_BLOCK_POINTWISE if taps == 1 else PIXEL_BLOCK
+    return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, block, taps)
 
 
 def _pixel_blocks(
@@ -660,17 +667,21 @@ def _pixel_blocks(
     threads: int,
     vectors: int = PIXEL_TILE[1],
     block: int = PIXEL_BLOCK,
+    taps: int = 1,
 ) -> PixelTiling:
     """The pixel tiles' blocks: ``block`` pixels per 4 vectors of output
     channels (narrower tiles take proportionally more), halved until there are
-    four tasks per thread, evened out over the threads."""
+    four tasks per thread, evened out over the threads; and as many input
+    channels per pass, up to ``PIXEL_CHANNEL_BLOCK``, as keep the pass's
+    packed weights for ``taps`` taps within ``PIXEL_WEIGHT_BYTES``."""
     npix = PIXEL_TILE[0]
     channels = vectors * 64 // itemsize
     tasks_per_block = groups * -(-kout_g // channels)
     blk = block * PIXEL_TILE[1] // vectors
     while blk > 4 * npix and tasks_per_block * -(-pixels // blk) < 4 * threads:
         blk //= 2
-    return PixelTiling(npix, vectors, channels, _even(pixels, blk, npix), PIXEL_CHANNEL_BLOCK)
+    cblk = max(1, min(PIXEL_CHANNEL_BLOCK, PIXEL_WEIGHT_BYTES // (taps * channels * itemsize)))
+    return PixelTiling(npix, vectors, channels, _even(pixels, blk, npix), cblk)
 
 
 def _reads_in_place(p: Conv2dParams, dtype: np.dtype) -> bool:
@@ -685,17 +696,13 @@ def _unpadded(p: Conv2dParams) -> bool:
 def _forward_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
     """The forward's pixel tiles; narrow ones (few output channels) only where x is read in place."""
     return _pixel_tiling(
-        p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads, _unpadded(p), _pointwise(p)
+        p.kg, p.cg * p.kh * p.kw, p.n * p.oh * p.ow, p.groups, itemsize, threads, _unpadded(p), p.kh * p.kw
     )
 
 
 def _grad_x_pixels(p: Conv2dParams, itemsize: int, threads: int) -> PixelTiling | None:
     """grad_x's correlation: C/groups output channels over N x H x W pixels."""
-    return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads)
-
-
-def _pointwise(p: Conv2dParams) -> bool:
-    return (p.kh, p.kw) == (1, 1)
+    return _pixel_tiling(p.cg, p.kg * p.kh * p.kw, p.n * p.h * p.w, p.groups, itemsize, threads, taps=p.kh * p.kw)
 
 
 def _grad_x_taps(p: Conv2dParams, itemsize: int, threads: int) -> TapTiling | None:

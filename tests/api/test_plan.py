@@ -239,18 +239,26 @@ def test_from_plan_same_padding(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_pointwise_forward_takes_longer_pixel_blocks(dtype, rng):
+def test_pixel_blocks_by_taps(dtype, rng):
     """A 1×1 forward on the pixel tiles runs PIXEL_BLOCK_POINTWISE pixels per
-    task where there are tasks enough, a 3×3 one PIXEL_BLOCK; the 1×1 result at
-    that block against the reference, into a poisoned output."""
-    from fastconv._plan import PIXEL_BLOCK, PIXEL_BLOCK_POINTWISE
+    task where there are tasks enough, a 3×3 one PIXEL_BLOCK; each pass over
+    input channels keeps its packed weights within PIXEL_WEIGHT_BYTES (a 3×3
+    kernel's 64 channels in passes that do not divide them); both results
+    against the reference, into a poisoned output."""
+    from fastconv._plan import PIXEL_BLOCK, PIXEL_BLOCK_POINTWISE, PIXEL_CHANNEL_BLOCK, PIXEL_WEIGHT_BYTES
 
     xs, ws = (6, 64, 32, 32), (64, 64, 1, 1)  # 6,144 pixels: whole blocks of either size
     fwd = fastconv.plan_conv2d(xs, ws, dtype=dtype, threads=2).cpu.forward
-    wide = fastconv.plan_conv2d(xs, (64, 64, 3, 3), dtype=dtype, padding=1, threads=2).cpu.forward
+    wide = fastconv.plan_conv2d(xs, (64, 64, 3, 3), dtype=dtype, padding=1, algorithm="direct", threads=2).cpu.forward
     assert isinstance(fwd, PixelTiling) and isinstance(wide, PixelTiling)
     scale = 4 // fwd.vectors
     assert fwd.block == PIXEL_BLOCK_POINTWISE * scale and wide.block == PIXEL_BLOCK * scale
-    x, wt = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
-    b = rng.standard_normal(ws[0]).astype(dtype)
-    assert_close(fastconv.conv2d(x, wt, b), reference.conv2d(x, wt, b), dtype, "y")
+    isz = np.dtype(dtype).itemsize
+    assert fwd.channel_block == PIXEL_CHANNEL_BLOCK
+    assert wide.channel_block * 9 * wide.channels * isz <= PIXEL_WEIGHT_BYTES
+    assert (wide.channel_block + 1) * 9 * wide.channels * isz > PIXEL_WEIGHT_BYTES and 64 % wide.channel_block
+    x = rng.standard_normal(xs).astype(dtype)
+    for ws, pad in ((ws, 0), ((64, 64, 3, 3), 1)):
+        wt, b = rng.standard_normal(ws).astype(dtype), rng.standard_normal(ws[0]).astype(dtype)
+        y = fastconv.conv2d(x, wt, b, padding=pad, algorithm="direct")
+        assert_close(y, reference.conv2d(x, wt, b, padding=pad), dtype, "y")
