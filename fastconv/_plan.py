@@ -60,6 +60,8 @@ __all__ = [
     "PIXEL_BLOCK_POINTWISE",
     "PIXEL_CHANNEL_BLOCK",
     "PIXEL_WEIGHT_BYTES",
+    "STREAM_CHANNELS",
+    "STREAM_PLANE",
     "PIXEL_GW_CHUNK",
     "PIXEL_GW_PAIRS",
     "PIXEL_MIN_DEPTH",
@@ -111,6 +113,13 @@ PIXEL_MIN_DEPTH = 16
 # no taps to reuse them: longer runs of each row, which the hardware
 # prefetchers stream (benchmarks/results).
 PIXEL_BLOCK_POINTWISE = 192
+# A 1×1 forward over planes of at least STREAM_PLANE pixels with at most
+# STREAM_CHANNELS input channels per group runs on the Q-lane tiles: they read
+# each input row as one stream, where the pixel tiles read the group's rows,
+# a plane apart, all at once, which the prefetchers follow worse once x is
+# out of cache (benchmarks/results).
+STREAM_PLANE = 3136
+STREAM_CHANNELS = 128
 # grad_weight on the pixel tiles: output pixels per chunk (summed in float64
 # after each) and (input channel, tap) pairs per task.
 PIXEL_GW_CHUNK = 512
@@ -789,7 +798,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     isz = dtype.itemsize
     pads = (p.ph, p.pw, p.ph_end, p.pw_end)
     bwd_lay = standard_layout(p.x_shape, pads, isz, strides=(p.sh, p.sw))
-    fwd: CorrTiling | PixelTiling | None = _forward_pixels(p, isz, threads)
+    fwd: CorrTiling | PixelTiling | None = None if _streams_rows(p) else _forward_pixels(p, isz, threads)
     if fwd is not None:  # a stride-1 layout at any stride: the tiles read pixels sh, sw apart
         fwd_lay = (
             nchw_layout(p.x_shape) if pads == (0, 0, 0, 0) else standard_layout(p.x_shape, pads, isz, compact=True)
@@ -812,6 +821,8 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         # the sub-pixel grids; a stride-1 one reads grad_output in x's row
         # geometry, the same in place): the forward's stride-1 buffer serves
         bwd_lay = fwd_lay
+    elif gw.mode == "pixels" and _streams_rows(p):  # ... and x itself, whatever the forward read
+        bwd_lay = nchw_layout(p.x_shape)
     qn = (p.n - 1) * bwd_lay.plane + (p.oh - 1) * bwd_lay.pitch + p.ow
     gx: CorrTiling | PixelTiling | TapTiling | None = None
     lead = 0
@@ -880,6 +891,16 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     )
 
 
+def _streams_rows(p: Conv2dParams) -> bool:
+    """A 1×1 stride-1 forward whose rows stream better on the Q-lane tiles (``STREAM_PLANE``)."""
+    return (
+        (p.kh, p.kw, p.sh, p.sw) == (1, 1, 1, 1)
+        and p.oh * p.ow >= STREAM_PLANE
+        and p.cg <= STREAM_CHANNELS
+        and p.kg >= 8  # the 8-channel tile
+    )
+
+
 def _taps_note(p: Conv2dParams, t: TapTiling) -> str:
     return (
         f"by taps: grad_x's {p.h}x{p.w} pixels are >= {TAPS_MIN_EXTRA}x grad_output's {p.oh}x{p.ow}, so a full "
@@ -899,7 +920,13 @@ def _forward_tile_note(p: Conv2dParams, t: CorrTiling | PixelTiling, lay: Layout
             f"{p.cg * p.kh * p.kw} >= {PIXEL_MIN_DEPTH} products per output: no lane spent on padding Q"
             + ("; no padding, so x is read in place (NCHW)" if lay.kind == "nchw" else "")
         )
-    return _tile(p.kg)[2] + _image_tiles_note(t)
+    stream = (
+        f"; a 1×1 kernel over {p.oh}x{p.ow} planes with {p.cg} <= {STREAM_CHANNELS} input channels: each "
+        "input row streams whole on the Q-lane tiles"
+        if _streams_rows(p)
+        else ""
+    )
+    return _tile(p.kg)[2] + _image_tiles_note(t) + stream
 
 
 def _cpu_batch_inner(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool, requested: bool) -> _Pass:

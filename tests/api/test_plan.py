@@ -262,3 +262,29 @@ def test_pixel_blocks_by_taps(dtype, rng):
         wt, b = rng.standard_normal(ws).astype(dtype), rng.standard_normal(ws[0]).astype(dtype)
         y = fastconv.conv2d(x, wt, b, padding=pad, algorithm="direct")
         assert_close(y, reference.conv2d(x, wt, b, padding=pad), dtype, "y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_pointwise_large_planes_stream_on_q_lane_tiles(dtype, rng):
+    """A 1×1 forward over planes of >= STREAM_PLANE pixels with <= STREAM_CHANNELS
+    input channels runs on the Q-lane tiles, its backward still on the pixel
+    tiles with x read in place; smaller planes or more channels keep the pixel
+    tiles.  Forward and backward against the reference."""
+    from fastconv._plan import STREAM_CHANNELS, STREAM_PLANE
+
+    side = int(np.ceil(np.sqrt(STREAM_PLANE)))
+    xs, ws = (2, 24, side, side), (64, 24, 1, 1)
+    plan = fastconv.plan_conv2d(xs, ws, dtype=dtype, threads=2)
+    assert not isinstance(plan.cpu.forward, PixelTiling) and "streams whole" in plan.reason("tile")
+    assert plan.cpu.grad_weight.mode == "pixels" and plan.cpu.backward_layout.kind == "nchw"
+    assert isinstance(fastconv.plan_conv2d((2, 24, 28, 28), ws, dtype=dtype).cpu.forward, PixelTiling)
+    deep = (64, STREAM_CHANNELS + 8, 1, 1)
+    assert isinstance(fastconv.plan_conv2d((1, deep[1], side, side), deep, dtype=dtype).cpu.forward, PixelTiling)
+    x, wt = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    assert_close(fastconv.conv2d(x, wt, b), reference.conv2d(x, wt, b), dtype, "y")
+    gy = rng.standard_normal((xs[0], ws[0], side, side)).astype(dtype)
+    got = fastconv.conv2d_backward(gy, x, wt)
+    want = reference.conv2d_backward(gy, x, wt)
+    for g, r, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, dtype, name)
