@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ... import _alloc
 from ..common import FASTMATH, split_task
 from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
 from .pixels import correlate_pixels
@@ -45,10 +46,13 @@ def pack_weights(w4: np.ndarray, tiling: CorrTiling | PixelTiling) -> np.ndarray
 
 def pack_weights_by(w4: np.ndarray, kt: int, buf: np.ndarray | None = None) -> np.ndarray:
     """``pack_weights`` in blocks of kt output channels, into ``buf`` (1-D,
-    at least as large) if given."""
+    at least as large) if given, else into a 64-byte aligned array: the
+    tiles load whole vectors of it, and one that straddles two cache lines
+    costs two loads."""
     g, kog, cig, t = w4.shape
     shape = (g, -(-kog // kt), cig, t, kt)
-    out = np.empty(shape, dtype=w4.dtype) if buf is None else buf[: int(np.prod(shape))].reshape(shape)
+    size = int(np.prod(shape))
+    out = (_alloc.workspace(size, w4.dtype) if buf is None else buf[:size]).reshape(shape)
     return _pack(w4, out)
 
 
