@@ -41,6 +41,7 @@ from .cpu.layout import (
     grad_output_layout,
     mirrored_lead,
     nchw_layout,
+    pointwise_in_place,
     same_buffer,
     standard_layout,
     taps_tile_extent,
@@ -836,7 +837,8 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     phases = _subpixel_phases(p, dtype, threads) if need_input_grad and gx is None and p.dh == p.dw == 1 else None
     gy_lay = grad_output_layout(bwd_lay, p.y_shape, isz, lead)
     # grad_output's copy: for the Q-lane grad_weight and a correlation's grad_x
-    gy_copied = gw.mode != "pixels" or (gx is not None and not isinstance(gx, TapTiling))
+    gx_in_place = isinstance(gx, PixelTiling) and pointwise_in_place(p.kh, p.kw, p.sh, p.sw, pads)
+    gy_copied = gw.mode != "pixels" or (gx is not None and not isinstance(gx, TapTiling) and not gx_in_place)
     bwd_bytes = (
         ((0 if bwd_lay.kind == "nchw" else bwd_lay.size) + gy_copied * gy_lay.size) * isz
         + _partials_bytes(p, p.n if per_image else qn, threads, gw, isz)
@@ -856,6 +858,9 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         if not need_input_grad
         else _taps_note(p, gx)
         if isinstance(gx, TapTiling)
+        else "a 1×1 stride-1 unpadded layer: the forward's correlation of grad_output, read in place, with the "
+        "transposed weights"
+        if gx_in_place
         else "correlation of grad_output with the mirrored taps (weights finite; scatter otherwise)"
         if gx
         else f"{len(phases)} stride-1 correlations of grad_output with the mirrored sub-kernels, one per "

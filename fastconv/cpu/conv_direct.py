@@ -38,7 +38,7 @@ the zero padding like PyTorch and the reference do, and drops garbage outputs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 from numba import njit, prange
@@ -66,13 +66,23 @@ from .layout import (
     TapTiling,
     grad_output_layout,
     mirrored_lead,
+    nchw_layout,
+    pointwise_in_place,
     tap_offsets,
 )
 
 if TYPE_CHECKING:
     from .._plan import ConvPlan
 
-__all__ = ["backward", "forward", "grad_input_scatter", "grad_weight_exact", "standard_tap_offsets"]
+__all__ = [
+    "backward",
+    "forward",
+    "grad_input_in_place",
+    "grad_input_pointwise",
+    "grad_input_scatter",
+    "grad_weight_exact",
+    "standard_tap_offsets",
+]
 
 
 def standard_tap_offsets(p: Conv2dParams, lay: Layout) -> np.ndarray:
@@ -153,11 +163,13 @@ def backward(
     finite_w = bool(np.isfinite(weight).all())
     # grad_x by correlation (taps multiply only the products that exist: any weights)
     fast_gx = c.grad_input_corr() is not None and finite_w
+    # ... or, 1×1 on the pixel tiles, grad_output read in place: only real products, any weights
+    gx_in_place = grad_input_in_place(c.grad_input, p)
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     # grad_output's copy serves grad_x's correlation and the Q-lane grad_weight;
     # the pixel grad_weight and the strided grad_x read grad_output itself
     gyf = None
-    if c.grad_weight.mode != "pixels" or (plan.need_input_grad and fast_gx):
+    if c.grad_weight.mode != "pixels" or (plan.need_input_grad and fast_gx and not gx_in_place):
         gyf = prepare_standard(
             gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True, scratch="direct.backward.gy"
         )
@@ -176,6 +188,8 @@ def backward(
     gx = _alloc.empty(p.x_shape, dtype)
     if isinstance(c.grad_input, TapTiling):
         return grad_input_taps(gy, weight, gx, p, c.grad_input), gw, gb
+    if grad_input_in_place(c.grad_input, p):
+        return grad_input_pointwise(gy, weight, gx, p, c.grad_input), gw, gb
     if not fast_gx and c.grad_input_phases and finite_w:  # strided: the sub-pixel grids' correlations
         return grad_input_subpixel(gy, weight, gx, p, c.grad_input_phases), gw, gb
     tiling = c.grad_input_corr()
@@ -190,6 +204,27 @@ def backward(
     w4 = weight.reshape(p.groups, p.kg, p.cg, p.kh * p.kw).transpose(0, 2, 1, 3)
     correlate(gyf.buf, glay, offs_gx, pack_weights(w4, tiling), empty_bias(dtype), gx, tiling)
     return gx, gw, gb
+
+
+def grad_input_in_place(tiling: object, p: Conv2dParams) -> TypeGuard[PixelTiling]:
+    """grad_x runs as ``grad_input_pointwise`` (a 1×1 layer's on the pixel tiles)."""
+    return isinstance(tiling, PixelTiling) and pointwise_in_place(
+        p.kh, p.kw, p.sh, p.sw, (p.ph, p.pw, p.ph_end, p.pw_end)
+    )
+
+
+def grad_input_pointwise(
+    gy: np.ndarray, weight: np.ndarray, gx: np.ndarray, p: Conv2dParams, tiling: PixelTiling
+) -> np.ndarray:
+    """gx (N, C, H, W) of a 1×1 stride-1 unpadded layer: gx[n, c] = sum over k
+    of gy[n, k] * w[k, c], the forward's pixel correlation of grad_output,
+    read in place, with the transposed weights (``pointwise_in_place``)."""
+    gyp = prepare_standard(gy, nchw_layout(p.y_shape))
+    w4 = weight.reshape(p.groups, p.kg, p.cg, 1).transpose(0, 2, 1, 3)
+    offs = np.zeros(1, dtype=np.int64)
+    return correlate_pixels(
+        gyp.buf, gyp.layout, offs, pack_weights(w4, tiling), empty_bias(gx.dtype), gx, tiling, (1, 1)
+    )
 
 
 def grad_input_taps(

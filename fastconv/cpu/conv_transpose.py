@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _alloc
 from .common import empty_bias
-from .conv_direct import grad_input_scatter, grad_input_taps
+from .conv_direct import grad_input_in_place, grad_input_pointwise, grad_input_scatter, grad_input_taps
 from .conv_subpixel import grad_input_subpixel
 from .engine import correlate, pack_weights, prepare_batch_inner, prepare_standard
 from .layout import TapTiling, grad_output_layout, mirrored_lead, tap_offsets
@@ -37,6 +37,8 @@ def grad_input(gy: np.ndarray, weight: np.ndarray, plan: ConvPlan) -> np.ndarray
     gx = _alloc.empty(p.x_shape, dtype)
     if isinstance(c.grad_input, TapTiling) and plan.backward_algorithm == "direct":
         return grad_input_taps(gy, weight, gx, p, c.grad_input)
+    if grad_input_in_place(c.grad_input, p) and plan.backward_algorithm == "direct":
+        return grad_input_pointwise(gy, weight, gx, p, c.grad_input)
     tiling = c.grad_input_corr()
     finite_w = bool(np.isfinite(weight).all())
     if tiling is None or plan.backward_algorithm != "direct" or not finite_w:

@@ -50,6 +50,7 @@ __all__ = [
     "mirrored_lead",
     "odd_lines",
     "phase_geometry",
+    "pointwise_in_place",
     "same_buffer",
     "standard_layout",
     "tap_offsets",
@@ -356,6 +357,13 @@ class GradWeightTiling:
         if self.mode == "pixels":
             return walk
         return walk + (f", parallel over blocks of {self.channel_block} output channels" if self.channel_block else "")
+
+
+def pointwise_in_place(kh: int, kw: int, sh: int, sw: int, pads: tuple[int, int, int, int]) -> bool:
+    """A 1×1, stride-1, unpadded convolution: grad_output has x's planes, so
+    its grad_x on the pixel tiles is a forward correlation that reads
+    grad_output in place (NCHW) with the transposed weights."""
+    return (kh, kw, sh, sw) == (1, 1, 1, 1) and pads == (0, 0, 0, 0)
 
 
 def mirrored_lead(kh: int, kw: int, dh: int, dw: int, ph: int, pw: int, pitch: int, step: int = 1) -> int:

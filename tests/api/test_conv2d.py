@@ -456,7 +456,7 @@ def test_direct_grad_x_pixel_tiles(dtype, case, rng, monkeypatch, maybe_torch):
     reference, torch's autograd, and conv_transpose2d (the same kernel)."""
     import importlib
 
-    from fastconv.cpu import conv_transpose
+    from fastconv.cpu import conv_direct, conv_transpose
 
     # the module (the package's ``correlate`` is its function of that name)
     engine_correlate = importlib.import_module("fastconv.cpu.engine.correlate")
@@ -468,6 +468,8 @@ def test_direct_grad_x_pixel_tiles(dtype, case, rng, monkeypatch, maybe_torch):
     assert isinstance(plan.cpu.grad_input, PixelTiling), f"pixel tiles not planned for grad_x: {plan}"
     gy = rng.standard_normal(reference.conv2d(x, wt, **opts).shape).astype(dtype)
     seen = spy_calls(monkeypatch, engine_correlate, "correlate_pixels")
+    # a 1x1 layer's grad_x reads grad_output in place (conv_direct.grad_input_pointwise)
+    spy_calls(monkeypatch, conv_direct, "correlate_pixels", into=seen)
     gx = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")[0]
     assert any(call[6] is plan.cpu.grad_input for call in seen), "pixel tiles not taken for grad_x"
     want = reference.conv2d_backward(gy, x, wt, **opts)[0]
