@@ -427,17 +427,14 @@ def _gx_taps(gy, wpk, gx, geo, cw, m, hp, wp, pix, pix_last):
 @njit(fastmath=FASTMATH, cache=True)
 def _tile_to_planes(tile, wp, cw, ph, pw, dst, d0, nc, h_n, w_n):
     """dst[d0 + (c*H + h)*W + x] = tile[((h + ph)*wp + pw + x)*cw + c] for c <
-    nc: blocks of a vector's lanes squared, transposed in registers into a
-    staging block, each channel's row segment copied out."""
+    nc: blocks of a vector's lanes squared, transposed in registers and
+    stored straight into each channel's row segment (masked stores)."""
     vw = 64 // tile.itemsize
-    stage = np.empty(vw * vw, dtype=tile.dtype)
+    plane = h_n * w_n
     for c0 in range(0, nc, vw):
         ncc = min(vw, nc - c0)
         for h in range(h_n):
             for x0 in range(0, w_n, vw):
                 nx = min(vw, w_n - x0)
-                transpose_block(tile, ((h + ph) * wp + pw + x0) * cw + c0, cw, nx, ncc, stage, 0, vw)
-                for j in range(ncc):
-                    o = d0 + ((c0 + j) * h_n + h) * w_n + x0
-                    for i in range(nx):
-                        dst[o + i] = stage[j * vw + i]
+                src0 = ((h + ph) * wp + pw + x0) * cw + c0
+                transpose_block_exact(tile, src0, cw, nx, ncc, dst, d0 + (c0 * h_n + h) * w_n + x0, plane)
