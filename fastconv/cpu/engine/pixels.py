@@ -289,22 +289,40 @@ def _gw_pixels(inp, gstride, pairs, pix, gyt, pchunk, pairs_per_task, gw):
         j0 = bi * per_task
         jn = min(per_task, npair - j0)
         acc = np.empty((jn, kbw), dtype=inp.dtype)
-        tot = np.zeros((jn, kbw), dtype=np.float64)
+        # one chunk: its sum is the result; several: summed in float64
+        tot = np.zeros((jn if npx > pchunk else 0, kbw), dtype=np.float64)
         for p0 in range(0, npx, pchunk):
             pn = min(pchunk, npx - p0)
             wk = gyt[g, kb, p0 : p0 + pn].reshape((1, pn, kbw))
             offs = pix[p0 : p0 + pn]
             for j in range(0, jn, _NPIX):
                 pixel_tile(inp, g * gstride, 0, 1, wk, offs, pairs, j0 + j, acc, j, 0)
+            if tot.shape[0]:
+                for j in range(jn):
+                    for i in range(kbw):
+                        tot[j, i] += acc[j, i]
+        if tot.shape[0]:
             for j in range(jn):
                 for i in range(kbw):
-                    tot[j, i] += acc[j, i]
-        k0 = g * kg + kb * kbw
-        for i in range(min(kbw, kg - kb * kbw)):
-            row = gw[k0 + i]
-            for j in range(min(jn, real_pairs - j0)):
-                row[j0 + j] = tot[j, i]
+                    acc[j, i] = tot[j, i]
+        _pairs_to_rows(acc, min(jn, real_pairs - j0), min(kbw, kg - kb * kbw), gw, g * kg + kb * kbw, j0)
     return gw
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pairs_to_rows(acc, jn, nk, gw, k0, j0):
+    """gw[k0 + i, j0 + j] = acc[j, i] for j < jn, i < nk (gw C-contiguous):
+    blocks of a vector's lanes squared transposed in registers, stored
+    straight into grad_weight's rows."""
+    vw = 64 // acc.itemsize
+    kbw, npair = acc.shape[1], gw.shape[1]
+    src = acc.reshape(-1)
+    dst = gw.reshape(-1)
+    for i0 in range(0, nk, vw):
+        for j in range(0, jn, vw):
+            transpose_block_exact(
+                src, j * kbw + i0, kbw, min(vw, jn - j), min(vw, nk - i0), dst, (k0 + i0) * npair + j0 + j, npair
+            )
 
 
 # --------------------------------------------------------------------------- grad_x by taps
