@@ -120,19 +120,34 @@ class TorchRun:
 
 
 def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+    """Per-layer time of one epoch.  The fused steps (nn/steps.py: a Conv2D's
+    ReLU after its MaxPooling2D) call a layer's ``linear_forward`` /
+    ``linear_backward`` instead of ``forward`` / ``backward``, so those are
+    timed too, each call counted once (the outermost) for its layer."""
     times: dict[tuple[str, str], float] = {}
+    busy: set[tuple[str, str]] = set()
 
     def timed(layer, kind, fn):
         def run(*a, **k):
+            key = (layer.name, kind)
+            if key in busy:  # forward -> linear_forward: already timed
+                return fn(*a, **k)
+            busy.add(key)
             t = time.perf_counter()
-            r = fn(*a, **k)
-            times[(layer.name, kind)] = times.get((layer.name, kind), 0.0) + time.perf_counter() - t
-            return r
+            try:
+                return fn(*a, **k)
+            finally:
+                times[key] = times.get(key, 0.0) + time.perf_counter() - t
+                busy.discard(key)
         return run
 
+    wrapped = []
     for layer in model.layers:
-        layer.forward = timed(layer, "forward", layer.forward)
-        layer.backward = timed(layer, "backward", layer.backward)
+        for attr, kind in (("forward", "forward"), ("backward", "backward"),
+                           ("linear_forward", "forward"), ("linear_backward", "backward")):
+            if hasattr(layer, attr):
+                setattr(layer, attr, timed(layer, kind, getattr(layer, attr)))
+                wrapped.append((layer, attr))
     t0 = time.perf_counter()
     model.fit(x, y, epochs=1, batch_size=batch, verbose=0, seed=1)
     total = time.perf_counter() - t0
@@ -145,8 +160,8 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
         print(f"  {layer.name:<18}{f:>16.2f}{b:>18.2f}")
     rest = total - sum(times.values())
     print(f"  {'other (loss, optimizer, batching)':<36}{rest / steps * 1e3:>16.2f}")
-    for layer in model.layers:
-        del layer.forward, layer.backward
+    for layer, attr in wrapped:
+        delattr(layer, attr)
 
 
 def main() -> int:
