@@ -266,3 +266,26 @@ def test_transpose_block_exact_writes_only_its_lanes(dtype, nrows, ncols, rng):
         for i in range(nr):
             want[3 + j * dstride + i] = src[2 + i * sstride + j]
     np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kt", [4, 8, 16, 32, 64])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "view"])
+def test_pack_weights_by(dtype, kt, transposed, rng):
+    """(G, Kout_g, Cin_g, T) -> (G, blocks, Cin_g, T, kt), zeros past Kout_g:
+    the register-transposed path (C-contiguous weights, whole vectors per
+    block row) and the plain loop (views, narrow blocks) against NumPy,
+    into 64-byte aligned memory."""
+    from fastconv.cpu.engine.correlate import pack_weights_by
+
+    g, kog, cig, t = 2, 70, 19, 9
+    w4 = rng.standard_normal((g, cig, kog, t) if transposed else (g, kog, cig, t)).astype(dtype)
+    if transposed:
+        w4 = w4.transpose(0, 2, 1, 3)
+    nkb = -(-kog // kt)
+    want = np.zeros((g, nkb * kt, cig, t), dtype)
+    want[:, :kog] = w4
+    want = want.reshape(g, nkb, kt, cig, t).transpose(0, 1, 3, 4, 2)
+    got = pack_weights_by(w4, kt)
+    np.testing.assert_array_equal(got, want)
+    assert got.ctypes.data % 64 == 0

@@ -20,6 +20,8 @@ batch-inner layout the copy transposes the batch back out of the vector lanes).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -28,6 +30,7 @@ from ..common import FASTMATH, split_task
 from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
 from .pixels import correlate_pixels
 from .simd import corr_tile, corr_tile8
+from .transforms import transpose_block
 
 __all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights", "pack_weights_by"]
 
@@ -51,9 +54,38 @@ def pack_weights_by(w4: np.ndarray, kt: int, buf: np.ndarray | None = None) -> n
     costs two loads."""
     g, kog, cig, t = w4.shape
     shape = (g, -(-kog // kt), cig, t, kt)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     out = (_alloc.workspace(size, w4.dtype) if buf is None else buf[:size]).reshape(shape)
+    if w4.flags.c_contiguous and kt * w4.itemsize % 64 == 0:  # whole vectors per block row
+        return _pack_rows(w4, out)
     return _pack(w4, out)
+
+
+@njit(parallel=True, cache=True)
+def _pack_rows(w4, out):
+    """``_pack`` of a C-contiguous w4, whose (input channel, tap) rows per
+    output channel are contiguous: each block is that (kt x C*T) matrix
+    transposed by a vector's lanes squared in registers (kt whole vectors:
+    ``transpose_block`` writes whole vectors)."""
+    g_n, kog, cig, t_n = w4.shape
+    nkb, kt = out.shape[1], out.shape[4]
+    ct = cig * t_n
+    vw = 64 // w4.itemsize
+    src = w4.reshape(-1)
+    dst = out.reshape(-1)
+    for u in prange(g_n * nkb):
+        g = u // nkb
+        kb = u - g * nkb
+        k0 = kb * kt
+        nk = min(kt, kog - k0)
+        d = u * ct * kt
+        for j0 in range(0, ct, vw):
+            for i0 in range(0, kt, vw):  # lanes past nk: zeros
+                rows = max(0, min(vw, nk - i0))
+                transpose_block(
+                    src, (g * kog + k0 + i0) * ct + j0, ct, rows, min(vw, ct - j0), dst, d + j0 * kt + i0, kt
+                )
+    return out
 
 
 @njit(parallel=True, cache=True)
