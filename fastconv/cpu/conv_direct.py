@@ -158,18 +158,20 @@ def backward(
     dtype = x.dtype
     xp = kept if kept is not None else prepare_standard(x, c.backward_layout, scratch="direct.backward.x")
     lay = xp.layout
-    # grad_x by correlation (stride 1, finite weights) reads grad_output's
-    # buffer at negative tap offsets, down to -lead
-    finite_w = bool(np.isfinite(weight).all())
-    # grad_x by correlation (taps multiply only the products that exist: any weights)
-    fast_gx = c.grad_input_corr() is not None and finite_w
-    # ... or, 1×1 on the pixel tiles, grad_output read in place: only real products, any weights
+    # grad_x's correlations (stride 1 over a padded copy of grad_output, or the
+    # strided sub-pixel grids) multiply grad_output's zero margins by the
+    # weights, so they run only with finite weights; grad_x by taps, in place
+    # (1×1) or by scatter multiplies only real products: any weights
     gx_in_place = grad_input_in_place(c.grad_input, p)
+    margins = c.grad_input_corr() is not None or bool(c.grad_input_phases)
+    finite_w = plan.need_input_grad and not gx_in_place and margins and bool(np.isfinite(weight).all())
+    # grad_x by correlation reads grad_output's buffer at negative tap offsets, down to -lead
+    fast_gx = c.grad_input_corr() is not None and finite_w
     lead = mirrored_lead(p.kh, p.kw, p.dh, p.dw, p.ph, p.pw, lay.pitch) if fast_gx else 0
     # grad_output's copy serves grad_x's correlation and the Q-lane grad_weight;
     # the pixel grad_weight and the strided grad_x read grad_output itself
     gyf = None
-    if c.grad_weight.mode != "pixels" or (plan.need_input_grad and fast_gx and not gx_in_place):
+    if c.grad_weight.mode != "pixels" or fast_gx:
         gyf = prepare_standard(
             gy, grad_output_layout(lay, p.y_shape, dtype.itemsize, lead), sums=True, scratch="direct.backward.gy"
         )

@@ -365,11 +365,15 @@ def grad_x_taps(
     return _gx_taps(np.ascontiguousarray(gy), wpk, gx, geo, tiling.channels, m, hp, wp, pix, pix_last)
 
 
+@functools.lru_cache(maxsize=64)
 def _block_pixels(images: int, k: int, npx: int) -> np.ndarray:
     """Offsets in gy (N, K, OH, OW) of the pixels of ``images`` consecutive
-    images from the first one's, in whole tiles (the last one repeated)."""
+    images from the first one's, in whole tiles (the last one repeated);
+    read-only, cached (a training step asks for the same ones every call)."""
     per_image = np.arange(npx, dtype=np.int64)
-    return whole_tiles((np.arange(images, dtype=np.int64)[:, None] * (k * npx) + per_image).ravel())
+    pix = whole_tiles((np.arange(images, dtype=np.int64)[:, None] * (k * npx) + per_image).ravel())
+    pix.flags.writeable = False
+    return pix
 
 
 def _pack_taps(w4: np.ndarray, tiling: TapTiling) -> np.ndarray:
