@@ -29,11 +29,48 @@ if TYPE_CHECKING:
 __all__ = ["grad_input_subpixel"]
 
 
-def _sub_kernel(weight: np.ndarray, p: Conv2dParams, tap_r0: int, tap_s0: int) -> np.ndarray:
-    """(C, K/groups, J, L): taps tap_r0::sh, tap_s0::sw, mirrored, in/out channels swapped per group."""
-    w5 = weight.reshape(p.groups, p.kg, p.cg, p.kh, p.kw)[:, :, :, tap_r0 :: p.sh, tap_s0 :: p.sw][..., ::-1, ::-1]
-    j, l_ = w5.shape[3], w5.shape[4]
-    return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(p.c, p.kg, j, l_)
+def _sub_kernels(weight: np.ndarray, p: Conv2dParams, phases: tuple[SubPixelPhase, ...]) -> list[np.ndarray]:
+    """Each phase's (C, K/groups, J, L) kernel: taps tap_r0::sh, tap_s0::sw,
+    mirrored, in/out channels swapped per group; all from one pass over the
+    weights."""
+    shapes = [(len(range(ph.tap_r0, p.kh, p.sh)), len(range(ph.tap_s0, p.kw, p.sw))) for ph in phases]
+    outs = tuple(np.empty((p.c, p.kg, j, l_), weight.dtype) for j, l_ in shapes)
+    # taps[i, m]: offset in a (KH, KW) kernel of element m of phase i's mirrored (J, L) grid
+    taps = np.zeros((len(phases), max(j * l_ for j, l_ in shapes)), dtype=np.int64)
+    for i, (ph, (j, l_)) in enumerate(zip(phases, shapes)):
+        rows = ph.tap_r0 + p.sh * np.arange(j - 1, -1, -1)
+        cols = ph.tap_s0 + p.sw * np.arange(l_ - 1, -1, -1)
+        taps[i, : j * l_] = (rows[:, None] * p.kw + cols[None, :]).ravel()
+    flat = tuple(o.reshape(-1) for o in outs)
+    _fill_sub_kernels(np.ascontiguousarray(weight).reshape(-1), flat, taps, p.cg, p.kg, p.kh * p.kw)
+    return list(outs)
+
+
+@njit(parallel=True, cache=True)
+def _fill_sub_kernels(w, outs, taps, cg, kg, khw):
+    """outs[i] (C, K/groups, J*L flat): row g*cg + c, kernel k, element m =
+    w[g*kg + k, c] at tap offset taps[i, m].  Parallel over blocks of 8
+    channels of a group: for each k the block's 8 kernels are one contiguous
+    read, and every phase is filled from it (NumPy's copy of a 5-D
+    transposed view, per phase, ran on one thread element by element)."""
+    groups = w.size // (cg * khw * kg)
+    nblk = -(-cg // 8)
+    for t in prange(groups * nblk):
+        g = t // nblk
+        c0 = (t - g * nblk) * 8
+        c1 = min(cg, c0 + 8)
+        for k in range(kg):
+            row = (g * kg + k) * cg
+            for c in range(c0, c1):
+                src0 = (row + c) * khw
+                u = g * cg + c
+                for i in range(len(outs)):
+                    dst = outs[i]
+                    n = dst.size // (groups * cg * kg)
+                    d0 = (u * kg + k) * n
+                    for m in range(n):
+                        dst[d0 + m] = w[src0 + taps[i, m]]
+    return outs
 
 
 def grad_input_subpixel(
@@ -42,6 +79,8 @@ def grad_input_subpixel(
     """gx (N, C, H, W) <- grad_x of a strided convolution, grid by grid."""
     from .registry import algorithm_module
 
+    live = tuple(ph for ph in phases if ph.plan is not None)
+    kernels = iter(_sub_kernels(weight, p, live) if live else [])
     for ph in phases:
         grid = gx[:, :, ph.row0 :: p.sh, ph.col0 :: p.sw]
         if ph.plan is None:
@@ -49,9 +88,7 @@ def grad_input_subpixel(
             continue
         sp = ph.plan.params
         g = np.ascontiguousarray(gy[:, :, ph.gy_row0 : ph.gy_row0 + sp.h, ph.gy_col0 : ph.gy_col0 + sp.w])
-        y, _ = algorithm_module(ph.plan.algorithm, ph.plan.layout).forward(
-            g, _sub_kernel(weight, p, ph.tap_r0, ph.tap_s0), None, ph.plan
-        )
+        y, _ = algorithm_module(ph.plan.algorithm, ph.plan.layout).forward(g, next(kernels), None, ph.plan)
         _to_grid(y, gx, ph.row0, ph.col0, p.sh, p.sw)
     return gx
 

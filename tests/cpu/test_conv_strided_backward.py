@@ -137,9 +137,19 @@ def test_nan_inf_match_reference(where, dtype, rng, monkeypatch):
 
 
 def test_sub_kernel_is_the_mirrored_transposed_tap_grid():
-    p = fastconv.plan_conv2d((1, 4, 9, 9), (6, 2, 3, 3), stride=2, groups=2).params
+    plan = fastconv.plan_conv2d((1, 4, 9, 9), (6, 2, 3, 3), stride=2, groups=2, algorithm="direct")
+    p, phases = plan.params, plan.cpu.grad_input_phases
     w = np.arange(np.prod(p.weight_shape), dtype=np.float64).reshape(p.weight_shape)
-    sub = conv_subpixel._sub_kernel(w, p, 1, 0)
+    subs = conv_subpixel._sub_kernels(w, p, phases)
+    assert len(subs) == len(phases) == 4
+    for ph, sub in zip(phases, subs):
+        taps = w[:, :, ph.tap_r0 :: 2, ph.tap_s0 :: 2][:, :, ::-1, ::-1]
+        assert sub.shape == (4, 3) + taps.shape[2:]
+        for g in range(2):  # channel c of group g reads output channel k of that group
+            for c in range(2):
+                for k in range(3):
+                    np.testing.assert_array_equal(sub[g * 2 + c, k], taps[g * 3 + k, c])
+    # group 1, input channel 1 (global 3), output channel 2 of the group (global 5), taps (1, 0)
+    sub = subs[[(ph.tap_r0, ph.tap_s0) for ph in phases].index((1, 0))]
     assert sub.shape == (4, 3, 1, 2)
-    # group 1, input channel 1 (global 3), output channel 2 of the group (global 5)
     np.testing.assert_array_equal(sub[3, 2], w[5, 1, 1::2, 0::2][::-1, ::-1])
