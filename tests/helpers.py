@@ -59,6 +59,18 @@ def assert_grads_close(grads, want, dtype, need_input_grad: bool = True) -> None
     assert_close(gb, want[2], dtype, "grad_bias")
 
 
+def put_nonfinite(where: str, gy, wt, gy_at, w_at) -> None:
+    """In place: +inf, NaN, -inf at the ``gy_at`` positions of grad_output when
+    ``where`` is "grad_output", else +inf, NaN at the ``w_at`` positions of the
+    weight (the NaN/Inf propagation tests of the backward paths)."""
+    if where == "grad_output":
+        for at, v in zip(gy_at, (np.inf, np.nan, -np.inf)):
+            gy[at] = v
+    else:
+        for at, v in zip(w_at, (np.inf, np.nan)):
+            wt[at] = v
+
+
 def assert_same_nonfinite(got, want, dtype, what: str) -> None:
     """NaN and +-inf at the same positions as the reference, finite values within TOL."""
     assert got.dtype == dtype, what

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, spy_calls
+from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, put_nonfinite, spy_calls
 
 import fastconv
 from fastconv import reference
@@ -123,10 +123,7 @@ def test_nan_inf_match_reference(where, dtype, rng, monkeypatch):
     path); non-finite weights take the exact scatter, like the stride-1 path."""
     xs, ws, opts = CASES[0]
     x, wt, gy = _inputs(rng, xs, ws, opts, dtype)
-    if where == "grad_output":
-        gy[0, 2, 0, 0], gy[1, 5, 3, 2], gy[1, 0, 4, 3] = np.inf, np.nan, -np.inf
-    else:
-        wt[1, 0, 0, 0], wt[4, 1, 2, 1] = np.inf, np.nan
+    put_nonfinite(where, gy, wt, [(0, 2, 0, 0), (1, 5, 3, 2), (1, 0, 4, 3)], [(1, 0, 0, 0), (4, 1, 2, 1)])
     sub = spy_calls(monkeypatch, conv_direct, "grad_input_subpixel")
     with np.errstate(invalid="ignore", over="ignore"):
         got = fastconv.conv2d_backward(gy, x, wt, **opts, algorithm="direct")

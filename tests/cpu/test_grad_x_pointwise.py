@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, spy_calls
+from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, put_nonfinite, spy_calls
 
 import fastconv
 from fastconv import reference
@@ -117,10 +117,7 @@ def test_nan_inf_match_reference(where, dtype, rng, monkeypatch):
     exactly its input channel's grad_x, still in place."""
     xs, ws, groups = CASES[0]
     x, wt, gy = _inputs(rng, xs, ws, groups, dtype)
-    if where == "grad_output":
-        gy[0, 2, 0, 0], gy[1, 5, 3, 2], gy[2, 0, 8, 10] = np.inf, np.nan, -np.inf
-    else:
-        wt[1, 7, 0, 0], wt[40, 31, 0, 0] = np.inf, np.nan
+    put_nonfinite(where, gy, wt, [(0, 2, 0, 0), (1, 5, 3, 2), (2, 0, 8, 10)], [(1, 7, 0, 0), (40, 31, 0, 0)])
     seen = _spy(monkeypatch)
     with np.errstate(invalid="ignore", over="ignore"):
         got = fastconv.conv2d_backward(gy, x, wt)[0]

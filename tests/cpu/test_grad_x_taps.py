@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, spy_calls
+from tests.helpers import assert_close, assert_grads_close, assert_same_nonfinite, check_grads, put_nonfinite, spy_calls
 
 import fastconv
 from fastconv import reference
@@ -137,10 +137,7 @@ def test_nan_inf_match_reference(where, dtype, rng, monkeypatch):
     the zeros around grad_output), still by taps."""
     xs, ws, opts, _ = CASES[0]
     x, wt, gy = _inputs(rng, xs, ws, opts, dtype)
-    if where == "grad_output":
-        gy[0, 2, 0, 0], gy[1, 5, 3, 2], gy[4, 0, 10, 10] = np.inf, np.nan, -np.inf
-    else:
-        wt[1, 0, 0, 0], wt[40, 31, 2, 1] = np.inf, np.nan
+    put_nonfinite(where, gy, wt, [(0, 2, 0, 0), (1, 5, 3, 2), (4, 0, 10, 10)], [(1, 0, 0, 0), (40, 31, 2, 1)])
     seen = _spy_taps(monkeypatch)
     with np.errstate(invalid="ignore", over="ignore"):
         got = fastconv.conv2d_backward(gy, x, wt, **opts)[0]
