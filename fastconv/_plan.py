@@ -897,9 +897,12 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
 
 
 def _streams_rows(p: Conv2dParams) -> bool:
-    """A 1×1 stride-1 forward whose rows stream better on the Q-lane tiles (``STREAM_PLANE``)."""
+    """A 1×1 stride-1 unpadded forward whose rows stream better on the Q-lane
+    tiles (``STREAM_PLANE``); unpadded, so its backward's pixel tiles can read
+    x itself."""
     return (
         (p.kh, p.kw, p.sh, p.sw) == (1, 1, 1, 1)
+        and _unpadded(p)
         and p.oh * p.ow >= STREAM_PLANE
         and p.cg <= STREAM_CHANNELS
         and p.kg >= 8  # the 8-channel tile

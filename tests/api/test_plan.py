@@ -288,3 +288,11 @@ def test_pointwise_large_planes_stream_on_q_lane_tiles(dtype, rng):
     want = reference.conv2d_backward(gy, x, wt)
     for g, r, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
         assert_close(g, r, dtype, name)
+    # padded, the rule does not apply (its backward could not read x in place)
+    plan = fastconv.plan_conv2d(xs, ws, dtype=dtype, padding=1, threads=2)
+    assert "streams whole" not in plan.reason("tile")
+    gy = rng.standard_normal((xs[0], ws[0], side + 2, side + 2)).astype(dtype)
+    got = (fastconv.conv2d(x, wt, b, padding=1),) + fastconv.conv2d_backward(gy, x, wt, padding=1)
+    want = (reference.conv2d(x, wt, b, padding=1),) + reference.conv2d_backward(gy, x, wt, padding=1)
+    for g, r, name in zip(got, want, ("y", "grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, dtype, name + " (padded)")
