@@ -42,18 +42,18 @@ def _sub_kernels(weight: np.ndarray, p: Conv2dParams, phases: tuple[SubPixelPhas
         cols = ph.tap_s0 + p.sw * np.arange(l_ - 1, -1, -1)
         taps[i, : j * l_] = (rows[:, None] * p.kw + cols[None, :]).ravel()
     flat = tuple(o.reshape(-1) for o in outs)
-    _fill_sub_kernels(np.ascontiguousarray(weight).reshape(-1), flat, taps, p.cg, p.kg, p.kh * p.kw)
+    sizes = np.array([j * l_ for j, l_ in shapes], dtype=np.int64)
+    _fill_sub_kernels(np.ascontiguousarray(weight).reshape(-1), flat, taps, sizes, p.groups, p.cg, p.kg, p.kh * p.kw)
     return list(outs)
 
 
 @njit(parallel=True, cache=True)
-def _fill_sub_kernels(w, outs, taps, cg, kg, khw):
-    """outs[i] (C, K/groups, J*L flat): row g*cg + c, kernel k, element m =
-    w[g*kg + k, c] at tap offset taps[i, m].  Parallel over blocks of 8
-    channels of a group: for each k the block's 8 kernels are one contiguous
-    read, and every phase is filled from it (NumPy's copy of a 5-D
+def _fill_sub_kernels(w, outs, taps, sizes, groups, cg, kg, khw):
+    """outs[i] (C, K/groups, J*L flat, J*L = sizes[i]): row g*cg + c, kernel
+    k, element m = w[g*kg + k, c] at tap offset taps[i, m].  Parallel over
+    blocks of 8 channels of a group: for each k the block's 8 kernels are one
+    contiguous read, and every phase is filled from it (NumPy's copy of a 5-D
     transposed view, per phase, ran on one thread element by element)."""
-    groups = w.size // (cg * khw * kg)
     nblk = -(-cg // 8)
     for t in prange(groups * nblk):
         g = t // nblk
@@ -66,7 +66,7 @@ def _fill_sub_kernels(w, outs, taps, cg, kg, khw):
                 u = g * cg + c
                 for i in range(len(outs)):
                     dst = outs[i]
-                    n = dst.size // (groups * cg * kg)
+                    n = sizes[i]
                     d0 = (u * kg + k) * n
                     for m in range(n):
                         dst[d0 + m] = w[src0 + taps[i, m]]
