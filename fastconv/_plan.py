@@ -53,6 +53,7 @@ __all__ = [
     "CHANNEL_BLOCK_BATCH_INNER",
     "COLUMN_BLOCK_BYTES",
     "COLUMN_WORKSPACE_BYTES",
+    "FUSED_POOL_FAN_IN",
     "GRAD_WEIGHT_CHANNEL_BLOCK",
     "IN_PLACE_MIN",
     "LAYOUTS",
@@ -76,6 +77,7 @@ __all__ = [
     "WINOGRAD_AUTO_COVER",
     "WINOGRAD_AUTO_TILES",
     "ConvPlan",
+    "ConvPoolPlan",
     "CpuConvPlan",
     "SubPixelPhase",
     "WinogradPlan",
@@ -84,6 +86,7 @@ __all__ = [
     "check_winograd",
     "chunk_images",
     "cpu_plan_for",
+    "plan_conv_pool",
     "use_batch_inner",
     "winograd_geometry",
     "winograd_pays",
@@ -1222,4 +1225,69 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         "the direct path's: " + wplan.reason("grad_weight"),
         why_gx,
         winograd=wino,
+    )
+
+
+# --------------------------------------------------------------------------- conv + max pooling, fused
+
+# At most this many products per conv output (C/groups * KH * KW) for a fused first layer: with
+# few products the conv is bound by writing its output and the pooling by reading it back
+# (docs/pixel-tiles.md, "Stop 24").
+FUSED_POOL_FAN_IN = 32
+
+
+@dataclass(frozen=True)
+class ConvPoolPlan:
+    """How ``fastconv.nn``'s ConvReLUPool step runs a conv and the max pooling after it on the
+    CPU: fused into one kernel each way (``fastconv/cpu/conv_pool.py``) or as the two ops.
+
+    ``params`` the conv's, ``pool`` the pooling window (= its stride), ``channels`` output
+    channels per pixel tile (16, 32 or 64 in float32), ``reason`` why."""
+
+    fused: bool
+    reason: str
+    params: Conv2dParams | None = None
+    pool: tuple[int, int] = (0, 0)
+    pooled: tuple[int, int] = (0, 0)
+    channels: int = 0
+
+    def __repr__(self) -> str:
+        how = f"fused, {self.channels} output channels per tile" if self.fused else "not fused"
+        return f"ConvPoolPlan({how} · because {self.reason})"
+
+
+def plan_conv_pool(
+    p: Conv2dParams,
+    dtype: np.dtype,
+    pool: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+    need_input_grad: bool,
+) -> ConvPoolPlan:
+    """The plan of a conv (``p``) followed by a max pooling with (window, stride, padding) =
+    ``pool`` (dilation 1, floor mode) in ``dtype``, in a network where the conv's backward
+    needs grad_x or not."""
+    (pkh, pkw), (psh, psw), pads = pool
+    fan_in = p.cg * p.kh * p.kw
+    if need_input_grad:
+        return ConvPoolPlan(False, "the conv's backward needs grad_x (the fused backward has none)")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        return ConvPoolPlan(False, f"{np.dtype(dtype)} is not a compute dtype")
+    if p.groups != 1 or fan_in > FUSED_POOL_FAN_IN:
+        return ConvPoolPlan(
+            False, f"{fan_in} products per output in {p.groups} group(s): the conv's own kernels are compute-bound"
+        )
+    if (pkh, pkw) != (psh, psw) or any(pads) or pkh * pkw > 255:
+        return ConvPoolPlan(False, "the pooling windows overlap, leave gaps or are padded")
+    ph, pw = p.oh // pkh, p.ow // pkw
+    if ph == 0 or pw == 0 or p.n == 0 or p.k == 0:
+        return ConvPoolPlan(False, "the pooled output is empty")
+    lanes = 64 // np.dtype(dtype).itemsize
+    vectors = -(-p.k // lanes)
+    channels = lanes * (1 if vectors == 1 else 2 if vectors == 2 else PIXEL_TILE[1])  # the tiles' widths
+    return ConvPoolPlan(
+        True,
+        f"{fan_in} products per output: unfused, the conv output is written and read back",
+        p,
+        (pkh, pkw),
+        (ph, pw),
+        channels,
     )

@@ -273,3 +273,34 @@ def adam(p, g, m, v, alpha, b1, b2, eps):
 def adadelta(p, g, a, b, lr, rho, eps):
     pf, gf, af, bf = _flat(p, g, a, b)
     _adadelta_k(pf, gf, af, bf, _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
+
+
+# --------------------------------------------------------------------------- a first conv + max pooling, fused
+
+
+def conv_pool_plan(x: np.ndarray, conv: Any, pool: Any) -> Any:
+    """``fastconv._plan.plan_conv_pool`` for a Conv2D layer and the MaxPooling2D after it
+    (no explicit padding) on input x; not fused where conv2d would refuse the geometry."""
+    from .._params import conv2d_params
+    from .._plan import ConvPoolPlan, plan_conv_pool
+
+    w = conv.params["kernel"]
+    try:
+        p = conv2d_params(x.shape, w.shape, None, conv.strides, conv.padding, conv.dilation_rate, 1)
+    except ValueError as exc:
+        return ConvPoolPlan(False, str(exc))
+    return plan_conv_pool(p, w.dtype, (pool.pool_size, pool.strides, pool._implicit), conv.need_input_grad)
+
+
+def conv_max_pool_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, plan: Any, training: bool) -> Any:
+    """(pooled conv output, window codes or None, x as read): ``fastconv.cpu.conv_pool.forward``."""
+    from ..cpu import conv_pool
+
+    return conv_pool.forward(x, w, b, plan, keep_codes=training)
+
+
+def conv_max_pool_backward(g: np.ndarray, codes: np.ndarray, xp: np.ndarray, plan: Any) -> Any:
+    """(grad_weight, grad_bias) of the fused step: ``fastconv.cpu.conv_pool.grad_weight``."""
+    from ..cpu import conv_pool
+
+    return conv_pool.grad_weight(g, codes, xp, plan)

@@ -116,6 +116,7 @@ class Sequential:
         # the shuffling/dropout generators as of the last completed epoch (exact resume)
         self._train_state: dict[str, Any] | None = None
         self._fuse_conv_pool = True  # ConvReLUPool steps (tests compare with the plain order)
+        self._fused_kernels = True  # a first conv + pooling as one CPU kernel (tests compare with the two ops)
         for layer in layers or []:
             self.add(layer)
         self.to(device)
@@ -347,7 +348,7 @@ class Sequential:
     # ------------------------------------------------------------------ passes
     def _pipeline(self, with_loss: bool) -> Pipeline:
         """The steps of a pass (fusions explicit, see nn/steps.py); ``with_loss``: ending in the loss."""
-        return build_pipeline(self._layers, self.loss if with_loss else None, self._fuse_conv_pool)
+        return build_pipeline(self._layers, self.loss if with_loss else None, self._fuse_conv_pool, self._fused_kernels)
 
     def _build_from(self, x: Any, seed: int | None) -> None:
         """Build on first use: from the first layer's input_shape, else from the data (as Keras)."""

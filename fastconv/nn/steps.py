@@ -68,14 +68,30 @@ class LayerStep:
 
 
 class ConvReLUPool:
-    """Conv2D(relu) -> MaxPooling2D with the ReLU applied to the pooled output."""
+    """Conv2D(relu) -> MaxPooling2D with the ReLU applied to the pooled output.
 
-    def __init__(self, conv: Conv2D, pool: MaxPooling2D):
+    On the CPU, a first layer with few products per output (its plan:
+    ``fastconv._plan.plan_conv_pool``) runs the conv and the pooling as one
+    kernel each way (``fastconv/cpu/conv_pool.py``): the conv output is
+    never written."""
+
+    def __init__(self, conv: Conv2D, pool: MaxPooling2D, fused_kernels: bool = True):
         self.conv, self.pool = conv, pool
+        self.fused_kernels = fused_kernels
         self._y: Any = None
         self._fused: Any = None  # (indices, pool params) of a one-launch device forward
+        self._kept: Any = None  # (window codes, x as read) of a fused CPU training forward
+        self._plans: dict[Any, Any] = {}
 
     def forward(self, x: Any, training: bool) -> Any:
+        plan = self._cpu_plan(x)
+        self._fused = self._kept = None
+        if plan is not None:
+            p = self.conv.params
+            y, codes, xp = self.conv._ops.conv_max_pool_forward(x, p["kernel"], p.get("bias"), plan, training)
+            self._kept = (codes, xp, plan) if training else None
+            self._y = self.conv._ops.activation_forward("relu", y)
+            return self._y
         z = self.conv.linear_forward(x, training)
         fused = getattr(self.conv._ops, "max_pool_relu_forward", None)
         if fused is not None and not any(self.pool._pads):  # the device: pooling and ReLU in one launch
@@ -83,13 +99,37 @@ class ConvReLUPool:
             self._y, idx, p = fused(z, pool.pool_size, pool.strides, pool._implicit, training)
             self._fused = (idx, p)
             return self._y
-        self._fused = None
         self._y = self.conv._ops.activation_forward("relu", self.pool.forward(z, training))
         return self._y
+
+    def _cpu_plan(self, x: Any) -> Any:
+        """The fused CPU plan for this input, or None (another device, a layer setting the
+        fused kernels lack, or a plan that keeps the two ops)."""
+        conv, pool = self.conv, self.pool
+        ops = conv._ops
+        if not self.fused_kernels or getattr(ops, "conv_max_pool_forward", None) is None:
+            return None
+        if conv.padding_mode != "zeros":
+            return None
+        if any(pool._pads) or any(pool._implicit) or getattr(x, "dtype", None) != conv.params["kernel"].dtype:
+            return None
+        key = (tuple(x.shape), conv.need_input_grad)
+        if key not in self._plans:
+            self._plans[key] = ops.conv_pool_plan(x, conv, pool)
+        plan = self._plans[key]
+        return plan if plan.fused else None
 
     def backward(self, grad: Any) -> Any:
         if self._y is None:
             raise RuntimeError(f"fused step {self.conv.name!r}+{self.pool.name!r}: backward called before forward")
+        if self._kept is not None:
+            codes, xp, plan = self._kept
+            grad = self.conv._ops.activation_backward("relu", grad, self._y)
+            gw, gb = self.conv._ops.conv_max_pool_backward(grad, codes, xp, plan)
+            self.conv.grads["kernel"] = gw
+            if self.conv.use_bias:
+                self.conv.grads["bias"] = gb
+            return None  # fused only where the conv needs no grad_x
         if self._fused is not None:
             idx, p = self._fused
             if idx is None:
@@ -206,8 +246,12 @@ def fuses_softmax(layers: list[Layer], loss: Any) -> bool:
     return loss is not None and not loss.from_logits and isinstance(last, _Weighted) and last.activation == "softmax"
 
 
-def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool = True) -> Pipeline:
-    """The steps for ``layers``; with a ``loss``, the pass ends in it (fusing softmax when it can)."""
+def build_pipeline(
+    layers: list[Layer], loss: Any = None, fuse_conv_pool: bool = True, fused_kernels: bool = True
+) -> Pipeline:
+    """The steps for ``layers``; with a ``loss``, the pass ends in it (fusing softmax when it can).
+    ``fused_kernels``: ConvReLUPool steps may run a first layer's conv and pooling as one CPU
+    kernel (their plan decides)."""
     steps: list[Any] = []
     i, last = 0, len(layers) - 1
     while i < last:
@@ -219,7 +263,7 @@ def build_pipeline(layers: list[Layer], loss: Any = None, fuse_conv_pool: bool =
             and layer.activation == "relu"
             and isinstance(following, MaxPooling2D)
         ):
-            steps.append(ConvReLUPool(layer, following))
+            steps.append(ConvReLUPool(layer, following, fused_kernels))
             i += 2
         elif (
             fuse_conv_pool

@@ -42,6 +42,7 @@ __all__ = [
     "grad_weight_pixels",
     "grad_x_taps",
     "pixel_offsets",
+    "pixel_tile_any",
     "whole_tiles",
 ]
 
@@ -109,7 +110,7 @@ def correlate_pixels(
 
 
 @njit(fastmath=FASTMATH, cache=True, inline="always")
-def _tile(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init):
+def pixel_tile_any(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init):
     """The pixel tile as wide as ``wk``'s blocks of output channels: 4, 2 or 1 vectors."""
     vectors = wk.shape[2] * inp.itemsize // 64
     if vectors == 4:
@@ -132,7 +133,7 @@ def _task_acc(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
         wkc = wk[c0 : c0 + cn]
         cb = base + c0 * cstride
         for j0 in range(0, pn, _NPIX):
-            _tile(inp, cb, cstride, cn, wkc, offs, pix, p0 + j0, acc, j0, c0)
+            pixel_tile_any(inp, cb, cstride, cn, wkc, offs, pix, p0 + j0, acc, j0, c0)
     return acc
 
 

@@ -1,0 +1,261 @@
+"""A network's first convolution fused with the max pooling after it.
+
+A first layer has few products per output (MNIST's 3x3 conv on one channel:
+9), so on its own its forward is bound by writing its output z, and the
+pooling's forward by reading z back; in the backward the pooling scatters
+grad_output into a z-sized gradient that grad_weight reads again.  Fused, z
+never reaches memory:
+
+Forward (``forward``): parallel over (image, pooled row).  A task computes the
+convolution outputs of its pooling windows -- for each of the C*KH*KW taps,
+each window pixel's input value times the tap's vector of output channels
+(output channels in the vector lanes, so every pixel is one broadcast) into an
+accumulator (window pixels x channels) that stays in L1 -- then keeps each
+window's maximum by PyTorch's rule (scan row-major, replace when ``v > m or v
+!= v``: the first maximum wins a tie, a NaN always wins) and the winner's
+position in its window as a byte code.  Only the pooled planes and the codes
+are written.  x is read through a zero-padded copy when the conv pads, so the
+padding is multiplied like PyTorch multiplies it (0 * inf = NaN).
+
+Backward (``grad_weight``, a first layer needs no grad_x): grad_weight[k, t]
+is the sum over every conv output pixel of gz[k, pixel] * x[pixel's tap t],
+with gz = the pooled gradient at the window position whose code won, zero
+elsewhere -- the dense sum PyTorch computes, zeros included (so a non-finite x
+gives the same NaN), without materialising gz: each pooled row's gradient and
+codes are transposed once to channels-innermost, and each conv row's gz is
+built from them as a vector per pixel.  Sums run in the compute dtype within
+a conv row and in float64 across rows; images are split into fixed chunks
+(per-chunk partial sums, then added in order: the result does not depend on
+the thread count).
+
+The plan (``fastconv._plan.plan_conv_pool``) says when a conv/pool pair is
+fused; ``fastconv.nn``'s ConvReLUPool step runs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _alloc
+from .common import FASTMATH
+from .engine.correlate import pack_weights_by
+from .engine.grad_weight import pair_offsets
+from .engine.pixels import pixel_tile_any, whole_tiles
+from .engine.transforms import transpose_block_exact
+from .layout import PIXEL_TILE, tap_offsets
+
+if TYPE_CHECKING:
+    from .._plan import ConvPoolPlan
+
+__all__ = ["forward", "grad_weight"]
+
+_NPIX = PIXEL_TILE[0]
+IMAGES_PER_CHUNK = 4  # images per partial sum of grad_weight (fixed: results independent of threads)
+
+
+def forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: ConvPoolPlan, keep_codes: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(pooled y (N, K, PH, PW), the windows' codes or None, x as the kernels
+    read it (zero-padded when the conv pads; the backward's input)) of the
+    conv of ``plan`` (x (N, C, H, W), weight (K, C, KH, KW), bias (K,) or
+    None, all of one compute dtype) followed by its max pooling.  The codes,
+    (N, K/channels blocks, PH, PW, channels) uint8, are each window's winner
+    in row-major order."""
+    p = plan.params
+    assert p is not None
+    xp = _padded_input(x, (p.ph, p.ph_end, p.pw, p.pw_end))
+    wp = xp.shape[3]
+    wpk = pack_weights_by(weight.reshape(1, p.k, p.c, p.kh * p.kw), plan.channels)
+    nkb, kbw = wpk.shape[1], wpk.shape[4]
+    (ph, pw), (pkh, pkw) = plan.pooled, plan.pool
+    y = _alloc.empty((p.n, p.k, ph, pw), x.dtype)
+    codes = np.empty((p.n, nkb, ph, pw, kbw) if keep_codes else (0, 0, 0, 0, 0), dtype=np.uint8)
+    b = np.zeros(nkb * kbw, dtype=x.dtype)
+    if bias is not None:
+        b[: p.k] = bias
+    offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, wp)
+    pix = _window_pixels(pw, plan.pool, (p.sh, p.sw), wp)
+    _forward(xp, wpk, b, offs, pix, pkh * pkw, pkh * p.sh * wp, y, codes)
+    return y, (codes if keep_codes else None), xp
+
+
+def _padded_input(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """x itself (C-contiguous) when pads are zero, else a zero-padded copy
+    (top, bottom, left, right)."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    xp[:, :, top : top + h, left : left + w] = x
+    return xp
+
+
+def _window_pixels(pw_n: int, pool: tuple[int, int], strides: tuple[int, int], wp: int) -> np.ndarray:
+    """Offsets in a padded image plane, from its first pooled row's, of the
+    conv output pixels of that row's windows, window by window (row-major
+    inside each), in whole pixel tiles."""
+    pkh, pkw = pool
+    dy, qw, dx = np.meshgrid(np.arange(pkh), np.arange(pw_n), np.arange(pkw), indexing="ij")
+    pix = dy * strides[0] * wp + (qw * pkw + dx) * strides[1]
+    return whole_tiles(pix.transpose(1, 0, 2).reshape(-1).astype(np.int64))
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _forward(xp, wpk, b, offs, pix, win, row_step, y, codes):
+    """``forward``'s kernel: parallel over (image, block of output channels);
+    for each pooled row, an accumulator of its windows' conv outputs."""
+    n_img, k_n, ph_n, pw_n = y.shape
+    _, nkb, c_n, _, kbw = wpk.shape
+    plane = xp.shape[2] * xp.shape[3]
+    npx = pix.shape[0]
+    flat = xp.reshape(-1)
+    for task in prange(n_img * nkb):
+        n = task // nkb
+        kb = task - n * nkb
+        acc = np.empty((npx, kbw), dtype=xp.dtype)
+        best = np.empty((pw_n, kbw), dtype=xp.dtype)
+        scratch = np.empty((pw_n, kbw), dtype=np.uint8)
+        bk = b[kb * kbw : (kb + 1) * kbw]
+        for qh in range(ph_n):
+            code = codes[n, kb, qh] if codes.shape[0] > 0 else scratch
+            base = n * c_n * plane + qh * row_step
+            for j0 in range(0, npx, _NPIX):
+                pixel_tile_any(flat, base, plane, c_n, wpk[0, kb], offs, pix, j0, acc, j0, 0)
+            _pool_windows(acc, win, bk, best, code)
+            _store_row(best, n, kb * kbw, qh, y)
+    return y
+
+
+@njit(fastmath=FASTMATH, cache=True, inline="always")
+def _better(v, m, e, c):
+    """PyTorch's rule, as selects: (the new maximum, its code)."""
+    take = (v > m) | (v != v)
+    return (v if take else m), (e if take else c)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pool_windows(acc, win, b, best, code):
+    """best[qw] = the maximum over window qw's accumulator rows plus the bias
+    (PyTorch's rule), code[qw] its position in the window.  2x2 windows get
+    a loop of selects without an inner loop (LLVM vectorises it over the
+    channels); other windows a pass per window position."""
+    pw_n, kbw = best.shape
+    for qw in range(pw_n):
+        j0 = qw * win
+        m = best[qw]
+        cd = code[qw]
+        a0 = acc[j0]
+        if win == 4:
+            a1, a2, a3 = acc[j0 + 1], acc[j0 + 2], acc[j0 + 3]
+            for k in range(kbw):
+                bk = b[k]
+                v, c = _better(a1[k] + bk, a0[k] + bk, 1, 0)
+                v, c = _better(a2[k] + bk, v, 2, c)
+                m[k], cd[k] = _better(a3[k] + bk, v, 3, c)
+            continue
+        for k in range(kbw):
+            m[k] = a0[k] + b[k]
+            cd[k] = 0
+        for e in range(1, win):
+            a = acc[j0 + e]
+            for k in range(kbw):
+                m[k], cd[k] = _better(a[k] + b[k], m[k], e, cd[k])
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _store_row(best, n, k0, qh, y):
+    """y[n, k0 + k, qh, :] = best[:, k] by register-transposed blocks."""
+    k_n, ph_n, pw_n = y.shape[1], y.shape[2], y.shape[3]
+    kbw = best.shape[1]
+    nk = min(kbw, k_n - k0)
+    lanes = 64 // best.itemsize
+    src = best.reshape(-1)
+    dst = y.reshape(-1)
+    plane = ph_n * pw_n
+    for k in range(0, nk, lanes):
+        for q in range(0, pw_n, lanes):
+            d0 = ((n * k_n + k0 + k) * ph_n + qh) * pw_n + q
+            transpose_block_exact(src, q * kbw + k, kbw, min(lanes, pw_n - q), min(lanes, nk - k), dst, d0, plane)
+
+
+def grad_weight(g: np.ndarray, codes: np.ndarray, xp: np.ndarray, plan: ConvPoolPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(grad_weight (K, C, KH, KW), grad_bias (K,)) in the compute dtype from
+    the pooled gradient g (N, K, PH, PW) and what ``forward`` returned: the
+    window codes and the input as read."""
+    p = plan.params
+    assert p is not None
+    hp, wp = xp.shape[2], xp.shape[3]
+    pix = (np.arange(p.oh, dtype=np.int64)[:, None] * (p.sh * wp) + np.arange(p.ow, dtype=np.int64) * p.sw).reshape(-1)
+    pairs = whole_tiles(pair_offsets(hp * wp, tap_offsets(p.kh, p.kw, p.dh, p.dw, wp), p.c))
+    taps = p.c * p.kh * p.kw
+    kp = codes.shape[1] * codes.shape[4]
+    part = np.empty((-(-p.n // IMAGES_PER_CHUNK), taps + 1, kp), dtype=np.float64)
+    _grad_weight(np.ascontiguousarray(g), codes, xp, plan.pool, (p.oh, p.ow), pix, pairs, part)
+    tot = part.sum(axis=0)
+    gw = np.ascontiguousarray(tot[:taps, : p.k].T).astype(g.dtype).reshape(p.weight_shape)
+    return gw, tot[taps, : p.k].astype(g.dtype)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _grad_weight(g, codes, xp, pool, conv_out, pix, pairs, part):
+    """``grad_weight``'s kernel: part[chunk, pair, k] = a chunk of images'
+    float64 sums, row ``pairs`` the bias's.  Per (image, block of output
+    channels): gz (conv pixels x channels) built from the pooled rows, then
+    the pixel tiles with (input channel, tap) pairs as rows and the conv
+    pixels as the reduction (the roles of ``engine.pixels.grad_weight_pixels``)."""
+    oh_n, ow_n = conv_out
+    n_img, k_n, ph_n, pw_n = g.shape
+    chunks, rows, kp = part.shape
+    npair = rows - 1
+    nkb, kbw = codes.shape[1], codes.shape[4]
+    plane_c = xp.shape[1] * xp.shape[2] * xp.shape[3]
+    flat = xp.reshape(-1)
+    for ch in prange(chunks):
+        tot = part[ch]
+        tot[:, :] = 0.0
+        gz = np.empty((1, oh_n * ow_n, kbw), dtype=g.dtype)
+        acc = np.empty((pairs.shape[0], kbw), dtype=g.dtype)
+        for n in range(ch * IMAGES_PER_CHUNK, min(n_img, (ch + 1) * IMAGES_PER_CHUNK)):
+            for kb in range(nkb):
+                _route_gradient(g, codes, n, kb * kbw, pool, ow_n, gz[0], tot[npair, kb * kbw : (kb + 1) * kbw])
+                for j in range(0, npair, _NPIX):
+                    pixel_tile_any(flat, n * plane_c, 0, 1, gz, pix, pairs, j, acc, j, 0)
+                for j in range(npair):
+                    for i in range(kbw):
+                        tot[j, kb * kbw + i] += acc[j, i]
+    return part
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _route_gradient(g, codes, n, k0, pool, ow_n, gz, bias_tot):
+    """gz[oh*OW + ow, i] = g[n, k0 + i, qh, qw] where conv pixel (oh, ow) won
+    its window (qh, qw) for that channel, else 0 (pixels outside every
+    window too); bias_tot[i] += the pooled gradient's sum."""
+    pkh, pkw = pool
+    k_n, ph_n, pw_n = g.shape[1], g.shape[2], g.shape[3]
+    kbw = gz.shape[1]
+    oh_n = gz.shape[0] // ow_n
+    nk = min(kbw, k_n - k0)
+    gt = np.zeros((pw_n, kbw), dtype=g.dtype)
+    gz[:, :] = 0.0
+    for qh in range(ph_n):
+        ct = codes[n, k0 // kbw, qh]
+        for i in range(nk):
+            for qw in range(pw_n):
+                gt[qw, i] = g[n, k0 + i, qh, qw]
+        for qw in range(pw_n):
+            for i in range(kbw):
+                bias_tot[i] += gt[qw, i]
+        for dy in range(pkh):
+            for qw in range(pw_n):
+                for dx in range(pkw):
+                    e = dy * pkw + dx
+                    row = gz[((qh * pkh + dy) * ow_n + qw * pkw + dx)]
+                    for i in range(kbw):
+                        row[i] = gt[qw, i] if ct[qw, i] == e else 0.0
+    return oh_n
