@@ -123,13 +123,18 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
     """Per-layer time of one epoch.  The fused steps (nn/steps.py: a Conv2D's
     ReLU after its MaxPooling2D) call a layer's ``linear_forward`` /
     ``linear_backward`` instead of ``forward`` / ``backward``, so those are
-    timed too, each call counted once (the outermost) for its layer."""
+    timed too, each call counted once (the outermost) for its layer; a first
+    conv and its pooling fused into one CPU kernel (``_ops_cpu.conv_max_pool_*``)
+    get a row of their own."""
+    from fastconv.nn import _ops_cpu
+
     times: dict[tuple[str, str], float] = {}
     busy: set[tuple[str, str]] = set()
+    fused_row = "conv+pool (fused)"
 
-    def timed(layer, kind, fn):
+    def timed(layer, kind, fn, name=None):
         def run(*a, **k):
-            key = (layer.name, kind)
+            key = (name or layer.name, kind)
             if key in busy:  # forward -> linear_forward: already timed
                 return fn(*a, **k)
             busy.add(key)
@@ -148,20 +153,26 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
             if hasattr(layer, attr):
                 setattr(layer, attr, timed(layer, kind, getattr(layer, attr)))
                 wrapped.append((layer, attr))
+    ops_kept = {}
+    for attr, kind in (("conv_max_pool_forward", "forward"), ("conv_max_pool_backward", "backward")):
+        ops_kept[attr] = getattr(_ops_cpu, attr)
+        setattr(_ops_cpu, attr, timed(None, kind, ops_kept[attr], fused_row))
     t0 = time.perf_counter()
     model.fit(x, y, epochs=1, batch_size=batch, verbose=0, seed=1)
     total = time.perf_counter() - t0
     steps = -(-len(x) // batch)
     print(f"\nfastconv per-layer time, one epoch of {len(x)} images ({steps} steps), total {total:.2f} s:")
     print(f"  {'layer':<18}{'forward ms/step':>16}{'backward ms/step':>18}")
-    for layer in model.layers:
-        f = times.get((layer.name, "forward"), 0) / steps * 1e3
-        b = times.get((layer.name, "backward"), 0) / steps * 1e3
-        print(f"  {layer.name:<18}{f:>16.2f}{b:>18.2f}")
+    for name in [fused_row] + [layer.name for layer in model.layers]:
+        f = times.get((name, "forward"), 0) / steps * 1e3
+        b = times.get((name, "backward"), 0) / steps * 1e3
+        print(f"  {name:<18}{f:>16.2f}{b:>18.2f}")
     rest = total - sum(times.values())
     print(f"  {'other (loss, optimizer, batching)':<36}{rest / steps * 1e3:>16.2f}")
     for layer, attr in wrapped:
         delattr(layer, attr)
+    for attr, fn in ops_kept.items():
+        setattr(_ops_cpu, attr, fn)
 
 
 def main() -> int:
