@@ -123,18 +123,38 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
     """Per-layer time of one epoch.  The fused steps (nn/steps.py: a Conv2D's
     ReLU after its MaxPooling2D) call a layer's ``linear_forward`` /
     ``linear_backward`` instead of ``forward`` / ``backward``, so those are
-    timed too, each call counted once (the outermost) for its layer; a first
-    conv and its pooling fused into one CPU kernel (``_ops_cpu.conv_max_pool_*``)
-    get a row of their own."""
-    from fastconv.nn import _ops_cpu
+    timed too, each call counted once (the outermost) for its layer; a conv
+    and its pooling run as one fused CPU kernel (``ConvReLUPool`` with a
+    fused plan) get a row of their own, "<conv>+pool"."""
+    from fastconv.nn.steps import ConvReLUPool
 
     times: dict[tuple[str, str], float] = {}
     busy: set[tuple[str, str]] = set()
-    fused_row = "conv+pool (fused)"
+    fused_rows: list[str] = []
 
-    def timed(layer, kind, fn, name=None):
+    def add(key, seconds):
+        times[key] = times.get(key, 0.0) + seconds
+        if key[0] not in fused_rows and key[0].endswith("+pool"):
+            fused_rows.append(key[0])
+
+    step_forward, step_backward = ConvReLUPool.forward, ConvReLUPool._fused_backward
+
+    def fused_forward(step, x, training):
+        t = time.perf_counter()
+        out = step_forward(step, x, training)
+        if step._cpu_plan(x) is not None:
+            add((f"{step.conv.name}+pool", "forward"), time.perf_counter() - t)
+        return out
+
+    def fused_backward(step, grad):
+        t = time.perf_counter()
+        out = step_backward(step, grad)
+        add((f"{step.conv.name}+pool", "backward"), time.perf_counter() - t)
+        return out
+
+    def timed(layer, kind, fn):
         def run(*a, **k):
-            key = (name or layer.name, kind)
+            key = (layer.name, kind)
             if key in busy:  # forward -> linear_forward: already timed
                 return fn(*a, **k)
             busy.add(key)
@@ -153,17 +173,14 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
             if hasattr(layer, attr):
                 setattr(layer, attr, timed(layer, kind, getattr(layer, attr)))
                 wrapped.append((layer, attr))
-    ops_kept = {}
-    for attr, kind in (("conv_max_pool_forward", "forward"), ("conv_max_pool_backward", "backward")):
-        ops_kept[attr] = getattr(_ops_cpu, attr)
-        setattr(_ops_cpu, attr, timed(None, kind, ops_kept[attr], fused_row))
+    ConvReLUPool.forward, ConvReLUPool._fused_backward = fused_forward, fused_backward
     t0 = time.perf_counter()
     model.fit(x, y, epochs=1, batch_size=batch, verbose=0, seed=1)
     total = time.perf_counter() - t0
     steps = -(-len(x) // batch)
     print(f"\nfastconv per-layer time, one epoch of {len(x)} images ({steps} steps), total {total:.2f} s:")
     print(f"  {'layer':<18}{'forward ms/step':>16}{'backward ms/step':>18}")
-    for name in [fused_row] + [layer.name for layer in model.layers]:
+    for name in fused_rows + [layer.name for layer in model.layers]:
         f = times.get((name, "forward"), 0) / steps * 1e3
         b = times.get((name, "backward"), 0) / steps * 1e3
         print(f"  {name:<18}{f:>16.2f}{b:>18.2f}")
@@ -171,8 +188,7 @@ def profile(model: nn.Sequential, x: np.ndarray, y: np.ndarray, batch: int) -> N
     print(f"  {'other (loss, optimizer, batching)':<36}{rest / steps * 1e3:>16.2f}")
     for layer, attr in wrapped:
         delattr(layer, attr)
-    for attr, fn in ops_kept.items():
-        setattr(_ops_cpu, attr, fn)
+    ConvReLUPool.forward, ConvReLUPool._fused_backward = step_forward, step_backward
 
 
 def main() -> int:

@@ -1230,19 +1230,24 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
 
 # --------------------------------------------------------------------------- conv + max pooling, fused
 
-# At most this many products per conv output (C/groups * KH * KW) for a fused first layer: with
-# few products the conv is bound by writing its output and the pooling by reading it back
-# (docs/pixel-tiles.md, "Stop 24").
+# At most this many products per conv output (C/groups * KH * KW) for a first layer whose
+# grad_weight is taken from the window codes: with few products the conv is bound by writing its
+# output and the pooling by reading it back (docs/pixel-tiles.md, "Stop 24").
 FUSED_POOL_FAN_IN = 32
+# A fused task's accumulator (pooled rows x windows x channels) is kept within this size.
+FUSED_POOL_ACC_BYTES = 32 * 2**10
 
 
 @dataclass(frozen=True)
 class ConvPoolPlan:
     """How ``fastconv.nn``'s ConvReLUPool step runs a conv and the max pooling after it on the
-    CPU: fused into one kernel each way (``fastconv/cpu/conv_pool.py``) or as the two ops.
+    CPU: fused into one forward kernel (``fastconv/cpu/conv_pool.py``) or as the two ops.
 
-    ``params`` the conv's, ``pool`` the pooling window (= its stride), ``channels`` output
-    channels per pixel tile (16, 32 or 64 in float32), ``reason`` why."""
+    ``params`` the conv's, ``pool`` the pooling window (= its stride), ``pooled`` the pooled
+    (PH, PW); the pixel tiles' ``channels`` (output channels per tile), ``channel_block`` (input
+    channels per pass) and ``rows`` (pooled rows per task); ``grad_x``: the backward scatters the
+    pooled gradient by the window codes and runs the conv's own backward, else grad_weight is
+    summed from the codes directly (a first layer); ``reason`` why."""
 
     fused: bool
     reason: str
@@ -1250,10 +1255,16 @@ class ConvPoolPlan:
     pool: tuple[int, int] = (0, 0)
     pooled: tuple[int, int] = (0, 0)
     channels: int = 0
+    channel_block: int = 0
+    rows: int = 0
+    grad_x: bool = False
 
     def __repr__(self) -> str:
-        how = f"fused, {self.channels} output channels per tile" if self.fused else "not fused"
-        return f"ConvPoolPlan({how} · because {self.reason})"
+        if not self.fused:
+            return f"ConvPoolPlan(not fused · because {self.reason})"
+        back = "codes scattered, then the conv's backward" if self.grad_x else "grad_weight from the codes"
+        tile = f"{PIXEL_TILE[0]}×{self.channels} pixel tile, {self.channel_block} input channels per pass"
+        return f"ConvPoolPlan(fused forward · {tile} · backward: {back} · because {self.reason})"
 
 
 def plan_conv_pool(
@@ -1261,33 +1272,37 @@ def plan_conv_pool(
     dtype: np.dtype,
     pool: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
     need_input_grad: bool,
+    threads: int = 1,
 ) -> ConvPoolPlan:
     """The plan of a conv (``p``) followed by a max pooling with (window, stride, padding) =
     ``pool`` (dilation 1, floor mode) in ``dtype``, in a network where the conv's backward
     needs grad_x or not."""
     (pkh, pkw), (psh, psw), pads = pool
-    fan_in = p.cg * p.kh * p.kw
-    if need_input_grad:
-        return ConvPoolPlan(False, "the conv's backward needs grad_x (the fused backward has none)")
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        return ConvPoolPlan(False, f"{np.dtype(dtype)} is not a compute dtype")
-    if p.groups != 1 or fan_in > FUSED_POOL_FAN_IN:
-        return ConvPoolPlan(
-            False, f"{fan_in} products per output in {p.groups} group(s): the conv's own kernels are compute-bound"
-        )
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64) or p.groups != 1:
+        return ConvPoolPlan(False, f"{p.groups} groups in {dtype}: the fused kernel takes one group in float32/64")
     if (pkh, pkw) != (psh, psw) or any(pads) or pkh * pkw > 255:
         return ConvPoolPlan(False, "the pooling windows overlap, leave gaps or are padded")
     ph, pw = p.oh // pkh, p.ow // pkw
     if ph == 0 or pw == 0 or p.n == 0 or p.k == 0:
         return ConvPoolPlan(False, "the pooled output is empty")
-    lanes = 64 // np.dtype(dtype).itemsize
-    vectors = -(-p.k // lanes)
-    channels = lanes * (1 if vectors == 1 else 2 if vectors == 2 else PIXEL_TILE[1])  # the tiles' widths
-    return ConvPoolPlan(
-        True,
-        f"{fan_in} products per output: unfused, the conv output is written and read back",
-        p,
-        (pkh, pkw),
-        (ph, pw),
-        channels,
-    )
+    fan_in = p.c * p.kh * p.kw
+    if not need_input_grad and fan_in <= FUSED_POOL_FAN_IN:
+        lanes = 64 // dtype.itemsize
+        vectors = -(-p.k // lanes)
+        channels = lanes * (1 if vectors == 1 else 2 if vectors == 2 else PIXEL_TILE[1])  # the tiles' widths
+        cblk, grad_x = p.c, False
+        why = f"{fan_in} products per output: unfused, the conv output is written and read back"
+    else:
+        own = build_plan(p, dtype, "cpu", threads, need_input_grad, "auto")
+        tiling = own.cpu.forward if own.cpu is not None else None
+        if own.algorithm != "direct" or not isinstance(tiling, PixelTiling):
+            return ConvPoolPlan(
+                False,
+                f"{fan_in} products per output{' and a grad_x' if need_input_grad else ''}, and the conv's own "
+                f"forward runs {own.algorithm} on Q-lane tiles or transforms, not on the pixel tiles",
+            )
+        channels, cblk, grad_x = tiling.channels, tiling.channel_block, True
+        why = "the conv's own forward runs on the pixel tiles: fused, its output is not written"
+    rows = max(1, min(ph, FUSED_POOL_ACC_BYTES // (pw * pkh * pkw * channels * dtype.itemsize)))
+    return ConvPoolPlan(True, why, p, (pkh, pkw), (ph, pw), channels, cblk, rows, grad_x)

@@ -40,17 +40,17 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _alloc
-from .common import FASTMATH
+from .common import FASTMATH, split_task
 from .engine.correlate import pack_weights_by
 from .engine.grad_weight import pair_offsets
-from .engine.pixels import pixel_tile_any, whole_tiles
+from .engine.pixels import pixel_accumulator, pixel_tile_any, whole_tiles
 from .engine.transforms import transpose_block_exact
 from .layout import PIXEL_TILE, tap_offsets
 
 if TYPE_CHECKING:
     from .._plan import ConvPoolPlan
 
-__all__ = ["forward", "grad_weight"]
+__all__ = ["forward", "grad_weight", "scatter_gradient"]
 
 _NPIX = PIXEL_TILE[0]
 IMAGES_PER_CHUNK = 4  # images per partial sum of grad_weight (fixed: results independent of threads)
@@ -78,8 +78,11 @@ def forward(
     if bias is not None:
         b[: p.k] = bias
     offs = tap_offsets(p.kh, p.kw, p.dh, p.dw, wp)
-    pix = _window_pixels(pw, plan.pool, (p.sh, p.sw), wp)
-    _forward(xp, wpk, b, offs, pix, pkh * pkw, pkh * p.sh * wp, y, codes)
+    rows = plan.rows
+    pix = _window_pixels(rows, pw, plan.pool, (p.sh, p.sw), wp)
+    pix_last = _window_pixels((ph - 1) % rows + 1, pw, plan.pool, (p.sh, p.sw), wp)
+    geo = (pkh * pkw, pkh * p.sh * wp, rows, plan.channel_block)
+    _forward(xp, wpk, b, offs, pix, pix_last, geo, y, codes)
     return y, (codes if keep_codes else None), xp
 
 
@@ -95,39 +98,42 @@ def _padded_input(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
     return xp
 
 
-def _window_pixels(pw_n: int, pool: tuple[int, int], strides: tuple[int, int], wp: int) -> np.ndarray:
-    """Offsets in a padded image plane, from its first pooled row's, of the
-    conv output pixels of that row's windows, window by window (row-major
-    inside each), in whole pixel tiles."""
+def _window_pixels(rows: int, pw_n: int, pool: tuple[int, int], strides: tuple[int, int], wp: int) -> np.ndarray:
+    """Offsets in a padded image plane, from the first of ``rows`` pooled
+    rows, of the conv output pixels of their windows, row by row and window
+    by window (row-major inside each), in whole pixel tiles."""
     pkh, pkw = pool
-    dy, qw, dx = np.meshgrid(np.arange(pkh), np.arange(pw_n), np.arange(pkw), indexing="ij")
-    pix = dy * strides[0] * wp + (qw * pkw + dx) * strides[1]
-    return whole_tiles(pix.transpose(1, 0, 2).reshape(-1).astype(np.int64))
+    qh, dy, qw, dx = np.meshgrid(np.arange(rows), np.arange(pkh), np.arange(pw_n), np.arange(pkw), indexing="ij")
+    pix = (qh * pkh + dy) * strides[0] * wp + (qw * pkw + dx) * strides[1]
+    return whole_tiles(pix.transpose(0, 2, 1, 3).reshape(-1).astype(np.int64))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _forward(xp, wpk, b, offs, pix, win, row_step, y, codes):
-    """``forward``'s kernel: parallel over (image, block of output channels);
-    for each pooled row, an accumulator of its windows' conv outputs."""
+def _forward(xp, wpk, b, offs, pix, pix_last, geo, y, codes):
+    """``forward``'s kernel: parallel over (image, block of output channels,
+    block of pooled rows); a task's accumulator holds its windows' conv
+    outputs (``pixel_accumulator``: passes of ``cblk`` input channels)."""
+    win, row_step, rows, cblk = geo
     n_img, k_n, ph_n, pw_n = y.shape
     _, nkb, c_n, _, kbw = wpk.shape
     plane = xp.shape[2] * xp.shape[3]
-    npx = pix.shape[0]
+    nrb = -(-ph_n // rows)
     flat = xp.reshape(-1)
-    for task in prange(n_img * nkb):
-        n = task // nkb
-        kb = task - n * nkb
-        acc = np.empty((npx, kbw), dtype=xp.dtype)
+    per_row = pw_n * win
+    for task in prange(n_img * nkb * nrb):
+        n, kb, rb = split_task(task, nrb, nkb)
+        qh0 = rb * rows
+        nr = min(rows, ph_n - qh0)
+        px = pix if nr == rows else pix_last
+        base = n * c_n * plane + qh0 * row_step
+        acc = pixel_accumulator(flat, base, plane, offs, px, 0, nr * per_row, wpk[0, kb], cblk)
         best = np.empty((pw_n, kbw), dtype=xp.dtype)
         scratch = np.empty((pw_n, kbw), dtype=np.uint8)
         bk = b[kb * kbw : (kb + 1) * kbw]
-        for qh in range(ph_n):
-            code = codes[n, kb, qh] if codes.shape[0] > 0 else scratch
-            base = n * c_n * plane + qh * row_step
-            for j0 in range(0, npx, _NPIX):
-                pixel_tile_any(flat, base, plane, c_n, wpk[0, kb], offs, pix, j0, acc, j0, 0)
-            _pool_windows(acc, win, bk, best, code)
-            _store_row(best, n, kb * kbw, qh, y)
+        for r in range(nr):
+            code = codes[n, kb, qh0 + r] if codes.shape[0] > 0 else scratch
+            _pool_windows(acc[r * per_row : (r + 1) * per_row], win, bk, best, code)
+            _store_row(best, n, kb * kbw, qh0 + r, y)
     return y
 
 
@@ -259,3 +265,35 @@ def _route_gradient(g, codes, n, k0, pool, ow_n, gz, bias_tot):
                     for i in range(kbw):
                         row[i] = gt[qw, i] if ct[qw, i] == e else 0.0
     return oh_n
+
+
+def scatter_gradient(g: np.ndarray, codes: np.ndarray, plan: ConvPoolPlan) -> np.ndarray:
+    """The conv output's gradient (N, K, OH, OW): the pooled gradient g at each
+    window's winner, zero elsewhere (the pooling's backward, from the codes)."""
+    p = plan.params
+    assert p is not None
+    gz = _alloc.empty((p.n, p.k, p.oh, p.ow), g.dtype)
+    return _scatter(np.ascontiguousarray(g), codes, plan.pool, gz)
+
+
+@njit(parallel=True, cache=True)
+def _scatter(g, codes, pool, gz):
+    """``scatter_gradient``'s kernel: parallel over the (image, channel)
+    planes, each zeroed and written by one iteration."""
+    pkh, pkw = pool
+    n_img, k_n = gz.shape[0], gz.shape[1]
+    ph_n, pw_n = g.shape[2], g.shape[3]
+    kbw = codes.shape[4]
+    for u in prange(n_img * k_n):
+        n = u // k_n
+        k = u - n * k_n
+        kb = k // kbw
+        i = k - kb * kbw
+        plane = gz[n, k]
+        plane[:, :] = 0.0
+        for qh in range(ph_n):
+            for qw in range(pw_n):
+                e = codes[n, kb, qh, qw, i]
+                dy = e // pkw
+                plane[qh * pkh + dy, qw * pkw + e - dy * pkw] = g[n, k, qh, qw]
+    return gz

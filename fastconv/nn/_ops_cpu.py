@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -289,7 +290,13 @@ def conv_pool_plan(x: np.ndarray, conv: Any, pool: Any) -> Any:
         p = conv2d_params(x.shape, w.shape, None, conv.strides, conv.padding, conv.dilation_rate, 1)
     except ValueError as exc:
         return ConvPoolPlan(False, str(exc))
-    return plan_conv_pool(p, w.dtype, (pool.pool_size, pool.strides, pool._implicit), conv.need_input_grad)
+    pooling = (pool.pool_size, pool.strides, pool._implicit)
+    return plan_conv_pool(p, w.dtype, pooling, conv.need_input_grad, threads())
+
+
+def threads() -> int:
+    """The kernels' thread count (part of a plan's key)."""
+    return numba.get_num_threads()
 
 
 def conv_max_pool_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, plan: Any, training: bool) -> Any:
@@ -304,3 +311,10 @@ def conv_max_pool_backward(g: np.ndarray, codes: np.ndarray, xp: np.ndarray, pla
     from ..cpu import conv_pool
 
     return conv_pool.grad_weight(g, codes, xp, plan)
+
+
+def conv_max_pool_scatter(g: np.ndarray, codes: np.ndarray, plan: Any) -> Any:
+    """The conv output's gradient from the pooled one: ``fastconv.cpu.conv_pool.scatter_gradient``."""
+    from ..cpu import conv_pool
+
+    return conv_pool.scatter_gradient(g, codes, plan)

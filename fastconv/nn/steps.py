@@ -70,10 +70,12 @@ class LayerStep:
 class ConvReLUPool:
     """Conv2D(relu) -> MaxPooling2D with the ReLU applied to the pooled output.
 
-    On the CPU, a first layer with few products per output (its plan:
-    ``fastconv._plan.plan_conv_pool``) runs the conv and the pooling as one
-    kernel each way (``fastconv/cpu/conv_pool.py``): the conv output is
-    never written."""
+    On the CPU, where its plan (``fastconv._plan.plan_conv_pool``) says so,
+    the conv and the pooling run as one forward kernel
+    (``fastconv/cpu/conv_pool.py``): the conv output is never written.  The
+    backward of a first layer with few products per output sums grad_weight
+    from the windows' winner codes; any other scatters the pooled gradient by
+    the codes and runs the conv's own backward."""
 
     def __init__(self, conv: Conv2D, pool: MaxPooling2D, fused_kernels: bool = True):
         self.conv, self.pool = conv, pool
@@ -89,7 +91,7 @@ class ConvReLUPool:
         if plan is not None:
             p = self.conv.params
             y, codes, xp = self.conv._ops.conv_max_pool_forward(x, p["kernel"], p.get("bias"), plan, training)
-            self._kept = (codes, xp, plan) if training else None
+            self._kept = (codes, xp, plan, x) if training else None
             self._y = self.conv._ops.activation_forward("relu", y)
             return self._y
         z = self.conv.linear_forward(x, training)
@@ -113,7 +115,7 @@ class ConvReLUPool:
             return None
         if any(pool._pads) or any(pool._implicit) or getattr(x, "dtype", None) != conv.params["kernel"].dtype:
             return None
-        key = (tuple(x.shape), conv.need_input_grad)
+        key = (tuple(x.shape), conv.need_input_grad, ops.threads())
         if key not in self._plans:
             self._plans[key] = ops.conv_pool_plan(x, conv, pool)
         plan = self._plans[key]
@@ -123,13 +125,7 @@ class ConvReLUPool:
         if self._y is None:
             raise RuntimeError(f"fused step {self.conv.name!r}+{self.pool.name!r}: backward called before forward")
         if self._kept is not None:
-            codes, xp, plan = self._kept
-            grad = self.conv._ops.activation_backward("relu", grad, self._y)
-            gw, gb = self.conv._ops.conv_max_pool_backward(grad, codes, xp, plan)
-            self.conv.grads["kernel"] = gw
-            if self.conv.use_bias:
-                self.conv.grads["bias"] = gb
-            return None  # fused only where the conv needs no grad_x
+            return self._fused_backward(grad)
         if self._fused is not None:
             idx, p = self._fused
             if idx is None:
@@ -137,6 +133,21 @@ class ConvReLUPool:
             return self.conv.linear_backward(self.conv._ops.max_pool_relu_backward(grad, self._y, idx, p))
         grad = self.conv._ops.activation_backward("relu", grad, self._y)
         return self.conv.linear_backward(self.pool.backward(grad))
+
+    def _fused_backward(self, grad: Any) -> Any:
+        codes, xp, plan, x = self._kept
+        conv, ops = self.conv, self.conv._ops
+        grad = ops.activation_backward("relu", grad, self._y)
+        gx = None
+        if plan.grad_x:
+            gz = ops.conv_max_pool_scatter(grad, codes, plan)
+            gx, gw, gb = conv._op.backward_from(gz, x, conv.params["kernel"], need_input_grad=conv.need_input_grad)
+        else:
+            gw, gb = ops.conv_max_pool_backward(grad, codes, xp, plan)
+        conv.grads["kernel"] = gw
+        if conv.use_bias:
+            conv.grads["bias"] = gb
+        return gx
 
     def __repr__(self) -> str:
         return f"ConvReLUPool({self.conv.name}, {self.pool.name})"

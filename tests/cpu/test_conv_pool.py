@@ -30,9 +30,18 @@ GEOMETRIES = [
 ]
 
 
-def _plan(x_shape, k, ksize, stride, padding, dilation, pool, dtype=np.float32):
+# layers that need grad_x, whose own forward runs on the pixel tiles
+GRAD_X_GEOMETRIES = [
+    ((16, 32, 13, 13), 64, (3, 3), 1, 0, 1, (2, 2)),  # the Keras MNIST convnet's second layer
+    ((4, 16, 12, 12), 48, (3, 3), 1, 1, 1, (2, 2)),  # padded
+    ((3, 16, 14, 14), 24, (3, 3), 1, 0, 1, (2, 2)),  # 24 channels in a 2-vector tile
+    ((2, 40, 16, 16), 96, (3, 3), 1, 1, 1, (2, 2)),  # two channel blocks, input channels in passes
+]
+
+
+def _plan(x_shape, k, ksize, stride, padding, dilation, pool, dtype=np.float32, need_input_grad=False):
     p = conv2d_params(x_shape, (k, x_shape[1], *ksize), None, stride, padding, dilation, 1)
-    return plan_conv_pool(p, np.dtype(dtype), (pool, pool, (0, 0)), need_input_grad=False)
+    return plan_conv_pool(p, np.dtype(dtype), (pool, pool, (0, 0)), need_input_grad)
 
 
 def _indices(codes, plan):
@@ -83,6 +92,25 @@ def test_fused_forward_and_grad_weight_match_the_unfused_reference(rng, threads,
     assert gw.shape == w.shape and gw.dtype == dtype and gb.dtype == dtype
     assert_close(gw, gw_ref, dtype, "grad_weight")
     assert_close(gb, gb_ref, dtype, "grad_bias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GRAD_X_GEOMETRIES, ids=lambda g: f"{g[0]}->{g[1]}")
+def test_fused_forward_and_scatter_of_layers_that_need_grad_x(rng, threads, geometry, dtype):
+    x_shape, k, ksize, stride, padding, dilation, pool = geometry
+    plan = _plan(x_shape, k, ksize, stride, padding, dilation, pool, dtype, need_input_grad=True)
+    assert plan.fused and plan.grad_x, plan
+    x, w, b = _inputs(rng, x_shape, k, ksize, dtype)
+    y, codes, _ = conv_pool.forward(x, w, b, plan, keep_codes=True)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    gz = conv_pool.scatter_gradient(g, codes, plan)
+    idx = _indices(codes, plan)
+    z = reference.conv2d(x, w, b, stride, padding, dilation)
+    y_ref, idx_ref = reference.max_pool2d(z, pool, return_indices=True)
+    assert_close(y, y_ref, dtype)
+    if dtype == np.float64:
+        np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(gz, reference.max_pool2d_backward(g, idx, z.shape))  # a scatter: exact
 
 
 def test_without_codes_and_without_bias(rng):
@@ -140,7 +168,7 @@ def test_grad_weight_by_finite_differences(rng):
                 {"w": w, "b": b}, {"w": gw, "b": gb}, g, rng, points=8)
 
 
-def test_plan_fuses_only_first_layers_with_few_products():
+def test_plan_rules():
     def plan(x_shape=(8, 1, 28, 28), w_shape=(32, 1, 3, 3), pool=((2, 2), (2, 2), (0, 0)), need_input_grad=False,
              groups=1, dtype=np.float32):
         p = conv2d_params(x_shape, w_shape, None, 1, 0, 1, groups)
@@ -152,8 +180,11 @@ def test_plan_fuses_only_first_layers_with_few_products():
     assert plan(dtype=np.float64).channels == 32 and plan(w_shape=(6, 1, 3, 3), dtype=np.float64).channels == 8
     assert plan(w_shape=(20, 1, 3, 3), dtype=np.float64).channels == 32  # 3 vectors: the 4-vector tile
     assert plan(x_shape=(8, 3, 28, 28), w_shape=(8, 3, 3, 3)).fused  # 27 products
+    second = plan((8, 32, 13, 13), (64, 32, 3, 3), need_input_grad=True)
+    assert second.fused and second.grad_x and "scattered" in repr(second) and second.rows == 5
+    assert not plan((8, 64, 56, 56), (64, 64, 3, 3), need_input_grad=True).fused  # Winograd's layer
     kept = {
-        "grad_x": plan(need_input_grad=True),
+        "grad_x": plan(need_input_grad=True),  # 9 products: its own forward runs on Q-lane tiles
         "fan-in": plan(x_shape=(8, 4, 28, 28), w_shape=(8, 4, 3, 3)),
         "groups": plan(x_shape=(8, 2, 28, 28), w_shape=(8, 1, 3, 3), groups=2),
         "overlap": plan(pool=((3, 3), (2, 2), (0, 0))),

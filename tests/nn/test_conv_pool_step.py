@@ -13,9 +13,10 @@ from fastconv.nn.steps import ConvReLUPool
 from tests.helpers import TOL, rel_err, spy_calls
 
 
-def _net(dtype, first=None, pool=None):
+def _net(dtype, first=None, pool=None, second=None):
     first = first or Conv2D(8, 3, activation="relu", input_shape=(12, 12, 1))
-    m = Sequential([first, pool or MaxPooling2D(2), Conv2D(6, 3, activation="relu"), MaxPooling2D(2),
+    second = second or Conv2D(4, 3, activation="relu")  # 4 channels: Q-lane tiles, never fused
+    m = Sequential([first, pool or MaxPooling2D(2), second, MaxPooling2D(2),
                     Flatten(), Dense(4, activation="softmax")], seed=3, dtype=dtype)
     m.compile(SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
     m.build()
@@ -26,20 +27,26 @@ def _data(rng, n=20, shape=(12, 12, 1)):
     return rng.standard_normal((n, *shape)), rng.integers(0, 4, n)
 
 
+@pytest.mark.parametrize("second_fused", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fused_first_layer_trains_like_the_two_ops(rng, monkeypatch, dtype):
+def test_fused_steps_train_like_the_two_ops(rng, monkeypatch, dtype, second_fused):
+    """The first layer fused (grad_weight from the codes); with ``second_fused`` the second
+    conv too (32 channels on 8: its own forward runs on the pixel tiles; codes scattered)."""
     x, y = _data(rng)
-    fused, plain = _net(dtype), _net(dtype)
+    second = (lambda: Conv2D(32, 3, activation="relu")) if second_fused else (lambda: None)
+    fused, plain = _net(dtype, second=second()), _net(dtype, second=second())
     plain._fused_kernels = False
     forwards = spy_calls(monkeypatch, conv_pool, "forward")
     backwards = spy_calls(monkeypatch, conv_pool, "grad_weight")
+    scatters = spy_calls(monkeypatch, conv_pool, "scatter_gradient")
     tol = TOL[np.dtype(dtype)] * 10  # a few optimizer steps on sums taken in another order
+    steps = 1 + second_fused
     assert rel_err(fused.predict(x), plain.predict(x)) <= tol
-    assert len(forwards) == 1 and not backwards  # predict: the first step only, no codes kept
+    assert len(forwards) == steps and not backwards  # predict: no codes kept
     for _ in range(3):
         a, b = fused.train_on_batch(x, y), plain.train_on_batch(x, y)
         assert abs(a[0] - b[0]) <= tol * abs(b[0])
-    assert len(forwards) == 4 and len(backwards) == 3
+    assert len(forwards) == 4 * steps and len(backwards) == 3 and len(scatters) == 3 * second_fused
     for a, b in zip(fused.get_weights(), plain.get_weights()):
         assert rel_err(a, b) <= tol
 

@@ -41,6 +41,7 @@ __all__ = [
     "correlate_pixels",
     "grad_weight_pixels",
     "grad_x_taps",
+    "pixel_accumulator",
     "pixel_offsets",
     "pixel_tile_any",
     "whole_tiles",
@@ -122,7 +123,7 @@ def pixel_tile_any(inp, base, cstride, cgi, wk, offs, pix, p0, acc, arow, init):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _task_acc(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
+def pixel_accumulator(inp, base, cstride, offs, pix, p0, pn, wk, cblk):
     """The accumulator (pixels rounded up to whole tiles, output channels of
     the block) of one task: sums over all input channels for the pn pixels
     from p0 on; wk (cgi, T, vectors x lanes) the block's packed weights."""
@@ -173,7 +174,7 @@ def _run_task(inp, cstride, offs, pix, wpk, t, npx, pblk, cblk):
     g, bi, kb = split_task(t, nkb, -(-npx // pblk))
     p0 = bi * pblk
     pn = min(pblk, npx - p0)
-    return _task_acc(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk), g, kb, p0, pn
+    return pixel_accumulator(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk), g, kb, p0, pn
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
