@@ -228,7 +228,7 @@ def _grad_weight(g, codes, xp, pool, conv_out, pix, pairs, part):
         acc = np.empty((pairs.shape[0], kbw), dtype=g.dtype)
         for n in range(ch * IMAGES_PER_CHUNK, min(n_img, (ch + 1) * IMAGES_PER_CHUNK)):
             for kb in range(nkb):
-                _route_gradient(g, codes, n, kb * kbw, pool, ow_n, gz[0], tot[npair, kb * kbw : (kb + 1) * kbw])
+                _route_gradient(g, codes, n, kb, pool, ow_n, gz[0], tot[npair, kb * kbw : (kb + 1) * kbw])
                 for j in range(0, npair, _NPIX):
                     pixel_tile_any(flat, n * plane_c, 0, 1, gz, pix, pairs, j, acc, j, 0)
                 for j in range(npair):
@@ -238,33 +238,37 @@ def _grad_weight(g, codes, xp, pool, conv_out, pix, pairs, part):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _route_gradient(g, codes, n, k0, pool, ow_n, gz, bias_tot):
-    """gz[oh*OW + ow, i] = g[n, k0 + i, qh, qw] where conv pixel (oh, ow) won
-    its window (qh, qw) for that channel, else 0 (pixels outside every
-    window too); bias_tot[i] += the pooled gradient's sum."""
+def _route_gradient(g, codes, n, kb, pool, ow_n, gz, bias_tot):
+    """gz[oh*OW + ow, i] = g[n, kb*kbw + i, qh, qw] where conv pixel (oh, ow)
+    won its window (qh, qw) for that channel, else 0 (pixels outside every
+    window too); bias_tot[i] += the pooled gradient's sum.  Zeroed, then one
+    store per (window, channel) at its winner."""
     pkh, pkw = pool
     k_n, ph_n, pw_n = g.shape[1], g.shape[2], g.shape[3]
     kbw = gz.shape[1]
-    oh_n = gz.shape[0] // ow_n
+    k0 = kb * kbw
     nk = min(kbw, k_n - k0)
-    gt = np.zeros((pw_n, kbw), dtype=g.dtype)
-    gz[:, :] = 0.0
+    zf = gz.reshape(-1)
+    zf[:] = 0.0
+    gt = np.zeros(pw_n * kbw, dtype=g.dtype)  # a pooled row, channels innermost
+    at = np.empty(pkh * pkw, dtype=np.int64)  # a code's offset from its window's first pixel
+    for e in range(pkh * pkw):
+        at[e] = ((e // pkw) * ow_n + e % pkw) * kbw
+    plane = ph_n * pw_n
+    gn = g.reshape(-1)[(n * k_n + k0) * plane :]
     for qh in range(ph_n):
-        ct = codes[n, k0 // kbw, qh]
+        ct = codes[n, kb, qh].reshape(-1)
         for i in range(nk):
+            src = gn[i * plane + qh * pw_n :]
             for qw in range(pw_n):
-                gt[qw, i] = g[n, k0 + i, qh, qw]
+                gt[qw * kbw + i] = src[qw]
         for qw in range(pw_n):
             for i in range(kbw):
-                bias_tot[i] += gt[qw, i]
-        for dy in range(pkh):
-            for qw in range(pw_n):
-                for dx in range(pkw):
-                    e = dy * pkw + dx
-                    row = gz[((qh * pkh + dy) * ow_n + qw * pkw + dx)]
-                    for i in range(kbw):
-                        row[i] = gt[qw, i] if ct[qw, i] == e else 0.0
-    return oh_n
+                bias_tot[i] += gt[qw * kbw + i]
+        for qw in range(pw_n):  # each channel's value to its winner: the rest stays zero
+            d = ((qh * pkh) * ow_n + qw * pkw) * kbw
+            for i in range(kbw):
+                zf[d + at[ct[qw * kbw + i]] + i] = gt[qw * kbw + i]
 
 
 def scatter_gradient(g: np.ndarray, codes: np.ndarray, plan: ConvPoolPlan) -> np.ndarray:
@@ -281,19 +285,25 @@ def _scatter(g, codes, pool, gz):
     """``scatter_gradient``'s kernel: parallel over the (image, channel)
     planes, each zeroed and written by one iteration."""
     pkh, pkw = pool
-    n_img, k_n = gz.shape[0], gz.shape[1]
+    n_img, k_n, oh_n, ow_n = gz.shape
     ph_n, pw_n = g.shape[2], g.shape[3]
     kbw = codes.shape[4]
+    plane = oh_n * ow_n
+    dst = gz.reshape(-1)
+    src = g.reshape(-1)
+    cf = codes.reshape(-1)
+    at = np.empty(pkh * pkw, dtype=np.int64)  # a code's offset in its window's plane rows
+    for e in range(pkh * pkw):
+        at[e] = (e // pkw) * ow_n + e % pkw
     for u in prange(n_img * k_n):
         n = u // k_n
         k = u - n * k_n
         kb = k // kbw
-        i = k - kb * kbw
-        plane = gz[n, k]
-        plane[:, :] = 0.0
+        out = dst[u * plane : (u + 1) * plane]  # slices from 0: no wrap-around selects
+        out[:] = 0.0
+        cu = cf[(n * (k_n + (-k_n) % kbw) + kb * kbw) * ph_n * pw_n + k - kb * kbw :]
+        gu = src[u * ph_n * pw_n : (u + 1) * ph_n * pw_n]
         for qh in range(ph_n):
             for qw in range(pw_n):
-                e = codes[n, kb, qh, qw, i]
-                dy = e // pkw
-                plane[qh * pkh + dy, qw * pkw + e - dy * pkw] = g[n, k, qh, qw]
+                out[qh * pkh * ow_n + qw * pkw + at[cu[(qh * pw_n + qw) * kbw]]] = gu[qh * pw_n + qw]
     return gz
