@@ -113,7 +113,8 @@ def format_markdown(result: dict[str, Any], sections: Sequence[tuple[str, str]] 
         f"copy {c['copy']['gbs']:.1f} GB/s (read+write; NumPy {c['copy']['numpy_gbs']:.1f}, "
         f"Numba {c['copy']['numba_threads']} threads {c['copy']['numba_gbs']:.1f})",
         f"- Method: float32, {cfg.get('statistic', 'median')} of up to {cfg['repeats']} interleaved samples "
-        f"({cfg.get('clock', 'wall time')}) after warm-up, inputs rotated, every output checked once against the "
+        f"({cfg.get('clock', 'wall time')}) after warm-up, each after one untimed call of its own implementation "
+        "(another library's spinning idle threads do not count), inputs rotated, every output checked once against the "
         "float64 reference; conv forward with bias, torch's backward the bare aten.convolution_backward "
         "(grad_x, grad_weight, grad_bias); fastconv-cpu = algorithm=\"auto\" (what a user gets), "
         "fastconv-cpu-<alg> = that algorithm forced; "

@@ -8,6 +8,14 @@ next input set (sets are cycled so caches do not flatter small shapes), long
 enough (``min_sample_s``) for the clock; the figure is the median per-call time
 over samples.  Garbage collection is off while sampling.
 
+Each sample is preceded by one untimed call of the same implementation (on the
+previous input set) when another implementation ran just before it: a
+library's idle OpenMP workers keep spinning for a while after its call and
+take the cores from the next library's first call (measured: whichever
+fastconv implementation followed torch in the round took 5-8 % longer on
+(8,64,56,56) d2, whichever it was).  The settling call gives every library,
+torch included, the cores it would have if it ran alone.
+
 ``clock`` is ``time.perf_counter`` (wall time, what a caller waits) or, for a
 loaded machine measured at one thread, ``time.process_time`` (CPU time: a
 descheduled process does not count, parallel scaling is not measured).
@@ -60,12 +68,13 @@ def warm_up(call: Callable[[int], Any], nbuf: int, clock: Clock = time.perf_coun
 
 def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing], nbuf: int, repeats: int,
                min_sample_s: float = 0.02, max_seconds: float = 20.0, min_repeats: int = 3,
-               clock: Clock = time.perf_counter) -> None:
+               clock: Clock = time.perf_counter, settle: bool = True) -> None:
     """Fill ``timings[name].samples`` for every call, round-robin.
 
     Slow implementations get fewer repeats (at least ``min_repeats`` or
     ``repeats`` if smaller) so that one implementation spends at most about
-    ``max_seconds`` in sampling.
+    ``max_seconds`` in sampling.  ``settle``: one untimed call before a sample
+    that follows another implementation's (see the module docstring).
     """
     plan: dict[str, int] = {}
     for name, t in timings.items():
@@ -73,6 +82,7 @@ def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing
         per_sample = t.loops * t.warm_call_s
         plan[name] = max(min(min_repeats, repeats), min(repeats, int(max_seconds / max(per_sample, 1e-9))))
     pos = {name: 0 for name in calls}
+    last = None
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -82,6 +92,9 @@ def interleave(calls: dict[str, Callable[[int], Any]], timings: dict[str, Timing
                     continue
                 t = timings[name]
                 i = pos[name]
+                if settle and last is not None and last != name:
+                    call((i - 1) % nbuf)
+                last = name
                 t0 = clock()
                 for _ in range(t.loops):
                     call(i)

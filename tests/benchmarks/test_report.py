@@ -207,6 +207,24 @@ def test_interleave_fills_samples():
     assert fake["f"].samples == [1.0, 1.0, 1.0]
 
 
+def test_interleave_settles_each_sample_after_another_implementation():
+    """One untimed call (on the previous input set) before a sample that follows another
+    implementation's; none where the same implementation ran just before."""
+    seen = []
+    calls = {"a": lambda i: seen.append(("a", i)), "b": lambda i: seen.append(("b", i))}
+    timings = {"a": Timing(1e-3, 1e-6), "b": Timing(1e-3, 1e-6)}
+    interleave(calls, timings, nbuf=3, repeats=2, min_sample_s=0.0)
+    assert seen == [("a", 0), ("b", 2), ("b", 0), ("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert all(len(t.samples) == 2 for t in timings.values())
+    seen.clear()
+    interleave(calls, {"a": Timing(1e-3, 1e-6), "b": Timing(1e-3, 1e-6)}, nbuf=3, repeats=2, min_sample_s=0.0,
+               settle=False)
+    assert seen == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    seen.clear()
+    interleave({"a": calls["a"]}, {"a": Timing(1e-3, 1e-6)}, nbuf=3, repeats=3, min_sample_s=0.0)
+    assert seen == [("a", 0), ("a", 1), ("a", 2)]  # one implementation: nothing to settle
+
+
 def test_interleaved_medians_round_robin():
     order = []
     med = interleaved_medians({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, reps=3,
