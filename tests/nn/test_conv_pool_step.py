@@ -82,3 +82,35 @@ def test_backward_needs_a_training_forward(rng):
     assert out.shape == (4, 8, 5, 5) and (out >= 0).all()
     assert step.backward(np.ones_like(out)) is None
     assert set(m.layers[0].grads) == {"kernel", "bias"}
+
+
+@pytest.mark.parametrize("case", [
+    dict(filters=6, kernel_size=5, padding="same", pool=2, shape=(14, 14, 1)),  # LeNet's first layer
+    dict(filters=20, kernel_size=3, strides=2, pool=2, shape=(17, 15, 3)),  # stride, RGB, 20 channels
+    dict(filters=70, kernel_size=2, dilation_rate=2, pool=(2, 3), shape=(13, 16, 2)),  # two channel blocks
+    dict(filters=8, kernel_size=3, use_bias=False, pool=3, shape=(11, 11, 1)),  # windows leave a row
+])
+def test_fused_first_layers_of_other_shapes_train_like_the_two_ops(rng, monkeypatch, case):
+    """float64, so the two orders of summation agree to 1e-11 after three steps; batches of
+    7 and 5 (not multiples of the grad_weight chunk of 4 images)."""
+    case = dict(case)
+    pool, shape = case.pop("pool"), case.pop("shape")
+
+    def net():
+        m = Sequential([Conv2D(activation="relu", input_shape=shape, **case), MaxPooling2D(pool), Flatten(),
+                        Dense(3, activation="softmax")], seed=5, dtype="float64")
+        m.compile(SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+        m.build()
+        return m
+
+    forwards = spy_calls(monkeypatch, conv_pool, "forward")
+    fused, plain = net(), net()
+    plain._fused_kernels = False
+    for n in (7, 5, 7):
+        x, y = rng.standard_normal((n, *shape)), rng.integers(0, 3, n)
+        a, b = fused.train_on_batch(x, y), plain.train_on_batch(x, y)
+        assert abs(a[0] - b[0]) <= 1e-11 * abs(b[0])
+    assert len(forwards) == 3
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        assert rel_err(a, b) <= 1e-11
+    assert rel_err(fused.predict(x), plain.predict(x)) <= 1e-11
