@@ -9,6 +9,7 @@ validate anything.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +188,37 @@ def conv2d_params(
     dilation: Any = 1,
     groups: Any = 1,
 ) -> Conv2dParams:
-    """Validate conv2d arguments (PyTorch semantics) and compute the output size."""
+    """Validate conv2d arguments (PyTorch semantics) and compute the output size.
+
+    Cached when every argument is a plain int, str, None or tuple of them
+    (exact types: ``True`` or ``1.0`` must not hit the entry of ``1``): a
+    training step validates the same arguments on every call.  Invalid
+    arguments raise every time (exceptions are not cached)."""
+    args = (x_shape, weight_shape, bias_shape, stride, padding, dilation, groups)
+    if all(_plain(a) for a in args):
+        return _conv2d_params_cached(*args)
+    return _conv2d_params(*args)
+
+
+def _plain(a: Any) -> bool:
+    t = type(a)
+    return t is int or t is str or a is None or (t is tuple and all(type(v) is int for v in a))
+
+
+@functools.lru_cache(maxsize=512)
+def _conv2d_params_cached(*args: Any) -> Conv2dParams:
+    return _conv2d_params(*args)
+
+
+def _conv2d_params(
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: Any = 1,
+) -> Conv2dParams:
     x_shape = tuple(int(v) for v in x_shape)
     weight_shape = tuple(int(v) for v in weight_shape)
     _check_ndim(x_shape, "x", "(N, C, H, W)")

@@ -28,6 +28,7 @@ This module is the one place that rounds channel strides and row lengths
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,7 +230,25 @@ def tap_offsets(
     divmod(r*dh, sh) and (j, b) = divmod(s*dw, sw) (row shift i inside phase
     row a).  A correlation with mirrored taps (a transposed convolution at
     stride 1) passes -dh, -dw and the origin of tap (0, 0); a column matrix
-    passes pitch = KW*ld, step = ld."""
+    passes pitch = KW*ld, step = ld.  Read-only and cached: every call of a
+    layer asks for the same offsets."""
+    return _tap_offsets(
+        int(kh),
+        int(kw),
+        int(dh),
+        int(dw),
+        int(pitch),
+        int(step),
+        (int(strides[0]), int(strides[1])),
+        int(phase_stride),
+        int(origin),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(
+    kh: int, kw: int, dh: int, dw: int, pitch: int, step: int, strides: tuple[int, int], phase_stride: int, origin: int
+) -> np.ndarray:
     sh, sw = strides
     offs = np.empty((kh * kw,), np.int64)
     for r in range(kh):
@@ -237,6 +256,7 @@ def tap_offsets(
         for s in range(kw):
             j, b = divmod(s * dw, sw)
             offs[r * kw + s] = origin + (a * sw + b) * phase_stride + i * pitch + j * step
+    offs.flags.writeable = False
     return offs
 
 

@@ -171,3 +171,19 @@ def test_ragged_list():
 def test_none_input():
     with pytest.raises(TypeError, match=r"x must be an array, got None"):
         fastconv.conv2d(None, W)
+
+
+def test_validation_cache_never_lets_a_bad_argument_through():
+    """conv2d_params caches plain int/str/tuple arguments: after the valid calls below are
+    cached, the same values as bool, float or list still get their own checks, and an
+    invalid call raises every time."""
+    from fastconv._params import conv2d_params
+
+    good = conv2d_params(X.shape, W.shape, B.shape, 1, 1, 1, 1)
+    assert conv2d_params(X.shape, W.shape, B.shape, 1, 1, 1, 1) is good  # cached
+    assert conv2d_params(list(X.shape), W.shape, B.shape, [1, 1], [1, 1], 1, 1) == good  # uncached, equal
+    for _ in range(2):
+        both("stride", TypeError, stride=True)
+        both("stride", TypeError, stride=1.0)
+        both("stride", stride=(1, 0))
+        both("padding", padding=-1)
