@@ -195,9 +195,7 @@ def conv2d_params(
     training step validates the same arguments on every call.  Invalid
     arguments raise every time (exceptions are not cached)."""
     args = (x_shape, weight_shape, bias_shape, stride, padding, dilation, groups)
-    if all(_plain(a) for a in args):
-        return _conv2d_params_cached(*args)
-    return _conv2d_params(*args)
+    return (_conv2d_params_cached if all(_plain(a) for a in args) else _conv2d_params)(args)
 
 
 def _plain(a: Any) -> bool:
@@ -205,20 +203,9 @@ def _plain(a: Any) -> bool:
     return t is int or t is str or a is None or (t is tuple and all(type(v) is int for v in a))
 
 
-@functools.lru_cache(maxsize=512)
-def _conv2d_params_cached(*args: Any) -> Conv2dParams:
-    return _conv2d_params(*args)
-
-
-def _conv2d_params(
-    x_shape: tuple[int, ...],
-    weight_shape: tuple[int, ...],
-    bias_shape: tuple[int, ...] | None,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: Any = 1,
-) -> Conv2dParams:
+def _conv2d_params(args: tuple[Any, ...]) -> Conv2dParams:
+    """``conv2d_params`` of its arguments as one tuple."""
+    x_shape, weight_shape, bias_shape, stride, padding, dilation, groups = args
     x_shape = tuple(int(v) for v in x_shape)
     weight_shape = tuple(int(v) for v in weight_shape)
     _check_ndim(x_shape, "x", "(N, C, H, W)")
@@ -268,6 +255,9 @@ def _conv2d_params(
     oh = (hp - eff_h) // sh + 1
     ow = (wp - eff_w) // sw + 1
     return Conv2dParams(n, c, h, w, k, kh, kw, groups, sh, sw, ph, pw, ph_end, pw_end, dh, dw, oh, ow)
+
+
+_conv2d_params_cached = functools.lru_cache(maxsize=512)(_conv2d_params)
 
 
 def check_grad_output(shape: tuple[int, ...], expected: tuple[int, ...], name: str = "grad_output") -> None:
