@@ -1,35 +1,36 @@
-"""A network's first convolution fused with the max pooling after it.
+"""A conv fused with the max pooling after it (``fastconv.nn``'s ConvReLUPool step).
 
-A first layer has few products per output (MNIST's 3x3 conv on one channel:
-9), so on its own its forward is bound by writing its output z, and the
-pooling's forward by reading z back; in the backward the pooling scatters
-grad_output into a z-sized gradient that grad_weight reads again.  Fused, z
-never reaches memory:
+Run as two ops, a conv writes its output z and the pooling reads it back (a
+first layer has few products per output, so both are bound by that traffic:
+MNIST's 3x3 conv on one channel makes 9), and the pooling's backward scatters
+its gradient into a z-sized array.  Fused, z never reaches memory.
 
-Forward (``forward``): parallel over (image, pooled row).  A task computes the
-convolution outputs of its pooling windows -- for each of the C*KH*KW taps,
-each window pixel's input value times the tap's vector of output channels
-(output channels in the vector lanes, so every pixel is one broadcast) into an
-accumulator (window pixels x channels) that stays in L1 -- then keeps each
-window's maximum by PyTorch's rule (scan row-major, replace when ``v > m or v
-!= v``: the first maximum wins a tie, a NaN always wins) and the winner's
-position in its window as a byte code.  Only the pooled planes and the codes
-are written.  x is read through a zero-padded copy when the conv pads, so the
-padding is multiplied like PyTorch multiplies it (0 * inf = NaN).
+Forward (``forward``): parallel over (image, block of output channels, block
+of pooled rows).  The pixel tiles (``engine.pixels.pixel_accumulator``: output
+channels in the vector lanes, input channels in passes whose weights stay in
+L1) compute the conv outputs of the task's windows, window by window, into an
+accumulator; each window's maximum plus the bias is kept by PyTorch's rule
+(scan row-major, replace when ``v > m or v != v``: the first maximum wins a
+tie, a NaN always wins) and stored into the pooled planes by register
+transposes, and the winner's position in its window is written in place as a
+byte code.  Conv outputs outside every window are not computed.  x is read
+through a zero-padded copy when the conv pads, so the padding is multiplied
+as PyTorch multiplies it (0 * inf = NaN).
 
-Backward (``grad_weight``, a first layer needs no grad_x): grad_weight[k, t]
-is the sum over every conv output pixel of gz[k, pixel] * x[pixel's tap t],
-with gz = the pooled gradient at the window position whose code won, zero
-elsewhere -- the dense sum PyTorch computes, zeros included (so a non-finite x
-gives the same NaN), without materialising gz: each pooled row's gradient and
-codes are transposed once to channels-innermost, and each conv row's gz is
-built from them as a vector per pixel.  Sums run in the compute dtype within
-a conv row and in float64 across rows; images are split into fixed chunks
-(per-chunk partial sums, then added in order: the result does not depend on
-the thread count).
+Backward of a first layer (``grad_weight``: no grad_x): grad_weight[k, t] is
+the sum over every conv output pixel of gz[pixel, k] * x[pixel's tap t], with
+gz the pooled gradient at each window's winner and zero elsewhere -- the dense
+sum PyTorch computes, zeros included (a non-finite x gives the same NaN).  Per
+image, gz is built channels-innermost in a zeroed buffer (one store per window
+and channel), then the pixel tiles run with (input channel, tap) pairs as rows
+and the conv pixels as the reduction.  Sums run in the compute dtype per image
+and in float64 across images, in fixed chunks of images (the result does not
+depend on the thread count).
 
-The plan (``fastconv._plan.plan_conv_pool``) says when a conv/pool pair is
-fused; ``fastconv.nn``'s ConvReLUPool step runs it.
+Backward of any other layer (``scatter_gradient``): the codes scatter the
+pooled gradient into z's gradient, and the conv's own backward runs on it.
+
+The plan (``fastconv._plan.plan_conv_pool``) says when a pair is fused and how.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def _scatter(g, codes, pool, gz):
     pkh, pkw = pool
     n_img, k_n, oh_n, ow_n = gz.shape
     ph_n, pw_n = g.shape[2], g.shape[3]
-    kbw = codes.shape[4]
+    nkb, kbw = codes.shape[1], codes.shape[4]
     plane = oh_n * ow_n
     dst = gz.reshape(-1)
     src = g.reshape(-1)
@@ -301,7 +302,7 @@ def _scatter(g, codes, pool, gz):
         kb = k // kbw
         out = dst[u * plane : (u + 1) * plane]  # slices from 0: no wrap-around selects
         out[:] = 0.0
-        cu = cf[(n * (k_n + (-k_n) % kbw) + kb * kbw) * ph_n * pw_n + k - kb * kbw :]
+        cu = cf[(n * nkb + kb) * ph_n * pw_n * kbw + k - kb * kbw :]  # codes[n, kb, 0, 0, k % kbw] on
         gu = src[u * ph_n * pw_n : (u + 1) * ph_n * pw_n]
         for qh in range(ph_n):
             for qw in range(pw_n):

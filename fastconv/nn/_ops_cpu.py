@@ -276,7 +276,7 @@ def adadelta(p, g, a, b, lr, rho, eps):
     _adadelta_k(pf, gf, af, bf, _t(p, lr), _t(p, rho), _t(p, 1 - rho), _t(p, eps))
 
 
-# --------------------------------------------------------------------------- a first conv + max pooling, fused
+# --------------------------------------------------------------------------- a conv + max pooling, fused
 
 
 def conv_pool_plan(x: np.ndarray, conv: Any, pool: Any) -> Any:

@@ -116,7 +116,7 @@ class Sequential:
         # the shuffling/dropout generators as of the last completed epoch (exact resume)
         self._train_state: dict[str, Any] | None = None
         self._fuse_conv_pool = True  # ConvReLUPool steps (tests compare with the plain order)
-        self._fused_kernels = True  # a first conv + pooling as one CPU kernel (tests compare with the two ops)
+        self._fused_kernels = True  # a conv + its pooling as one CPU kernel (tests compare with the two ops)
         for layer in layers or []:
             self.add(layer)
         self.to(device)

@@ -82,7 +82,7 @@ class ConvReLUPool:
         self.fused_kernels = fused_kernels
         self._y: Any = None
         self._fused: Any = None  # (indices, pool params) of a one-launch device forward
-        self._kept: Any = None  # (window codes, x as read) of a fused CPU training forward
+        self._kept: Any = None  # (window codes, x as read, plan, x) of a fused CPU training forward
         self._plans: dict[Any, Any] = {}
 
     def forward(self, x: Any, training: bool) -> Any:
@@ -261,8 +261,8 @@ def build_pipeline(
     layers: list[Layer], loss: Any = None, fuse_conv_pool: bool = True, fused_kernels: bool = True
 ) -> Pipeline:
     """The steps for ``layers``; with a ``loss``, the pass ends in it (fusing softmax when it can).
-    ``fused_kernels``: ConvReLUPool steps may run a first layer's conv and pooling as one CPU
-    kernel (their plan decides)."""
+    ``fused_kernels``: ConvReLUPool steps may run their conv and pooling as one CPU kernel
+    (their plan decides)."""
     steps: list[Any] = []
     i, last = 0, len(layers) - 1
     while i < last:
