@@ -663,13 +663,18 @@ def _pixel_tiling(
     ``taps``: the kernel's, which size the passes over input channels
     (``_pixel_blocks``); a 1×1 kernel's tasks take ``PIXEL_BLOCK_POINTWISE``
     pixels."""
-    vw = 64 // itemsize
-    vectors = PIXEL_TILE[1] if kout_g > 2 * vw or not narrow else 2 if kout_g > vw else 1
-    channels = vectors * vw
+    vectors = _tile_vectors(kout_g, itemsize) if narrow else PIXEL_TILE[1]
+    channels = vectors * 64 // itemsize
     if kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
     block = PIXEL_BLOCK_POINTWISE if taps == 1 else PIXEL_BLOCK
     return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, block, taps)
+
+
+def _tile_vectors(kout_g: int, itemsize: int) -> int:
+    """The narrowest pixel tile (4, 2 or 1 vectors) that holds ``kout_g`` output channels."""
+    vw = 64 // itemsize
+    return PIXEL_TILE[1] if kout_g > 2 * vw else 2 if kout_g > vw else 1
 
 
 def _pixel_blocks(
@@ -1287,22 +1292,20 @@ def plan_conv_pool(
     if ph == 0 or pw == 0 or p.n == 0 or p.k == 0:
         return ConvPoolPlan(False, "the pooled output is empty")
     fan_in = p.c * p.kh * p.kw
-    if not need_input_grad and fan_in <= FUSED_POOL_FAN_IN:
-        lanes = 64 // dtype.itemsize
-        vectors = -(-p.k // lanes)
-        channels = lanes * (1 if vectors == 1 else 2 if vectors == 2 else PIXEL_TILE[1])  # the tiles' widths
-        cblk, grad_x = p.c, False
+    grad_x = need_input_grad or fan_in > FUSED_POOL_FAN_IN  # else grad_weight comes from the codes
+    if not grad_x:
+        tiling = _pixel_blocks(p.k, p.n * p.oh * p.ow, 1, dtype.itemsize, threads, _tile_vectors(p.k, dtype.itemsize))
         why = f"{fan_in} products per output: unfused, the conv output is written and read back"
     else:
         own = build_plan(p, dtype, "cpu", threads, need_input_grad, "auto")
-        tiling = own.cpu.forward if own.cpu is not None else None
-        if own.algorithm != "direct" or not isinstance(tiling, PixelTiling):
+        forward = own.cpu.forward if own.cpu is not None else None
+        if own.algorithm != "direct" or not isinstance(forward, PixelTiling):
             return ConvPoolPlan(
                 False,
                 f"{fan_in} products per output{' and a grad_x' if need_input_grad else ''}, and the conv's own "
                 f"forward runs {own.algorithm} on Q-lane tiles or transforms, not on the pixel tiles",
             )
-        channels, cblk, grad_x = tiling.channels, tiling.channel_block, True
-        why = "the conv's own forward runs on the pixel tiles: fused, its output is not written"
+        tiling, why = forward, "the conv's own forward runs on the pixel tiles: fused, its output is not written"
+    channels, cblk = tiling.channels, tiling.channel_block
     rows = max(1, min(ph, FUSED_POOL_ACC_BYTES // (pw * pkh * pkw * channels * dtype.itemsize)))
     return ConvPoolPlan(True, why, p, (pkh, pkw), (ph, pw), channels, cblk, rows, grad_x)

@@ -35,6 +35,7 @@ The plan (``fastconv._plan.plan_conv_pool``) says when a pair is fused and how.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,8 +48,10 @@ from .engine.grad_weight import pair_offsets
 from .engine.pixels import pixel_accumulator, pixel_tile_any, whole_tiles
 from .engine.transforms import transpose_block_exact
 from .layout import PIXEL_TILE, tap_offsets
+from .pad import pad
 
 if TYPE_CHECKING:
+    from .._params import Conv2dParams
     from .._plan import ConvPoolPlan
 
 __all__ = ["forward", "grad_weight", "scatter_gradient"]
@@ -68,7 +71,8 @@ def forward(
     in row-major order."""
     p = plan.params
     assert p is not None
-    xp = _padded_input(x, (p.ph, p.ph_end, p.pw, p.pw_end))
+    pads = (p.ph, p.pw, p.ph_end, p.pw_end)
+    xp = pad(x, pads, "zeros") if any(pads) else np.ascontiguousarray(x)
     wp = xp.shape[3]
     wpk = pack_weights_by(weight.reshape(1, p.k, p.c, p.kh * p.kw), plan.channels)
     nkb, kbw = wpk.shape[1], wpk.shape[4]
@@ -87,26 +91,18 @@ def forward(
     return y, (codes if keep_codes else None), xp
 
 
-def _padded_input(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """x itself (C-contiguous) when pads are zero, else a zero-padded copy
-    (top, bottom, left, right)."""
-    top, bottom, left, right = pads
-    if not any(pads):
-        return np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    xp[:, :, top : top + h, left : left + w] = x
-    return xp
-
-
+@functools.lru_cache(maxsize=64)
 def _window_pixels(rows: int, pw_n: int, pool: tuple[int, int], strides: tuple[int, int], wp: int) -> np.ndarray:
     """Offsets in a padded image plane, from the first of ``rows`` pooled
     rows, of the conv output pixels of their windows, row by row and window
-    by window (row-major inside each), in whole pixel tiles."""
+    by window (row-major inside each), in whole pixel tiles; read-only and
+    cached (every training step asks for the same)."""
     pkh, pkw = pool
     qh, dy, qw, dx = np.meshgrid(np.arange(rows), np.arange(pkh), np.arange(pw_n), np.arange(pkw), indexing="ij")
     pix = (qh * pkh + dy) * strides[0] * wp + (qw * pkw + dx) * strides[1]
-    return whole_tiles(pix.transpose(0, 2, 1, 3).reshape(-1).astype(np.int64))
+    out = whole_tiles(pix.transpose(0, 2, 1, 3).reshape(-1).astype(np.int64))
+    out.flags.writeable = False
+    return out
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -196,9 +192,7 @@ def grad_weight(g: np.ndarray, codes: np.ndarray, xp: np.ndarray, plan: ConvPool
     window codes and the input as read."""
     p = plan.params
     assert p is not None
-    hp, wp = xp.shape[2], xp.shape[3]
-    pix = (np.arange(p.oh, dtype=np.int64)[:, None] * (p.sh * wp) + np.arange(p.ow, dtype=np.int64) * p.sw).reshape(-1)
-    pairs = whole_tiles(pair_offsets(hp * wp, tap_offsets(p.kh, p.kw, p.dh, p.dw, wp), p.c))
+    pix, pairs = _conv_pixels_and_pairs(p, xp.shape[2], xp.shape[3])
     taps = p.c * p.kh * p.kw
     kp = codes.shape[1] * codes.shape[4]
     part = np.empty((-(-p.n // IMAGES_PER_CHUNK), taps + 1, kp), dtype=np.float64)
@@ -206,6 +200,17 @@ def grad_weight(g: np.ndarray, codes: np.ndarray, xp: np.ndarray, plan: ConvPool
     tot = part.sum(axis=0)
     gw = np.ascontiguousarray(tot[:taps, : p.k].T).astype(g.dtype).reshape(p.weight_shape)
     return gw, tot[taps, : p.k].astype(g.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _conv_pixels_and_pairs(p: Conv2dParams, hp: int, wp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets in an (hp, wp) padded image of its conv output pixels' first
+    taps, and of the (input channel, tap) pairs in whole pixel tiles;
+    read-only and cached."""
+    pix = (np.arange(p.oh, dtype=np.int64)[:, None] * (p.sh * wp) + np.arange(p.ow, dtype=np.int64) * p.sw).reshape(-1)
+    pairs = whole_tiles(pair_offsets(hp * wp, tap_offsets(p.kh, p.kw, p.dh, p.dw, wp), p.c))
+    pix.flags.writeable = pairs.flags.writeable = False
+    return pix, pairs
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -222,14 +227,16 @@ def _grad_weight(g, codes, xp, pool, conv_out, pix, pairs, part):
     nkb, kbw = codes.shape[1], codes.shape[4]
     plane_c = xp.shape[1] * xp.shape[2] * xp.shape[3]
     flat = xp.reshape(-1)
+    at = _code_offsets(pool, ow_n, kbw)
     for ch in prange(chunks):
         tot = part[ch]
         tot[:, :] = 0.0
         gz = np.empty((1, oh_n * ow_n, kbw), dtype=g.dtype)
         acc = np.empty((pairs.shape[0], kbw), dtype=g.dtype)
+        gt = np.zeros(pw_n * kbw, dtype=g.dtype)
         for n in range(ch * IMAGES_PER_CHUNK, min(n_img, (ch + 1) * IMAGES_PER_CHUNK)):
             for kb in range(nkb):
-                _route_gradient(g, codes, n, kb, pool, ow_n, gz[0], tot[npair, kb * kbw : (kb + 1) * kbw])
+                _route_gradient(g, codes, n, kb, pool, ow_n, at, gz[0], gt, tot[npair, kb * kbw : (kb + 1) * kbw])
                 for j in range(0, npair, _NPIX):
                     pixel_tile_any(flat, n * plane_c, 0, 1, gz, pix, pairs, j, acc, j, 0)
                 for j in range(npair):
@@ -239,11 +246,13 @@ def _grad_weight(g, codes, xp, pool, conv_out, pix, pairs, part):
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _route_gradient(g, codes, n, kb, pool, ow_n, gz, bias_tot):
+def _route_gradient(g, codes, n, kb, pool, ow_n, at, gz, gt, bias_tot):
     """gz[oh*OW + ow, i] = g[n, kb*kbw + i, qh, qw] where conv pixel (oh, ow)
     won its window (qh, qw) for that channel, else 0 (pixels outside every
     window too); bias_tot[i] += the pooled gradient's sum.  Zeroed, then one
-    store per (window, channel) at its winner."""
+    store per (window, channel) at its winner (``at``: ``_code_offsets``
+    scaled by kbw); gt a (PW*kbw) row buffer, its lanes past the block's
+    channels zeroed here."""
     pkh, pkw = pool
     k_n, ph_n, pw_n = g.shape[1], g.shape[2], g.shape[3]
     kbw = gz.shape[1]
@@ -251,10 +260,9 @@ def _route_gradient(g, codes, n, kb, pool, ow_n, gz, bias_tot):
     nk = min(kbw, k_n - k0)
     zf = gz.reshape(-1)
     zf[:] = 0.0
-    gt = np.zeros(pw_n * kbw, dtype=g.dtype)  # a pooled row, channels innermost
-    at = np.empty(pkh * pkw, dtype=np.int64)  # a code's offset from its window's first pixel
-    for e in range(pkh * pkw):
-        at[e] = ((e // pkw) * ow_n + e % pkw) * kbw
+    for qw in range(pw_n):
+        for i in range(nk, kbw):
+            gt[qw * kbw + i] = 0.0
     plane = ph_n * pw_n
     gn = g.reshape(-1)[(n * k_n + k0) * plane :]
     for qh in range(ph_n):
@@ -270,6 +278,17 @@ def _route_gradient(g, codes, n, kb, pool, ow_n, gz, bias_tot):
             d = ((qh * pkh) * ow_n + qw * pkw) * kbw
             for i in range(kbw):
                 zf[d + at[ct[qw * kbw + i]] + i] = gt[qw * kbw + i]
+
+
+@njit(cache=True)
+def _code_offsets(pool, ow_n, scale):
+    """scale * (the offset of code e's pixel from its window's first one) in
+    conv output rows of ow_n pixels."""
+    pkh, pkw = pool
+    at = np.empty(pkh * pkw, dtype=np.int64)
+    for e in range(pkh * pkw):
+        at[e] = ((e // pkw) * ow_n + e % pkw) * scale
+    return at
 
 
 def scatter_gradient(g: np.ndarray, codes: np.ndarray, plan: ConvPoolPlan) -> np.ndarray:
@@ -293,9 +312,7 @@ def _scatter(g, codes, pool, gz):
     dst = gz.reshape(-1)
     src = g.reshape(-1)
     cf = codes.reshape(-1)
-    at = np.empty(pkh * pkw, dtype=np.int64)  # a code's offset in its window's plane rows
-    for e in range(pkh * pkw):
-        at[e] = (e // pkw) * ow_n + e % pkw
+    at = _code_offsets(pool, ow_n, 1)
     for u in prange(n_img * k_n):
         n = u // k_n
         k = u - n * k_n
