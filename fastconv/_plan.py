@@ -1122,8 +1122,9 @@ WINOGRAD_F4_MAX_DEPTH = 4608
 WINOGRAD_AUTO_CHANNELS = 64
 WINOGRAD_AUTO_TILES = 64
 WINOGRAD_AUTO_COVER = 1.35
-# ... and for its backward (grad_x by Winograd), channels per group
-WINOGRAD_AUTO_BACKWARD_CHANNELS = 128
+# ... and for its backward (grad_x by Winograd), channels per group: every
+# layer whose forward it runs (docs/winograd.md, "Stop 25")
+WINOGRAD_AUTO_BACKWARD_CHANNELS = 64
 
 
 def winograd_pays(p: Conv2dParams) -> bool:

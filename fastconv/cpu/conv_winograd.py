@@ -39,7 +39,6 @@ from numba import njit, prange
 
 from .. import _alloc
 from .common import FASTMATH
-from .engine.correlate import pack_weights_by
 from .engine.pixels import corr_pixels_rows, whole_tiles
 from .engine.transforms import (
     input_tile2,
@@ -62,25 +61,55 @@ _ZERO_TAP = np.zeros(1, np.int64)
 
 
 @njit(parallel=True, cache=True)
-def _transform_weights(wpk, m, out):
-    """out[ξ*G + g, kb, c, 0, :] = (G w G^T)[ξ] of the kernels packed in
-    wpk (G, nkb, Cin_g, 9, kt) (``pack_weights_by``; zero past Kout_g, so U
-    is zero there): U in the engine's packed layout, a vector of output
-    channels at a time.  Parallel over (group, block of kt output channels)."""
-    groups, nkb, ci, _, kt = wpk.shape
-    src = wpk.reshape(-1)
+def _transform_weights(w4, m, out):
+    """out[ξ*G + g, kb, c, 0, :] = (G w G^T)[ξ] of the kernels w4 (G, Kout_g,
+    Cin_g, 9), C-contiguous: U in the engine's packed layout (kt = out's
+    last axis; zero past Kout_g, so U is zero there), a vector of output
+    channels at a time.  Each block's kernels are first turned output
+    channels innermost for ``_WEIGHT_CHANNELS`` input channels at a time
+    into a buffer that stays in L1 (the engine's packing, without writing
+    and reading a packed copy of the whole weight).  Parallel over (group,
+    block of kt output channels)."""
+    groups, kog, ci, _ = w4.shape
+    nkb, kt = out.shape[1], out.shape[4]
+    src = w4.reshape(-1)
     dst = out.reshape(-1)
-    lanes = 64 // wpk.itemsize
+    lanes = 64 // w4.itemsize
+    ct = ci * 9
     xs = groups * nkb * ci * kt  # one point's packed weights
     for u in prange(groups * nkb):  # u = g*nkb + kb
-        for c in range(ci):
-            at = (u * ci + c) * kt
-            for ln in range(0, kt, lanes):
-                if m == 4:
-                    weight_tile4(src, at * 9 + ln, kt, dst, at + ln, xs)
-                else:
-                    weight_tile2(src, at * 9 + ln, kt, dst, at + ln, xs)
+        g = u // nkb
+        k0 = (u - g * nkb) * kt
+        nk = min(kt, kog - k0)
+        blk = np.empty(_WEIGHT_CHANNELS * 9 * kt, w4.dtype)
+        for c0 in range(0, ci, _WEIGHT_CHANNELS):
+            cols = min(_WEIGHT_CHANNELS, ci - c0) * 9
+            for j0 in range(0, cols, lanes):
+                for i0 in range(0, kt, lanes):  # lanes past nk: zeros
+                    rows = max(0, min(lanes, nk - i0))
+                    transpose_block(
+                        src,
+                        (g * kog + k0 + i0) * ct + c0 * 9 + j0,
+                        ct,
+                        rows,
+                        min(lanes, cols - j0),
+                        blk,
+                        j0 * kt + i0,
+                        kt,
+                    )
+            for c in range(cols // 9):
+                at = (u * ci + c0 + c) * kt
+                for ln in range(0, kt, lanes):
+                    if m == 4:
+                        weight_tile4(blk, c * 9 * kt + ln, kt, dst, at + ln, xs)
+                    else:
+                        weight_tile2(blk, c * 9 * kt + ln, kt, dst, at + ln, xs)
     return out
+
+
+# Input channels per step of the weight transform's packing: 16 x 9 taps x
+# 64 lanes of float32 is 36 KiB, within L1 with the transform's output rows.
+_WEIGHT_CHANNELS = 16
 
 
 @njit(fastmath=FASTMATH, inline="always")
@@ -172,10 +201,8 @@ def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int) -> 
     ko, ci = w.shape[0], w.shape[1]
     kog = ko // groups
     shape = ((m + 2) ** 2 * groups, -(-kog // kt), ci, 1, kt)
-    buf = _alloc.scratch("winograd.w", groups * shape[1] * ci * 9 * kt, w.dtype)
-    wpk = pack_weights_by(w.reshape(groups, kog, ci, 9), kt, buf)
     out = _alloc.scratch("winograd.u", int(np.prod(shape)), w.dtype).reshape(shape)
-    return _transform_weights(wpk, m, out)
+    return _transform_weights(np.ascontiguousarray(w).reshape(groups, kog, ci, 9), m, out)
 
 
 def winograd_correlate(

@@ -17,6 +17,7 @@ import pytest
 from tests.helpers import assert_close, check_grads, rel_err, spy_calls
 
 import fastconv
+from fastconv import _plan as plan_rules
 from fastconv import reference
 from fastconv.cpu import conv_winograd
 
@@ -70,7 +71,7 @@ def test_plan_table():
 
 
 # picks: (forward, backward) algorithms auto runs
-WINO, FWD_ONLY, DIRECT = ("winograd", "winograd"), ("winograd", "direct"), None
+WINO, DIRECT = ("winograd", "winograd"), None
 
 
 @pytest.mark.parametrize("xs, ws, opts, picks", [
@@ -78,8 +79,8 @@ WINO, FWD_ONLY, DIRECT = ("winograd", "winograd"), ("winograd", "direct"), None
     ((4, 128, 32, 32), (256, 128, 3, 3), {}, WINO),  # 30 x 30 outputs in 32 x 32 tiles
     ((32, 256, 14, 14), (256, 128, 3, 3), {"padding": 1, "groups": 2}, WINO),  # 128 channels per group
     ((16, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, WINO),  # 64 tiles
-    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, FWD_ONLY),  # 64 channels: backward direct
-    ((8, 128, 28, 28), (64, 128, 3, 3), {"padding": 1}, FWD_ONLY),
+    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, WINO),  # 64 channels
+    ((8, 128, 28, 28), (64, 128, 3, 3), {"padding": 1}, WINO),
     ((32, 256, 14, 14), (256, 32, 3, 3), {"padding": 1, "groups": 8}, DIRECT),  # 32 per group
     ((8, 32, 56, 56), (64, 32, 3, 3), {"padding": 1}, DIRECT),  # 32 input channels
     ((15, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, DIRECT),  # 60 tiles
@@ -93,7 +94,7 @@ WINO, FWD_ONLY, DIRECT = ("winograd", "winograd"), ("winograd", "direct"), None
 ])
 def test_auto_winograd_rule(xs, ws, opts, picks):
     """auto runs Winograd exactly where ``_plan.winograd_pays`` says, its
-    backward too from 128 channels per group (docs/winograd.md)."""
+    backward too from ``WINOGRAD_AUTO_BACKWARD_CHANNELS`` per group (docs/winograd.md)."""
     plan = fastconv.plan_conv2d(xs, ws, **opts)
     got = (plan.algorithm, plan.backward_algorithm)
     if picks:
@@ -104,9 +105,13 @@ def test_auto_winograd_rule(xs, ws, opts, picks):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_auto_forward_winograd_backward_direct(dtype, rng):
-    """auto's mixed plan (64 channels: forward Winograd, backward direct with
-    no x kept from the forward) through the op object, poisoned outputs."""
+def test_auto_forward_winograd_backward_direct(dtype, rng, monkeypatch, request):
+    """auto's mixed plan (forward Winograd, backward direct with no x kept
+    from the forward: fewer channels than WINOGRAD_AUTO_BACKWARD_CHANNELS)
+    through the op object, poisoned outputs."""
+    monkeypatch.setattr(plan_rules, "WINOGRAD_AUTO_BACKWARD_CHANNELS", 128)
+    plan_rules.build_plan.cache_clear()  # plans are cached: none from the real rule here,
+    request.addfinalizer(plan_rules.build_plan.cache_clear)  # and none from this one after
     xs, ws, opts = (4, 64, 20, 20), (64, 64, 3, 3), {"padding": 1}
     x, wt, b, gy = _inputs(rng, xs, ws, opts, dtype)
     plan = fastconv.plan_conv2d(xs, ws, dtype=dtype, **opts)

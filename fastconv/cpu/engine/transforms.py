@@ -53,9 +53,6 @@ class _Ops:
     def scale(self, c, x):
         return self.b.fmul(ir.Constant(self.vty, [float(c)] * self.vty.count), x)
 
-    def div(self, x, c):
-        return self.b.fdiv(x, ir.Constant(self.vty, [float(c)] * self.vty.count))
-
 
 def bt(o, m, d):
     """B^T d for the α values d (a column or row of a patch)."""
@@ -91,14 +88,15 @@ def g3(o, m, g):
     if m == 2:
         h = o.scale(0.5, o.add(g[0], g[2]))
         return [g[0], o.add(h, o.scale(0.5, g[1])), o.sub(h, o.scale(0.5, g[1])), g[2]]
-    e = o.div(o.add(g[0], g[2]), -6)
-    f = o.add(o.div(g[0], 24), o.div(g[2], 6))
+    # integer-weighted sums, then one multiply by a reciprocal each: a
+    # vector division costs tens of cycles, and the transform runs on every call
+    s, t = o.add(g[0], g[2]), o.add(g[0], o.scale(4, g[2]))
     return [
         o.scale(0.25, g[0]),
-        o.sub(e, o.div(g[1], 6)),
-        o.add(e, o.div(g[1], 6)),
-        o.add(f, o.div(g[1], 12)),
-        o.sub(f, o.div(g[1], 12)),
+        o.scale(-1 / 6, o.add(s, g[1])),
+        o.scale(1 / 6, o.sub(g[1], s)),
+        o.scale(1 / 24, o.add(t, o.scale(2, g[1]))),
+        o.scale(1 / 24, o.sub(t, o.scale(2, g[1]))),
         g[2],
     ]
 
