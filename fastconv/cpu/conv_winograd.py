@@ -52,7 +52,6 @@ from .engine.transforms import (
 from .layout import PixelTiling
 
 if TYPE_CHECKING:
-    from .._params import Conv2dParams
     from .._plan import ConvPlan
 
 __all__ = ["backward", "forward", "winograd_correlate"]
@@ -61,49 +60,51 @@ _ZERO_TAP = np.zeros(1, np.int64)
 
 
 @njit(parallel=True, cache=True)
-def _transform_weights(w4, m, out):
-    """out[ξ*G + g, kb, c, 0, :] = (G w G^T)[ξ] of the kernels w4 (G, Kout_g,
-    Cin_g, 9), C-contiguous: U in the engine's packed layout (kt = out's
-    last axis; zero past Kout_g, so U is zero there), a vector of output
-    channels at a time.  Each block's kernels are first turned output
-    channels innermost for ``_WEIGHT_CHANNELS`` input channels at a time
-    into a buffer that stays in L1 (the engine's packing, without writing
-    and reading a packed copy of the whole weight).  Parallel over (group,
-    block of kt output channels)."""
-    groups, kog, ci, _ = w4.shape
-    nkb, kt = out.shape[1], out.shape[4]
+def _transform_weights(w4, m, rotated, out):
+    """U = (G g G^T)[ξ] of the kernels w4 (G, Kout_g, Cin_g, 9), C-contiguous,
+    in the engine's packed layout out (α²*G, blocks of kt lanes, depth, 1,
+    kt): out[ξ*G + g, kb, d, 0, :] for lanes kb*kt.. (zero past the last, so
+    U is zero there), a vector of lanes at a time.  The lanes are the output
+    channels and the depth the input channels; ``rotated`` (grad_x's full
+    correlation): the lanes are the input channels, the depth the output
+    channels, and each kernel is rotated by 180°.  Each block's kernels are
+    first turned lanes innermost for ``_WEIGHT_CHANNELS`` depth channels at a
+    time into a buffer that stays in L1 (the engine's packing, without
+    writing and reading a packed copy of the whole weight).  Parallel over
+    (group, block of lanes)."""
+    groups, kog, cig, _ = w4.shape
+    nb, depth, kt = out.shape[1], out.shape[2], out.shape[4]
+    lanes_n = cig if rotated else kog
     src = w4.reshape(-1)
     dst = out.reshape(-1)
-    lanes = 64 // w4.itemsize
-    ct = ci * 9
-    xs = groups * nkb * ci * kt  # one point's packed weights
-    for u in prange(groups * nkb):  # u = g*nkb + kb
-        g = u // nkb
-        k0 = (u - g * nkb) * kt
-        nk = min(kt, kog - k0)
+    vw = 64 // w4.itemsize
+    xs = groups * nb * depth * kt  # one point's packed weights
+    first, step = (8 * kt, -kt) if rotated else (0, kt)  # taps read last to first when rotated
+    for u in prange(groups * nb):  # u = g*nb + block
+        g = u // nb
+        l0 = (u - g * nb) * kt
+        nl = min(kt, lanes_n - l0)
         blk = np.empty(_WEIGHT_CHANNELS * 9 * kt, w4.dtype)
-        for c0 in range(0, ci, _WEIGHT_CHANNELS):
-            cols = min(_WEIGHT_CHANNELS, ci - c0) * 9
-            for j0 in range(0, cols, lanes):
-                for i0 in range(0, kt, lanes):  # lanes past nk: zeros
-                    rows = max(0, min(lanes, nk - i0))
-                    transpose_block(
-                        src,
-                        (g * kog + k0 + i0) * ct + c0 * 9 + j0,
-                        ct,
-                        rows,
-                        min(lanes, cols - j0),
-                        blk,
-                        j0 * kt + i0,
-                        kt,
-                    )
-            for c in range(cols // 9):
-                at = (u * ci + c0 + c) * kt
-                for ln in range(0, kt, lanes):
+        for d0 in range(0, depth, _WEIGHT_CHANNELS):
+            dn = min(_WEIGHT_CHANNELS, depth - d0)
+            for i0 in range(0, kt, vw):  # lanes past nl: zeros
+                rows = max(0, min(vw, nl - i0))
+                if rotated:  # w4[g, d, l, t]: lanes 9 apart, one depth channel's 9 taps at a time
+                    for d in range(dn):
+                        at = ((g * kog + d0 + d) * cig + l0 + i0) * 9
+                        for j0 in range(0, 9, vw):
+                            transpose_block(src, at + j0, 9, rows, min(vw, 9 - j0), blk, (d * 9 + j0) * kt + i0, kt)
+                else:  # w4[g, l, d, t]: a lane's (depth channel, tap) pairs contiguous
+                    for j0 in range(0, dn * 9, vw):
+                        at = ((g * kog + l0 + i0) * cig + d0) * 9 + j0
+                        transpose_block(src, at, cig * 9, rows, min(vw, dn * 9 - j0), blk, j0 * kt + i0, kt)
+            for d in range(dn):
+                at = (u * depth + d0 + d) * kt
+                for ln in range(0, kt, vw):
                     if m == 4:
-                        weight_tile4(blk, c * 9 * kt + ln, kt, dst, at + ln, xs)
+                        weight_tile4(blk, d * 9 * kt + first + ln, step, dst, at + ln, xs)
                     else:
-                        weight_tile2(blk, c * 9 * kt + ln, kt, dst, at + ln, xs)
+                        weight_tile2(blk, d * 9 * kt + first + ln, step, dst, at + ln, xs)
     return out
 
 
@@ -195,14 +196,16 @@ def _output_transform(mm, t0, th_n, tw_n, m, kout, lanes, bias, y):
     return y
 
 
-def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int) -> np.ndarray:
+def _packed_transformed_weights(w: np.ndarray, groups: int, m: int, kt: int, rotated: bool) -> np.ndarray:
     """U = G g G^T of w (Kout, Cin/groups, 3, 3) as the engine's packed weights
-    of α²*groups correlation groups: (α²*G, ceil(Kout_g/kt), Cin/G, 1 tap, kt)."""
-    ko, ci = w.shape[0], w.shape[1]
-    kog = ko // groups
-    shape = ((m + 2) ** 2 * groups, -(-kog // kt), ci, 1, kt)
+    of α²*groups correlation groups: (α²*G, ceil(Kout_g/kt), Cin/G, 1 tap, kt);
+    ``rotated``: of the kernels rotated by 180° with in/out channels swapped
+    per group, (α²*G, ceil(Cin_g/kt), Kout_g, 1, kt)."""
+    kog, cig = w.shape[0] // groups, w.shape[1]
+    lanes, depth = (cig, kog) if rotated else (kog, cig)
+    shape = ((m + 2) ** 2 * groups, -(-lanes // kt), depth, 1, kt)
     out = _alloc.scratch("winograd.u", int(np.prod(shape)), w.dtype).reshape(shape)
-    return _transform_weights(np.ascontiguousarray(w).reshape(groups, kog, ci, 9), m, out)
+    return _transform_weights(np.ascontiguousarray(w).reshape(groups, kog, cig, 9), m, rotated, out)
 
 
 def winograd_correlate(
@@ -217,7 +220,10 @@ def winograd_correlate(
     grad: bool = False,
 ) -> np.ndarray:
     """out (N, Kout, OH, OW) <- bias + 3×3 correlation of x (N, Cin, H, W) with
-    w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside."""
+    w (Kout, Cin/groups, 3, 3), x read from (-top, -left) with zeros outside;
+    ``grad``: out (N, Cin, ...) <- the correlation of x (N, Kout, ...) with w
+    rotated by 180°, in/out channels swapped per group (grad_x's full
+    correlation of grad_output)."""
     c = plan.cpu
     assert c is not None and c.winograd is not None, "a Winograd CPU plan"
     wp = c.winograd
@@ -231,7 +237,7 @@ def winograd_correlate(
     total = n * per_img
     tiling = c.grad_input if grad else c.forward
     assert isinstance(tiling, PixelTiling), "Winograd's GEMMs run on the pixel tiles"
-    wpk = _packed_transformed_weights(w, groups, m, tiling.pack)
+    wpk = _packed_transformed_weights(w, groups, m, tiling.pack, grad)
     bias_v = np.zeros(-(-kout // lanes) * lanes, x.dtype)
     if bias is not None:
         bias_v[:kout] = bias
@@ -262,12 +268,6 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     return winograd_correlate(x, weight, bias, p.groups, p.ph, p.pw, y, plan), None
 
 
-def _rotated(weight: np.ndarray, p: Conv2dParams) -> np.ndarray:
-    """(C, K/groups, 3, 3): the kernel rotated by 180°, in/out channels swapped per group."""
-    w5 = weight.reshape(p.groups, p.kg, p.cg, 3, 3)[..., ::-1, ::-1]
-    return np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(p.c, p.kg, 3, 3)
-
-
 def backward(
     gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, kept: None = None
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -282,5 +282,5 @@ def backward(
     if not plan.need_input_grad:
         return None, gw, gb
     gx = _alloc.empty(p.x_shape, x.dtype)
-    winograd_correlate(gy, _rotated(weight, p), None, p.groups, 2 - p.ph, 2 - p.pw, gx, plan, grad=True)
+    winograd_correlate(gy, weight, None, p.groups, 2 - p.ph, 2 - p.pw, gx, plan, grad=True)
     return gx, gw, gb
