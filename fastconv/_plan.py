@@ -59,6 +59,8 @@ __all__ = [
     "LAYOUTS",
     "PARTIALS_MAX_BYTES",
     "PIXEL_BLOCK",
+    "PACK_PER_TASK_BYTES",
+    "PACK_PER_TASK_PIXELS",
     "PIXEL_BLOCK_POINTWISE",
     "PIXEL_CHANNEL_BLOCK",
     "PIXEL_WEIGHT_BYTES",
@@ -75,6 +77,9 @@ __all__ = [
     "WINOGRAD_AUTO_BACKWARD_CHANNELS",
     "WINOGRAD_AUTO_CHANNELS",
     "WINOGRAD_AUTO_COVER",
+    "WINOGRAD_AUTO_FEW_TILES",
+    "WINOGRAD_AUTO_FEW_TILES_BYTES",
+    "WINOGRAD_AUTO_FEW_TILES_CHANNELS",
     "WINOGRAD_AUTO_TILES",
     "ConvPlan",
     "ConvPoolPlan",
@@ -117,6 +122,14 @@ PIXEL_MIN_DEPTH = 16
 # no taps to reuse them: longer runs of each row, which the hardware
 # prefetchers stream (benchmarks/results).
 PIXEL_BLOCK_POINTWISE = 192
+# Pixel tiles whose tasks pack their own weights (``PixelTiling.packs_per_task``):
+# a weight of at least PACK_PER_TASK_BYTES with at least as many elements per
+# input channel as the correlation has output pixels (batch-1 and small-plane
+# layers, whose packed copy would cost a pass over memory as large as the
+# rest), with at most PACK_PER_TASK_PIXELS pixels per task (the accumulator
+# stays in L2).
+PACK_PER_TASK_BYTES = 2**20
+PACK_PER_TASK_PIXELS = 1024
 # A 1×1 forward over planes of at least STREAM_PLANE pixels with at most
 # STREAM_CHANNELS input channels per group runs on the Q-lane tiles: they read
 # each input row as one stream, where the pixel tiles read the group's rows,
@@ -387,14 +400,16 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
     grid of its grad_x has taps (kernel >= stride)."""
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
-    if winograd_pays(p):
+    if winograd_pays(p, itemsize):
         deep = min(p.cg, p.kg) >= WINOGRAD_AUTO_BACKWARD_CHANNELS
         return (
             "winograd",
             "winograd" if deep else "direct",
             (
                 f"auto: Winograd F(4×4, 3×3): a 3×3 stride-1 layer with at least {WINOGRAD_AUTO_CHANNELS} "
-                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles covering at most "
+                f"input and output channels per group and {WINOGRAD_AUTO_TILES} tiles ({WINOGRAD_AUTO_FEW_TILES} "
+                f"from {WINOGRAD_AUTO_FEW_TILES_CHANNELS} channels, transformed weights up to "
+                f"{_mib(WINOGRAD_AUTO_FEW_TILES_BYTES)}) covering at most "
                 f"{WINOGRAD_AUTO_COVER}× the output planes, where its 4× fewer products measured faster "
                 f"than direct; its float32 error within 1e-5 (docs/winograd.md); "
                 + (
@@ -667,8 +682,24 @@ def _pixel_tiling(
     channels = vectors * 64 // itemsize
     if kout_g / (-(-kout_g // channels) * channels) < 0.75 or depth < PIXEL_MIN_DEPTH:
         return None
+    if kout_g * taps >= pixels and groups * kout_g * depth * itemsize >= PACK_PER_TASK_BYTES:
+        return _packing_blocks(kout_g, pixels, groups, itemsize, threads, vectors, taps)
     block = PIXEL_BLOCK_POINTWISE if taps == 1 else PIXEL_BLOCK
     return _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, block, taps)
+
+
+def _packing_blocks(
+    kout_g: int, pixels: int, groups: int, itemsize: int, threads: int, vectors: int, taps: int
+) -> PixelTiling:
+    """Pixel tiles whose tasks pack their own weights: as few pixel blocks
+    as give two tasks per thread (each block's tasks pack the weights once
+    more) and keep each within ``PACK_PER_TASK_PIXELS``."""
+    t = _pixel_blocks(kout_g, pixels, groups, itemsize, threads, vectors, PIXEL_BLOCK, taps)
+    tasks_per_block = groups * -(-kout_g // t.channels)
+    nblk = max(-(-2 * threads // tasks_per_block), -(-pixels // PACK_PER_TASK_PIXELS))
+    npix = PIXEL_TILE[0]
+    block = _even(pixels, -(-pixels // (nblk * npix)) * npix, npix)
+    return replace(t, block=block, packs_per_task=True)
 
 
 def _tile_vectors(kout_g: int, itemsize: int) -> int:
@@ -1122,22 +1153,38 @@ WINOGRAD_F4_MAX_DEPTH = 4608
 WINOGRAD_AUTO_CHANNELS = 64
 WINOGRAD_AUTO_TILES = 64
 WINOGRAD_AUTO_COVER = 1.35
+# ... and from WINOGRAD_AUTO_FEW_TILES tiles where the groups are at least
+# WINOGRAD_AUTO_FEW_TILES_CHANNELS deep and wide (the input and output
+# transforms are paid for) and the transformed weights (α² = 36 points per
+# kernel) take at most WINOGRAD_AUTO_FEW_TILES_BYTES: with few tiles per
+# point the GEMMs are bound by reading those weights, which the transform
+# also writes, once per call.
+WINOGRAD_AUTO_FEW_TILES = 32
+WINOGRAD_AUTO_FEW_TILES_CHANNELS = 128
+WINOGRAD_AUTO_FEW_TILES_BYTES = 16 * 2**20
 # ... and for its backward (grad_x by Winograd), channels per group: every
 # layer whose forward it runs (docs/winograd.md, "Stop 25")
 WINOGRAD_AUTO_BACKWARD_CHANNELS = 64
 
 
-def winograd_pays(p: Conv2dParams) -> bool:
+def winograd_pays(p: Conv2dParams, itemsize: int) -> bool:
     """auto takes Winograd F(4×4, 3×3): a 3×3 kernel at stride 1 and
     dilation 1, deep and wide enough groups, enough tiles that cover little
-    more than the output planes, and F(4×4) within its measured float32
-    error bound (``winograd_tile``)."""
+    more than the output planes (fewer for deeper groups whose transformed
+    weights, in ``itemsize``-byte elements, are not too large), and F(4×4)
+    within its measured float32 error bound (``winograd_tile``)."""
     if not winograd_geometry(p):
         return False
     if min(p.cg, p.kg) < WINOGRAD_AUTO_CHANNELS or winograd_tile(p)[0] != 4:
         return False
     th, tw = -(-p.oh // 4), -(-p.ow // 4)
-    return p.n * th * tw >= WINOGRAD_AUTO_TILES and 16 * th * tw <= WINOGRAD_AUTO_COVER * p.oh * p.ow
+    tiles = p.n * th * tw
+    few_tiles = (
+        tiles >= WINOGRAD_AUTO_FEW_TILES
+        and min(p.cg, p.kg) >= WINOGRAD_AUTO_FEW_TILES_CHANNELS
+        and 36 * p.groups * p.cg * p.kg * itemsize <= WINOGRAD_AUTO_FEW_TILES_BYTES
+    )
+    return (tiles >= WINOGRAD_AUTO_TILES or few_tiles) and 16 * th * tw <= WINOGRAD_AUTO_COVER * p.oh * p.ow
 
 
 def winograd_geometry(p: Conv2dParams) -> bool:

@@ -295,13 +295,23 @@ class PixelTiling:
     vector lanes (``fastconv.cpu.engine.pixels``): tiles of ``pixels`` output
     pixels x ``vectors`` 512-bit vectors of output channels (``channels`` per
     tile: the packed weights' block), ``block`` pixels per parallel task,
-    ``channel_block`` input channels per pass of the tiles."""
+    ``channel_block`` input channels per pass of the tiles.
+    ``packs_per_task``: each task packs its block's weights for each pass
+    into a buffer that stays in L1, instead of the whole weight being packed
+    before the correlation (layers whose weights outweigh their pixels: the
+    weight is then read once and no packed copy is written)."""
 
     pixels: int
     vectors: int
     channels: int
     block: int
     channel_block: int
+    packs_per_task: bool = False
+
+    def __post_init__(self) -> None:
+        # a task's tiles read pixel offsets from its first pixel on, padded to whole tiles only at the end
+        if self.block % self.pixels:
+            raise ValueError(f"a pixel block must be whole tiles of {self.pixels} pixels, got {self.block}")
 
     @property
     def pack(self) -> int:
@@ -309,7 +319,8 @@ class PixelTiling:
         return self.channels
 
     def describe(self) -> str:
-        return f"{self.pixels}×{self.channels} pixel tile (output channels in the vector lanes)"
+        packing = " · weights packed per task" if self.packs_per_task else ""
+        return f"{self.pixels}×{self.channels} pixel tile (output channels in the vector lanes){packing}"
 
 
 @dataclass(frozen=True)

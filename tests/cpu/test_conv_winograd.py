@@ -84,7 +84,12 @@ WINO, DIRECT = ("winograd", "winograd"), None
     ((32, 256, 14, 14), (256, 32, 3, 3), {"padding": 1, "groups": 8}, DIRECT),  # 32 per group
     ((8, 32, 56, 56), (64, 32, 3, 3), {"padding": 1}, DIRECT),  # 32 input channels
     ((15, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, DIRECT),  # 60 tiles
-    ((1, 256, 28, 28), (256, 256, 3, 3), {"padding": 1}, DIRECT),  # 49 tiles
+    ((1, 256, 28, 28), (256, 256, 3, 3), {"padding": 1}, WINO),  # 49 tiles, 256 channels: 9 MiB of U
+    ((2, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, WINO),  # 32 tiles
+    ((1, 256, 20, 20), (256, 256, 3, 3), {"padding": 1}, DIRECT),  # 25 tiles
+    ((8, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, DIRECT),  # 32 tiles, 36 MiB of U
+    ((1, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, DIRECT),  # 49 tiles, 64 channels
+    ((1, 128, 24, 24), (128, 128, 3, 3), {"padding": 1}, WINO),  # 36 tiles, 128 channels
     ((64, 64, 13, 13), (64, 64, 3, 3), {"padding": 1}, DIRECT),  # 16 x 16 tiles for 13 x 13 outputs
     ((64, 64, 5, 5), (64, 64, 3, 3), {}, DIRECT),  # 4 x 4 for 3 x 3
     ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, DIRECT),

@@ -28,9 +28,9 @@ from numba import njit, prange
 from ... import _alloc
 from ..common import FASTMATH, split_task
 from ..layout import TILE_SHAPES, CorrTiling, Layout, PixelTiling
+from .packing import Unpacked, pack_block
 from .pixels import correlate_pixels
 from .simd import corr_tile, corr_tile8
-from .transforms import transpose_block
 
 __all__ = ["corr_batch_inner", "corr_standard", "correlate", "pack_weights", "pack_weights_by"]
 
@@ -39,12 +39,29 @@ _VEC8 = TILE_SHAPES[8][1]
 _VEC4 = TILE_SHAPES[4][1]
 
 
-def pack_weights(w4: np.ndarray, tiling: CorrTiling | PixelTiling) -> np.ndarray:
+def pack_weights(w4: np.ndarray, tiling: CorrTiling | PixelTiling) -> np.ndarray | Unpacked:
     """(G, Kout_g, Cin_g, T) -> (G, ceil(Kout_g/kt), Cin_g, T, kt), kt =
     ``tiling.pack``: output channels innermost in blocks of kt (zero-filled
     past Kout_g; those lanes are never stored).  ``w4`` may be any view
-    (grad_x packs a transposed one)."""
+    (grad_x packs a transposed one).  Pixel tiles that pack per task
+    (``PixelTiling.packs_per_task``) get the weight itself (``Unpacked``)
+    where their packing can read it."""
+    if isinstance(tiling, PixelTiling) and tiling.packs_per_task:
+        raw = _contiguous_source(w4, tiling.pack)
+        if raw is not None:
+            return raw
     return pack_weights_by(w4, tiling.pack)
+
+
+def _contiguous_source(w4: np.ndarray, kt: int) -> Unpacked | None:
+    """w4 as ``pack_block`` reads it (C-contiguous, or grad_x's transposed
+    view of a C-contiguous weight, blocks of whole vectors), else None."""
+    if kt * w4.itemsize % 64:
+        return None
+    if w4.flags.c_contiguous:
+        return Unpacked(w4, False)
+    swapped = w4.transpose(0, 2, 1, 3)
+    return Unpacked(swapped, True) if swapped.flags.c_contiguous else None
 
 
 def pack_weights_by(w4: np.ndarray, kt: int, buf: np.ndarray | None = None) -> np.ndarray:
@@ -56,35 +73,22 @@ def pack_weights_by(w4: np.ndarray, kt: int, buf: np.ndarray | None = None) -> n
     shape = (g, -(-kog // kt), cig, t, kt)
     size = math.prod(shape)
     out = (_alloc.workspace(size, w4.dtype) if buf is None else buf[:size]).reshape(shape)
-    if w4.flags.c_contiguous and kt * w4.itemsize % 64 == 0:  # whole vectors per block row
-        return _pack_rows(w4, out)
-    return _pack(w4, out)
+    raw = _contiguous_source(w4, kt)
+    if raw is None:
+        return _pack(w4, out)
+    return _pack_whole(raw.src.reshape(-1), raw.swapped, kog, cig, t, out)
 
 
 @njit(parallel=True, cache=True)
-def _pack_rows(w4, out):
-    """``_pack`` of a C-contiguous w4, whose (input channel, tap) rows per
-    output channel are contiguous: each block is that (kt x C*T) matrix
-    transposed by a vector's lanes squared in registers (kt whole vectors:
-    ``transpose_block`` writes whole vectors)."""
-    g_n, kog, cig, t_n = w4.shape
-    nkb, kt = out.shape[1], out.shape[4]
-    ct = cig * t_n
-    vw = 64 // w4.itemsize
-    src = w4.reshape(-1)
+def _pack_whole(src, swapped, kog, cig, t_n, out):
+    """``_pack`` of a weight ``pack_block`` reads (C-contiguous or grad_x's
+    swapped view), a block of kt output channels per task."""
+    g_n, nkb, kt = out.shape[0], out.shape[1], out.shape[4]
     dst = out.reshape(-1)
     for u in prange(g_n * nkb):
         g = u // nkb
-        kb = u - g * nkb
-        k0 = kb * kt
-        nk = min(kt, kog - k0)
-        d = u * ct * kt
-        for j0 in range(0, ct, vw):
-            for i0 in range(0, kt, vw):  # lanes past nk: zeros
-                rows = max(0, min(vw, nk - i0))
-                transpose_block(
-                    src, (g * kog + k0 + i0) * ct + j0, ct, rows, min(vw, ct - j0), dst, d + j0 * kt + i0, kt
-                )
+        k0 = (u - g * nkb) * kt
+        pack_block(src, swapped, kog, cig, t_n, g, k0, min(kt, kog - k0), 0, cig, kt, dst, u * cig * t_n * kt)
     return out
 
 
@@ -113,7 +117,7 @@ def correlate(
     buf: np.ndarray,
     layout: Layout,
     offs: np.ndarray,
-    wpk: np.ndarray,
+    wpk: np.ndarray | Unpacked,
     bias: np.ndarray,
     out: np.ndarray,
     tiling: CorrTiling | PixelTiling,
@@ -124,6 +128,7 @@ def correlate(
     forward on pixel tiles calls ``correlate_pixels`` with its strides)."""
     if isinstance(tiling, PixelTiling):
         return correlate_pixels(buf, layout, offs, wpk, bias, out, tiling, (1, 1))
+    assert isinstance(wpk, np.ndarray), "the Q-lane tiles take weights packed before the call"
     if layout.kind == "batch-inner":
         return corr_batch_inner(
             buf, layout.cstride, offs, layout.pitch, wpk, bias, out, tiling.block, tiling.channel_block

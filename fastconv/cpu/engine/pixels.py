@@ -32,11 +32,13 @@ from ... import _alloc
 from ..common import FASTMATH, split_task
 from ..layout import PIXEL_TILE, GradWeightTiling, Layout, PixelTiling, TapTiling, taps_tile_extent
 from .grad_weight import pair_offsets
+from .packing import Unpacked, pack_block
 from .simd import pixel_tile, pixel_tile1, pixel_tile2
 from .transforms import add_vector, transpose_block, transpose_block_exact
 
 __all__ = [
     "corr_pixels",
+    "corr_pixels_packing",
     "corr_pixels_rows",
     "correlate_pixels",
     "grad_weight_pixels",
@@ -96,7 +98,7 @@ def correlate_pixels(
     buf: np.ndarray,
     layout: Layout,
     offs: np.ndarray,
-    wpk: np.ndarray,
+    wpk: np.ndarray | Unpacked,
     bias: np.ndarray,
     out: np.ndarray,
     tiling: PixelTiling,
@@ -104,9 +106,16 @@ def correlate_pixels(
 ) -> np.ndarray:
     """out (N, Kout, OH, OW) = bias + correlation of ``buf`` (a stride-1
     ``layout``) with the packed weights ``wpk`` (``pack_weights`` with this
-    tiling) at tap offsets ``offs``, output pixels ``strides`` apart; bias
-    (Kout,) or (0,) for none."""
+    tiling: the weight itself where the tasks pack their own blocks) at tap
+    offsets ``offs``, output pixels ``strides`` apart; bias (Kout,) or (0,)
+    for none."""
     pix = pixel_offsets(layout, (out.shape[0], out.shape[2], out.shape[3]), strides)
+    if isinstance(wpk, Unpacked):
+        g, kog, cig, _ = wpk.shape
+        return corr_pixels_packing(
+            buf, layout.cstride, offs, pix, wpk.src.reshape(-1), wpk.swapped, (g, kog, cig), bias, out,
+            tiling.pack, tiling.block, tiling.channel_block,
+        )  # fmt: skip
     return corr_pixels(buf, layout.cstride, offs, pix, wpk, bias, out, tiling.block, tiling.channel_block)
 
 
@@ -175,6 +184,34 @@ def _run_task(inp, cstride, offs, pix, wpk, t, npx, pblk, cblk):
     p0 = bi * pblk
     pn = min(pblk, npx - p0)
     return pixel_accumulator(inp, g * cgi * cstride, cstride, offs, pix, p0, pn, wpk[g, kb], cblk), g, kb, p0, pn
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def corr_pixels_packing(inp, cstride, offs, pix, src, swapped, dims, bias, out, kbw, pblk, cblk):
+    """``corr_pixels`` with the weights (G, kog, cig, T) read from ``src``
+    (``packing.pack_block``'s layouts) and packed by each task for each pass
+    of cblk input channels into an L1 buffer, just before its tiles use them."""
+    groups, kog, cig = dims
+    n_img, kout, oh_n, ow_n = out.shape
+    t_n = offs.shape[0]
+    nkb = -(-kog // kbw)
+    npx = n_img * oh_n * ow_n
+    for t in prange(groups * nkb * -(-npx // pblk)):
+        g, bi, kb = split_task(t, nkb, -(-npx // pblk))
+        p0 = bi * pblk
+        pn = min(pblk, npx - p0)
+        k0 = kb * kbw
+        nk = min(kbw, kog - k0)
+        acc = np.empty((-(-pn // _NPIX) * _NPIX, kbw), dtype=inp.dtype)
+        wk = np.empty((cblk, t_n, kbw), dtype=inp.dtype)
+        for c0 in range(0, cig, cblk):
+            cn = min(cblk, cig - c0)
+            pack_block(src, swapped, kog, cig, t_n, g, k0, nk, c0, cn, kbw, wk.reshape(-1), 0)
+            cb = (g * cig + c0) * cstride
+            for j0 in range(0, pn, _NPIX):
+                pixel_tile_any(inp, cb, cstride, cn, wk[:cn], offs, pix, p0 + j0, acc, j0, c0)
+        _copy_out(acc, p0, pn, out, g * kog + k0, nk, bias)
+    return out
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
