@@ -65,6 +65,7 @@ __all__ = [
     "PIXEL_CHANNEL_BLOCK",
     "PIXEL_WEIGHT_BYTES",
     "STREAM_CHANNELS",
+    "STREAM_GRAD_X_CHANNELS",
     "STREAM_PLANE",
     "PIXEL_GW_CHUNK",
     "PIXEL_GW_PAIRS",
@@ -134,9 +135,11 @@ PACK_PER_TASK_PIXELS = 1024
 # STREAM_CHANNELS input channels per group runs on the Q-lane tiles: they read
 # each input row as one stream, where the pixel tiles read the group's rows,
 # a plane apart, all at once, which the prefetchers follow worse once x is
-# out of cache (benchmarks/results).
+# out of cache (benchmarks/results).  grad_x of such a layer likewise, from
+# STREAM_GRAD_X_CHANNELS output channels (docs/pixel-tiles.md, "Stop 25").
 STREAM_PLANE = 3136
 STREAM_CHANNELS = 128
+STREAM_GRAD_X_CHANNELS = 96
 # grad_weight on the pixel tiles: output pixels per chunk (summed in float64
 # after each) and (input channel, tap) pairs per task.
 PIXEL_GW_CHUNK = 512
@@ -869,7 +872,7 @@ def _cpu_standard(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
     if need_input_grad and p.sh == p.sw == 1:
         gx = _grad_x_taps(p, isz, threads)
         if gx is None:
-            gx = _grad_x_pixels(p, isz, threads) or _corr_standard(
+            gx = (None if _grad_x_streams_rows(p) else _grad_x_pixels(p, isz, threads)) or _corr_standard(
                 p.cg, p.groups, (p.n, p.h, p.w), bwd_lay, isz, threads
             )
             lead = _grad_x_lead(p, bwd_lay)
@@ -945,6 +948,21 @@ def _streams_rows(p: Conv2dParams) -> bool:
         and p.oh * p.ow >= STREAM_PLANE
         and p.cg <= STREAM_CHANNELS
         and p.kg >= 8  # the 8-channel tile
+    )
+
+
+def _grad_x_streams_rows(p: Conv2dParams) -> bool:
+    """``_streams_rows`` for grad_x, the correlation of grad_output (K/groups
+    input channels) into C/groups output channels: on the Q-lane tiles over
+    a copy of grad_output, for the same reason as the forward, where it has
+    at least ``STREAM_GRAD_X_CHANNELS`` output channels per group (with 64 it
+    measured no faster than the pixel tiles in place)."""
+    return (
+        (p.kh, p.kw, p.sh, p.sw) == (1, 1, 1, 1)
+        and _unpadded(p)
+        and p.h * p.w >= STREAM_PLANE
+        and p.kg <= STREAM_CHANNELS
+        and p.cg >= STREAM_GRAD_X_CHANNELS
     )
 
 

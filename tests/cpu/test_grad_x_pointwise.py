@@ -8,6 +8,8 @@ path runs (spies), its results against the float64 reference, torch and
 finite differences, NaN/Inf against the reference (only real products, so
 non-finite weights need no fallback), and every element of the poisoned
 outputs, at realistic channel counts, with groups, in float32 and float64.
+Layers with large planes stream grad_output's rows on the Q-lane tiles
+instead (the tests at the end).
 """
 
 from __future__ import annotations
@@ -135,3 +137,52 @@ def test_conv_transpose2d_runs_in_place(rng, monkeypatch):
     y = fastconv.conv_transpose2d(gy, wt, groups=groups)
     assert seen
     assert_close(y, reference.conv_transpose2d(gy, wt, groups=groups), np.float32, "conv_transpose2d")
+
+
+# --------------------------------------------------------------------------- large planes: Q-lane tiles
+
+# (x shape, weight shape, groups) of 1×1 layers whose grad_x streams grad_output's
+# rows on the Q-lane tiles (``_plan._grad_x_streams_rows``: planes of >= 3136
+# pixels, <= 128 grad_output channels and >= 96 grad_x channels per group)
+STREAM_CASES = [
+    ((2, 96, 56, 56), (40, 96, 1, 1), 1),
+    ((1, 200, 57, 61), (128, 200, 1, 1), 1),
+    ((1, 192, 56, 56), (64, 96, 1, 1), 2),
+]
+
+
+@pytest.mark.parametrize("xs, ws, groups", STREAM_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_large_planes_stream_on_the_q_lane_tiles(xs, ws, groups, dtype, threads, rng, monkeypatch, maybe_torch):
+    """grad_x of a 1×1 layer with large planes: a correlation of a copy of
+    grad_output on the Q-lane tiles (not read in place), against the float64
+    reference and torch, poisoned outputs."""
+    plan = fastconv.plan_conv2d(xs, ws, groups=groups, dtype=dtype)
+    assert not isinstance(plan.cpu.grad_input, PixelTiling) and plan.cpu.grad_input.channels == 8, plan
+    assert plan.reason("grad_input").startswith("correlation of grad_output")
+    calls = _spy(monkeypatch)
+    x, wt, gy = _inputs(rng, xs, ws, groups, dtype)
+    got = fastconv.conv2d_backward(gy, x, wt, groups=groups)
+    assert not calls
+    want = reference.conv2d_backward(gy, x, wt, groups=groups)
+    assert_grads_close(got, want, dtype)
+    if maybe_torch is not None:
+        t = maybe_torch
+        tgx = t.nn.grad.conv2d_input(xs, t.from_numpy(wt), t.from_numpy(gy), groups=groups)
+        assert_close(got[0], tgx.numpy(), dtype, "grad_x against torch")
+
+
+def test_large_planes_with_64_channels_stay_in_place():
+    plan = fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 1, 1))
+    assert isinstance(plan.cpu.grad_input, PixelTiling)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_large_planes_nonfinite_weights_fall_back_exactly(dtype, rng):
+    """The Q-lane correlation multiplies the copy's padding by the weights: with a
+    non-finite weight grad_x falls back to the exact scatter (as the reference)."""
+    xs, ws = (1, 96, 56, 56), (40, 96, 1, 1)
+    x, wt, gy = _inputs(rng, xs, ws, 1, dtype)
+    wt[3, 7, 0, 0], wt[20, 50, 0, 0] = np.inf, np.nan
+    got = fastconv.conv2d_backward(gy, x, wt)[0]
+    assert_same_nonfinite(got, reference.conv2d_backward(gy, x, wt)[0], dtype, "grad_x")
