@@ -82,6 +82,7 @@ __all__ = [
     "WINOGRAD_AUTO_FEW_TILES_BYTES",
     "WINOGRAD_AUTO_FEW_TILES_CHANNELS",
     "WINOGRAD_AUTO_TILES",
+    "WINOGRAD_DILATED_CHANNELS",
     "ConvPlan",
     "ConvPoolPlan",
     "CpuConvPlan",
@@ -90,10 +91,12 @@ __all__ = [
     "build_plan",
     "check_layout",
     "check_winograd",
+    "dilated_winograd_geometry",
     "chunk_images",
     "cpu_plan_for",
     "plan_conv_pool",
     "use_batch_inner",
+    "space_to_batch_params",
     "winograd_geometry",
     "winograd_pays",
 ]
@@ -220,12 +223,17 @@ class CpuConvPlan:
 class WinogradPlan:
     """Winograd F(m×m, 3×3) (``cpu/conv_winograd.py``): output tile ``m``,
     tiles per chunk (the transformed input and the GEMM output of a chunk
-    bound the workspace), and the direct plan (need_input_grad=False) that
-    computes grad_weight and grad_bias."""
+    bound the workspace), the direct plan (need_input_grad=False) that
+    computes grad_weight and grad_bias, and for a dilated layer the plan of
+    its sub-sampled grids."""
 
     m: int
     tiles_per_chunk: int
     grad_weight_plan: ConvPlan
+    # a dilated layer: the plan of its undilated sub-problem (the dh·dw
+    # sub-sampled grids as N·dh·dw images, ``space_to_batch_params``), which
+    # runs in its place; None for an undilated layer
+    space_to_batch: ConvPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -403,8 +411,13 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
     grid of its grad_x has taps (kernel >= stride)."""
     if algorithm != "auto":
         return algorithm, algorithm, "requested"
-    if winograd_pays(p, itemsize):
-        deep = min(p.cg, p.kg) >= WINOGRAD_AUTO_BACKWARD_CHANNELS
+    dilated = (
+        dilated_winograd_geometry(p)
+        and min(p.cg, p.kg) >= WINOGRAD_DILATED_CHANNELS
+        and winograd_pays(space_to_batch_params(p), itemsize)
+    )
+    if winograd_pays(p, itemsize) or dilated:
+        deep = not dilated and min(p.cg, p.kg) >= WINOGRAD_AUTO_BACKWARD_CHANNELS
         return (
             "winograd",
             "winograd" if deep else "direct",
@@ -416,8 +429,17 @@ def _cpu_algorithms(p: Conv2dParams, need_input_grad: bool, algorithm: str, item
                 f"{WINOGRAD_AUTO_COVER}× the output planes, where its 4× fewer products measured faster "
                 f"than direct; its float32 error within 1e-5 (docs/winograd.md); "
                 + (
+                    f"dilated: on its sub-sampled grids (space to batch), where that rule holds, from "
+                    f"{WINOGRAD_DILATED_CHANNELS} channels per group; "
+                    if dilated
+                    else ""
+                )
+                + (
                     "backward Winograd too (grad_x by Winograd, grad_weight direct)"
                     if deep
+                    else "backward direct: on the sub-sampled grids Winograd's backward measured no faster "
+                    "(its extra passes over x, grad_output and grad_x)"
+                    if dilated
                     else f"backward direct: below {WINOGRAD_AUTO_BACKWARD_CHANNELS} channels per group "
                     "Winograd's grad_x measured no faster"
                 )
@@ -1180,6 +1202,11 @@ WINOGRAD_AUTO_COVER = 1.35
 WINOGRAD_AUTO_FEW_TILES = 32
 WINOGRAD_AUTO_FEW_TILES_CHANNELS = 128
 WINOGRAD_AUTO_FEW_TILES_BYTES = 16 * 2**20
+# A dilated 3×3 layer's forward runs Winograd on its sub-sampled grids (space
+# to batch) from WINOGRAD_DILATED_CHANNELS channels per group, where its
+# sub-problem passes the rule above; below that the passes that gather and
+# scatter the grids cost what Winograd saves (docs/winograd.md, "Stop 25").
+WINOGRAD_DILATED_CHANNELS = 128
 # ... and for its backward (grad_x by Winograd), channels per group: every
 # layer whose forward it runs (docs/winograd.md, "Stop 25")
 WINOGRAD_AUTO_BACKWARD_CHANNELS = 64
@@ -1210,12 +1237,41 @@ def winograd_geometry(p: Conv2dParams) -> bool:
     return (p.kh, p.kw, p.sh, p.sw, p.dh, p.dw) == (3, 3, 1, 1, 1, 1)
 
 
+def dilated_winograd_geometry(p: Conv2dParams) -> bool:
+    """A dilated 3×3 stride-1 layer: Winograd runs its sub-sampled grids (``space_to_batch_params``)."""
+    return (p.kh, p.kw, p.sh, p.sw) == (3, 3, 1, 1) and (p.dh, p.dw) != (1, 1)
+
+
+def space_to_batch_params(p: Conv2dParams) -> Conv2dParams:
+    """The undilated sub-problem of a dilated stride-1 layer (as TensorFlow
+    computes atrous convolution): output pixel (a + dh·i, b + dw·j) reads x
+    at rows a - ph + dh·(i + r) and columns b - pw + dw·(j + s), so each of
+    the dh·dw phases (a, b) is an undilated convolution of x's sub-sampled
+    grid; with ceil(OH/dh) × ceil(OW/dw) outputs per phase (a phase with
+    fewer drops the rest) the phases are N·dh·dw images of one unpadded
+    problem."""
+    ohs, ows = -(-p.oh // p.dh), -(-p.ow // p.dw)
+    return replace(
+        p,
+        n=p.n * p.dh * p.dw,
+        h=ohs + p.kh - 1,
+        w=ows + p.kw - 1,
+        ph=0,
+        pw=0,
+        ph_end=0,
+        pw_end=0,
+        dh=1,
+        dw=1,
+        oh=ohs,
+        ow=ows,
+    )
+
+
 def check_winograd(p: Conv2dParams, backend: str) -> None:
-    """algorithm="winograd" needs a 3×3 kernel at stride 1 and dilation 1, on the CPU."""
-    if not winograd_geometry(p):
+    """algorithm="winograd" needs a 3×3 kernel at stride 1 (any dilation), on the CPU."""
+    if not (winograd_geometry(p) or dilated_winograd_geometry(p)):
         raise ValueError(
-            f"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got kernel "
-            f"{(p.kh, p.kw)}, stride {(p.sh, p.sw)}, dilation {(p.dh, p.dw)}"
+            f"algorithm='winograd' needs a 3×3 kernel at stride 1, got kernel {(p.kh, p.kw)}, stride {(p.sh, p.sw)}"
         )
     if backend != "cpu":
         raise ValueError(f"algorithm='winograd' runs on the CPU only, got {backend} arrays")
@@ -1252,6 +1308,8 @@ def _winograd_bytes(p: Conv2dParams, m: int, tiles: int, isz: int) -> int:
 
 
 def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+    if dilated_winograd_geometry(p):
+        return _cpu_winograd_dilated(p, dtype, threads, need_input_grad)
     isz = dtype.itemsize
     m, why_m = winograd_tile(p)
     a2 = (m + 2) ** 2
@@ -1296,6 +1354,26 @@ def _cpu_winograd(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_gra
         "the direct path's: " + wplan.reason("grad_weight"),
         why_gx,
         winograd=wino,
+    )
+
+
+def _cpu_winograd_dilated(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) -> _Pass:
+    """A dilated layer's Winograd: the plan of its sub-sampled grids, run in
+    its place, plus the grids of x (and, in the backward, of grad_output and
+    grad_x) as workspace."""
+    sp = space_to_batch_params(p)
+    why = f"Winograd on the {p.dh * p.dw} sub-sampled grids (space to batch)"
+    sub = cpu_plan_for(sp, dtype, threads, need_input_grad, ("winograd", "winograd", why))
+    inner = _cpu_winograd(sp, dtype, threads, need_input_grad)
+    assert inner.winograd is not None
+    grids = (sp.n * sp.c * sp.h * sp.w + sp.n * sp.k * sp.oh * sp.ow) * dtype.itemsize
+    return replace(
+        inner,
+        forward_workspace_bytes=inner.forward_workspace_bytes + grids,
+        backward_workspace_bytes=inner.backward_workspace_bytes + 2 * grids,
+        why_layout=f"transformed, space to batch: the dilation-{(p.dh, p.dw)} layer's {p.dh * p.dw} sub-sampled "
+        f"grids as {sp.n} undilated {sp.h}×{sp.w} images; " + inner.why_layout,
+        winograd=replace(inner.winograd, space_to_batch=sub),
     )
 
 

@@ -32,6 +32,7 @@ finite value next to the non-finite input.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,6 +53,7 @@ from .engine.transforms import (
 from .layout import PixelTiling
 
 if TYPE_CHECKING:
+    from .._params import Conv2dParams
     from .._plan import ConvPlan
 
 __all__ = ["backward", "forward", "winograd_correlate"]
@@ -265,7 +267,104 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: Co
     """(y (N, K, OH, OW), None: nothing kept for the backward)."""
     p = plan.params
     y = _alloc.empty(p.y_shape, x.dtype)
+    sub = _sub_sampled(plan)
+    if sub is not None:  # a dilated layer: its sub-sampled grids' undilated convolution
+        sp = sub.params
+        ys = _grids("y", sp.y_shape, x.dtype)
+        winograd_correlate(_to_grids(x, p, sp, p.ph, p.pw, "x"), weight, bias, p.groups, 0, 0, ys, sub)
+        return _from_grids(ys, p.dh, p.dw, 0, 0, y), None
     return winograd_correlate(x, weight, bias, p.groups, p.ph, p.pw, y, plan), None
+
+
+def _sub_sampled(plan: ConvPlan) -> ConvPlan | None:
+    c = plan.cpu
+    assert c is not None and c.winograd is not None, "a Winograd CPU plan"
+    return c.winograd.space_to_batch
+
+
+def _grids(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A scratch buffer for sub-sampled grids (they never leave the call)."""
+    return _alloc.scratch("winograd.grids." + name, int(np.prod(shape)), dtype).reshape(shape)
+
+
+def _to_grids(a: np.ndarray, p: Conv2dParams, sp: Conv2dParams, top: int, left: int, name: str) -> np.ndarray:
+    """a (N, C, H, W) as the dh·dw sub-sampled grids of a dilated layer (``_plan.space_to_batch_params``):
+    (dh·dw·N, C, sp.h, sp.w), zeros outside a, in scratch buffer ``name``."""
+    out = _grids(name, (sp.n, a.shape[1], sp.h, sp.w), a.dtype)
+    return _gather_grids(np.ascontiguousarray(a), p.dh, p.dw, top, left, out)
+
+
+@njit(inline="always", cache=True)
+def _grid_span(phase, off, d, size, count):
+    """[lo, hi): the grid positions k < count whose element phase - off + d*k lies in [0, size)."""
+    lo = max(0, -(-(off - phase) // d))
+    hi = min(count, max(lo, -(-(size + off - phase) // d)))
+    return lo, hi
+
+
+@njit(parallel=True, cache=True)
+def _gather_grids(a, dh, dw, top, left, out):
+    """out[(pr*dw + pc)*N + n, c, i, j] = a[n, c, pr - top + dh*i, pc - left
+    + dw*j], 0 outside a: phase (pr, pc)'s sub-sampled grid.  Parallel over
+    (phase, image, channel) planes."""
+    n_img, ch, h, w = a.shape
+    rows, cols = out.shape[2], out.shape[3]
+    for t in prange(out.shape[0] * ch):
+        u = t // ch
+        c = t - u * ch
+        phase = u // n_img
+        n = u - phase * n_img
+        pr = phase // dw
+        pc = phase - pr * dw
+        dst = out[u, c]
+        src = a[n, c]
+        ilo, ihi = _grid_span(pr, top, dh, h, rows)
+        jlo, jhi = _grid_span(pc, left, dw, w, cols)
+        for i in range(rows):
+            drow = dst[i]
+            if i < ilo or i >= ihi:
+                drow[:] = 0
+                continue
+            srow = src[pr - top + dh * i]
+            drow[:jlo] = 0
+            drow[jhi:] = 0
+            for j in range(jlo, jhi):
+                drow[j] = srow[pc - left + dw * j]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _from_grids(grids, dh, dw, top, left, out):
+    """out[n, c, pr - top + dh*i, pc - left + dw*j] = grids[(pr*dw + pc)*N +
+    n, c, i, j]: the sub-sampled grids put back (``_gather_grids``' inverse
+    where the grids cover out), 0 at the pixels past them (a grad_x pixel no
+    output reads).  Every element of out written once; parallel over its
+    planes."""
+    n_img, ch, h, w = out.shape
+    rows, cols = grids.shape[2], grids.shape[3]
+    hc, wc = min(h, dh * rows - top), min(w, dw * cols - left)  # the covered rows and columns
+    for t in prange(n_img * ch):
+        n = t // ch
+        c = t - n * ch
+        dst = out[n, c]
+        for y in range(max(0, hc), h):
+            dst[y, :] = 0
+        for pr in range(dh):
+            ilo, ihi = _grid_span(pr, top, dh, h, rows)
+            for i in range(ilo, ihi):
+                drow = dst[pr - top + dh * i]
+                drow[max(0, wc) :] = 0
+                for pc in range(dw):
+                    srow = grids[(pr * dw + pc) * n_img + n, c, i]
+                    jlo, jhi = _grid_span(pc, left, dw, w, cols)
+                    for j in range(jlo, jhi):
+                        drow[pc - left + dw * j] = srow[j]
+    return out
+
+
+def _outputs_of(sp: Conv2dParams) -> Conv2dParams:
+    """The grids of grad_output: sp's output planes (ceil(OH/dh) × ceil(OW/dw) per phase)."""
+    return dataclasses.replace(sp, h=sp.oh, w=sp.ow)
 
 
 def backward(
@@ -273,14 +372,33 @@ def backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(gx, gw, gb): grad_x by Winograd (a full correlation with the rotated
     kernel), grad_weight and grad_bias by the direct path's plan."""
+    p = plan.params
+    sub = _sub_sampled(plan)
+    if sub is None:
+        return _backward(gy, x, weight, plan, _alloc.empty(p.x_shape, x.dtype) if plan.need_input_grad else None)
+    # a dilated layer: the sub-sampled grids' backward, grad_x put back in place
+    sp = sub.params
+    gys = _to_grids(gy, p, _outputs_of(sp), 0, 0, "gy")
+    gxs = _grids("gx", sp.x_shape, x.dtype) if plan.need_input_grad else None
+    _, gw, gb = _backward(gys, _to_grids(x, p, sp, p.ph, p.pw, "x"), weight, sub, gxs)
+    if gxs is None:
+        return None, gw, gb
+    return _from_grids(gxs, p.dh, p.dw, p.ph, p.pw, _alloc.empty(p.x_shape, x.dtype)), gw, gb
+
+
+def _backward(
+    gy: np.ndarray, x: np.ndarray, weight: np.ndarray, plan: ConvPlan, gx: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``backward`` of an undilated layer, grad_x into ``gx`` (None: not wanted)."""
     from .registry import algorithm_module
 
-    p, c = plan.params, plan.cpu
-    assert c is not None and c.winograd is not None, "a Winograd CPU plan"
+    c = plan.cpu_part()
+    assert c.winograd is not None, "a Winograd CPU plan"
     wplan = c.winograd.grad_weight_plan
     _, gw, gb = algorithm_module(wplan.backward_algorithm, wplan.backward_layout).backward(gy, x, weight, wplan)
-    if not plan.need_input_grad:
+    if gx is None:
         return None, gw, gb
-    gx = _alloc.empty(p.x_shape, x.dtype)
-    winograd_correlate(gy, weight, None, p.groups, 2 - p.ph, 2 - p.pw, gx, plan, grad=True)
+    winograd_correlate(
+        gy, weight, None, plan.params.groups, 2 - plan.params.ph, 2 - plan.params.pw, gx, plan, grad=True
+    )
     return gx, gw, gb

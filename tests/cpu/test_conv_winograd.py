@@ -92,7 +92,7 @@ WINO, DIRECT = ("winograd", "winograd"), None
     ((1, 128, 24, 24), (128, 128, 3, 3), {"padding": 1}, WINO),  # 36 tiles, 128 channels
     ((64, 64, 13, 13), (64, 64, 3, 3), {"padding": 1}, DIRECT),  # 16 x 16 tiles for 13 x 13 outputs
     ((64, 64, 5, 5), (64, 64, 3, 3), {}, DIRECT),  # 4 x 4 for 3 x 3
-    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, DIRECT),
+    ((32, 256, 14, 14), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, ("winograd", "direct")),  # the grids
     ((32, 256, 28, 28), (256, 256, 3, 3), {"padding": 1, "stride": 2}, DIRECT),
     ((32, 256, 14, 14), (256, 256, 5, 5), {"padding": 2}, DIRECT),
     ((32, 1024, 14, 14), (256, 1024, 3, 3), {"padding": 1}, DIRECT),  # 9 x 1024 products: F(2x2) only
@@ -103,7 +103,7 @@ def test_auto_winograd_rule(xs, ws, opts, picks):
     plan = fastconv.plan_conv2d(xs, ws, **opts)
     got = (plan.algorithm, plan.backward_algorithm)
     if picks:
-        assert got == picks and plan.cpu.winograd.m == 4
+        assert got == picks and (plan.cpu.winograd.space_to_batch or plan).cpu.winograd.m == 4
         assert "auto: Winograd F(4×4, 3×3)" in plan.reason("algorithm")
     else:
         assert "winograd" not in got
@@ -131,14 +131,14 @@ def test_auto_forward_winograd_backward_direct(dtype, rng, monkeypatch, request)
 @pytest.mark.parametrize("ws, opts, what", [
     ((4, 3, 5, 5), {}, r"kernel \(5, 5\)"),
     ((4, 3, 3, 3), {"stride": 2}, r"stride \(2, 2\)"),
-    ((4, 3, 3, 3), {"dilation": (1, 2)}, r"dilation \(1, 2\)"),
+    ((4, 3, 3, 3), {"stride": (1, 2), "dilation": 2}, r"stride \(1, 2\)"),
     ((4, 3, 1, 3), {}, r"kernel \(1, 3\)"),
 ])
 def test_unsupported_options_raise(ws, opts, what, rng, monkeypatch):
     x = rng.standard_normal((1, 3, 12, 12)).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     calls = spy_calls(monkeypatch, conv_winograd, "winograd_correlate")
-    msg = r"algorithm='winograd' needs a 3×3 kernel at stride 1 and dilation 1, got .*" + what
+    msg = r"algorithm='winograd' needs a 3×3 kernel at stride 1, got .*" + what
     with pytest.raises(ValueError, match=msg):
         fastconv.conv2d(x, w, **opts, algorithm="winograd")
     with pytest.raises(ValueError, match=msg):
@@ -265,3 +265,112 @@ def test_deep_sums_take_the_small_tile():
     """Beyond the C·R·S measured for F(4×4)'s accuracy the plan takes F(2×2)."""
     plan = fastconv.plan_conv2d((1, 1024, 16, 16), (8, 1024, 3, 3), algorithm="winograd")
     assert plan.cpu.winograd.m == 2 and "9216" in plan.reason("layout")
+
+
+# --------------------------------------------------------------------------- dilated: space to batch
+
+# (x shape, weight shape, options) of dilated 3×3 layers: the dh·dw sub-sampled
+# grids run as one undilated problem (``_plan.space_to_batch_params``); phases
+# with fewer outputs than others, asymmetric dilation and padding, "same",
+# groups, x pixels no output reads (their grad_x is 0)
+DILATED = [
+    ((2, 8, 13, 11), (6, 8, 3, 3), {"padding": 1, "dilation": (2, 3)}),
+    ((2, 6, 15, 15), (8, 3, 3, 3), {"padding": "same", "dilation": 3, "groups": 2}),
+    ((1, 4, 9, 10), (5, 4, 3, 3), {"dilation": 2}),
+    ((3, 5, 7, 7), (4, 5, 3, 3), {"padding": (3, 0), "dilation": (3, 1)}),
+    ((1, 3, 12, 12), (4, 3, 3, 3), {"padding": 0, "dilation": 4}),
+]
+
+
+@pytest.mark.parametrize("need_input_grad", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("xs, ws, opts", DILATED)
+def test_dilated_runs_on_the_sub_sampled_grids(xs, ws, opts, dtype, need_input_grad, threads, rng, monkeypatch,
+                                                maybe_torch):
+    plan = fastconv.plan_conv2d(xs, ws, dtype=dtype, algorithm="winograd", need_input_grad=need_input_grad, **opts)
+    sub = plan.cpu.winograd.space_to_batch
+    p = plan.params
+    assert sub is not None and sub.params == plan_rules.space_to_batch_params(p)
+    assert sub.params.n == p.n * p.dh * p.dw and (sub.params.dh, sub.params.dw) == (1, 1)
+    assert "space to batch" in plan.reason("layout")
+    grids = spy_calls(monkeypatch, conv_winograd, "_gather_grids")
+    x, wt, b, gy = _inputs(rng, xs, ws, opts, dtype)
+    op = fastconv.Conv2dOp.from_plan(plan)
+    y = op.forward(x, wt, b)
+    grads = op.backward(gy)
+    assert len(grids) == 3  # x for the forward; grad_output and x for the backward
+    _close(y, reference.conv2d(x, wt, b, **opts), dtype, "y")
+    want = reference.conv2d_backward(gy, x, wt, **opts)
+    if need_input_grad:
+        _close(grads[0], want[0], dtype, "grad_x")
+    else:
+        assert grads[0] is None
+    assert_close(grads[1], want[1], dtype, "grad_weight")
+    assert_close(grads[2], want[2], dtype, "grad_bias")
+    if maybe_torch is not None and dtype == np.float32:
+        t = maybe_torch
+        ty = t.nn.functional.conv2d(t.from_numpy(x), t.from_numpy(wt), t.from_numpy(b), **opts)
+        _close(y, ty.numpy().astype(np.float64), dtype, "y vs torch")
+
+
+def test_dilated_finite_differences(rng):
+    """grad_x and grad_weight of the dilated path against central differences (float64)."""
+    xs, ws, opts = (1, 2, 9, 8), (3, 2, 3, 3), {"padding": 1, "dilation": (2, 3)}
+    x, wt, _, gy = _inputs(rng, xs, ws, opts, np.float64)
+    op = fastconv.Conv2dOp.from_plan(fastconv.plan_conv2d(xs, ws, dtype=np.float64, algorithm="winograd", **opts))
+    op.forward(x, wt)
+    gx, gw, _ = op.backward(gy)
+    check_grads(lambda x: op.forward(x, wt, keep_for_backward=False), {"x": x}, {"x": gx}, gy,
+                at=[(0, 0, 0, 0), (0, 1, 3, 4), (0, 0, 8, 7), (0, 1, 5, 2), (0, 0, 2, 7)], rtol=1e-7)
+    check_grads(lambda wt: op.forward(x, wt, keep_for_backward=False), {"wt": wt}, {"wt": gw}, gy,
+                at=[(0, 0, 0, 0), (2, 1, 2, 2), (1, 0, 1, 2)], rtol=1e-7)
+
+
+@pytest.mark.parametrize("where", ["x", "grad_output"])
+def test_dilated_nan_inf_never_finite_where_reference_is_not(where, rng):
+    xs, ws, opts = (2, 4, 12, 11), (6, 4, 3, 3), {"padding": 2, "dilation": 2}
+    x, wt, b, gy = _inputs(rng, xs, ws, opts, np.float64)
+    if where == "x":
+        x[0, 1, 2, 3], x[1, 0, 11, 10], x[1, 3, 0, 0] = np.nan, np.inf, -np.inf
+    else:
+        gy[0, 2, 0, 0], gy[1, 5, 4, 4] = np.inf, np.nan
+    op = fastconv.Conv2dOp.from_plan(fastconv.plan_conv2d(xs, ws, dtype=np.float64, algorithm="winograd", **opts))
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = (op.forward(x, wt, b), op.backward(gy)[0])
+        want = (reference.conv2d(x, wt, b, **opts), reference.conv2d_backward(gy, x, wt, **opts)[0])
+    for g, r, what in zip(got, want, ("y", "grad_x")):
+        bad = ~np.isfinite(r)
+        assert not np.isfinite(g[bad]).any(), f"{what}: finite where the reference is not"
+        ok = np.isfinite(g)
+        assert rel_err(g[ok], r[ok]) <= TOL[np.dtype(np.float64)], what
+
+
+@pytest.mark.parametrize("xs, ws, opts, picks", [
+    ((8, 128, 56, 56), (128, 128, 3, 3), {"padding": 2, "dilation": 2}, ("winograd", "direct")),
+    ((8, 256, 28, 28), (256, 256, 3, 3), {"padding": 2, "dilation": 2}, ("winograd", "direct")),
+    ((8, 64, 56, 56), (64, 64, 3, 3), {"padding": 2, "dilation": 2}, ("direct", "direct")),  # 64 channels
+    ((1, 128, 14, 14), (128, 128, 3, 3), {"padding": 2, "dilation": 2}, ("direct", "direct")),  # 16 tiles
+    ((8, 128, 28, 28), (128, 128, 3, 3), {"padding": 1, "stride": 2}, ("direct", "direct")),
+])
+def test_auto_dilated_rule(xs, ws, opts, picks):
+    """auto runs a dilated layer's forward by Winograd on its sub-sampled grids
+    from WINOGRAD_DILATED_CHANNELS channels where the grids pass the undilated
+    rule; its backward stays direct."""
+    plan = fastconv.plan_conv2d(xs, ws, **opts)
+    assert (plan.algorithm, plan.backward_algorithm) == picks
+    if picks[0] == "winograd":
+        assert plan.cpu.winograd.space_to_batch is not None
+        assert "sub-sampled grids" in plan.reason("algorithm")
+
+
+def test_auto_dilated_mixed_plan_runs(rng):
+    """The mixed plan (forward Winograd on the grids, backward direct) through the op object."""
+    xs, ws, opts = (2, 128, 24, 24), (128, 128, 3, 3), {"padding": 2, "dilation": 2}  # 8 grids of 3 x 3 tiles
+    plan = fastconv.plan_conv2d(xs, ws, **opts)
+    assert (plan.algorithm, plan.backward_algorithm) == ("winograd", "direct")
+    x, wt, b, gy = _inputs(rng, xs, ws, opts, np.float32)
+    op = fastconv.Conv2dOp.from_plan(plan)
+    _close(op.forward(x, wt, b), reference.conv2d(x, wt, b, **opts), np.float32, "y")
+    for got, want, what in zip(op.backward(gy), reference.conv2d_backward(gy, x, wt, **opts),
+                               ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(got, want, np.float32, what)
