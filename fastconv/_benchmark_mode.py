@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._params import Conv2dParams
-from ._plan import ConvPlan, build_plan, cpu_plan_for, winograd_geometry
+from ._plan import ConvPlan, build_plan, cpu_plan_for, dilated_winograd_geometry, winograd_geometry
 
 __all__ = ["benchmark_enabled", "cache_dir", "candidates", "clear_memory", "measured_plan", "set_benchmark"]
 
@@ -83,7 +83,7 @@ def _key(p: Conv2dParams, dtype: np.dtype, threads: int, need_input_grad: bool) 
 def candidates(p: Conv2dParams) -> tuple[str, ...]:
     """The algorithms auto may choose between for these parameters."""
     algs = ["direct", "im2col"]
-    if winograd_geometry(p) and p.cg * 9 <= WINOGRAD_MAX_CRS:
+    if (winograd_geometry(p) or dilated_winograd_geometry(p)) and p.cg * 9 <= WINOGRAD_MAX_CRS:
         algs.append("winograd")
     return tuple(algs)
 

@@ -171,3 +171,11 @@ def test_two_processes_write_concurrently(isolated):
     entries = _entries(isolated)
     assert len(entries) == 4, sorted(entries)
     assert not [f for f in os.listdir(isolated) if f.endswith(".tmp")]
+
+
+def test_dilated_layers_time_winograd_too():
+    """A dilated 3×3 stride-1 layer can run Winograd (on its sub-sampled grids): a candidate."""
+    dilated = fastconv.plan_conv2d((2, 16, 20, 20), (16, 16, 3, 3), padding=2, dilation=2).params
+    assert bm.candidates(dilated) == ("direct", "im2col", "winograd")
+    strided = fastconv.plan_conv2d((2, 16, 20, 20), (16, 16, 3, 3), stride=2, dilation=2).params
+    assert "winograd" not in bm.candidates(strided)
