@@ -374,3 +374,14 @@ def test_auto_dilated_mixed_plan_runs(rng):
     for got, want, what in zip(op.backward(gy), reference.conv2d_backward(gy, x, wt, **opts),
                                ("grad_x", "grad_weight", "grad_bias")):
         assert_close(got, want, np.float32, what)
+
+
+def test_weights_near_the_float64_limit_stay_finite():
+    """The weight transform scales each term before adding: float64 weights of
+    4e307 (where g0 + 4·g2 + 2·g1 would overflow) give the reference's finite y."""
+    x = np.full((1, 1, 6, 6), 1e-300)
+    w = np.full((1, 1, 3, 3), 4e307)
+    y = fastconv.conv2d(x, w, algorithm="winograd")
+    want = reference.conv2d(x, w)
+    assert np.isfinite(y).all()
+    assert rel_err(y, want) <= TOL[np.dtype(np.float64)]

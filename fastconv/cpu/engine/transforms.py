@@ -88,15 +88,17 @@ def g3(o, m, g):
     if m == 2:
         h = o.scale(0.5, o.add(g[0], g[2]))
         return [g[0], o.add(h, o.scale(0.5, g[1])), o.sub(h, o.scale(0.5, g[1])), g[2]]
-    # integer-weighted sums, then one multiply by a reciprocal each: a
-    # vector division costs tens of cycles, and the transform runs on every call
-    s, t = o.add(g[0], g[2]), o.add(g[0], o.scale(4, g[2]))
+    # each term times a reciprocal, then summed: a vector division costs tens of
+    # cycles (and the transform runs on every call), and scaling before adding
+    # keeps every partial sum within a few times the largest weight
+    s6, h6 = o.add(o.scale(1 / 6, g[0]), o.scale(1 / 6, g[2])), o.scale(1 / 6, g[1])
+    t24, h12 = o.add(o.scale(1 / 24, g[0]), o.scale(1 / 6, g[2])), o.scale(1 / 12, g[1])
     return [
         o.scale(0.25, g[0]),
-        o.scale(-1 / 6, o.add(s, g[1])),
-        o.scale(1 / 6, o.sub(g[1], s)),
-        o.scale(1 / 24, o.add(t, o.scale(2, g[1]))),
-        o.scale(1 / 24, o.sub(t, o.scale(2, g[1]))),
+        o.scale(-1, o.add(s6, h6)),
+        o.sub(h6, s6),
+        o.add(t24, h12),
+        o.sub(t24, h12),
         g[2],
     ]
 
