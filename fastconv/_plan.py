@@ -964,13 +964,7 @@ def _streams_rows(p: Conv2dParams) -> bool:
     """A 1×1 stride-1 unpadded forward whose rows stream better on the Q-lane
     tiles (``STREAM_PLANE``); unpadded, so its backward's pixel tiles can read
     x itself."""
-    return (
-        (p.kh, p.kw, p.sh, p.sw) == (1, 1, 1, 1)
-        and _unpadded(p)
-        and p.oh * p.ow >= STREAM_PLANE
-        and p.cg <= STREAM_CHANNELS
-        and p.kg >= 8  # the 8-channel tile
-    )
+    return _pointwise_streams(p, p.cg, p.kg, 8)  # at least the 8-channel tile
 
 
 def _grad_x_streams_rows(p: Conv2dParams) -> bool:
@@ -979,12 +973,20 @@ def _grad_x_streams_rows(p: Conv2dParams) -> bool:
     a copy of grad_output, for the same reason as the forward, where it has
     at least ``STREAM_GRAD_X_CHANNELS`` output channels per group (with 64 it
     measured no faster than the pixel tiles in place)."""
+    return _pointwise_streams(p, p.kg, p.cg, STREAM_GRAD_X_CHANNELS)
+
+
+def _pointwise_streams(p: Conv2dParams, depth: int, lanes: int, least_lanes: int) -> bool:
+    """A 1×1 stride-1 unpadded correlation over planes of at least
+    ``STREAM_PLANE`` pixels (x's and the output's are the same) with at most
+    ``STREAM_CHANNELS`` input channels (``depth``) and at least
+    ``least_lanes`` output channels (``lanes``) per group."""
     return (
         (p.kh, p.kw, p.sh, p.sw) == (1, 1, 1, 1)
         and _unpadded(p)
         and p.h * p.w >= STREAM_PLANE
-        and p.kg <= STREAM_CHANNELS
-        and p.cg >= STREAM_GRAD_X_CHANNELS
+        and depth <= STREAM_CHANNELS
+        and lanes >= least_lanes
     )
 
 

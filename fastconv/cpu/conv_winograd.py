@@ -40,6 +40,7 @@ from numba import njit, prange
 
 from .. import _alloc
 from .common import FASTMATH
+from .engine.packing import pack_block
 from .engine.pixels import corr_pixels_rows, whole_tiles
 from .engine.transforms import (
     input_tile2,
@@ -71,11 +72,12 @@ def _transform_weights(w4, m, rotated, out):
     correlation): the lanes are the input channels, the depth the output
     channels, and each kernel is rotated by 180°.  Each block's kernels are
     first turned lanes innermost for ``_WEIGHT_CHANNELS`` depth channels at a
-    time into a buffer that stays in L1 (the engine's packing, without
+    time into a buffer that stays in L1 (the engine's ``pack_block``, without
     writing and reading a packed copy of the whole weight).  Parallel over
     (group, block of lanes)."""
     groups, kog, cig, _ = w4.shape
     nb, depth, kt = out.shape[1], out.shape[2], out.shape[4]
+    # rotated: the correlation's weight is w4's swapped view (lanes = Cin_g, depth = Kout_g)
     lanes_n = cig if rotated else kog
     src = w4.reshape(-1)
     dst = out.reshape(-1)
@@ -89,17 +91,7 @@ def _transform_weights(w4, m, rotated, out):
         blk = np.empty(_WEIGHT_CHANNELS * 9 * kt, w4.dtype)
         for d0 in range(0, depth, _WEIGHT_CHANNELS):
             dn = min(_WEIGHT_CHANNELS, depth - d0)
-            for i0 in range(0, kt, vw):  # lanes past nl: zeros
-                rows = max(0, min(vw, nl - i0))
-                if rotated:  # w4[g, d, l, t]: lanes 9 apart, one depth channel's 9 taps at a time
-                    for d in range(dn):
-                        at = ((g * kog + d0 + d) * cig + l0 + i0) * 9
-                        for j0 in range(0, 9, vw):
-                            transpose_block(src, at + j0, 9, rows, min(vw, 9 - j0), blk, (d * 9 + j0) * kt + i0, kt)
-                else:  # w4[g, l, d, t]: a lane's (depth channel, tap) pairs contiguous
-                    for j0 in range(0, dn * 9, vw):
-                        at = ((g * kog + l0 + i0) * cig + d0) * 9 + j0
-                        transpose_block(src, at, cig * 9, rows, min(vw, dn * 9 - j0), blk, j0 * kt + i0, kt)
+            pack_block(src, rotated, lanes_n, depth, 9, g, l0, nl, d0, dn, kt, blk, 0)
             for d in range(dn):
                 at = (u * depth + d0 + d) * kt
                 for ln in range(0, kt, vw):
